@@ -1,0 +1,57 @@
+"""bsipatch: small, signed, reversible security fixes for sealed OS images.
+
+This module re-exports the public API (loaded lazily, so ``import bsipatch`` stays
+cheap and the CLI starts fast) and ``__version__``. No logic lives here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ._version import __version__
+
+# public name -> module that defines it
+_EXPORTS = {
+    # native hashing
+    "sha256": "hashing",
+    "hash_blocks": "hashing",
+    # seal (dm-verity compatible hash tree)
+    "Seal": "seal",
+    "seal_image": "seal",
+    "verify_image": "seal",
+    "open_verified": "seal",
+    "VerifiedReader": "seal",
+    # delta engine
+    "diff": "diff",
+    "apply": "apply",
+    "ApplyReader": "apply",
+    "iter_apply": "apply",
+    "PatchInfo": "patchfmt",
+    "read_patch_info": "patchfmt",
+    # signed metadata
+    "Verifier": "trust",
+    "ReleaseManifest": "manifest",
+    "Catalog": "catalog",
+    # device
+    "Preboot": "preboot",
+    "Agent": "agent",
+    "Policy": "policy",
+}
+
+__all__ = ["__version__", "errors", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "errors":
+        return importlib.import_module(".errors", __name__)
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bsipatch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

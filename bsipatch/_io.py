@@ -1,0 +1,101 @@
+"""Small, shared I/O helpers: opening sources, crash-safe file replacement, fsync.
+
+Everything that writes a file other code relies on goes through
+:func:`atomic_write`: a temporary file in the same directory, fsynced, renamed
+into place, then the directory fsynced. No trust decisions here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, BinaryIO, Union
+
+from .errors import DiskFullError, ReadOnlyError, StagingError
+
+PathLike = Union[str, "os.PathLike[str]"]
+Source = Union[PathLike, bytes, bytearray, memoryview, BinaryIO]
+
+
+def is_pathlike(obj: object) -> bool:
+    """True for ``str`` and ``os.PathLike`` objects."""
+    return isinstance(obj, (str, os.PathLike))
+
+
+@contextlib.contextmanager
+def open_source(src: Source) -> Iterator[BinaryIO]:
+    """Yield a binary readable file object for a path, a bytes-like object or a file.
+
+    A file object passed in is yielded as is and not closed.
+    """
+    if is_pathlike(src):
+        with open(src, "rb") as f:  # noqa: PTH123
+            yield f
+    elif isinstance(src, (bytes, bytearray, memoryview)):
+        yield io.BytesIO(bytes(src))
+    elif hasattr(src, "read"):
+        yield src  # type: ignore[misc]
+    else:
+        raise TypeError(f"expected a path, bytes or a binary file object, got {type(src).__name__}")
+
+
+def fsync_dir(path: PathLike) -> None:
+    """fsync a directory so that renames and creations in it are durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def os_error_to_staging(exc: OSError, what: str) -> StagingError:
+    """Map an ``OSError`` from the preboot volume to a typed :class:`StagingError`."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(f"{what}: no space left on device")
+    if exc.errno == errno.EROFS:
+        return ReadOnlyError(f"{what}: file system is read-only")
+    return StagingError(f"{what}: {exc.strerror or exc}")
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[bytes]]:
+    """Write ``path`` crash-safely: temp file in the same directory, fsync, rename, fsync dir.
+
+    If the body raises, the temporary file is removed and ``path`` is untouched.
+
+    Example:
+        >>> with atomic_write("/tmp/x.bin") as f:  # doctest: +SKIP
+        ...     f.write(b"data")
+    """
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        fsync_dir(directory)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_exact(f: BinaryIO, n: int) -> bytes:
+    """Read exactly ``n`` bytes unless EOF comes first (then return what there was)."""
+    chunks = []
+    remaining = n
+    while remaining > 0:
+        b = f.read(remaining)
+        if not b:
+            break
+        chunks.append(b)
+        remaining -= len(b)
+    return b"".join(chunks)

@@ -1,0 +1,19 @@
+"""The CLI entry points: version, help, exit codes."""
+
+import subprocess
+import sys
+
+import bsipatch
+from bsipatch.cli import main
+
+
+def test_python_m_version():
+    out = subprocess.run(
+        [sys.executable, "-m", "bsipatch", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == f"bsipatch {bsipatch.__version__}"
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    assert main([]) == 2
+    assert "usage" in capsys.readouterr().err
