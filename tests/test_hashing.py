@@ -121,7 +121,7 @@ def test_accepts_any_contiguous_buffer(code_path):
 
 def _ref_blocks(data, bs, salt, after):
     return np.array(
-        [list(hashlib.sha256((data[i:i + bs] + salt) if after else (salt + data[i:i + bs])).digest())
+        [list(hashlib.sha256(data[i:i + bs] + salt if after else salt + data[i:i + bs]).digest())
          for i in range(0, len(data), bs)],
         dtype=np.uint8,
     ).reshape(-1, 32)

@@ -12,6 +12,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import require_tool
 
 from bsipatch import cli, hashing
 from bsipatch.errors import SealError, SealFormatError, SealMismatch
@@ -24,7 +25,6 @@ from bsipatch.seal import (
     seal_image,
     verify_image,
 )
-from conftest import require_tool
 
 SALTS = [b"", b"\x01", bytes(range(32)), bytes(range(256))]
 
@@ -319,7 +319,7 @@ def test_wrong_root(sealed):
 
 
 def test_hash_file_for_another_image_size(sealed, tmp_path):
-    img, hf, seal, data = sealed
+    _img, hf, seal, data = sealed
     (tmp_path / "small").write_bytes(data[: 200 * BLOCK_SIZE])
     with pytest.raises(SealFormatError, match="covers 300"):
         verify_image(tmp_path / "small", seal.root_hash, hash_file=hf)
@@ -501,7 +501,6 @@ def test_verified_reader_single_block_image(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.interop
 def test_sparse_image_over_4_gib(tmp_path):
     path = tmp_path / "big.img"
     size = (4 << 30) + 3 * BLOCK_SIZE + 100  # > 2^32 bytes, partial last block

@@ -96,7 +96,9 @@ def _verify(args: argparse.Namespace) -> int:
 
     salt = args.salt
     if salt is None and args.hash_file is None:
-        raise SealFormatError("verify needs --salt HEX or --hash-file F (the salt is part of the seal)")
+        raise SealFormatError(
+            "verify needs --salt HEX or --hash-file F (the salt is part of the seal)"
+        )
     target: Seal | bytes = args.root
     if args.size is not None:
         if salt is None:
@@ -128,8 +130,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "verify", "verify an image against its seal, naming the first bad block",
                     cmd_verify)
     p.add_argument("image", help="image file to verify")
-    p.add_argument("--root", type=_root, required=True, metavar="HEX", help="root hash (64 hex digits)")
-    p.add_argument("--hash-file", metavar="F", help="hash file (superblock + tree) to check against")
+    p.add_argument("--root", type=_root, required=True, metavar="HEX",
+                   help="root hash (64 hex digits)")
+    p.add_argument("--hash-file", metavar="F",
+                   help="hash file (superblock + tree) to check against")
     p.add_argument("--salt", type=_salt, metavar="HEX",
                    help="salt in hex ('-' for none); taken from the hash file when omitted")
     p.add_argument("--size", type=_positive, metavar="N",
