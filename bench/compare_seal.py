@@ -247,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             "size": size, "median_seconds": {k: v[0] for k, v in med.items()},
             "median_cpu_seconds": {k: v[1] for k, v in med.items()},
             "mem_rate_1": rate1[0], "mem_rate_2": rate2[0],
-            "mem_rate_1_cpu": rate1[1], "mem_rate_2_cpu": rate2[1], "mem_rate_portable": rate_portable,
+            "mem_rate_1_cpu": rate1[1], "mem_rate_2_cpu": rate2[1],
+            "mem_rate_portable": rate_portable,
             "openssl_rate": ossl, "ratios": ratios,
         }, indent=2))
     return 0
