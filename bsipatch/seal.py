@@ -407,7 +407,8 @@ def _leaf_digests(
             return end - start
         buf = getattr(local, "buf", None)
         if buf is None:
-            buf = local.buf = memoryview(bytearray(chunk_size))
+            # never larger than the (block-padded) image: small images stay cheap
+            buf = local.buf = memoryview(bytearray(min(chunk_size, nblocks * BLOCK_SIZE)))
         got = img.pread(buf[:end - start], start)
         if got != end - start:
             raise SealMismatch(
