@@ -163,6 +163,10 @@ def test_partial_last_block_is_protected_unlike_veritysetup(tmp_path):
     assert info.value.block == 5 and info.value.area == "data"
     with pytest.raises(SealMismatch):
         verify_image(tampered, seal)
+    # veritysetup accepts bsipatch's hash file for the image zero padded to a block
+    padded = tmp_path / "padded"
+    padded.write_bytes(data + bytes(-len(data) % BLOCK_SIZE))
+    assert _vs_verify(padded, tmp_path / "bsi.hash", seal.root_hash).returncode == 0
     # the exact size is bound: appending zeros (same padded block) is refused
     grown = tmp_path / "grown"
     grown.write_bytes(data + b"\0")
