@@ -357,7 +357,7 @@ def _leaf_digests(
 ) -> tuple[np.ndarray, int]:
     """Digest of every data block (partial last block zero padded) and the image size."""
     chunk_size = max(BLOCK_SIZE, chunk_size // BLOCK_SIZE * BLOCK_SIZE)
-    nthreads = hashing._threads(threads)
+    nthreads = hashing.resolve_threads(threads)
     size = img.size
     if size is None:
         return _leaf_digests_stream(img, salt, salt_after, nthreads, progress, chunk_size)
