@@ -781,6 +781,10 @@ class VerifiedReader(io.RawIOBase):
         self._salt_after = salt_after
         self._pos = 0
         self.blocks_checked = 0
+        # the last verified run of blocks, kept in memory: small sequential reads are
+        # served from it (already checked bytes), never re-read from the image
+        self._cache_first = 0
+        self._cache: memoryview | None = None
 
     @property
     def size(self) -> int:
@@ -818,6 +822,13 @@ class VerifiedReader(io.RawIOBase):
         if self._pos >= self._size or len(out) == 0:
             return 0
         n = min(len(out), self._size - self._pos, self.MAX_READ)
+        cache = self._cache
+        if cache is not None:
+            start = self._pos - self._cache_first * BLOCK_SIZE
+            if 0 <= start and start + n <= len(cache):
+                out[:n] = cache[start:start + n]
+                self._pos += n
+                return n
         first = self._pos // BLOCK_SIZE
         last = (self._pos + n - 1) // BLOCK_SIZE
         count = last - first + 1
@@ -836,6 +847,7 @@ class VerifiedReader(io.RawIOBase):
         if bad is not None:
             block = first + bad
             raise SealMismatch(f"data block {block} does not match the seal", block=block)
+        self._cache_first, self._cache = first, buf[:want]
         skip = self._pos - first * BLOCK_SIZE
         out[:n] = buf[skip:skip + n]
         self._pos += n

@@ -487,6 +487,23 @@ def test_verified_reader_catches_a_bad_block_on_read(sealed):
         assert r.read() == data[201 * BLOCK_SIZE:]
 
 
+def test_verified_reader_small_reads_hash_each_block_once(sealed):
+    img, hf, seal, data = sealed
+    with open_verified(img, seal, hash_file=hf) as r:
+        got = b"".join(iter(lambda: r.read(100), b""))
+        assert got == data
+        assert r.blocks_checked < 2 * 300  # not once per 100-byte read
+        # a read served from the verified copy in memory is not re-read from disk
+        r.seek(len(data) - 50)
+        _flip(img, len(data) - 45)
+        assert r.read(10) == data[-50:-40]
+        r.seek(0)  # elsewhere the image is read, checked, and the change caught
+        r.read(10)
+        r.seek(len(data) - 50)
+        with pytest.raises(SealMismatch):
+            r.read(10)
+
+
 def test_verified_reader_single_block_image(tmp_path):
     path = tmp_path / "img"
     data = _image(path, 1000)
