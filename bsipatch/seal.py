@@ -763,10 +763,12 @@ def verify_image(
 class VerifiedReader(io.RawIOBase):
     """A seekable, read-only file over an image that checks each block it returns.
 
-    Every 4096-byte block is hashed and compared with the seal's tree when it is
-    read from the image (its first read, and again on later reads, as the image
-    may change underneath). A bad block raises :class:`SealMismatch` naming it,
-    and no byte of it is returned. Build one with :func:`open_verified`.
+    Every 4096-byte block is hashed and compared with the seal's tree whenever it
+    is read from the image (its first read, and again on later reads, as the image
+    may change underneath); only the last verified run of blocks is kept in memory,
+    so small sequential reads are served from already-checked bytes. A bad block
+    raises :class:`SealMismatch` naming it, and no byte of it is returned. Build
+    one with :func:`open_verified`; it is not thread-safe.
     """
 
     MAX_READ = 8 << 20
