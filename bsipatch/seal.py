@@ -20,6 +20,7 @@ metadata (:mod:`bsipatch.trust`). The hashing itself runs in the native core
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hmac
 import io
 import os
@@ -43,7 +44,9 @@ MAX_SALT = 256
 SUPERBLOCK_SIZE = 512
 SUPERBLOCK_MAGIC = b"verity\0\0"
 SUPERBLOCK_VERSION = 1
-DEFAULT_CHUNK_SIZE = 32 << 20
+# Per thread. Measured: 8 MiB buffers stay in the CPU caches between the copy from
+# the page cache and the hashing; 32 MiB ones cost ~20% more CPU per GiB.
+DEFAULT_CHUNK_SIZE = 8 << 20
 _SB_FORMAT = "<8sII16s32sIIQH6s256s168s"
 assert struct.calcsize(_SB_FORMAT) == SUPERBLOCK_SIZE
 
@@ -387,6 +390,9 @@ def _leaf_digests(
 
     # A file: each worker thread preads whole chunks into its own buffer and hashes
     # them with one native thread, so reading overlaps hashing on the other cores.
+    if hasattr(os, "posix_fadvise"):
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(img.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
     ranges = img.data_ranges(size)
     zero = _zero_digest(salt, salt_after) if ranges is not None else None
     local = threading.local()
@@ -827,7 +833,7 @@ class VerifiedReader(io.RawIOBase):
         cache = self._cache
         if cache is not None:
             start = self._pos - self._cache_first * BLOCK_SIZE
-            if 0 <= start and start + n <= len(cache):
+            if start >= 0 and start + n <= len(cache):
                 out[:n] = cache[start:start + n]
                 self._pos += n
                 return n
