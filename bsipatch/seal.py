@@ -390,7 +390,7 @@ def _leaf_digests(
 
     # A file: each worker thread preads whole chunks into its own buffer and hashes
     # them with one native thread, so reading overlaps hashing on the other cores.
-    if hasattr(os, "posix_fadvise"):
+    if img.fd is not None and hasattr(os, "posix_fadvise"):
         with contextlib.suppress(OSError):
             os.posix_fadvise(img.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
     ranges = img.data_ranges(size)
