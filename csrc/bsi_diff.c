@@ -114,7 +114,10 @@ BSI_API int64_t bsi_diff_prepass(const uint8_t *old, uint64_t old_size, const ui
     /* Index the non-zero old blocks; keep the first of identical blocks. */
     for (i = 0; i < nob; i++) {
         const uint8_t *blk = old + i * BS;
-        if (is_zero(blk, BS)) continue;
+        if (is_zero(blk, BS)) {
+            if (old_claimed) old_claimed[i] = 2;
+            continue;
+        }
         uint64_t h = block_hash(blk), tag = h >> 32, slot = h & mask;
         for (;;) {
             uint64_t e = table[slot];
