@@ -21,7 +21,7 @@ def test_keys_sorted_by_code_point_not_locale():
 
 
 def test_unicode_is_raw_utf8_and_round_trips():
-    s = "Grüße – 日本語 \U0001f512 e\u0301"
+    s = "Grüße \u2013 日本語 \U0001f512 e\u0301"
     data = encode({"s": s})
     assert data == b'{"s":"' + s.encode("utf-8") + b'"}'
     assert decode(data, canonical=True) == {"s": s}
@@ -130,8 +130,12 @@ def test_bool_stays_bool_and_tuple_is_array():
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(st.characters(exclude_categories=["Cs"])),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(st.characters(exclude_categories=["Cs"]), max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.text(st.characters(exclude_categories=["Cs"]), max_size=8), children, max_size=4
+        )
+    ),
     max_leaves=20,
 )
 
