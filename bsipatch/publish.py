@@ -36,7 +36,10 @@ from .manifest import (
     PatchRef,
     ReleaseManifest,
     SealRef,
+    check_build,
+    check_builds,
     format_time,
+    release_slug,
 )
 from .repository import Repository, image_relpath, patch_relpath
 from .trust import (
@@ -52,6 +55,7 @@ from .trust import (
 __all__ = [
     "ComponentInput",
     "add_os_images",
+    "add_release",
     "build_release",
     "generate_keydir",
     "init_repository",
@@ -358,17 +362,19 @@ def build_release(
 
     say = log or (lambda _msg: None)
     r = _repo(repo)
+    _check_release_fields(release_id, os_version, builds, supplemental_build, published, expires)
     root = load_root(r)
     catalog = load_catalog(r, root)
     if catalog.get(release_id) is not None:
         raise MetadataError(f"release {release_id} is already in the catalog")
-    release_signers = _signers(root, "release", _role_keys(keys, "release"), "manifest")
-    _signers(root, "catalog", _role_keys(keys, "catalog"), "catalog")  # fail before work
+    _signers(root, "release", _role_keys(keys, "release"), "manifest")  # fail before work
+    _signers(root, "catalog", _role_keys(keys, "catalog"), "catalog")
     if not components:
         raise FormatError("a release needs at least one component")
     for c in components:
         if c.activation not in ACTIVATIONS:
             raise FormatError(f"component {c.name}: activation must be relaunch or reboot")
+        patch_relpath(release_id, c.name)  # validates the name
     names = [c.name for c in components]
     if len(set(names)) != len(names):
         raise FormatError("a component is listed twice")
@@ -399,6 +405,77 @@ def build_release(
         )
         say(f"{c.name}: patch {size} bytes, sha256 {digest[:16]}...")
 
+    if store_base_images:
+        for build in builds:
+            add_os_images(r, os_version, build, {c.name: c.base_image for c in components})
+    return add_release(
+        r,
+        release_id=release_id,
+        os_version=os_version,
+        builds=builds,
+        supplemental_build=supplemental_build,
+        components=releases,
+        keys=keys,
+        published=published,
+        expires=expires,
+        catalog_expires=catalog_expires,
+        log=log,
+    )
+
+
+def _check_release_fields(
+    release_id: str,
+    os_version: str,
+    builds: Sequence[str],
+    supplemental_build: str,
+    published: datetime,
+    expires: datetime,
+) -> None:
+    """Refuse bad release fields before any expensive work (same rules as the manifest)."""
+    slug = release_slug(release_id)
+    if not slug.startswith(f"{os_version}-") or slug.count("-") != 1:
+        raise FormatError(f"release id {release_id!r} does not belong to OS version {os_version!r}")
+    check_builds(list(builds), "builds")
+    check_build(supplemental_build, "supplemental_build")
+    if format_time(expires) <= format_time(published):
+        raise FormatError("expires must be after published")
+
+
+def add_release(
+    repo: Repository | PathLike,
+    *,
+    release_id: str,
+    os_version: str,
+    builds: Sequence[str],
+    supplemental_build: str,
+    components: Sequence[ComponentRelease],
+    keys: KeyMap,
+    published: datetime,
+    expires: datetime,
+    catalog_expires: datetime | None = None,
+    log: Log | None = None,
+) -> ReleaseManifest:
+    """Sign and list a release whose components (seals, patch files) already exist.
+
+    The manifest gets the next sequence number and is signed by the release role;
+    the catalog gets version + 1 and is signed by the catalog role, and is written
+    last. :func:`build_release` calls this after making seals and patches.
+
+    Returns:
+        The manifest.
+
+    Raises:
+        MetadataError: the release id is already in the catalog.
+        FormatError: invalid fields.
+        ThresholdError: not enough trusted release or catalog keys.
+    """
+    say = log or (lambda _msg: None)
+    r = _repo(repo)
+    root = load_root(r)
+    catalog = load_catalog(r, root)
+    if catalog.get(release_id) is not None:
+        raise MetadataError(f"release {release_id} is already in the catalog")
+    release_signers = _signers(root, "release", _role_keys(keys, "release"), "manifest")
     manifest = ReleaseManifest(
         release_id=release_id,
         os_version=os_version,
@@ -407,13 +484,10 @@ def build_release(
         published=format_time(published),
         sequence=catalog.max_sequence + 1,
         expires=format_time(expires),
-        components=tuple(releases),
+        components=tuple(components),
     )
     data = keymod.sign_envelope(manifest.to_dict(), release_signers)
     mpath = r.write_manifest(release_id, data)
-    if store_base_images:
-        for build in manifest.builds:
-            add_os_images(r, os_version, build, {c.name: c.base_image for c in components})
     entry = CatalogEntry.for_manifest(
         manifest,
         manifest_path=mpath,
