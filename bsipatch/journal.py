@@ -116,6 +116,9 @@ class Journal:
     def _append(self, record: dict[str, Any]) -> None:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         try:
+            valid = self._valid_length()
+            if os.fstat(fd).st_size != valid:  # drop a torn tail before appending after it
+                os.ftruncate(fd, valid)
             data = _encode(record)
             written = os.write(fd, data)
             if written != len(data):
@@ -123,6 +126,18 @@ class Journal:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def _valid_length(self) -> int:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return 0
+        length = 0
+        for line in data.splitlines(keepends=True):
+            if _decode(line) is None:
+                break
+            length += len(line)
+        return length
 
     def records(self) -> list[dict[str, Any]]:
         """Every intact record in order; stops at the first torn or damaged line."""

@@ -37,11 +37,12 @@ COMPONENTS = {
     "safari": ("relaunch", 96 * 1024),
 }
 
-# release -> components it changes (releases are cumulative: every patch is against the
-# base image, and (b) carries (a)'s libsys fix unchanged)
+# release -> {component: "new" (a fresh change) or "keep" (the previous release's image)}.
+# Releases are cumulative and every patch is made against the base image.
 RELEASES = {
-    "26.1 (a)": ("webkit", "libsys"),
-    "26.1 (b)": ("webkit", "libsys", "safari"),
+    "26.1 (a)": {"webkit": "new", "libsys": "new"},
+    "26.1 (b)": {"webkit": "new", "libsys": "keep", "safari": "new"},
+    "26.1 (c)": {"webkit": "new", "libsys": "keep", "safari": "keep"},
 }
 
 
@@ -97,7 +98,7 @@ def make_world(directory: Path, seed: int = 1) -> dict[str, Any]:
         sha[rid] = dict(sha["base"])
         comps = []
         for name in changed:
-            new = made[name] if name == "libsys" and name in made else _mutate(base[name], rng)
+            new = made[name] if changed[name] == "keep" else _mutate(base[name], rng)
             made[name] = new
             newp = rdir / f"{name}.new.img"
             newp.write_bytes(new)
