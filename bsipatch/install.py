@@ -18,11 +18,11 @@ This module does not decide whether a release is genuine, current or allowed (th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import io
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -46,7 +46,6 @@ from .preboot import (
     build_base,
     fsync_file,
     release_slug,
-    seal_from_record,
     write_durable,
 )
 
@@ -129,7 +128,9 @@ def _load_verified(pb: Preboot) -> dict[str, list[str]]:
         return {}
 
 
-def _find_source(pb: Preboot, state: dict[str, Any], comp: Any, cache: dict[str, list[str]]) -> Path:
+def _find_source(
+    pb: Preboot, state: dict[str, Any], comp: Any, cache: dict[str, list[str]]
+) -> Path:
     """The installed image of ``comp.name`` that matches the manifest's base seal."""
     from .seal import verify_image
 
@@ -267,7 +268,8 @@ def install_release(
     In every error case the active release is unchanged and no staged file is kept.
 
     Example:
-        >>> install_release(Preboot(d), manifest, lambda c: open(f"p/{c.name}", "rb"))  # doctest: +SKIP
+        >>> pb = Preboot("/preboot")  # doctest: +SKIP
+        >>> install_release(pb, manifest, open_patch_in("/repo"))  # doctest: +SKIP
     """
     pb = preboot
     with pb.lock():
@@ -380,13 +382,14 @@ def install_release(
 
 def _abort(pb: Preboot) -> None:
     """Best-effort undo after an error; a failure here is left to the next recovery."""
-    try:
+    # the original error matters more; the next operation's recovery runs again
+    with contextlib.suppress(Exception):
         pb._recover_locked()
-    except Exception:  # noqa: S110 - the original error matters more; recovery reruns later
-        pass
 
 
-def _switch(pb: Preboot, op: str, mutate: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+def _switch(
+    pb: Preboot, op: str, mutate: Callable[[dict[str, Any]], dict[str, Any]]
+) -> dict[str, Any]:
     """Journal ``op``, commit ``mutate(state)`` atomically, end, clean up. Lock held."""
     state = pb.read_state()
     try:
@@ -435,13 +438,15 @@ def rollback(preboot: Preboot) -> dict[str, Any]:
             pb.verify_selection(state["os"]["base"], target, exact=target is None)
         except (SealError, OSError, BsipatchError) as exc:
             raise RollbackFailed(
-                f"cannot roll back to {to_id or 'the base images'}: {exc}; "
-                f"staying on {from_id}"
+                f"cannot roll back to {to_id or 'the base images'}: {exc}; staying on {from_id}"
             ) from exc
 
         def mutate(s: dict[str, Any]) -> dict[str, Any]:
             s["chain"] = chain[:-1]
-            s["history"] = [*s.get("history", []), _now_entry(pb, "rollback", release=to_id, previous=from_id)]
+            s["history"] = [
+                *s.get("history", []),
+                _now_entry(pb, "rollback", release=to_id, previous=from_id),
+            ]
             return s
 
         _switch(pb, "rollback", mutate)
@@ -481,7 +486,10 @@ def uninstall(preboot: Preboot) -> dict[str, Any]:
 
             def mutate(s: dict[str, Any]) -> dict[str, Any]:
                 s["chain"] = []
-                s["history"] = [*s.get("history", []), _now_entry(pb, "uninstall", previous=previous, removed=removed)]
+                s["history"] = [
+                    *s.get("history", []),
+                    _now_entry(pb, "uninstall", previous=previous, removed=removed),
+                ]
                 return s
 
             _switch(pb, "uninstall", mutate)
@@ -509,7 +517,10 @@ def boot(preboot: Preboot) -> dict[str, Any]:
 
             def mutate(s: dict[str, Any]) -> dict[str, Any]:
                 s["booted"] = wanted
-                s["history"] = [*s.get("history", []), _now_entry(pb, "boot", release=pb._release_id(active), activated=activated)]
+                s["history"] = [
+                    *s.get("history", []),
+                    _now_entry(pb, "boot", release=pb._release_id(active), activated=activated),
+                ]
                 return s
 
             _switch(pb, "boot", mutate)
@@ -634,7 +645,10 @@ def load_manifest(data: bytes | dict[str, Any]) -> Any:
                 base=m.SealRef(**{k: c["base"][k] for k in ("root_hash", "salt", "size")}),
                 target=m.SealRef(**{k: c["target"][k] for k in ("root_hash", "salt", "size")}),
                 patch=m.PatchRef(**{k: c["patch"][k] for k in ("path", "sha256", "size")}),
-                cves=tuple(m.Cve(id=v["id"], description=v.get("description", "")) for v in c.get("cves", ())),
+                cves=tuple(
+                    m.Cve(id=v["id"], description=v.get("description", ""))
+                    for v in c.get("cves", ())
+                ),
             )
             for c in obj["components"]
         )
@@ -666,10 +680,7 @@ def open_patch_in(directory: PathLike) -> Callable[[Any], BinaryIO]:
             raise WrongTarget(f"patch path {comp.patch.path!r} leaves the patch directory")
         for candidate in (root / rel, root / rel.name):
             if candidate.is_file():
-                return open(candidate, "rb")  # noqa: SIM115
+                return open(candidate, "rb")
         raise StateError(f"patch of {comp.name} not found: looked for {root / rel}")
 
     return _open
-
-
-_ = seal_from_record  # re-exported for callers that read stored seals

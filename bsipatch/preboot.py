@@ -26,6 +26,7 @@ import datetime as _dt
 import errno
 import fcntl
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -36,13 +37,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ._io import PathLike, atomic_write, fsync_dir, os_error_to_staging
-from .errors import (
-    BsipatchError,
-    LockedError,
-    SealError,
-    StagingError,
-    StateError,
-)
+from .errors import LockedError, SealMismatch, StateError
 from .journal import Journal, crashpoint
 
 STATE_FORMAT = 1
@@ -538,11 +533,7 @@ class Preboot:
                 verify_image(image, seal_from_record(record))
                 if exact and "sha256" in record:
                     digest = file_sha256(image)
-                    import hmac
-
                     if not hmac.compare_digest(digest, record["sha256"]):
-                        from .errors import SealMismatch
-
                         raise SealMismatch(
                             f"{image}: SHA-256 {digest} differs from the recorded "
                             f"{record['sha256']}",
@@ -597,9 +588,7 @@ class Preboot:
             except (OSError, ValueError, KeyError):
                 directory, root, new_root = active_dir, None, None
             is_pending = activation == "reboot" and root != new_root
-            in_use_release = (
-                state["booted"]["release"] if is_pending else active
-            )
+            in_use_release = state["booted"]["release"] if is_pending else active
             entry = {
                 "activation": activation,
                 "release": self._release_id(in_use_release)
@@ -740,19 +729,3 @@ def build_base(
     crashpoint("base.moved")
     final.chmod(0o555)
     return f"base/{key}"
-
-
-def map_errors(what: str) -> contextlib.AbstractContextManager[None]:
-    """Context manager turning ``OSError`` into a typed :class:`StagingError`."""
-
-    @contextlib.contextmanager
-    def _cm() -> Iterator[None]:
-        try:
-            yield
-        except BsipatchError:
-            raise
-        except OSError as exc:
-            raise os_error_to_staging(exc, what) from exc
-
-    return _cm()
-

@@ -117,7 +117,9 @@ def make_world(directory: Path, seed: int = 1) -> dict[str, Any]:
                         "sha256": hashlib.sha256(pbytes).hexdigest(),
                         "size": len(pbytes),
                     },
-                    "cves": [{"id": f"CVE-2026-{1000 + seq * 10 + len(comps)}", "description": "x"}],
+                    "cves": [
+                        {"id": f"CVE-2026-{1000 + seq * 10 + len(comps)}", "description": "x"}
+                    ],
                 }
             )
         releases[rid] = {

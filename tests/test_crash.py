@@ -29,10 +29,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import crashhelper as ch  # noqa: E402
+import crashhelper as ch
 
-from bsipatch import install as inst  # noqa: E402
-from bsipatch.preboot import Preboot  # noqa: E402
+from bsipatch import install as inst
+from bsipatch.preboot import Preboot
 
 pytestmark = pytest.mark.crash
 
@@ -167,7 +167,9 @@ def test_crash_during_recovery_is_recovered(world: dict, tmp_path: Path) -> None
     world_json = str(Path(world["dir"]) / "world.json")
     for crash_at in ("install.renamed", "install.committed"):
         first = copy_preboot(template, tmp_path / f"first-{crash_at}")
-        r = run_child(["install", str(first), world_json, "26.1 (b)"], {"BSIPATCH_CRASH_AT": crash_at})
+        r = run_child(
+            ["install", str(first), world_json, "26.1 (b)"], {"BSIPATCH_CRASH_AT": crash_at}
+        )
         assert r.returncode == -signal.SIGKILL
         trace = tmp_path / f"rtrace-{crash_at}"
         probe = copy_preboot(first, tmp_path / f"probe-{crash_at}")

@@ -15,11 +15,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import crashhelper as ch  # noqa: E402
+import crashhelper as ch
 
-from bsipatch.errors import LockedError, SealMismatch, StateError  # noqa: E402
-from bsipatch.journal import Journal, crashpoint  # noqa: E402
-from bsipatch.preboot import Preboot, release_slug  # noqa: E402
+from bsipatch.errors import LockedError, SealMismatch, StateError
+from bsipatch.journal import Journal, crashpoint
+from bsipatch.preboot import Preboot, release_slug
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +91,8 @@ def test_status_of_fresh_device(pb: Preboot) -> None:
 def test_second_lock_holder_gets_locked_error(pb: Preboot) -> None:
     other = Preboot(pb.path)
     with pb.lock():
-        with pytest.raises(LockedError):
-            with other.lock():
-                pass
+        with pytest.raises(LockedError), other.lock():
+            pass
         with pb.lock():  # re-entrant for the holder
             pass
     with other.lock():
@@ -110,9 +109,8 @@ def test_lock_held_by_another_process(pb: Preboot) -> None:
     )
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "locked"
-        with pytest.raises(LockedError):
-            with pb.lock():
-                pass
+        with pytest.raises(LockedError), pb.lock():
+            pass
         # readers never block on the writer
         assert pb.status()["active_release"] is None
         assert pb.component_path("webkit").exists()

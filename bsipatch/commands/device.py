@@ -183,7 +183,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     psub = p.add_subparsers(dest="preboot_command", metavar="ACTION", required=True)
     init = add_command(psub, "init", "create a preboot directory with base images", _cmd_init)
     init.add_argument("dir", metavar="DIR")
-    for q in (init, add_command(psub, "os-update", "install a new OS version's base images", _cmd_os_update)):
+    for q in (
+        init,
+        add_command(psub, "os-update", "install a new OS version's base images", _cmd_os_update),
+    ):
         q.add_argument("--os-version", required=True)
         q.add_argument("--build", required=True)
         q.add_argument(
@@ -203,10 +206,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--patches", metavar="DIR", help="repository root or directory holding the patches"
     )
     for name, helptext, func in (
-        ("status", "show the OS version, active release per component, pending, history", _cmd_status),
+        (
+            "status",
+            "show the OS version, active release per component, pending, history",
+            _cmd_status,
+        ),
         ("rollback", "go back to the previously active release", _cmd_rollback),
         ("uninstall", "go back to the OS version's base images, removing releases", _cmd_uninstall),
-        ("boot", "start-up: recover, activate pending reboot components, collect garbage", _cmd_boot),
+        (
+            "boot",
+            "start-up: recover, activate pending reboot components, collect garbage",
+            _cmd_boot,
+        ),
         ("gc", "remove releases other than the active and previous one", _cmd_gc),
         ("recover", "finish or undo an interrupted operation", _cmd_recover),
     ):
