@@ -27,6 +27,7 @@ import errno
 import fcntl
 import hashlib
 import hmac
+import io
 import json
 import os
 import re
@@ -142,6 +143,43 @@ def _make_writable(path: Path) -> None:
             p = Path(root) / d
             p.chmod(p.stat().st_mode | stat.S_IWUSR | stat.S_IXUSR)
     path.chmod(path.stat().st_mode | stat.S_IWUSR | stat.S_IXUSR)
+
+
+class ComponentReader(io.RawIOBase):
+    """A verified reader over an image file it owns: closing it closes both.
+
+    Args:
+        verified: the :class:`bsipatch.seal.VerifiedReader` reading ``file``.
+        file: the open image file (kept open as long as the reader is).
+    """
+
+    def __init__(self, verified: Any, file: BinaryIO) -> None:
+        super().__init__()
+        self._verified = verified
+        self._file = file
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        return int(self._verified.readinto(b))
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return int(self._verified.seek(offset, whence))
+
+    def tell(self) -> int:
+        return int(self._verified.tell())
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._verified.close()
+            finally:
+                self._file.close()
+        super().close()
 
 
 class Preboot:
@@ -340,10 +378,12 @@ class Preboot:
         garbage collection happen afterwards.
 
         Returns:
-            A seekable binary reader (:class:`bsipatch.seal.VerifiedReader`).
+            A seekable binary reader (a :class:`ComponentReader` over
+            :class:`bsipatch.seal.VerifiedReader`); close it (or use ``with``).
 
         Raises:
             KeyError: no such component.
+            SealError: the image does not match its seal.
             StagingError: the image cannot be opened.
         """
         from .seal import open_verified
@@ -362,10 +402,10 @@ class Preboot:
                 last = exc
                 continue
             try:
-                return open_verified(f, seal)  # type: ignore[return-value]
-            except TypeError:
+                return ComponentReader(open_verified(f, seal), f)
+            except BaseException:
                 f.close()
-                return open_verified(directory / f"{name}.img", seal)  # type: ignore[return-value]
+                raise
         raise os_error_to_staging(last or OSError(errno.ENOENT, "missing"), f"opening {name}")
 
     # --- lock ----------------------------------------------------------------------------
