@@ -285,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"image {meta['size'] / mib:.0f} MiB, {meta['changed_blocks']} of "
         f"{meta['size'] // BLOCK} blocks changed ({args.change:.1%}); "
-        f"vendor side: diff {meta['diff_s']:.1f} s, zstd -{meta['zstd_level']} {meta['zstd_s']:.1f} s"
+        f"vendor side: diff {meta['diff_s']:.1f} s, "
+        f"zstd -{meta['zstd_level']} {meta['zstd_s']:.1f} s"
     )
     rows = [
         ("bsipatch install (1st)", first, meta["patch_bytes"]),
@@ -298,10 +299,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{label:28} {dl / mib:9.1f} MiB {m['wall_s']:8.2f} {m['cpu_s']:8.2f} "
             f"{m['bytes_written'] / mib:8.1f} MiB {m['peak_rss_mib']:6.0f} MiB"
         )
+    dl_ratio = meta["zst_bytes"] / meta["patch_bytes"]
+    cpu1, cpu2 = full["cpu_s"] / first["cpu_s"], full["cpu_s"] / second["cpu_s"]
+    wall1, wall2 = full["wall_s"] / first["wall_s"], full["wall_s"] / second["wall_s"]
     print(
-        f"ratios vs full image: download {meta['zst_bytes'] / meta['patch_bytes']:.1f}x fewer bytes; "
-        f"CPU {full['cpu_s'] / first['cpu_s']:.2f}x (1st) / {full['cpu_s'] / second['cpu_s']:.2f}x (2nd) less; "
-        f"wall {full['wall_s'] / first['wall_s']:.2f}x / {full['wall_s'] / second['wall_s']:.2f}x"
+        f"ratios vs full image: download {dl_ratio:.1f}x fewer bytes; "
+        f"CPU {cpu1:.2f}x (1st) / {cpu2:.2f}x (2nd) less; wall {wall1:.2f}x / {wall2:.2f}x"
     )
     if args.json:
         meta_out = {k: v for k, v in meta.items() if k != "manifest"}
