@@ -218,11 +218,11 @@ def _stage_component(
             f"{reader.hash.hexdigest()}, manifest says {comp.patch.size} bytes with "
             f"{comp.patch.sha256}"
         )
+    out.chmod(0o444)
     fsync_file(out)
     crashpoint("install.applied")
-    verify_image(out, comp.target.to_seal())
-    out.chmod(0o444)
     seal = comp.target.to_seal()
+    verify_image(out, seal)
     write_durable(stage / f"{comp.name}.seal.json", _json_bytes(_seal_record(seal)))
     crashpoint("install.component-staged")
 

@@ -368,6 +368,11 @@ class Preboot:
         Raises:
             KeyError: no such component.
         """
+        for _ in range(9):
+            try:
+                return self._component_dir(self.read_state(), name) / f"{name}.img"
+            except FileNotFoundError:  # os.json of a base that gc just removed: re-read
+                continue
         return self._component_dir(self.read_state(), name) / f"{name}.img"
 
     def open_component(self, name: str) -> BinaryIO:
@@ -390,8 +395,8 @@ class Preboot:
 
         last: OSError | None = None
         for _ in range(10):
-            directory = self._component_dir(self.read_state(), name)
             try:
+                directory = self._component_dir(self.read_state(), name)
                 f = open(directory / f"{name}.img", "rb")  # noqa: SIM115
                 try:
                     seal = seal_from_record(self.seal_record(directory, name))
