@@ -209,9 +209,7 @@ def decide_auto_install(policy: Policy, user_auto_install: bool) -> AutoInstallD
         'user'
     """
     if not policy.security_updates_enabled:
-        return AutoInstallDecision(
-            False, "policy", "policy RapidSecurityResponse.Enable = false"
-        )
+        return AutoInstallDecision(False, "policy", "policy RapidSecurityResponse.Enable = false")
     if policy.install_security_update == "AlwaysOn":
         return AutoInstallDecision(
             True, "policy", "policy AutomaticActions.InstallSecurityUpdate = AlwaysOn"
