@@ -107,18 +107,22 @@ def test_server_that_always_stalls_gives_fetch_error(server, repo_dir):
     _, data = repo_dir
     server.fault = Fault("stall", at=10, seconds=3.0, times=-1)
     repo = _http(server, timeout=0.2, retries=2)
-    with pytest.raises(FetchError, match="stalled"):
-        with repo.open_patch(REL, size=SIZE, sha256=hashlib.sha256(data).digest()) as s:
-            _read_all(s)
+    with (
+        pytest.raises(FetchError, match="stalled"),
+        repo.open_patch(REL, size=SIZE, sha256=hashlib.sha256(data).digest()) as s,
+    ):
+        _read_all(s)
 
 
 def test_always_truncating_server_gives_fetch_error(server, repo_dir):
     _, data = repo_dir
     server.fault = Fault("truncate", at=0, times=-1)
     repo = _http(server, retries=2)
-    with pytest.raises(FetchError, match="attempt"):
-        with repo.open_patch(REL, size=SIZE, sha256=hashlib.sha256(data).digest()) as s:
-            _read_all(s)
+    with (
+        pytest.raises(FetchError, match="attempt"),
+        repo.open_patch(REL, size=SIZE, sha256=hashlib.sha256(data).digest()) as s,
+    ):
+        _read_all(s)
     assert len(server.requests_for(".bsipatch")) <= 4  # bounded
 
 
@@ -183,9 +187,11 @@ def test_unannounced_extra_bytes_refused_at_end(server, repo_dir):
     _, data = repo_dir
     server.fault = Fault("extra_unannounced", extra=5000, times=-1)
     repo = _http(server)
-    with repo.open_patch(REL, size=SIZE, sha256=hashlib.sha256(data).digest()) as s:
-        with pytest.raises(PatchTooLarge, match="more than"):
-            _read_all(s)
+    with (
+        repo.open_patch(REL, size=SIZE, sha256=hashlib.sha256(data).digest()) as s,
+        pytest.raises(PatchTooLarge, match="more than"),
+    ):
+        _read_all(s)
     # never more than the declared size was handed to the consumer
     assert repo.stats.files[REL] <= SIZE + 1
 
