@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from .agent import AgentStore, format_time, utc_now
+from .errors import BsipatchError
 from .policy import decide_auto_install
 
 REPORT_FORMAT = 1
@@ -48,7 +49,7 @@ def _release_details(preboot: Any, store: AgentStore, release_id: str | None) ->
         from .manifest import release_slug
 
         info = preboot.release_info(release_slug(release_id))
-    except Exception:  # noqa: BLE001 - a missing or older record only loses detail
+    except (OSError, ValueError, KeyError, BsipatchError):  # an older record only loses detail
         info = {}
     for key in ("supplemental_build", "published", "sequence"):
         if details[key] is None and info.get(key) is not None:
@@ -158,10 +159,8 @@ def format_report(report: dict[str, Any]) -> list[str]:
         root = (c["root_hash"] or "?")[:16]
         lines.append(f"  {name:<12} {c['activation']:<8} root {root}...{pending}")
     auto = report["auto_install"]
-    lines.append(
-        f"automatic install: {'on' if auto['enabled'] else 'off'} (decided by {auto['decided_by']}: "
-        f"{auto['reason']})"
-    )
+    state = "on" if auto["enabled"] else "off"
+    lines.append(f"automatic install: {state} (decided by {auto['decided_by']}: {auto['reason']})")
     for d in report["deferred_releases"]:
         lines.append(f"deferred: {d['release_id']} ({d['reason']})")
     last = report["last_check"]
