@@ -281,7 +281,8 @@ class Agent:
 
     Args:
         preboot: a :class:`bsipatch.preboot.Preboot` or its directory.
-        repo: a :class:`bsipatch.fetch.Repository`, an ``http(s)://`` URL or a directory.
+        repo: a :class:`bsipatch.fetch.Repository`, an ``http(s)://`` URL or a directory;
+            ``None`` for the operations that need none (settings, uninstall, os_update).
         now: fixed current time (tests, demo); ``None`` reads the clock at each call.
         trusted_root: root envelope bytes to trust when none is stored yet
             (provisioning); ignored once the device has a trusted root.
@@ -303,7 +304,7 @@ class Agent:
     def __init__(
         self,
         preboot: Any,
-        repo: Repository | str | PathLike,
+        repo: Repository | str | PathLike | None,
         *,
         now: datetime | None = None,
         trusted_root: bytes | None = None,
@@ -314,9 +315,9 @@ class Agent:
         from .preboot import Preboot
 
         self.preboot = preboot if isinstance(preboot, Preboot) else Preboot(preboot)
-        self.repo = (
+        self._repo: Repository | None = (
             repo
-            if isinstance(repo, Repository)
+            if repo is None or isinstance(repo, Repository)
             else open_repository(repo, timeout=timeout, retries=retries)
         )
         self._now = now
@@ -331,6 +332,17 @@ class Agent:
     def now(self) -> datetime:
         """The agent's notion of the current time."""
         return self._now if self._now is not None else utc_now()
+
+    @property
+    def repo(self) -> Repository:
+        """The repository.
+
+        Raises:
+            StateError: the agent was made without one.
+        """
+        if self._repo is None:
+            raise StateError("this operation needs a repository (--repo URL|DIR)")
+        return self._repo
 
     @property
     def stats(self) -> FetchStats:
