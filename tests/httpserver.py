@@ -13,7 +13,9 @@ for matching paths, a limited number of times:
 * ``extra``    -- send ``extra`` bytes more than the file holds (announced in
   Content-Length, so a careful client sees it before reading);
 * ``extra_unannounced`` -- no Content-Length, close-delimited body with extra bytes;
-* ``status``   -- answer with HTTP ``code`` (e.g. 500, 404).
+* ``status``   -- answer with HTTP ``code`` (e.g. 500, 404);
+* ``truncate_ignore_range`` -- truncate the first (plain) request at ``at``, then
+  answer every Range request with 200 and the whole file.
 
 Every request is logged (path, Range header, status) in ``server.log``. No mocks: this
 is a real socket server the agent talks to with urllib.
@@ -103,6 +105,8 @@ def _make_handler(state: RepoServer) -> type[http.server.BaseHTTPRequestHandler]
             rng = self.headers.get("Range")
             fault = state.take_fault(path)
             kind = fault.kind if fault else None
+            if kind == "truncate_ignore_range":
+                kind = "ignore_range" if rng else "truncate"
             rel = path.lstrip("/")
             target = (state.directory / rel).resolve()
             if ".." in rel.split("/") or not target.is_file():
