@@ -388,13 +388,14 @@ def test_withdrawal_with_auto_install_off_stays_and_says_so(device, vendor):
 
 
 def test_os_update_retires_old_releases(device, vendor):
+    _agent(device, vendor, vendor["snap"]["A"]).run()
     agent = _agent(device, vendor, vendor["snap"]["AB"])
     agent.set_auto_install(False)
     agent.check()  # (b) deferred
     agent.set_auto_install(True)
-    _agent(device, vendor, vendor["snap"]["A"]).run()
     out = agent.os_update(os_version="26.2", build="23C55", images=vendor["images"]["new"])
     assert "26.1 (a)" in out["retired"]
+    assert out["deferred_cleared"] == ["26.1 (b)"]
     st = device.status()
     assert (st["os_version"], st["build"], st["active_release"]) == ("26.2", "23C55", None)
     _assert_on(device, vendor, "new")
@@ -443,6 +444,7 @@ def test_cli_check_run_settings_policy_status(device, vendor, tmp_path, capsys):
     with _serve(vendor, "A") as srv:
         repo = ["--preboot", pb, "--repo", srv.url]
         assert cli_main(["agent", "settings", "--preboot", pb, "--auto-install", "off"]) == 0
+        assert "automatic install off" in capsys.readouterr().out
         assert cli_main(["agent", "check", *repo, "--root", str(root), "--json"]) == 0
         out = json.loads(capsys.readouterr().out)
         assert {d["release_id"]: d["action"] for d in out["decisions"]}["26.1 (a)"] == "defer"
