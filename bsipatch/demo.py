@@ -90,7 +90,10 @@ def human(n: float) -> str:
 
 def pct(part: float, whole: float) -> str:
     """``part`` as a percentage of ``whole``."""
-    return f"{100 * part / whole:.1f}%" if whole else "-"
+    if not whole:
+        return "-"
+    p = 100 * part / whole
+    return f"{p:.2f}%" if p < 1 else f"{p:.1f}%"
 
 
 # --- component images ----------------------------------------------------------------------
@@ -147,15 +150,21 @@ def _gather(libs: tuple[str, ...], budget: int, seed: int, prefix: str) -> dict[
 
 
 def _security_fix(files: dict[str, bytes], seed: int) -> dict[str, bytes]:
-    """A "security fix": a few changed instructions and 1.5 kB of new code in one file."""
+    """A "security fix" as a rebuilt library looks: one file gets 1.5 kB of new code,
+    a dozen changed instructions, and, after the insertion point, the small changes
+    of every relative address that now points across it (one byte in ~300)."""
     rng = random.Random(seed)  # noqa: S311 - deterministic demo data, not secrets
     out = dict(files)
-    name = sorted(files)[seed % len(files)]
+    name = sorted(files, key=lambda n: (-len(files[n]), n))[seed % min(2, len(files))]
     data = bytearray(files[name])
     for _ in range(12):
         off = rng.randrange(0, len(data) - 64)
         data[off : off + 16] = bytes(rng.randrange(256) for _ in range(16))
     insert_at = len(data) // 3
+    for off in range(insert_at, len(data) - 256, 256):
+        if rng.random() < 0.8:
+            pos = off + rng.randrange(252)
+            data[pos] = (data[pos] + 0x06) & 0xFF  # displacement grew by 1536 = 0x600
     data[insert_at:insert_at] = _code_like(seed * 7919, 1536)
     out[name] = bytes(data)
     return out
@@ -331,7 +340,7 @@ def run_demo(
         raise ValueError(f"scale must be one of {', '.join(SCALES)}")
     if dir is None:
         with tempfile.TemporaryDirectory(prefix="bsipatch-demo-") as tmp:
-            summary = _run(Path(tmp), out, scale, use_mke2fs)
+            summary = _run(Path(tmp), out, scale, use_mke2fs, False)
             summary["dir"] = None
             return summary
     root = Path(dir)
@@ -340,12 +349,12 @@ def run_demo(
         from .errors import StateError
 
         raise StateError(f"{root} is not empty; the demo needs an empty or new directory")
-    summary = _run(root, out, scale, use_mke2fs)
+    summary = _run(root, out, scale, use_mke2fs, True)
     summary["dir"] = str(root)
     return summary
 
 
-def _run(root: Path, out: Out, scale: str, use_mke2fs: bool | None) -> dict[str, Any]:
+def _run(root: Path, out: Out, scale: str, use_mke2fs: bool | None, keep: bool) -> dict[str, Any]:
     from . import keys as keymod
     from .agent import Agent
     from .install import boot
@@ -496,8 +505,9 @@ def _run(root: Path, out: Out, scale: str, use_mke2fs: bool | None) -> dict[str,
         with meter.measure("install (a)", full) as cost:
             report = agent.run()
         inst = report["installed"]
-        say(f"installed {inst['release']}: components {', '.join(inst['changed'])}; "
-            "every produced image verified against its signed seal before activation")  # fmt: skip
+        say(f"installed {inst['release']}: components {', '.join(inst['changed'])}")
+        say("each patch was checked against the signed size and SHA-256 as it arrived, and")
+        say("each new image against its signed seal, before one atomic switch activated it")
         cost_line(cost)
         outcomes["installed_a"] = inst["release"]
 
@@ -611,8 +621,12 @@ def _run(root: Path, out: Out, scale: str, use_mke2fs: bool | None) -> dict[str,
         out(f"   {c.step:<36} {human(c.downloaded):>11} {share:>10} {c.cpu_seconds:>6.2f}s "
             f"{human(c.written):>10}")  # fmt: skip
     out("")
-    out(f"done in {time.monotonic() - t_start:.1f} s.  Try: bsipatch agent status --preboot DIR"
-        " (with --dir DIR to keep the files)")  # fmt: skip
+    out(f"done in {time.monotonic() - t_start:.1f} s.")
+    if keep:
+        out(f"look around: bsipatch agent status --preboot {pb_dir}")
+        out(f"             bsipatch agent check --preboot {pb_dir} --repo {repo_dir}")
+    else:
+        out("run with --dir DIR to keep the repository and the device's preboot volume")
     return {
         "image_format": fmt,
         "costs": [c.__dict__ for c in meter.costs],
