@@ -641,7 +641,12 @@ class Agent:
             MetadataError, FetchError, PatchError, SealError, StagingError: the device
             stays on its active (verified) images; the error is recorded as the last
             result.
+            LockedError: another process is changing the preboot volume.
         """
+        with self.preboot.lock():  # one agent at a time; install/rollback re-enter it
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         cpu0 = time.process_time()
         bytes0 = self.repo.stats.bytes_received
         self.check()

@@ -471,3 +471,44 @@ def test_cli_os_update(device, vendor, capsys):
     assert cli_main([*args, "-q"]) == 0
     assert "26.2 (23C55)" in capsys.readouterr().out
     assert device.status()["os_version"] == "26.2"
+
+
+# --- trust root rotation and concurrency ------------------------------------------------------
+
+
+def test_root_rotation_is_followed_and_old_catalog_key_refused(device, vendor, tmp_path):
+    from bsipatch.errors import SignatureError
+    from bsipatch.publish import resign, rotate_root
+
+    repo = tmp_path / "repo-rot"
+    shutil.copytree(vendor["snap"]["A"], repo)
+    keys = dict(vendor["keys"])
+    with serve(repo) as srv:
+        _agent(device, vendor, srv.url).check()
+        new_catalog = keymod.generate("ed25519")
+        rotate_root(
+            repo,
+            old_root_keys=[keys["root"]],
+            new_keys={"root": [keys["root"]], "release": [keys["release"]],
+                      "catalog": [new_catalog]},
+            now=NOW,
+        )  # fmt: skip
+        keys["catalog"] = new_catalog
+        resign(repo, keys, NOW)
+        report = _agent(device, vendor, srv.url).run()
+    assert report["installed"]["release"] == "26.1 (a)"
+    stored = json.loads(AgentStore(device.path).trusted_root())
+    assert stored["signed"]["version"] == 2
+    # a mirror still serving the catalog signed by the revoked key is refused
+    with _serve(vendor, "A") as srv, pytest.raises(SignatureError):
+        _agent(device, vendor, srv.url).check()
+
+
+def test_second_agent_run_while_locked_is_refused(device, vendor):
+    from bsipatch.errors import LockedError
+    from bsipatch.preboot import Preboot
+
+    other = Preboot(device.path)
+    with other.lock(), pytest.raises(LockedError):
+        _agent(device, vendor, vendor["snap"]["A"]).run()
+    _assert_on(device, vendor, "base")
