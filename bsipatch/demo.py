@@ -357,6 +357,7 @@ def run_demo(
 def _run(root: Path, out: Out, scale: str, use_mke2fs: bool | None, keep: bool) -> dict[str, Any]:
     from . import keys as keymod
     from .agent import Agent
+    from .errors import BsipatchError
     from .install import boot
     from .manifest import Cve
     from .preboot import Preboot
@@ -554,7 +555,7 @@ def _run(root: Path, out: Out, scale: str, use_mke2fs: bool | None, keep: bool) 
         # -- 8. release (b), first with automatic install off -------------------------------------
         head(f"8. The vendor publishes {OS_VERSION} (b); the user has automatic install off")
         later = now + timedelta(seconds=1)
-        build_release(
+        m_b = build_release(
             repo_dir,
             release_id=f"{OS_VERSION} (b)",
             os_version=OS_VERSION,
@@ -582,7 +583,32 @@ def _run(root: Path, out: Out, scale: str, use_mke2fs: bool | None, keep: bool) 
                 say(f"{d.release_id}: {d.action} -- {d.reason}")
         outcomes["deferred"] = [d["release_id"] for d in agent.store.state().deferred]
         agent.set_auto_install(True)
-        say("the user turns automatic install back on; the agent runs again")
+        say("the user turns automatic install back on")
+
+        # -- 9. tampering ----------------------------------------------------------------------
+        head("9. Meanwhile someone tampers with the download: one byte of a patch is flipped")
+        patch_path = repo_dir / m_b.component("webkit").patch.path
+        original = patch_path.read_bytes()
+        damaged = bytearray(original)
+        damaged[len(damaged) // 2] ^= 0x01
+        patch_path.write_bytes(bytes(damaged))
+        try:
+            agent.run()
+            refused = None
+        except BsipatchError as exc:
+            refused = f"{type(exc).__name__}: {exc}"
+        finally:
+            patch_path.write_bytes(original)
+        verified = True
+        for n in activation:
+            with pb.open_component(n) as reader:  # raises if any block fails its seal
+                verified = verified and bool(_read_all(reader))
+        say(f"refused -- {refused}")
+        say(f"the device is still on {pb.status()['active_release']}, every block of its "
+            f"images verified: {'yes' if verified else 'NO'}")  # fmt: skip
+        outcomes["tampered_refused"] = refused is not None
+        outcomes["after_tamper"] = pb.status()["active_release"]
+        say("the genuine patch is back; the agent runs again")
         with meter.measure("install (b)", full) as cost:
             report = agent.run()
         say(f"installed {report['installed']['release']}; the device keeps (a) for rollback")
@@ -590,7 +616,7 @@ def _run(root: Path, out: Out, scale: str, use_mke2fs: bool | None, keep: bool) 
         outcomes["installed_b"] = report["installed"]["release"]
 
         # -- 9. withdrawal ----------------------------------------------------------------------
-        head(f"9. The vendor withdraws {OS_VERSION} (b) (say it broke a web site)")
+        head(f"10. The vendor withdraws {OS_VERSION} (b) (say it broke a web site)")
         withdraw(repo_dir, f"{OS_VERSION} (b)", keydir_keys, later)
         with meter.measure("step back from withdrawn (b)") as cost:
             report = agent.run()
@@ -601,7 +627,7 @@ def _run(root: Path, out: Out, scale: str, use_mke2fs: bool | None, keep: bool) 
         outcomes["after_withdrawal"] = pb.status()["active_release"]
 
         # -- 10. uninstall --------------------------------------------------------------------
-        head("10. The user uninstalls the security release (a regression, say)")
+        head("11. The user uninstalls the security release (a regression, say)")
         with meter.measure("uninstall to base") as cost:
             agent.uninstall()
             boot(pb)

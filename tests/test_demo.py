@@ -22,6 +22,8 @@ def _check(summary: dict) -> None:
         "SupplementalBuildVersion": "23B85a",
     }
     assert o["deferred"] == ["26.1 (b)"]
+    assert o["tampered_refused"] is True
+    assert o["after_tamper"] == "26.1 (a)"
     assert o["installed_b"] == "26.1 (b)"
     assert o["after_withdrawal"] == "26.1 (a)"
     assert o["after_uninstall"] is None
