@@ -173,6 +173,8 @@ def compute_ops(old: Buffer, new: Buffer, *, threads: int | None = None,
         sa32 = ffi.cast("int32_t *", ffi.from_buffer(sa_buf)) if idx_size and not wide else ffi.NULL
         sa64 = ffi.cast("int64_t *", ffi.from_buffer(sa_buf)) if idx_size and wide else ffi.NULL
         pidx = ffi.from_buffer(idx) if idx_size else ffi.NULL
+        bkt = ffi.new("uint64_t[]", 65537)
+        check(lib.bsi_sa_buckets(pidx, idx_size, bkt), "suffix buckets")
 
         # regions: gaps, big ones cut so all threads have work
         chunk = max(1 << 20, gap_total // (threads * 4) + 1)
@@ -193,7 +195,7 @@ def compute_ops(old: Buffer, new: Buffer, *, threads: int | None = None,
             stopped = ffi.new("uint64_t *")
             while s < e:
                 buf = ffi.new("bsi_op[]", SEARCH_OPS_CAP)
-                n = check(lib.bsi_diff_search(pidx, idx_size, sa32, sa64, pnew, nn, s, e, buf,
+                n = check(lib.bsi_diff_search(pidx, idx_size, sa32, sa64, bkt, pnew, nn, s, e, buf,
                                               SEARCH_OPS_CAP, stopped), "delta search")
                 if remap and n:
                     cap = n * 2 + len(ranges) + 4

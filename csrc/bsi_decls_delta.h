@@ -41,13 +41,17 @@ int64_t bsi_diff_prepass(const uint8_t *old, uint64_t old_size, const uint8_t *n
                          uint64_t new_size, uint64_t *table, uint64_t table_slots,
                          uint8_t *old_claimed, bsi_op *ops, uint64_t ops_cap);
 
+/* Starts of the suffix-array ranges of every 2-byte prefix of idx: bkt[65537]. */
+int bsi_sa_buckets(const uint8_t *idx, uint64_t n, uint64_t *bkt);
+
 /* bsdiff-style approximate-match search of new[start..end) against the indexed
- * text idx[0..idx_size) with its suffix array (sa32 or sa64, the other NULL).
+ * text idx[0..idx_size) with its suffix array (sa32 or sa64, the other NULL) and
+ * optionally its bsi_sa_buckets table (bkt, or NULL).
  * Writes ADD ops (old_off in index coordinates) and INSERT ops covering
  * [start, *stopped) where *stopped == end unless ops_cap ran out (call again from
  * *stopped). Returns the number of ops or a negative BSI_E_*. */
 int64_t bsi_diff_search(const uint8_t *idx, uint64_t idx_size, const int32_t *sa32,
-                        const int64_t *sa64, const uint8_t *new_, uint64_t new_size,
+                        const int64_t *sa64, const uint64_t *bkt, const uint8_t *new_, uint64_t new_size,
                         uint64_t start, uint64_t end, bsi_op *ops, uint64_t ops_cap,
                         uint64_t *stopped);
 
