@@ -26,6 +26,7 @@ import hmac
 import io
 import mmap
 import os
+import struct
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -54,6 +55,8 @@ ProgressFn = Callable[[int, int], None]
 OUT_CHUNK = 1 << 20
 IN_CHUNK = 256 << 10
 PARTIAL_SUFFIX = ".bsipatch-partial"
+#: Default parallel segments: each worker holds a zstd window and a segment.
+MAX_DEFAULT_THREADS = 3
 #: Drop the old image's mapped pages after each segment when it is larger than this,
 #: so resident memory stays bounded whatever the image size.
 DROP_PAGES_ABOVE = 32 << 20
@@ -133,9 +136,9 @@ def run_segment(old: _Old, header: Header, seg: SegmentHeader, comp: bytes,
         (a wrong segment output digest is a CorruptPatch).
     """
     st = ffi.new("bsi_patch_state *")
-    cap = min(header.max_buffered, seg.payload_len)
-    scratch = bytearray(cap)
-    pscratch = ffi.from_buffer(scratch) if cap else ffi.NULL
+    cap = 0
+    scratch = bytearray()
+    pscratch: Any = ffi.NULL
     out = bytearray(min(OUT_CHUNK, seg.out_len))
     pout = ffi.from_buffer(out)
     outmv = memoryview(out)
@@ -143,8 +146,24 @@ def run_segment(old: _Old, header: Header, seg: SegmentHeader, comp: bytes,
     ob.ptr, ob.size, ob.pos = pout, len(out), 0
     ib = ffi.new("bsi_inbuf *")
     h = hashlib.sha256()
-    lib.bsi_patch_init(st, seg.out_len, old.size, cap)
     total = 0
+    started = False
+
+    def start(head: bytes) -> None:
+        # size the section buffer from the payload's own (untrusted, checked) lengths
+        nonlocal cap, scratch, pscratch, started
+        ctrl_len, runs_len, lit_len = struct.unpack_from("<3Q", head, 16)
+        need = ctrl_len + runs_len + lit_len
+        if need > header.max_buffered or need > seg.payload_len:
+            raise PatchTooLarge(
+                f"segment {seg.index}: needs {need} buffered bytes, the header allows "
+                f"{header.max_buffered}"
+            )
+        cap = need
+        scratch = bytearray(cap)
+        pscratch = ffi.from_buffer(scratch) if cap else ffi.NULL
+        lib.bsi_patch_init(st, seg.out_len, old.size, cap)
+        started = True
 
     def pump(data: bytes) -> None:
         keep = ffi.from_buffer(data) if data else ffi.NULL
@@ -166,6 +185,15 @@ def run_segment(old: _Old, header: Header, seg: SegmentHeader, comp: bytes,
     try:
         dctx = zstandard.ZstdDecompressor()
         with dctx.stream_reader(comp, read_size=IN_CHUNK, read_across_frames=False) as r:
+            head = b""
+            while len(head) < patchfmt.PAYLOAD_HEADER_SIZE:
+                more = r.read(patchfmt.PAYLOAD_HEADER_SIZE - len(head))
+                if not more:
+                    raise CorruptPatch(f"segment {seg.index}: payload shorter than its header")
+                head += more
+            start(head)
+            total = len(head)
+            pump(head)
             while True:
                 data = r.read(IN_CHUNK)
                 if not data:
@@ -176,6 +204,8 @@ def run_segment(old: _Old, header: Header, seg: SegmentHeader, comp: bytes,
                 pump(data)
     except zstandard.ZstdError as exc:
         raise CorruptPatch(f"segment {seg.index}: zstd: {exc}") from exc
+    if not started:  # pragma: no cover - start() always ran or raised
+        raise CorruptPatch(f"segment {seg.index}: empty payload")
     pump(b"")
     if total != seg.payload_len:
         raise CorruptPatch(f"segment {seg.index}: payload is {total} bytes, declared {seg.payload_len}")
@@ -257,7 +287,7 @@ def _apply_to_fd(old: _Old, reader: PatchReader, fd: int, *, threads: int, exist
                     pending.append((seg, None))
                 else:
                     pending.append((seg, pool.submit(work, seg, comp)))
-                while len(pending) > threads + 1:
+                while len(pending) > threads:
                     finish_one()
             while pending:
                 finish_one()
@@ -354,7 +384,8 @@ def apply(old: PathLike | Buffer, patch: PatchSource, out: PathLike | BinaryIO, 
         old: the old image: path or bytes-like.
         patch: path, bytes-like, or any readable binary stream (need not be seekable).
         out: output path, or writable binary file.
-        threads: segments applied in parallel (default: all CPUs; path outputs only).
+        threads: segments applied in parallel (default: the CPUs, at most 3, which keeps
+            memory under 64 MiB; path outputs only).
         progress: ``(done, total)`` callback over output bytes.
         resume: continue from verified segments of an earlier interrupted apply.
         max_patch_size: refuse a patch longer than this (e.g. the manifest's size).
@@ -382,7 +413,8 @@ def apply(old: PathLike | Buffer, patch: PatchSource, out: PathLike | BinaryIO, 
         stack.callback(o.close)
         o.check(reader.header)
         if is_pathlike(out):
-            extra = _apply_to_path(o, reader, out, threads=threads or default_threads(),  # type: ignore[arg-type]
+            nthreads = threads or min(default_threads(), MAX_DEFAULT_THREADS)
+            extra = _apply_to_path(o, reader, out, threads=nthreads,  # type: ignore[arg-type]
                                    resume=resume, progress=progress)
         else:
             extra = _apply_to_stream(o, reader, out, progress)  # type: ignore[arg-type]
