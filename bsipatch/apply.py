@@ -28,6 +28,7 @@ import mmap
 import os
 import struct
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -38,7 +39,7 @@ import zstandard
 from . import patchfmt
 from ._io import PathLike, fsync_dir, is_pathlike, open_source, read_exact
 from ._native import error_name, ffi, lib
-from .diff import Buffer, default_threads, open_buffer
+from .diff import Buffer, default_threads, open_buffer, sha256_buffer, zero_digest
 from .errors import (
     CorruptPatch,
     OutputMismatch,
@@ -74,22 +75,6 @@ def _native_error(rc: int, seg: SegmentHeader) -> Exception:
     return cls(f"segment {seg.index}: bad operations ({error_name(rc)})")
 
 
-def _sha256_file(f: BinaryIO, size: int) -> bytes:
-    """SHA-256 of a file's first ``size`` bytes, read in chunks (no mapping)."""
-    h = hashlib.sha256()
-    buf = bytearray(OUT_CHUNK)
-    mv = memoryview(buf)
-    f.seek(0)
-    left = size
-    while left > 0:
-        n = f.readinto(mv[: min(left, OUT_CHUNK)])
-        if not n:
-            break
-        h.update(mv[:n])
-        left -= n
-    return h.digest()
-
-
 class _Old:
     """The old image: a buffer for the applier and a way to hash it cheaply."""
 
@@ -102,19 +87,38 @@ class _Old:
 
     def check(self, header: Header) -> None:
         """Raise WrongBaseImage unless size and SHA-256 match the patch header."""
+        self.start_check(header)()
+
+    def start_check(self, header: Header) -> Callable[[], None]:
+        """Check the size now and start hashing on a thread; return the function that
+        waits for the digest and raises WrongBaseImage when it differs."""
         if self.size != header.old_size:
             raise WrongBaseImage(
                 f"old image is {self.size} bytes, the patch was made for {header.old_size} bytes"
             )
-        if self.path is not None:
-            with open(self.path, "rb") as f:  # noqa: PTH123
-                digest = _sha256_file(f, self.size)
-        else:
-            digest = hashlib.sha256(self.buf).digest()
-        if not hmac.compare_digest(digest, header.old_sha256):
-            raise WrongBaseImage(
-                f"old image SHA-256 is {digest.hex()}, the patch was made for {header.old_sha256.hex()}"
-            )
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                result["digest"] = sha256_buffer(self.buf)
+            except BaseException as exc:  # handed to the waiter
+                result["error"] = exc
+
+        t = threading.Thread(target=run, name="bsipatch-old-sha256", daemon=True)
+        t.start()
+
+        def wait() -> None:
+            t.join()
+            if "error" in result:
+                raise result["error"]
+            digest = result["digest"]
+            if not hmac.compare_digest(digest, header.old_sha256):
+                raise WrongBaseImage(
+                    f"old image SHA-256 is {digest.hex()}, "
+                    f"the patch was made for {header.old_sha256.hex()}"
+                )
+
+        return wait
 
     def drop_pages(self) -> None:
         """Let go of the mapped pages of a large old image (they are re-read on demand)."""
@@ -127,6 +131,16 @@ class _Old:
         self._stack.close()
 
 
+def is_zero_segment(seg: SegmentHeader) -> bool:
+    """True when the segment declares only ZERO output and the digest of zeros.
+
+    run_segment confirms the first part from the applier's own counts, so such a
+    segment's output is zeros by construction and its digest need not be computed.
+    """
+    return seg.kind_bytes[3] == seg.out_len and hmac.compare_digest(
+        seg.out_sha256, zero_digest(seg.out_len))
+
+
 def run_segment(old: _Old, header: Header, seg: SegmentHeader, comp: bytes,
                 sink: Callable[[memoryview], None]) -> None:
     """Decompress one verified segment, apply it, and pass its output to ``sink`` in order.
@@ -135,6 +149,7 @@ def run_segment(old: _Old, header: Header, seg: SegmentHeader, comp: bytes,
         CorruptPatch, TruncatedPatch, PatchTooLarge: bad payload; OutputMismatch never
         (a wrong segment output digest is a CorruptPatch).
     """
+    zero_seg = is_zero_segment(seg)
     st = ffi.new("bsi_patch_state *")
     cap = 0
     scratch = bytearray()
@@ -174,7 +189,8 @@ def run_segment(old: _Old, header: Header, seg: SegmentHeader, comp: bytes,
                 raise _native_error(rc, seg)
             if ob.pos:
                 chunk = outmv[: ob.pos]
-                h.update(chunk)
+                if not zero_seg:
+                    h.update(chunk)
                 sink(chunk)
                 ob.pos = 0
             if rc == 0:
@@ -212,7 +228,9 @@ def run_segment(old: _Old, header: Header, seg: SegmentHeader, comp: bytes,
     rc = lib.bsi_patch_finish(st)
     if rc < 0:
         raise _native_error(rc, seg)
-    if not hmac.compare_digest(h.digest(), seg.out_sha256):
+    if tuple(st.kind_bytes) != seg.kind_bytes:
+        raise CorruptPatch(f"segment {seg.index}: operations differ from its statistics")
+    if not zero_seg and not hmac.compare_digest(h.digest(), seg.out_sha256):
         raise CorruptPatch(f"segment {seg.index}: output SHA-256 mismatch")
 
 
@@ -230,10 +248,12 @@ def _apply_to_fd(old: _Old, reader: PatchReader, fd: int, *, threads: int, exist
                  progress: ProgressFn | None) -> dict[str, Any]:
     """Apply all segments into file ``fd`` (in parallel); return statistics."""
     header = reader.header
-    zero = bytes(OUT_CHUNK)
+    zero = memoryview(bytes(OUT_CHUNK))
     overall = hashlib.sha256()
     resumed = 0
     done = 0
+
+    zero_bytes = bytes(OUT_CHUNK)
 
     def work(seg: SegmentHeader, comp: bytes) -> None:
         pos = seg.out_offset
@@ -241,7 +261,7 @@ def _apply_to_fd(old: _Old, reader: PatchReader, fd: int, *, threads: int, exist
         def sink(chunk: memoryview) -> None:
             nonlocal pos
             # a fresh file region is a hole already: leave zero chunks unwritten
-            if not (pos >= existing and len(chunk) == OUT_CHUNK and chunk == zero):
+            if not (pos >= existing and len(chunk) == OUT_CHUNK and chunk == zero_bytes):
                 os.pwrite(fd, chunk, pos)
             pos += len(chunk)
 
@@ -266,6 +286,11 @@ def _apply_to_fd(old: _Old, reader: PatchReader, fd: int, *, threads: int, exist
         if fut is not None:
             fut.result()
         off, end = seg.out_offset, seg.out_offset + seg.out_len
+        if fut is not None and is_zero_segment(seg):
+            while off < end:  # written as zeros (or left a hole): no need to read it back
+                k = min(OUT_CHUNK, end - off)
+                overall.update(zero[:k])
+                off += k
         while off < end:
             data = os.pread(fd, min(OUT_CHUNK, end - off), off)
             if not data:
@@ -306,7 +331,7 @@ def _apply_to_fd(old: _Old, reader: PatchReader, fd: int, *, threads: int, exist
 
 
 def _apply_to_path(old: _Old, reader: PatchReader, out: PathLike, *, threads: int, resume: bool,
-                   progress: ProgressFn | None) -> dict[str, Any]:
+                   progress: ProgressFn | None, base_ok: Callable[[], None]) -> dict[str, Any]:
     target = Path(out)
     directory = target.parent if str(target.parent) else Path(".")
     header = reader.header
@@ -327,12 +352,14 @@ def _apply_to_path(old: _Old, reader: PatchReader, out: PathLike, *, threads: in
         try:
             stats = _apply_to_fd(old, reader, fd, threads=threads, existing=existing,
                                  progress=progress)
-        except (TruncatedPatch, KeyboardInterrupt):
+        except KeyboardInterrupt:
             keep = resume
             raise
-        except OSError:
-            keep = resume
+        except BaseException as exc:
+            base_ok()  # a wrong base image explains any error: report that instead
+            keep = resume and isinstance(exc, (TruncatedPatch, OSError))
             raise
+        base_ok()
         os.fsync(fd)
         os.close(fd)
         fd = -1
@@ -374,9 +401,10 @@ def apply(old: PathLike | Buffer, patch: PatchSource, out: PathLike | BinaryIO, 
     """Apply ``patch`` to ``old`` and write the new image to ``out``.
 
     The old image's size and SHA-256 are checked against the patch header before
-    anything is written. With a path ``out``, the result goes to a temporary file in
-    the same directory and is renamed into place only when its SHA-256 matches the
-    header; on any error no output file is left behind (see the module docstring for
+    anything is kept. With a path ``out``, the result goes to a temporary file in
+    the same directory (the old image is hashed meanwhile) and is renamed into place
+    only when the old image's and the result's SHA-256 match the header (a wrong old
+    image raises WrongBaseImage); on any error no output file is left behind (see the module docstring for
     ``resume``). With a file object ``out``, bytes are written as segments verify and
     an error is raised at the first mismatch.
 
@@ -411,12 +439,15 @@ def apply(old: PathLike | Buffer, patch: PatchSource, out: PathLike | BinaryIO, 
         reader = PatchReader(f, prefix=magic, max_patch_size=max_patch_size)
         o = _Old(old)
         stack.callback(o.close)
-        o.check(reader.header)
         if is_pathlike(out):
+            # the old image is hashed while segments are applied into the temporary
+            # file; nothing is renamed into place unless its digest matches
+            base_ok = o.start_check(reader.header)
             nthreads = threads or min(default_threads(), MAX_DEFAULT_THREADS)
             extra = _apply_to_path(o, reader, out, threads=nthreads,  # type: ignore[arg-type]
-                                   resume=resume, progress=progress)
+                                   resume=resume, progress=progress, base_ok=base_ok)
         else:
+            o.check(reader.header)
             extra = _apply_to_stream(o, reader, out, progress)  # type: ignore[arg-type]
         return patchfmt.info_from_reader(reader, extra)
 

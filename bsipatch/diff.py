@@ -10,6 +10,8 @@ This module does the orchestration and the file I/O; it does not apply patches.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import errno
+import functools
 import hashlib
 import mmap
 import os
@@ -36,6 +38,12 @@ BS = lib.BSI_BLOCK_SIZE
 #: bytes) and a smaller index, so by default nothing is indexed whole.
 FULL_INDEX_LIMIT = 0
 SEARCH_OPS_CAP = 1 << 13
+#: The pre-pass works through the images in chunks of this many bytes, releasing
+#: mapped pages in between when the images are larger than PAGE_DROP_ABOVE.
+PREPASS_CHUNK = 64 << 20
+PAGE_DROP_ABOVE = 256 << 20
+#: File holes at least this long are taken as zeros without reading them.
+HOLE_MIN = 1 << 20
 OP_SIZE = ffi.sizeof("bsi_op")
 
 
@@ -52,16 +60,52 @@ def _anon(size: int) -> mmap.mmap:
     return mmap.mmap(-1, max(size, 1))
 
 
+class MappedFile(mmap.mmap):
+    """A read-only map of a file that also knows the file's path and data extents."""
+
+    path: str
+    extents: list[tuple[int, int]]
+
+
+def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
+    """The file's data ranges from SEEK_DATA/SEEK_HOLE (everything else reads as zero).
+
+    Falls back to one range covering the file where the OS cannot tell.
+    """
+    if not hasattr(os, "SEEK_DATA"):  # pragma: no cover - non-Linux
+        return [(0, size)] if size else []
+    out: list[tuple[int, int]] = []
+    pos = 0
+    try:
+        while pos < size:
+            try:
+                d = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # only a hole remains
+                    break
+                raise
+            h = min(os.lseek(fd, d, os.SEEK_HOLE), size)
+            if d >= size:
+                break
+            out.append((d, h))
+            pos = h
+    except OSError:
+        return [(0, size)] if size else []
+    return out
+
+
 @contextmanager
 def open_buffer(src: PathLike | Buffer | BinaryIO) -> Iterator[Buffer]:
-    """Yield a read-only buffer over a path (mmap), bytes-like object, or binary file."""
+    """Yield a read-only buffer over a path (a :class:`MappedFile`), bytes-like, or file."""
     if is_pathlike(src):
         with open(src, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size == 0:
                 yield b""
                 return
-            m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            m = MappedFile(f.fileno(), 0, access=mmap.ACCESS_READ)
+            m.path = os.fspath(src)
+            m.extents = data_extents(f.fileno(), size)
             try:
                 yield m
             finally:
@@ -72,6 +116,47 @@ def open_buffer(src: PathLike | Buffer | BinaryIO) -> Iterator[Buffer]:
         yield src.read()
     else:
         raise TypeError(f"expected a path, bytes or a binary file, got {type(src).__name__}")
+
+
+def holes(buf: Buffer, min_len: int = 0) -> list[tuple[int, int]]:
+    """Ranges known to read as zero without looking (file holes), at least ``min_len`` long."""
+    if not isinstance(buf, MappedFile):
+        return []
+    out = []
+    pos = 0
+    for s, e in [*buf.extents, (len(buf), len(buf))]:
+        if s - pos >= max(min_len, 1):
+            out.append((pos, s))
+        pos = max(pos, e)
+    return out
+
+
+def sha256_buffer(buf: Buffer) -> bytes:
+    """SHA-256 of a buffer; a mapped file is read with plain reads, holes hashed as zeros."""
+    if not isinstance(buf, MappedFile):
+        return hashlib.sha256(buf).digest()
+    h = hashlib.sha256()
+    chunk = 1 << 20
+    zero = memoryview(bytes(chunk))
+    data = bytearray(chunk)
+    mv = memoryview(data)
+    size = len(buf)
+    pos = 0
+    with open(buf.path, "rb") as f:
+        for s, e in [*buf.extents, (size, size)]:
+            while pos < s:
+                n = min(chunk, s - pos)
+                h.update(zero[:n])
+                pos += n
+            f.seek(max(pos, s))
+            pos = max(pos, s)
+            while pos < e:
+                n = f.readinto(mv[: min(chunk, e - pos)])
+                if not n:
+                    raise OSError(f"{buf.path} changed while being read")
+                h.update(mv[:n])
+                pos += n
+    return h.digest()
 
 
 def _drop_pages(buf: Buffer) -> None:
@@ -136,14 +221,53 @@ def compute_ops(old: Buffer, new: Buffer, *, threads: int | None = None,
 
     slots = lib.bsi_prepass_table_slots(on)
     table = _anon(slots * 8)
+    ptable = ffi.cast("uint64_t *", ffi.from_buffer(table))
     claimed = _anon(on // BS + 1)
+    pclaimed = ffi.from_buffer(claimed)
     max_ops = lib.bsi_prepass_max_ops(nn)
     pre_buf = _anon(max_ops * OP_SIZE)
     pre = ffi.cast("bsi_op *", ffi.from_buffer(pre_buf))
-    npre = check(lib.bsi_diff_prepass(pold, on, pnew, nn, ffi.cast("uint64_t *", ffi.from_buffer(table)),
-                                      slots, ffi.from_buffer(claimed), pre, max_ops), "block pre-pass")
+    big = on + nn > PAGE_DROP_ABOVE
+
+    # index old: blocks in holes are zero blocks without reading them
+    nob = on // BS
+    b = 0
+    for hs, he in holes(old, HOLE_MIN):
+        b0, b1 = -(-hs // BS), he // BS
+        if b1 > b0:
+            claimed[b0:b1] = b"\x02" * (b1 - b0)
+            for c0 in range(b, b0, PREPASS_CHUNK // BS):
+                check(lib.bsi_prepass_index(pold, on, c0, min(c0 + PREPASS_CHUNK // BS, b0), ptable,
+                                            slots, pclaimed), "block index")
+                if big:
+                    _drop_pages(old)
+            b = b1
+    for c0 in range(b, nob, PREPASS_CHUNK // BS):
+        check(lib.bsi_prepass_index(pold, on, c0, min(c0 + PREPASS_CHUNK // BS, nob), ptable, slots,
+                                    pclaimed), "block index")
+        if big:
+            _drop_pages(old)
+
+    # scan new: holes become ZERO ops without reading them
+    st = ffi.new("bsi_prepass_state *")
+
+    def scan_to(end: int) -> None:
+        while st.pos < end:
+            stop = min(end, st.pos + PREPASS_CHUNK)
+            check(lib.bsi_prepass_scan(st, pold, on, pnew, nn, stop, ptable, slots, pclaimed, pre,
+                                       max_ops), "block pre-pass")
+            if big:
+                _drop_pages(new)
+                _drop_pages(old)
+            if st.pos >= nn:
+                break
+
+    for hs, he in holes(new, HOLE_MIN):
+        scan_to(hs)
+        check(lib.bsi_prepass_zero(st, nn, he, pre, max_ops), "block pre-pass")
+    scan_to(nn)
+    npre = check(lib.bsi_prepass_finish(st, pold, on, pnew, nn, pre, max_ops), "block pre-pass")
     table.close()
-    # claimed: 1 = used by a copy, 2 = zero block (both stay out of a partial index)
     gaps: list[tuple[int, int]] = []
     pos = 0
     for i in range(npre):
@@ -279,6 +403,41 @@ def _sha256(buf: Buffer) -> bytes:
     return hashlib.sha256(buf).digest()
 
 
+def _sha256_range(buf: Buffer, off: int, n: int) -> bytes:
+    """SHA-256 of buf[off:off+n]; zero holes of a mapped file are hashed without reading."""
+    h = hashlib.sha256()
+    mv = memoryview(buf)
+    pos, end = off, off + n
+    for hs, he in holes(buf, HOLE_MIN):
+        if he <= pos or hs >= end:
+            continue
+        if hs > pos:
+            h.update(mv[pos:hs])
+        z = min(he, end) - max(hs, pos)
+        while z > 0:
+            k = min(z, len(_ZERO))
+            h.update(_ZERO[:k])
+            z -= k
+        pos = min(he, end)
+    if pos < end:
+        h.update(mv[pos:end])
+    return h.digest()
+
+
+_ZERO = memoryview(bytes(1 << 20))
+
+
+@functools.lru_cache(maxsize=8)
+def zero_digest(n: int) -> bytes:
+    """SHA-256 of ``n`` zero bytes (cached: all-zero segments of sparse images repeat it)."""
+    h = hashlib.sha256()
+    while n > 0:
+        k = min(n, len(_ZERO))
+        h.update(_ZERO[:k])
+        n -= k
+    return h.digest()
+
+
 def zstd_params(level: int, size: int) -> zstandard.ZstdCompressionParameters:
     """zstd parameters for one segment payload: the level's, with smaller match tables.
 
@@ -313,12 +472,12 @@ def write_bsipatch(old: Buffer, new: Buffer, ops: Ops, out: BinaryIO, *, level: 
     written = len(hbytes)
     segs: list[SegmentHeader] = []
     digests: list[bytes] = []
-    newmv = memoryview(new)
 
     def compress(item: tuple[int, int, bytes, tuple[int, ...], int]) -> tuple[bytes, bytes]:
-        off, n, payload, _, _ = item
+        off, n, payload, kinds, _ = item
         cctx = zstandard.ZstdCompressor(compression_params=zstd_params(level, len(payload)))
-        return cctx.compress(payload), _sha256(newmv[off : off + n])
+        digest = zero_digest(n) if kinds[lib.BSI_OP_ZERO] == n else _sha256_range(new, off, n)
+        return cctx.compress(payload), digest
 
     with cf.ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         pending: list[tuple[Any, Any]] = []
@@ -339,6 +498,9 @@ def write_bsipatch(old: Buffer, new: Buffer, ops: Ops, out: BinaryIO, *, level: 
                 segs.append(SegmentHeader(seg.index, off, n, len(payload), len(comp), n_ops,
                                           kinds, out_sha, d))  # type: ignore[arg-type]
                 digests.append(d)
+                if len(old) + len(new) > PAGE_DROP_ABOVE:
+                    _drop_pages(new)
+                    _drop_pages(old)
                 if progress:
                     progress(off + n, len(new))
 
@@ -400,8 +562,8 @@ def diff(old: PathLike | Buffer, new: PathLike | Buffer, patch: PathLike | Binar
         new_buf = stack.enter_context(open_buffer(new))
         with cf.ThreadPoolExecutor(max_workers=2) as pool:
             if format == "bsipatch":
-                f_old = pool.submit(_sha256, old_buf)
-                f_new = pool.submit(_sha256, new_buf)
+                f_old = pool.submit(sha256_buffer, old_buf)
+                f_new = pool.submit(sha256_buffer, new_buf)
             ops = compute_ops(old_buf, new_buf, threads=nthreads)
             if format == "bsipatch":
                 old_sha, new_sha = f_old.result(), f_new.result()

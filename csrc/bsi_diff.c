@@ -53,7 +53,7 @@ BSI_API uint64_t bsi_prepass_table_slots(uint64_t old_size) {
 }
 
 BSI_API uint64_t bsi_prepass_max_ops(uint64_t new_size) {
-    return 2 * (new_size / BS) + 8;
+    return 2 * (new_size / BS) + 16;
 }
 
 /* Append an op, merging it into the previous one when it continues it. */
@@ -122,21 +122,21 @@ static uint64_t table_find(const uint64_t *table, uint64_t mask, uint64_t mixed,
     }
 }
 
-BSI_API int64_t bsi_diff_prepass(const uint8_t *old, uint64_t old_size, const uint8_t *nw,
-                                 uint64_t new_size, uint64_t *table, uint64_t table_slots,
-                                 uint8_t *old_claimed, bsi_op *ops, uint64_t ops_cap) {
-    uint64_t nob = old_size / BS, n = 0, mask, i;
-    const uint64_t p8 = rh_pow(RH_P, 8), pout = rh_pow(RH_P, BS - 1);
-    int rc;
-    if ((old_size && !old) || (new_size && !nw) || !ops) return BSI_E_INVAL;
-    if (table_slots < bsi_prepass_table_slots(old_size) || (table_slots & (table_slots - 1)) ||
-        !table || nob >= 0xFFFFFFFFULL)
-        return BSI_E_INVAL;
-    mask = table_slots - 1;
-    memset(table, 0, table_slots * sizeof(uint64_t));
+static int table_args_ok(uint64_t old_size, const uint64_t *table, uint64_t table_slots) {
+    return table && table_slots >= bsi_prepass_table_slots(old_size) &&
+           !(table_slots & (table_slots - 1)) && old_size / BS < 0xFFFFFFFFULL;
+}
 
+BSI_API int bsi_prepass_index(const uint8_t *old, uint64_t old_size, uint64_t first_block,
+                              uint64_t end_block, uint64_t *table, uint64_t table_slots,
+                              uint8_t *old_claimed) {
+    const uint64_t p8 = rh_pow(RH_P, 8), mask = table_slots - 1;
+    uint64_t i;
+    if ((old_size && !old) || !table_args_ok(old_size, table, table_slots) ||
+        first_block > end_block || end_block > old_size / BS)
+        return BSI_E_INVAL;
     /* Index the non-zero old blocks; keep the first of identical blocks. */
-    for (i = 0; i < nob; i++) {
+    for (i = first_block; i < end_block; i++) {
         const uint8_t *blk = old + i * BS;
         if (is_zero(blk, BS)) {
             if (old_claimed) old_claimed[i] = 2;
@@ -148,64 +148,111 @@ BSI_API int64_t bsi_diff_prepass(const uint8_t *old, uint64_t old_size, const ui
         while (table[slot]) slot = (slot + 1) & mask;
         table[slot] = ((mixed >> 32) << 32) | (i + 1);
     }
+    return 0;
+}
 
+BSI_API int64_t bsi_prepass_scan(bsi_prepass_state *st, const uint8_t *old, uint64_t old_size,
+                                 const uint8_t *nw, uint64_t new_size, uint64_t end,
+                                 const uint64_t *table, uint64_t table_slots,
+                                 uint8_t *old_claimed, bsi_op *ops, uint64_t ops_cap) {
+    const uint64_t p8 = rh_pow(RH_P, 8), pout = rh_pow(RH_P, BS - 1), mask = table_slots - 1;
+    const uint64_t nob = old_size / BS;
+    uint64_t n, pos, gap_start, h = 0, zrun = 0;
+    int have = 0, rc;
+    if (!st || (old_size && !old) || (new_size && !nw) || !ops ||
+        !table_args_ok(old_size, table, table_slots) || st->n > ops_cap ||
+        st->gap_start > st->pos || st->pos > new_size || end > new_size)
+        return BSI_E_INVAL;
+    n = st->n;
+    pos = st->pos;
+    gap_start = st->gap_start;
     /* Slide over new: a 4096-byte window equal to an old block (at any new offset)
      * becomes a COPY, a zero window a ZERO op; unmatched bytes form GAP ops. */
-    {
-        uint64_t pos = 0, gap_start = 0, h = 0, zrun = 0;
-        int have = 0;
-        while (pos + BS <= new_size) {
-            const uint8_t *win = nw + pos;
-            if (n > 0 && ops[n - 1].kind == BSI_OP_COPY && gap_start == pos) {
-                uint64_t o = ops[n - 1].old_off + ops[n - 1].len;
-                if (o + BS <= old_size && memcmp(old + o, win, BS) == 0) {
-                    if (old_claimed && o % BS == 0) old_claimed[o / BS] = 1;
-                    ops[n - 1].len += BS;
-                    pos += BS;
-                    gap_start = pos;
-                    have = 0;
-                    continue;
-                }
-            }
-            if (!have) {
-                h = rh_fresh(win, p8);
-                zrun = 0;
-                while (zrun < BS && win[BS - 1 - zrun] == 0) zrun++;
-                have = 1;
-            }
-            if (zrun >= BS) {
-                if ((rc = push_op(ops, &n, ops_cap, BSI_OP_GAP, pos - gap_start, 0)) < 0) return rc;
-                if ((rc = push_op(ops, &n, ops_cap, BSI_OP_ZERO, BS, 0)) < 0) return rc;
+    while (pos < end && pos + BS <= new_size) {
+        const uint8_t *win = nw + pos;
+        if (n > 0 && ops[n - 1].kind == BSI_OP_COPY && gap_start == pos) {
+            uint64_t o = ops[n - 1].old_off + ops[n - 1].len;
+            if (o + BS <= old_size && memcmp(old + o, win, BS) == 0) {
+                if (old_claimed && o % BS == 0) old_claimed[o / BS] = 1;
+                ops[n - 1].len += BS;
                 pos += BS;
                 gap_start = pos;
                 have = 0;
                 continue;
             }
-            if (nob) {
-                uint64_t found = table_find(table, mask, rh_mix(h), old, win);
-                if (found) {
-                    if (old_claimed) old_claimed[found - 1] = 1;
-                    if ((rc = push_op(ops, &n, ops_cap, BSI_OP_GAP, pos - gap_start, 0)) < 0)
-                        return rc;
-                    if ((rc = push_op(ops, &n, ops_cap, BSI_OP_COPY, BS, (found - 1) * BS)) < 0)
-                        return rc;
-                    pos += BS;
-                    gap_start = pos;
-                    have = 0;
-                    continue;
-                }
-            }
-            if (pos + BS >= new_size) break;
-            {
-                uint8_t in = win[BS], out = win[0];
-                h = (h - out * pout) * RH_P + in;
-                zrun = in == 0 ? (zrun < BS ? zrun + 1 : BS) : 0;
-            }
-            pos++;
         }
-        if ((rc = push_op(ops, &n, ops_cap, BSI_OP_GAP, new_size - gap_start, 0)) < 0) return rc;
+        if (!have) {
+            h = rh_fresh(win, p8);
+            zrun = 0;
+            while (zrun < BS && win[BS - 1 - zrun] == 0) zrun++;
+            have = 1;
+        }
+        if (zrun >= BS) {
+            if ((rc = push_op(ops, &n, ops_cap, BSI_OP_GAP, pos - gap_start, 0)) < 0) return rc;
+            if ((rc = push_op(ops, &n, ops_cap, BSI_OP_ZERO, BS, 0)) < 0) return rc;
+            pos += BS;
+            gap_start = pos;
+            have = 0;
+            continue;
+        }
+        if (nob) {
+            uint64_t found = table_find(table, mask, rh_mix(h), old, win);
+            if (found) {
+                if (old_claimed) old_claimed[found - 1] = 1;
+                if ((rc = push_op(ops, &n, ops_cap, BSI_OP_GAP, pos - gap_start, 0)) < 0) return rc;
+                if ((rc = push_op(ops, &n, ops_cap, BSI_OP_COPY, BS, (found - 1) * BS)) < 0)
+                    return rc;
+                pos += BS;
+                gap_start = pos;
+                have = 0;
+                continue;
+            }
+        }
+        if (pos + BS >= new_size) {
+            pos = new_size; /* no further full window: the rest is gap */
+            break;
+        }
+        {
+            uint8_t in = win[BS], out = win[0];
+            h = (h - out * pout) * RH_P + in;
+            zrun = in == 0 ? (zrun < BS ? zrun + 1 : BS) : 0;
+        }
+        pos++;
     }
+    if (pos + BS > new_size && pos < new_size && end >= new_size) pos = new_size;
+    st->n = n;
+    st->pos = pos;
+    st->gap_start = gap_start;
+    return (int64_t)n;
+}
 
+BSI_API int64_t bsi_prepass_zero(bsi_prepass_state *st, uint64_t new_size, uint64_t end,
+                                 bsi_op *ops, uint64_t ops_cap) {
+    uint64_t n;
+    int rc;
+    if (!st || !ops || st->n > ops_cap || st->gap_start > st->pos || end > new_size)
+        return BSI_E_INVAL;
+    n = st->n;
+    if (end > st->pos) {
+        if ((rc = push_op(ops, &n, ops_cap, BSI_OP_GAP, st->pos - st->gap_start, 0)) < 0) return rc;
+        if ((rc = push_op(ops, &n, ops_cap, BSI_OP_ZERO, end - st->pos, 0)) < 0) return rc;
+        st->pos = st->gap_start = end;
+    }
+    st->n = n;
+    return (int64_t)n;
+}
+
+BSI_API int64_t bsi_prepass_finish(bsi_prepass_state *st, const uint8_t *old, uint64_t old_size,
+                                   const uint8_t *nw, uint64_t new_size, bsi_op *ops,
+                                   uint64_t ops_cap) {
+    uint64_t n, i;
+    int rc;
+    if (!st || (old_size && !old) || (new_size && !nw) || !ops || st->n > ops_cap ||
+        st->gap_start > new_size)
+        return BSI_E_INVAL;
+    n = st->n;
+    if ((rc = push_op(ops, &n, ops_cap, BSI_OP_GAP, new_size - st->gap_start, 0)) < 0) return rc;
+    st->pos = st->gap_start = new_size;
     /* Extend copies and zero runs byte by byte into the gaps beside them. */
     {
         uint64_t pos = 0;
@@ -263,6 +310,7 @@ BSI_API int64_t bsi_diff_prepass(const uint8_t *old, uint64_t old_size, const ui
         }
         n = w;
     }
+    st->n = n;
     return (int64_t)n;
 }
 

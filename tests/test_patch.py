@@ -156,7 +156,7 @@ def _forge(old: bytes, new_size: int, segs: list[tuple[bytes, int]], *, declared
     for payload, out_len in segs:
         comp = zstandard.ZstdCompressor().compress(payload)
         seg = patchfmt.SegmentHeader(len(digests), off, out_len, len(payload), len(comp), 1,
-                                     (0, 0, out_len, 0), hashlib.sha256(bytes(out_len)).digest())
+                                     (0, 0, 0, out_len), hashlib.sha256(bytes(out_len)).digest())
         body = seg.body()
         d = patchfmt.SegmentHeader.compute_digest(h.digest, body, comp)
         parts += [body, d, comp]

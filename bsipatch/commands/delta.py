@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Any
 
+from .._io import os_error_to_staging
 from .._progress import Progress
 from ._common import add_command, emit, progress_enabled
 
@@ -48,9 +49,13 @@ def cmd_diff(args: argparse.Namespace) -> int:
     """bsipatch diff OLD NEW PATCH."""
     from ..diff import diff
 
-    with Progress("diff", enabled=progress_enabled(args)) as bar:
-        info = diff(args.old, args.new, args.patch, format=args.format, level=args.level,
-                    threads=args.threads, segment_size=args.segment_size, progress=bar.callback)
+    try:
+        with Progress("diff", enabled=progress_enabled(args)) as bar:
+            info = diff(args.old, args.new, args.patch, format=args.format, level=args.level,
+                        threads=args.threads, segment_size=args.segment_size,
+                        progress=bar.callback)
+    except OSError as exc:
+        raise os_error_to_staging(exc, f"diff {args.old} {args.new} -> {args.patch}") from exc
     d = info.to_dict()
     emit(args, d, [f"wrote {args.patch}: {info.patch_size} bytes ({info.format}), "
                    f"{info.new_size} bytes of new image from {info.old_size} bytes of old"])
@@ -62,9 +67,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from ..apply import apply
 
     patch: Any = sys.stdin.buffer if args.patch == "-" else args.patch
-    with Progress("apply", enabled=progress_enabled(args)) as bar:
-        info = apply(args.old, patch, args.out, threads=args.threads, progress=bar.callback,
-                     resume=args.resume, max_patch_size=args.max_patch_size)
+    try:
+        with Progress("apply", enabled=progress_enabled(args)) as bar:
+            info = apply(args.old, patch, args.out, threads=args.threads, progress=bar.callback,
+                         resume=args.resume, max_patch_size=args.max_patch_size)
+    except OSError as exc:
+        raise os_error_to_staging(exc, f"apply to {args.out}") from exc
     d = info.to_dict()
     emit(args, d, [f"wrote {args.out}: {info.new_size} bytes, verified"
                    + (" (sha256 " + info.new_sha256.hex() + ")" if info.new_sha256 else "")])
@@ -76,7 +84,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     from ..patchfmt import read_patch_info
 
     patch: Any = sys.stdin.buffer if args.patch == "-" else args.patch
-    info = read_patch_info(patch)
+    try:
+        info = read_patch_info(patch)
+    except OSError as exc:
+        raise os_error_to_staging(exc, f"reading {args.patch}") from exc
     d = info.to_dict()
     emit(args, d, _info_lines(d))
     return 0
