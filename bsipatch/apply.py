@@ -50,7 +50,7 @@ from .errors import (
 )
 from .patchfmt import Header, PatchInfo, PatchReader, SegmentHeader
 
-PatchSource = Union[PathLike, bytes, bytearray, memoryview, BinaryIO]
+PatchSource = Union[PathLike, bytes, bytearray, memoryview, BinaryIO]  # noqa: UP007
 ProgressFn = Callable[[int, int], None]
 
 OUT_CHUNK = 1 << 20
@@ -138,11 +138,13 @@ def is_zero_segment(seg: SegmentHeader) -> bool:
     segment's output is zeros by construction and its digest need not be computed.
     """
     return seg.kind_bytes[3] == seg.out_len and hmac.compare_digest(
-        seg.out_sha256, zero_digest(seg.out_len))
+        seg.out_sha256, zero_digest(seg.out_len)
+    )
 
 
-def run_segment(old: _Old, header: Header, seg: SegmentHeader, comp: bytes,
-                sink: Callable[[memoryview], None]) -> None:
+def run_segment(
+    old: _Old, header: Header, seg: SegmentHeader, comp: bytes, sink: Callable[[memoryview], None]
+) -> None:
     """Decompress one verified segment, apply it, and pass its output to ``sink`` in order.
 
     Raises:
@@ -224,7 +226,9 @@ def run_segment(old: _Old, header: Header, seg: SegmentHeader, comp: bytes,
         raise CorruptPatch(f"segment {seg.index}: empty payload")
     pump(b"")
     if total != seg.payload_len:
-        raise CorruptPatch(f"segment {seg.index}: payload is {total} bytes, declared {seg.payload_len}")
+        raise CorruptPatch(
+            f"segment {seg.index}: payload is {total} bytes, declared {seg.payload_len}"
+        )
     rc = lib.bsi_patch_finish(st)
     if rc < 0:
         raise _native_error(rc, seg)
@@ -244,8 +248,15 @@ def _open_patch(stack: ExitStack, patch: PatchSource) -> tuple[BinaryIO, bytes]:
     return f, magic
 
 
-def _apply_to_fd(old: _Old, reader: PatchReader, fd: int, *, threads: int, existing: int,
-                 progress: ProgressFn | None) -> dict[str, Any]:
+def _apply_to_fd(
+    old: _Old,
+    reader: PatchReader,
+    fd: int,
+    *,
+    threads: int,
+    existing: int,
+    progress: ProgressFn | None,
+) -> dict[str, Any]:
     """Apply all segments into file ``fd`` (in parallel); return statistics."""
     header = reader.header
     zero = memoryview(bytes(OUT_CHUNK))
@@ -305,8 +316,10 @@ def _apply_to_fd(old: _Old, reader: PatchReader, fd: int, *, threads: int, exist
     with cf.ThreadPoolExecutor(max_workers=threads) as pool:
         try:
             for seg, comp in reader:
-                if existing and seg.out_offset + seg.out_len <= existing and hmac.compare_digest(
-                    hash_range(seg), seg.out_sha256
+                if (
+                    existing
+                    and seg.out_offset + seg.out_len <= existing
+                    and hmac.compare_digest(hash_range(seg), seg.out_sha256)
                 ):
                     resumed += 1
                     pending.append((seg, None))
@@ -330,17 +343,26 @@ def _apply_to_fd(old: _Old, reader: PatchReader, fd: int, *, threads: int, exist
     return {"resumed_segments": resumed}
 
 
-def _apply_to_path(old: _Old, reader: PatchReader, out: PathLike, *, threads: int, resume: bool,
-                   progress: ProgressFn | None, base_ok: Callable[[], None]) -> dict[str, Any]:
+def _apply_to_path(
+    old: _Old,
+    reader: PatchReader,
+    out: PathLike,
+    *,
+    threads: int,
+    resume: bool,
+    progress: ProgressFn | None,
+    base_ok: Callable[[], None],
+) -> dict[str, Any]:
     target = Path(out)
-    directory = target.parent if str(target.parent) else Path(".")
+    directory = target.parent if str(target.parent) else Path()
     header = reader.header
     if resume:
         tmp = directory / f".{target.name}{PARTIAL_SUFFIX}"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o644)
     else:
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".bsipatch-tmp",
-                                    dir=directory)
+        fd, name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=".bsipatch-tmp", dir=directory
+        )
         tmp = Path(name)
     keep = False
     try:
@@ -350,8 +372,9 @@ def _apply_to_path(old: _Old, reader: PatchReader, out: PathLike, *, threads: in
             existing = header.new_size
         os.ftruncate(fd, header.new_size)
         try:
-            stats = _apply_to_fd(old, reader, fd, threads=threads, existing=existing,
-                                 progress=progress)
+            stats = _apply_to_fd(
+                old, reader, fd, threads=threads, existing=existing, progress=progress
+            )
         except KeyboardInterrupt:
             keep = resume
             raise
@@ -363,7 +386,7 @@ def _apply_to_path(old: _Old, reader: PatchReader, out: PathLike, *, threads: in
         os.fsync(fd)
         os.close(fd)
         fd = -1
-        os.replace(tmp, target)
+        Path(tmp).replace(target)
         fsync_dir(directory)
         return stats
     finally:
@@ -371,11 +394,12 @@ def _apply_to_path(old: _Old, reader: PatchReader, out: PathLike, *, threads: in
             os.close(fd)
         if not keep:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+                Path(tmp).unlink()
 
 
-def _apply_to_stream(old: _Old, reader: PatchReader, out: BinaryIO,
-                     progress: ProgressFn | None) -> dict[str, Any]:
+def _apply_to_stream(
+    old: _Old, reader: PatchReader, out: BinaryIO, progress: ProgressFn | None
+) -> dict[str, Any]:
     header = reader.header
     overall = hashlib.sha256()
     done = 0
@@ -395,16 +419,24 @@ def _apply_to_stream(old: _Old, reader: PatchReader, out: BinaryIO,
     return {}
 
 
-def apply(old: PathLike | Buffer, patch: PatchSource, out: PathLike | BinaryIO, *,
-          threads: int | None = None, progress: ProgressFn | None = None, resume: bool = False,
-          max_patch_size: int | None = None) -> PatchInfo:
+def apply(
+    old: PathLike | Buffer,
+    patch: PatchSource,
+    out: PathLike | BinaryIO,
+    *,
+    threads: int | None = None,
+    progress: ProgressFn | None = None,
+    resume: bool = False,
+    max_patch_size: int | None = None,
+) -> PatchInfo:
     """Apply ``patch`` to ``old`` and write the new image to ``out``.
 
     The old image's size and SHA-256 are checked against the patch header before
     anything is kept. With a path ``out``, the result goes to a temporary file in
     the same directory (the old image is hashed meanwhile) and is renamed into place
     only when the old image's and the result's SHA-256 match the header (a wrong old
-    image raises WrongBaseImage); on any error no output file is left behind (see the module docstring for
+    image raises WrongBaseImage); on any error no output file is left behind (see the
+    module docstring for
     ``resume``). With a file object ``out``, bytes are written as segments verify and
     an error is raised at the first mismatch.
 
@@ -434,8 +466,9 @@ def apply(old: PathLike | Buffer, patch: PatchSource, out: PathLike | BinaryIO, 
         if magic == patchfmt.BSDIFF40_MAGIC:
             from .bsdiff40 import apply_bsdiff40
 
-            return apply_bsdiff40(old, f, out, prefix=magic, progress=progress,
-                                  max_patch_size=max_patch_size)
+            return apply_bsdiff40(
+                old, f, out, prefix=magic, progress=progress, max_patch_size=max_patch_size
+            )
         reader = PatchReader(f, prefix=magic, max_patch_size=max_patch_size)
         o = _Old(old)
         stack.callback(o.close)
@@ -444,16 +477,24 @@ def apply(old: PathLike | Buffer, patch: PatchSource, out: PathLike | BinaryIO, 
             # file; nothing is renamed into place unless its digest matches
             base_ok = o.start_check(reader.header)
             nthreads = threads or min(default_threads(), MAX_DEFAULT_THREADS)
-            extra = _apply_to_path(o, reader, out, threads=nthreads,  # type: ignore[arg-type]
-                                   resume=resume, progress=progress, base_ok=base_ok)
+            extra = _apply_to_path(
+                o,
+                reader,
+                out,
+                threads=nthreads,  # type: ignore[arg-type]
+                resume=resume,
+                progress=progress,
+                base_ok=base_ok,
+            )
         else:
             o.check(reader.header)
             extra = _apply_to_stream(o, reader, out, progress)  # type: ignore[arg-type]
         return patchfmt.info_from_reader(reader, extra)
 
 
-def iter_apply(old: PathLike | Buffer, patch: PatchSource, *,
-               chunk_size: int = OUT_CHUNK) -> Iterator[bytes]:
+def iter_apply(
+    old: PathLike | Buffer, patch: PatchSource, *, chunk_size: int = OUT_CHUNK
+) -> Iterator[bytes]:
     """Yield the new image in chunks, each only after its segment verified.
 
     The last segment's bytes are held back until the trailer and the whole image's
@@ -513,8 +554,9 @@ class ApplyReader(io.RawIOBase):
         ...     first = r.read(4096)
     """
 
-    def __init__(self, old: PathLike | Buffer, patch: PatchSource, *,
-                 chunk_size: int = OUT_CHUNK) -> None:
+    def __init__(
+        self, old: PathLike | Buffer, patch: PatchSource, *, chunk_size: int = OUT_CHUNK
+    ) -> None:
         super().__init__()
         self._it = iter_apply(old, patch, chunk_size=chunk_size)
         self._buf = b""

@@ -10,6 +10,7 @@ This module does the orchestration and the file I/O; it does not apply patches.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import errno
 import functools
 import hashlib
@@ -28,7 +29,7 @@ from ._io import PathLike, atomic_write, is_pathlike
 from ._native import check, ffi, lib
 from .patchfmt import Header, PatchInfo, SegmentHeader
 
-Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]
+Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]  # noqa: UP007
 ProgressFn = Callable[[int, int], None]
 
 BS = lib.BSI_BLOCK_SIZE
@@ -162,10 +163,8 @@ def sha256_buffer(buf: Buffer) -> bytes:
 def _drop_pages(buf: Buffer) -> None:
     """Release the resident pages of a mapped file (re-read on demand later)."""
     if isinstance(buf, mmap.mmap):
-        try:
+        with contextlib.suppress(OSError, ValueError):  # best effort
             buf.madvise(mmap.MADV_DONTNEED)
-        except (OSError, ValueError):  # pragma: no cover - best effort
-            pass
 
 
 def _ptr(buf: Buffer) -> Any:
@@ -201,8 +200,9 @@ def _index_ranges(claimed: Buffer, old_size: int, whole: bool) -> list[tuple[int
     return ranges
 
 
-def compute_ops(old: Buffer, new: Buffer, *, threads: int | None = None,
-                progress: ProgressFn | None = None) -> Ops:
+def compute_ops(
+    old: Buffer, new: Buffer, *, threads: int | None = None, progress: ProgressFn | None = None
+) -> Ops:
     """Compute the operations that turn ``old`` into ``new``.
 
     Args:
@@ -237,14 +237,22 @@ def compute_ops(old: Buffer, new: Buffer, *, threads: int | None = None,
         if b1 > b0:
             claimed[b0:b1] = b"\x02" * (b1 - b0)
             for c0 in range(b, b0, PREPASS_CHUNK // BS):
-                check(lib.bsi_prepass_index(pold, on, c0, min(c0 + PREPASS_CHUNK // BS, b0), ptable,
-                                            slots, pclaimed), "block index")
+                check(
+                    lib.bsi_prepass_index(
+                        pold, on, c0, min(c0 + PREPASS_CHUNK // BS, b0), ptable, slots, pclaimed
+                    ),
+                    "block index",
+                )
                 if big:
                     _drop_pages(old)
             b = b1
     for c0 in range(b, nob, PREPASS_CHUNK // BS):
-        check(lib.bsi_prepass_index(pold, on, c0, min(c0 + PREPASS_CHUNK // BS, nob), ptable, slots,
-                                    pclaimed), "block index")
+        check(
+            lib.bsi_prepass_index(
+                pold, on, c0, min(c0 + PREPASS_CHUNK // BS, nob), ptable, slots, pclaimed
+            ),
+            "block index",
+        )
         if big:
             _drop_pages(old)
 
@@ -254,8 +262,12 @@ def compute_ops(old: Buffer, new: Buffer, *, threads: int | None = None,
     def scan_to(end: int) -> None:
         while st.pos < end:
             stop = min(end, st.pos + PREPASS_CHUNK)
-            check(lib.bsi_prepass_scan(st, pold, on, pnew, nn, stop, ptable, slots, pclaimed, pre,
-                                       max_ops), "block pre-pass")
+            check(
+                lib.bsi_prepass_scan(
+                    st, pold, on, pnew, nn, stop, ptable, slots, pclaimed, pre, max_ops
+                ),
+                "block pre-pass",
+            )
             if big:
                 _drop_pages(new)
                 _drop_pages(old)
@@ -300,11 +312,21 @@ def compute_ops(old: Buffer, new: Buffer, *, threads: int | None = None,
             ws_size = lib.bsi_sais_workspace_size(idx_size, 1 if wide else 0)
             ws = _anon(ws_size)
             if wide:
-                rc = lib.bsi_sais64(ffi.from_buffer(idx), ffi.cast("int64_t *", ffi.from_buffer(sa_buf)),
-                                    idx_size, ffi.from_buffer(ws), ws_size)
+                rc = lib.bsi_sais64(
+                    ffi.from_buffer(idx),
+                    ffi.cast("int64_t *", ffi.from_buffer(sa_buf)),
+                    idx_size,
+                    ffi.from_buffer(ws),
+                    ws_size,
+                )
             else:
-                rc = lib.bsi_sais32(ffi.from_buffer(idx), ffi.cast("int32_t *", ffi.from_buffer(sa_buf)),
-                                    idx_size, ffi.from_buffer(ws), ws_size)
+                rc = lib.bsi_sais32(
+                    ffi.from_buffer(idx),
+                    ffi.cast("int32_t *", ffi.from_buffer(sa_buf)),
+                    idx_size,
+                    ffi.from_buffer(ws),
+                    ws_size,
+                )
             check(rc, "suffix sort")
             ws.close()
         sa32 = ffi.cast("int32_t *", ffi.from_buffer(sa_buf)) if idx_size and not wide else ffi.NULL
@@ -332,13 +354,29 @@ def compute_ops(old: Buffer, new: Buffer, *, threads: int | None = None,
             stopped = ffi.new("uint64_t *")
             while s < e:
                 buf = ffi.new("bsi_op[]", SEARCH_OPS_CAP)
-                n = check(lib.bsi_diff_search(pidx, idx_size, sa32, sa64, bkt, pnew, nn, s, e, buf,
-                                              SEARCH_OPS_CAP, stopped), "delta search")
+                n = check(
+                    lib.bsi_diff_search(
+                        pidx,
+                        idx_size,
+                        sa32,
+                        sa64,
+                        bkt,
+                        pnew,
+                        nn,
+                        s,
+                        e,
+                        buf,
+                        SEARCH_OPS_CAP,
+                        stopped,
+                    ),
+                    "delta search",
+                )
                 if remap and n:
                     cap = n * 2 + len(ranges) + 4
                     rbuf = ffi.new("bsi_op[]", cap)
-                    n = check(lib.bsi_ops_remap(buf, n, map_old, map_len, len(ranges), rbuf, cap),
-                              "remap")
+                    n = check(
+                        lib.bsi_ops_remap(buf, n, map_old, map_len, len(ranges), rbuf, cap), "remap"
+                    )
                     buf = rbuf
                 out.append((buf, n))
                 s = stopped[0]
@@ -375,9 +413,14 @@ def compute_ops(old: Buffer, new: Buffer, *, threads: int | None = None,
     return Ops(final, count, stats)
 
 
-def iter_segments(ops: Ops, old: Buffer, new: Buffer, segment_size: int
-                  ) -> Iterator[tuple[int, int, bytes, tuple[int, ...], int]]:
-    """Encode ops into segment payloads: yields (out_offset, out_len, payload, kind_bytes, n_ops)."""
+def iter_segments(
+    ops: Ops, old: Buffer, new: Buffer, segment_size: int
+) -> Iterator[tuple[int, int, bytes, tuple[int, ...], int]]:
+    """Encode ops into segment payloads.
+
+    Yields:
+        (out_offset, out_len, payload, kind_bytes, n_ops) per segment.
+    """
     enc = ffi.new("bsi_seg_enc *")
     ctrl = bytearray(patchfmt.CTRL_CAP)
     runs = bytearray(patchfmt.RUNS_CAP)
@@ -386,17 +429,49 @@ def iter_segments(ops: Ops, old: Buffer, new: Buffer, segment_size: int
     pold, pnew = _ptr(old), _ptr(new)
     while enc.new_pos < len(new):
         start = enc.new_pos
-        check(lib.bsi_seg_encode(enc, ops.array, ops.count, pold, len(old), pnew, len(new),
-                                 segment_size, ffi.from_buffer(ctrl), len(ctrl),
-                                 ffi.from_buffer(runs), len(runs), ffi.from_buffer(lit), segment_size,
-                                 ffi.from_buffer(dif), segment_size), "segment encoding")
+        check(
+            lib.bsi_seg_encode(
+                enc,
+                ops.array,
+                ops.count,
+                pold,
+                len(old),
+                pnew,
+                len(new),
+                segment_size,
+                ffi.from_buffer(ctrl),
+                len(ctrl),
+                ffi.from_buffer(runs),
+                len(runs),
+                ffi.from_buffer(lit),
+                segment_size,
+                ffi.from_buffer(dif),
+                segment_size,
+            ),
+            "segment encoding",
+        )
         if enc.out_len == 0:  # pragma: no cover - would be a bug in the encoder
             raise RuntimeError("segment encoder made no progress")
-        head = b"".join(x.to_bytes(8, "little") for x in (
-            enc.out_len, enc.n_ops, enc.ctrl_len, enc.runs_len, enc.lit_len, enc.diff_len))
-        payload = b"".join((head, ctrl[: enc.ctrl_len], runs[: enc.runs_len], lit[: enc.lit_len],
-                            dif[: enc.diff_len]))
-        yield start, int(enc.out_len), payload, tuple(int(x) for x in enc.kind_bytes), int(enc.n_ops)
+        head = b"".join(
+            x.to_bytes(8, "little")
+            for x in (enc.out_len, enc.n_ops, enc.ctrl_len, enc.runs_len, enc.lit_len, enc.diff_len)
+        )
+        payload = b"".join(
+            (
+                head,
+                ctrl[: enc.ctrl_len],
+                runs[: enc.runs_len],
+                lit[: enc.lit_len],
+                dif[: enc.diff_len],
+            )
+        )
+        yield (
+            start,
+            int(enc.out_len),
+            payload,
+            tuple(int(x) for x in enc.kind_bytes),
+            int(enc.n_ops),
+        )
 
 
 def _sha256(buf: Buffer) -> bytes:
@@ -459,13 +534,29 @@ def zstd_params(level: int, size: int) -> zstandard.ZstdCompressionParameters:
     )
 
 
-def write_bsipatch(old: Buffer, new: Buffer, ops: Ops, out: BinaryIO, *, level: int = 19,
-                   threads: int = 1, segment_size: int = patchfmt.DEFAULT_SEGMENT_SIZE,
-                   old_sha256: bytes, new_sha256: bytes,
-                   progress: ProgressFn | None = None) -> PatchInfo:
+def write_bsipatch(
+    old: Buffer,
+    new: Buffer,
+    ops: Ops,
+    out: BinaryIO,
+    *,
+    level: int = 19,
+    threads: int = 1,
+    segment_size: int = patchfmt.DEFAULT_SEGMENT_SIZE,
+    old_sha256: bytes,
+    new_sha256: bytes,
+    progress: ProgressFn | None = None,
+) -> PatchInfo:
     """Write ops as a bsipatch stream to ``out``; return its :class:`PatchInfo`."""
-    header = Header(patchfmt.VERSION, segment_size, len(old), old_sha256, len(new), new_sha256,
-                    patchfmt.CTRL_CAP + patchfmt.RUNS_CAP + segment_size)
+    header = Header(
+        patchfmt.VERSION,
+        segment_size,
+        len(old),
+        old_sha256,
+        len(new),
+        new_sha256,
+        patchfmt.CTRL_CAP + patchfmt.RUNS_CAP + segment_size,
+    )
     hbytes = header.pack()
     header = Header.unpack(hbytes)
     out.write(hbytes)
@@ -488,15 +579,19 @@ def write_bsipatch(old: Buffer, new: Buffer, ops: Ops, out: BinaryIO, *, level: 
                 item, fut = pending.pop(0)
                 comp, out_sha = fut.result()
                 off, n, payload, kinds, n_ops = item
-                seg = SegmentHeader(len(segs), off, n, len(payload), len(comp), n_ops,
-                                    kinds, out_sha)  # type: ignore[arg-type]
+                seg = SegmentHeader(
+                    len(segs), off, n, len(payload), len(comp), n_ops, kinds, out_sha
+                )  # type: ignore[arg-type]
                 body = seg.body()
                 d = SegmentHeader.compute_digest(header.digest, body, comp)
                 out.write(body + d)
                 out.write(comp)
                 written += len(body) + 32 + len(comp)
-                segs.append(SegmentHeader(seg.index, off, n, len(payload), len(comp), n_ops,
-                                          kinds, out_sha, d))  # type: ignore[arg-type]
+                segs.append(
+                    SegmentHeader(
+                        seg.index, off, n, len(payload), len(comp), n_ops, kinds, out_sha, d
+                    )
+                )  # type: ignore[arg-type]
                 digests.append(d)
                 if len(old) + len(new) > PAGE_DROP_ABOVE:
                     _drop_pages(new)
@@ -516,17 +611,34 @@ def write_bsipatch(old: Buffer, new: Buffer, ops: Ops, out: BinaryIO, *, level: 
         "segment_size": segment_size,
         "n_segments": len(segs),
         "n_ops": sum(s.n_ops for s in segs),
-        **{f"{k}_bytes": v for k, v in zip(patchfmt.KIND_NAMES, kinds)},
+        **{f"{k}_bytes": v for k, v in zip(patchfmt.KIND_NAMES, kinds, strict=True)},
         "compressed_bytes": sum(s.comp_len for s in segs),
         **ops.stats,
     }
-    return PatchInfo("bsipatch", patchfmt.VERSION, len(old), old_sha256, len(new), new_sha256,
-                     written, segs, stats)
+    return PatchInfo(
+        "bsipatch",
+        patchfmt.VERSION,
+        len(old),
+        old_sha256,
+        len(new),
+        new_sha256,
+        written,
+        segs,
+        stats,
+    )
 
 
-def diff(old: PathLike | Buffer, new: PathLike | Buffer, patch: PathLike | BinaryIO, *,
-         format: str = "bsipatch", level: int = 19, threads: int | None = None,  # noqa: A002
-         segment_size: int | None = None, progress: ProgressFn | None = None) -> PatchInfo:
+def diff(
+    old: PathLike | Buffer,
+    new: PathLike | Buffer,
+    patch: PathLike | BinaryIO,
+    *,
+    format: str = "bsipatch",
+    level: int = 19,
+    threads: int | None = None,
+    segment_size: int | None = None,
+    progress: ProgressFn | None = None,
+) -> PatchInfo:
     """Make a patch that turns ``old`` into ``new``.
 
     Args:
@@ -567,14 +679,24 @@ def diff(old: PathLike | Buffer, new: PathLike | Buffer, patch: PathLike | Binar
             ops = compute_ops(old_buf, new_buf, threads=nthreads)
             if format == "bsipatch":
                 old_sha, new_sha = f_old.result(), f_new.result()
-        if is_pathlike(patch):
-            out = stack.enter_context(atomic_write(patch))  # type: ignore[arg-type]
-        else:
-            out = patch  # type: ignore[assignment]
+        out: BinaryIO = (
+            stack.enter_context(atomic_write(patch))  # type: ignore[arg-type,assignment]
+            if is_pathlike(patch)
+            else patch
+        )
         if format == "bsdiff40":
             from .bsdiff40 import write_bsdiff40
 
             return write_bsdiff40(old_buf, new_buf, ops, out)
-        return write_bsipatch(old_buf, new_buf, ops, out, level=level, threads=nthreads,
-                              segment_size=seg, old_sha256=old_sha, new_sha256=new_sha,
-                              progress=progress)
+        return write_bsipatch(
+            old_buf,
+            new_buf,
+            ops,
+            out,
+            level=level,
+            threads=nthreads,
+            segment_size=seg,
+            old_sha256=old_sha,
+            new_sha256=new_sha,
+            progress=progress,
+        )
