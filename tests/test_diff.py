@@ -213,3 +213,35 @@ def test_sparse_image_over_4gib_roundtrip(tmp_path: Path) -> None:
     import filecmp
 
     assert filecmp.cmp(new_p, out_p, shallow=False)
+
+
+def test_sparse_files_and_chunked_prepass(tmp_path: Path, monkeypatch) -> None:
+    """Holes are taken as zeros without reading; the pre-pass works in chunks."""
+    import bsipatch.diff as D
+
+    monkeypatch.setattr(D, "PREPASS_CHUNK", 1 << 20)
+    monkeypatch.setattr(D, "PAGE_DROP_ABOVE", 0)
+    rnd = random.Random(4)
+    size = 24 << 20
+    data = {
+        0: rnd.randbytes(70_000),
+        5 << 20: rnd.randbytes(300_000),
+        (17 << 20) + 333: rnd.randbytes(1 << 20),
+    }
+    old_p, new_p = tmp_path / "old", tmp_path / "new"
+    with open(old_p, "wb") as f:
+        f.truncate(size)
+        for off, d in data.items():
+            f.seek(off)
+            f.write(d)
+    with open(new_p, "wb") as f:
+        f.truncate(size + 5000)
+        for i, (off, d) in enumerate(data.items()):
+            f.seek(off + i * 777)  # moved by odd amounts
+            f.write(d[:1000] + b"changed" + d[1007:])
+    patch = tmp_path / "p"
+    info = diff(old_p, new_p, patch, threads=2, segment_size=1 << 20)
+    assert info.patch_size < 20_000
+    out = tmp_path / "out"
+    apply(old_p, patch, out)
+    assert out.read_bytes() == new_p.read_bytes()

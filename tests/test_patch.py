@@ -253,3 +253,34 @@ def test_iter_apply_chunks() -> None:
     chunks = list(iter_apply(old, io.BytesIO(p), chunk_size=1000))
     assert b"".join(chunks) == new
     assert max(len(c) for c in chunks) <= 1000
+
+
+def test_forged_zero_segment_with_other_ops_is_refused() -> None:
+    """A segment claiming to be all zeros (so its digest is not recomputed) must be."""
+    import hashlib
+
+    old = bytes(1024)
+    v = 100 << 2 | 2  # INSERT 100 literal bytes, while the header says ZERO
+    ctrl = bytes([v & 0x7F | 0x80, v >> 7])
+    payload = _payload(100, ctrl, lit=b"\xff" * 100)
+    import zstandard
+
+    h = patchfmt.Header(
+        1,
+        1 << 20,
+        len(old),
+        hashlib.sha256(old).digest(),
+        100,
+        hashlib.sha256(b"\xff" * 100).digest(),
+        1 << 20,
+    )
+    hb = h.pack()
+    h = dataclasses.replace(h, digest=hb[-32:])
+    comp = zstandard.ZstdCompressor().compress(payload)
+    seg = patchfmt.SegmentHeader(
+        0, 0, 100, len(payload), len(comp), 1, (0, 0, 0, 100), hashlib.sha256(bytes(100)).digest()
+    )
+    d = patchfmt.SegmentHeader.compute_digest(h.digest, seg.body(), comp)
+    p = hb + seg.body() + d + comp + patchfmt.pack_trailer(h, [d])
+    with pytest.raises(CorruptPatch, match="statistics"):
+        apply(old, p, io.BytesIO())
