@@ -676,7 +676,20 @@ def diff(
             if format == "bsipatch":
                 f_old = pool.submit(sha256_buffer, old_buf)
                 f_new = pool.submit(sha256_buffer, new_buf)
-            ops = compute_ops(old_buf, new_buf, threads=nthreads)
+            # one bar over both phases: searching the unmatched bytes, then writing
+            n_new = len(new_buf)
+            search_total = [0]
+
+            def on_search(done: int, total: int) -> None:
+                search_total[0] = total
+                if progress:
+                    progress(done, total + n_new)
+
+            def on_write(done: int, total: int) -> None:
+                if progress:
+                    progress(search_total[0] + done, search_total[0] + total)
+
+            ops = compute_ops(old_buf, new_buf, threads=nthreads, progress=on_search)
             if format == "bsipatch":
                 old_sha, new_sha = f_old.result(), f_new.result()
         out: BinaryIO = (
@@ -698,5 +711,5 @@ def diff(
             segment_size=seg,
             old_sha256=old_sha,
             new_sha256=new_sha,
-            progress=progress,
+            progress=on_write,
         )

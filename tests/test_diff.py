@@ -245,3 +245,12 @@ def test_sparse_files_and_chunked_prepass(tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "out"
     apply(old_p, patch, out)
     assert out.read_bytes() == new_p.read_bytes()
+
+
+def test_diff_progress_is_monotonic_and_completes() -> None:
+    old = os.urandom(300_000)
+    new = old[:1000] + os.urandom(50_000) + old[1000:]
+    seen: list[tuple[int, int]] = []
+    diff(old, new, io.BytesIO(), progress=lambda d, t: seen.append((d, t)))
+    assert seen and seen[-1][0] == seen[-1][1]
+    assert all(a[0] <= b[0] for a, b in itertools.pairwise(seen))
