@@ -32,14 +32,14 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, BinaryIO, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Union
 
 import zstandard
 
 from . import patchfmt
 from ._io import PathLike, fsync_dir, is_pathlike, open_source, read_exact
 from ._native import error_name, ffi, lib
-from .diff import Buffer, default_threads, open_buffer, sha256_buffer, zero_digest
+from .diff import default_threads, open_buffer, sha256_buffer, zero_digest
 from .errors import (
     CorruptPatch,
     OutputMismatch,
@@ -49,6 +49,9 @@ from .errors import (
     WrongBaseImage,
 )
 from .patchfmt import Header, PatchInfo, PatchReader, SegmentHeader
+
+if TYPE_CHECKING:
+    from .diff import Buffer
 
 PatchSource = Union[PathLike, bytes, bytearray, memoryview, BinaryIO]  # noqa: UP007
 ProgressFn = Callable[[int, int], None]

@@ -13,24 +13,31 @@ import concurrent.futures as cf
 import contextlib
 import errno
 import functools
-import hashlib
 import mmap
 import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
-from typing import Any, BinaryIO, Union
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-import zstandard
-
-from . import patchfmt
-from ._io import PathLike, atomic_write, is_pathlike
 from ._native import check, ffi, lib
-from .patchfmt import Header, PatchInfo, SegmentHeader
 
-Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]  # noqa: UP007
+# hashlib (OpenSSL), zstandard, the patch framing and the temp-file helpers are
+# imported where they are used, after the suffix-array phase: that phase is the
+# diff's memory peak, and these modules add several MB of resident memory.
+if TYPE_CHECKING:
+    import zstandard
+
+    from ._io import PathLike
+    from .patchfmt import PatchInfo
+
+    Buffer = bytes | bytearray | memoryview | mmap.mmap
 ProgressFn = Callable[[int, int], None]
+
+
+def is_pathlike(obj: object) -> bool:
+    """True for ``str`` and ``os.PathLike`` objects."""
+    return isinstance(obj, (str, os.PathLike))
 
 BS = lib.BSI_BLOCK_SIZE
 #: Old images up to this size are indexed whole (claimed blocks included); larger
@@ -39,6 +46,9 @@ BS = lib.BSI_BLOCK_SIZE
 #: bytes) and a smaller index, so by default nothing is indexed whole.
 FULL_INDEX_LIMIT = 0
 SEARCH_OPS_CAP = 1 << 13
+#: Default and largest output bytes per segment (patchfmt checks the same limit).
+DEFAULT_SEGMENT_SIZE = 8 << 20
+MAX_SEGMENT_SIZE = 16 << 20
 #: The pre-pass works through the images in chunks of this many bytes, releasing
 #: mapped pages in between when the images are larger than PAGE_DROP_ABOVE.
 PREPASS_CHUNK = 64 << 20
@@ -134,6 +144,8 @@ def holes(buf: Buffer, min_len: int = 0) -> list[tuple[int, int]]:
 
 def sha256_buffer(buf: Buffer) -> bytes:
     """SHA-256 of a buffer; a mapped file is read with plain reads, holes hashed as zeros."""
+    import hashlib
+
     if not isinstance(buf, MappedFile):
         return hashlib.sha256(buf).digest()
     h = hashlib.sha256()
@@ -171,13 +183,13 @@ def _ptr(buf: Buffer) -> Any:
     return ffi.from_buffer(buf) if len(buf) else ffi.NULL
 
 
-@dataclass
 class Ops:
     """A cffi array of ``bsi_op`` covering the new image, plus search statistics."""
 
-    array: Any
-    count: int
-    stats: dict
+    def __init__(self, array: Any, count: int, stats: dict) -> None:
+        self.array = array
+        self.count = count
+        self.stats = stats
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         for i in range(self.count):
@@ -422,6 +434,8 @@ def iter_segments(
         (out_offset, out_len, payload, kind_bytes, n_ops) per segment.
     """
     enc = ffi.new("bsi_seg_enc *")
+    from . import patchfmt
+
     ctrl = bytearray(patchfmt.CTRL_CAP)
     runs = bytearray(patchfmt.RUNS_CAP)
     lit = _anon(segment_size)
@@ -474,12 +488,10 @@ def iter_segments(
         )
 
 
-def _sha256(buf: Buffer) -> bytes:
-    return hashlib.sha256(buf).digest()
-
-
 def _sha256_range(buf: Buffer, off: int, n: int) -> bytes:
     """SHA-256 of buf[off:off+n]; zero holes of a mapped file are hashed without reading."""
+    import hashlib
+
     h = hashlib.sha256()
     mv = memoryview(buf)
     pos, end = off, off + n
@@ -505,6 +517,8 @@ _ZERO = memoryview(bytes(1 << 20))
 @functools.lru_cache(maxsize=8)
 def zero_digest(n: int) -> bytes:
     """SHA-256 of ``n`` zero bytes (cached: all-zero segments of sparse images repeat it)."""
+    import hashlib
+
     h = hashlib.sha256()
     while n > 0:
         k = min(n, len(_ZERO))
@@ -521,6 +535,8 @@ def zstd_params(level: int, size: int) -> zstandard.ZstdCompressionParameters:
     compression context from 17 MiB to 4 MiB, which keeps the diff's peak memory
     below the suffix-array phase's.
     """
+    import zstandard
+
     p = zstandard.ZstdCompressionParameters.from_level(level, source_size=max(size, 1))
     return zstandard.ZstdCompressionParameters(
         window_log=p.window_log,
@@ -542,12 +558,17 @@ def write_bsipatch(
     *,
     level: int = 19,
     threads: int = 1,
-    segment_size: int = patchfmt.DEFAULT_SEGMENT_SIZE,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
     old_sha256: bytes,
     new_sha256: bytes,
     progress: ProgressFn | None = None,
 ) -> PatchInfo:
     """Write ops as a bsipatch stream to ``out``; return its :class:`PatchInfo`."""
+    import zstandard
+
+    from . import patchfmt
+    from .patchfmt import Header, PatchInfo, SegmentHeader
+
     header = Header(
         patchfmt.VERSION,
         segment_size,
@@ -665,33 +686,35 @@ def diff(
         raise ValueError(f"format must be 'bsipatch' or 'bsdiff40', not {format!r}")
     if not 1 <= level <= 22:
         raise ValueError(f"level must be in 1..22, not {level}")
-    seg = segment_size or patchfmt.DEFAULT_SEGMENT_SIZE
-    if not 4096 <= seg <= patchfmt.MAX_SEGMENT_SIZE:
-        raise ValueError(f"segment_size must be in 4096..{patchfmt.MAX_SEGMENT_SIZE}, not {seg}")
+    seg = segment_size or DEFAULT_SEGMENT_SIZE
+    if not 4096 <= seg <= MAX_SEGMENT_SIZE:
+        raise ValueError(f"segment_size must be in 4096..{MAX_SEGMENT_SIZE}, not {seg}")
     nthreads = threads or default_threads()
     with ExitStack() as stack:
         old_buf = stack.enter_context(open_buffer(old))
         new_buf = stack.enter_context(open_buffer(new))
-        with cf.ThreadPoolExecutor(max_workers=2) as pool:
-            if format == "bsipatch":
+        # one bar over both phases: searching the unmatched bytes, then writing
+        n_new = len(new_buf)
+        search_total = [0]
+
+        def on_search(done: int, total: int) -> None:
+            search_total[0] = total
+            if progress:
+                progress(done, total + n_new)
+
+        def on_write(done: int, total: int) -> None:
+            if progress:
+                progress(search_total[0] + done, search_total[0] + total)
+
+        ops = compute_ops(old_buf, new_buf, threads=nthreads, progress=on_search)
+        # digests after the search: the suffix array is gone, hashing threads are free
+        if format == "bsipatch":
+            with cf.ThreadPoolExecutor(max_workers=2) as pool:
                 f_old = pool.submit(sha256_buffer, old_buf)
-                f_new = pool.submit(sha256_buffer, new_buf)
-            # one bar over both phases: searching the unmatched bytes, then writing
-            n_new = len(new_buf)
-            search_total = [0]
+                new_sha = sha256_buffer(new_buf)
+                old_sha = f_old.result()
+        from ._io import atomic_write
 
-            def on_search(done: int, total: int) -> None:
-                search_total[0] = total
-                if progress:
-                    progress(done, total + n_new)
-
-            def on_write(done: int, total: int) -> None:
-                if progress:
-                    progress(search_total[0] + done, search_total[0] + total)
-
-            ops = compute_ops(old_buf, new_buf, threads=nthreads, progress=on_search)
-            if format == "bsipatch":
-                old_sha, new_sha = f_old.result(), f_new.result()
         out: BinaryIO = (
             stack.enter_context(atomic_write(patch))  # type: ignore[arg-type,assignment]
             if is_pathlike(patch)
