@@ -346,6 +346,12 @@ def _apply_to_fd(
     return {"resumed_segments": resumed}
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _apply_to_path(
     old: _Old,
     reader: PatchReader,
@@ -367,6 +373,7 @@ def _apply_to_path(
             prefix=f".{target.name}.", suffix=".bsipatch-tmp", dir=directory
         )
         tmp = Path(name)
+        os.fchmod(fd, 0o666 & ~_umask())
     keep = False
     try:
         existing = os.fstat(fd).st_size if resume else 0

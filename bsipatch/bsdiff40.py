@@ -230,6 +230,9 @@ def apply_bsdiff40(
                 prefix=f".{target.name}.", suffix=".bsipatch-tmp", dir=directory
             )
             try:
+                mask = os.umask(0)
+                os.umask(mask)
+                os.fchmod(fd, 0o666 & ~mask)
                 with os.fdopen(fd, "wb") as w:
                     new_size = apply_to(old_buf, data, w.write, progress)
                     w.flush()
