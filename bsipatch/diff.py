@@ -16,6 +16,7 @@ import functools
 import mmap
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -38,6 +39,7 @@ ProgressFn = Callable[[int, int], None]
 def is_pathlike(obj: object) -> bool:
     """True for ``str`` and ``os.PathLike`` objects."""
     return isinstance(obj, (str, os.PathLike))
+
 
 BS = lib.BSI_BLOCK_SIZE
 #: Old images up to this size are indexed whole (claimed blocks included); larger
@@ -360,12 +362,16 @@ def compute_ops(
         remap = idx is not old
         done = [0]
 
+        local = threading.local()
+
         def search(region: tuple[int, int, int]) -> list[tuple[Any, int]]:
             _, s, e = region
             out: list[tuple[Any, int]] = []
             stopped = ffi.new("uint64_t *")
+            buf = getattr(local, "buf", None)
+            if buf is None:
+                buf = local.buf = ffi.new("bsi_op[]", SEARCH_OPS_CAP)
             while s < e:
-                buf = ffi.new("bsi_op[]", SEARCH_OPS_CAP)
                 n = check(
                     lib.bsi_diff_search(
                         pidx,
@@ -384,13 +390,19 @@ def compute_ops(
                     "delta search",
                 )
                 if remap and n:
-                    cap = n * 2 + len(ranges) + 4
-                    rbuf = ffi.new("bsi_op[]", cap)
-                    n = check(
-                        lib.bsi_ops_remap(buf, n, map_old, map_len, len(ranges), rbuf, cap), "remap"
-                    )
-                    buf = rbuf
-                out.append((buf, n))
+                    # an op crossing k range boundaries becomes k+1 ops: grow until it fits
+                    cap = n * 2 + 16
+                    while True:
+                        rbuf = ffi.new("bsi_op[]", cap)
+                        m = lib.bsi_ops_remap(buf, n, map_old, map_len, len(ranges), rbuf, cap)
+                        if m != lib.BSI_E_NOMEM:
+                            break
+                        cap *= 4
+                    out.append((rbuf, check(m, "remap")))
+                elif n:
+                    keep = ffi.new("bsi_op[]", n)
+                    ffi.memmove(keep, buf, n * OP_SIZE)
+                    out.append((keep, n))
                 s = stopped[0]
             return out
 

@@ -254,3 +254,21 @@ def test_diff_progress_is_monotonic_and_completes() -> None:
     diff(old, new, io.BytesIO(), progress=lambda d, t: seen.append((d, t)))
     assert seen and seen[-1][0] == seen[-1][1]
     assert all(a[0] <= b[0] for a, b in itertools.pairwise(seen))
+
+
+def test_index_of_many_small_ranges_remaps_ops() -> None:
+    """With many unclaimed old ranges, matches crossing range boundaries are split."""
+    rnd = random.Random(8)
+    blocks = [rnd.randbytes(4096) for _ in range(40)]
+    old = b"".join(blocks)
+    new = bytearray()
+    for i, blk in enumerate(blocks):
+        if i % 2:
+            new += blk  # claimed by the pre-pass: these old blocks leave the index
+        else:
+            b = bytearray(blk)
+            b[rnd.randrange(4096)] ^= 1
+            new += b  # changed: found by the search in the remaining ranges
+    # one stretch copying across many old ranges at once
+    new += b"".join(blocks[i][:3000] for i in range(0, 40, 2))
+    roundtrip(old, bytes(new))
