@@ -73,7 +73,7 @@ def _worker(tool: str, op: str, a: str, b: str, c: str) -> dict[str, Any]:
         fmt = "bsdiff40" if tool == "bsipatch-bsdiff40" else "bsipatch"
         if op == "noop":
             _ = bsipatch.diff, bsipatch.apply
-            return {"seconds": 0.0, "info": None}
+            return {"seconds": 0.0, "cpu": 0.0, "info": None}
         t0, c0 = time.perf_counter(), time.process_time()
         if op == "diff":
             result = bsipatch.diff(a, b, c, format=fmt, threads=threads)
@@ -86,7 +86,7 @@ def _worker(tool: str, op: str, a: str, b: str, c: str) -> dict[str, Any]:
         import bsdiff4
 
         if op == "noop":
-            return {"seconds": 0.0, "info": None}
+            return {"seconds": 0.0, "cpu": 0.0, "info": None}
         t0, c0 = time.perf_counter(), time.process_time()
         if op == "diff":
             bsdiff4.file_diff(a, b, c)  # old, new, patch
@@ -97,7 +97,7 @@ def _worker(tool: str, op: str, a: str, b: str, c: str) -> dict[str, Any]:
         import detools
 
         if op == "noop":
-            return {"seconds": 0.0, "info": None}
+            return {"seconds": 0.0, "cpu": 0.0, "info": None}
         t0, c0 = time.perf_counter(), time.process_time()
         if op == "diff":
             with open(a, "rb") as fo, open(b, "rb") as fn, open(c, "wb") as fp:
