@@ -53,62 +53,56 @@ HDIFFPATCH_FS_PATCH_BYTES = 496_000  # "HDiffPatch 496 KB" on the 256 MiB ext4 i
 APPLY_PEAK_LIMIT_MIB = 64.0
 
 # -------------------------------------------------------------------------- worker side
-# `compare_delta.py --worker TOOL OP A B C` runs one library call in this process
-# and prints {"seconds": ..., "cpu": ..., "info": ...} on stdout. Imports stay inside, so the
-# worker's memory is the tool's.
+# Python tools run as `python -c WORKER TOOL OP A B C`: one library call, timed
+# inside the process, printing {"seconds", "cpu", "info"} as JSON. The worker is a
+# small code string rather than this module so that the process imports only
+# what the tool needs and its peak memory is the tool's (plus the interpreter).
+# BENCH_BSIPATCH_THREADS sets bsipatch's threads= (the bsipatch-1t tool: 1).
 
-
-def _bsipatch_threads() -> int | None:
+WORKER = r"""
+import json, os, sys, time
+tool, op, a, b, c = sys.argv[1:6]
+info = None
+if tool.startswith("bsipatch"):
+    import bsipatch
     raw = os.environ.get("BENCH_BSIPATCH_THREADS", "")
-    return int(raw) if raw else None
-
-
-def _worker(tool: str, op: str, a: str, b: str, c: str) -> dict[str, Any]:
-    info: Any = None
-    if tool.startswith("bsipatch"):
-        sys.path.insert(0, str(REPO_DIR))
-        import bsipatch
-
-        threads = 1 if tool == "bsipatch-1t" else _bsipatch_threads()
-        fmt = "bsdiff40" if tool == "bsipatch-bsdiff40" else "bsipatch"
-        if op == "noop":
-            _ = bsipatch.diff, bsipatch.apply
-            return {"seconds": 0.0, "cpu": 0.0, "info": None}
-        t0, c0 = time.perf_counter(), time.process_time()
-        if op == "diff":
-            result = bsipatch.diff(a, b, c, format=fmt, threads=threads)
-        else:
-            result = bsipatch.apply(a, b, c, threads=threads)
-        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-        to_dict = getattr(result, "to_dict", None)
-        info = to_dict() if callable(to_dict) else None
-    elif tool == "bsdiff4":
-        import bsdiff4
-
-        if op == "noop":
-            return {"seconds": 0.0, "cpu": 0.0, "info": None}
-        t0, c0 = time.perf_counter(), time.process_time()
-        if op == "diff":
-            bsdiff4.file_diff(a, b, c)  # old, new, patch
-        else:
-            bsdiff4.file_patch(a, c, b)  # old, out, patch
-        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    elif tool == "detools":
-        import detools
-
-        if op == "noop":
-            return {"seconds": 0.0, "cpu": 0.0, "info": None}
-        t0, c0 = time.perf_counter(), time.process_time()
-        if op == "diff":
+    threads = 1 if tool == "bsipatch-1t" else (int(raw) if raw else None)
+    fmt = "bsdiff40" if tool == "bsipatch-bsdiff40" else "bsipatch"
+    diff, apply = bsipatch.diff, bsipatch.apply
+    if op == "diff":
+        run = lambda: diff(a, b, c, format=fmt, threads=threads)
+    else:
+        run = lambda: apply(a, b, c, threads=threads)
+elif tool == "bsdiff4":
+    import bsdiff4
+    if op == "diff":
+        run = lambda: bsdiff4.file_diff(a, b, c)  # old, new, patch
+    else:
+        run = lambda: bsdiff4.file_patch(a, c, b)  # old, out, patch
+elif tool == "detools":
+    import detools
+    def run():
+        if op == "diff":  # lzma, sequential, bsdiff: the CLI's defaults
             with open(a, "rb") as fo, open(b, "rb") as fn, open(c, "wb") as fp:
-                detools.create_patch(fo, fn, fp)  # lzma, sequential, bsdiff: the CLI's defaults
+                detools.create_patch(fo, fn, fp)
         else:
             with open(a, "rb") as fo, open(b, "rb") as fp, open(c, "wb") as fout:
                 detools.apply_patch(fo, fp, fout)
-        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    else:
-        raise SystemExit(f"unknown worker tool {tool!r}")
-    return {"seconds": seconds, "cpu": cpu, "info": info}
+else:
+    sys.exit("unknown worker tool " + tool)
+seconds = cpu = 0.0
+if op != "noop":
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = run()
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    to_dict = getattr(result, "to_dict", None)
+    info = to_dict() if callable(to_dict) else None
+print(json.dumps({"seconds": seconds, "cpu": cpu, "info": info}, default=str))
+"""
+
+
+def _worker_argv(tool: str, op: str, a: str = "", b: str = "", c: str = "") -> list[str]:
+    return [sys.executable, "-c", WORKER, tool, op, a, b, c]
 
 
 # -------------------------------------------------------------------------- tools
@@ -128,7 +122,7 @@ class Tool:
 
 def _py(tool: str, op: str) -> Callable[[str, str, str], list[str]]:
     def argv(a: str, b: str, c: str) -> list[str]:
-        return [sys.executable, str(Path(__file__).resolve()), "--worker", tool, op, a, b, c]
+        return _worker_argv(tool, op, a, b, c)
 
     return argv
 
@@ -271,7 +265,7 @@ def run_measured(argv: list[str], *, timeout: float, env: dict[str, str] | None 
                 "error", wall=wall, peak_mib=peak, detail=f"exit {proc.returncode}: {tail[0][:200]}"
             )
         seconds, info = wall, None
-        if argv[2:3] == ["--worker"]:
+        if argv[1:3] == ["-c", WORKER]:
             try:
                 report = json.loads(stdout.strip().splitlines()[-1])
                 seconds, info = float(report["seconds"]), report.get("info")
@@ -434,7 +428,7 @@ def compare_pair(
 def python_baseline(tool: str, env: dict[str, str]) -> float | None:
     """Peak RSS (MiB) of a worker that only imports ``tool``."""
     r = run_measured(
-        [sys.executable, str(Path(__file__).resolve()), "--worker", tool, "noop", "", "", ""],
+        _worker_argv(tool, "noop"),
         timeout=60,
         env=env,
     )
@@ -715,11 +709,6 @@ def bsipatch_available() -> tuple[bool, str]:
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison; print the table and goals (and JSON on request)."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--worker"]:
-        tool, op, a, b, c = argv[1:6]
-        print(json.dumps(_worker(tool, op, a, b, c), default=str))
-        return 0
-
     sys.path.insert(0, str(BENCH_DIR))
     import data
 
