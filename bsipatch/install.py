@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import io
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -30,6 +31,7 @@ from typing import Any, BinaryIO
 from ._io import PathLike, atomic_write, fsync_dir, os_error_to_staging
 from .errors import (
     BsipatchError,
+    DiskFullError,
     PatchTooLarge,
     RollbackFailed,
     SealError,
@@ -165,6 +167,20 @@ def _find_source(
     )
 
 
+def _check_space(pb: Preboot, needed: int) -> None:
+    """Refuse up front (DiskFullError) when the volume cannot hold the new images."""
+    try:
+        st = os.statvfs(pb.path)
+    except OSError as exc:
+        raise os_error_to_staging(exc, f"checking free space on {pb.path}") from exc
+    free = st.f_bavail * st.f_frsize
+    if free < needed:
+        raise DiskFullError(
+            f"{pb.path}: no space left for the new images: they need {needed} bytes, "
+            f"{free} bytes are free"
+        )
+
+
 def _check_applicable(pb: Preboot, state: dict[str, Any], manifest: Any) -> dict[str, str]:
     comps = pb.components(state)
     osv, build = state["os"]["version"], state["os"]["build"]
@@ -289,6 +305,7 @@ def install_release(
             if progress is not None:
                 progress(done_before + done, total)
 
+        _check_space(pb, total)
         cache = _load_verified(pb)
         try:
             tx = pb.journal.begin("install", release=slug)
