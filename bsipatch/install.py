@@ -652,34 +652,8 @@ def load_manifest(data: bytes | dict[str, Any]) -> Any:
         obj = json.loads(data) if isinstance(data, (bytes, bytearray, str)) else data
         if isinstance(obj, dict) and "signed" in obj:
             obj = obj["signed"]
-        from_dict = getattr(m.ReleaseManifest, "from_dict", None)
-        if from_dict is not None:
-            return from_dict(obj)
-        comps = tuple(
-            m.ComponentRelease(
-                name=c["name"],
-                activation=c["activation"],
-                base=m.SealRef(**{k: c["base"][k] for k in ("root_hash", "salt", "size")}),
-                target=m.SealRef(**{k: c["target"][k] for k in ("root_hash", "salt", "size")}),
-                patch=m.PatchRef(**{k: c["patch"][k] for k in ("path", "sha256", "size")}),
-                cves=tuple(
-                    m.Cve(id=v["id"], description=v.get("description", ""))
-                    for v in c.get("cves", ())
-                ),
-            )
-            for c in obj["components"]
-        )
-        return m.ReleaseManifest(
-            release_id=obj["release_id"],
-            os_version=obj["os_version"],
-            builds=tuple(obj["builds"]),
-            supplemental_build=obj.get("supplemental_build", ""),
-            published=obj.get("published", ""),
-            sequence=int(obj.get("sequence", 0)),
-            expires=obj.get("expires", ""),
-            components=comps,
-        )
-    except (ValueError, KeyError, TypeError) as exc:
+        return m.ReleaseManifest.from_dict(obj)
+    except (ValueError, TypeError) as exc:  # not JSON at all (FormatError passes through)
         raise FormatError(f"not a release manifest: {exc}") from exc
 
 
