@@ -1,0 +1,594 @@
+"""Applying patches: stream a patch through the C applier into a verified output.
+
+Three shapes over one engine (STYLE.md): :func:`apply` pumps a patch into an output
+path or file, :func:`iter_apply` yields verified output chunks as fast as the
+consumer pulls, and :class:`ApplyReader` is a file-like reader. The patch is read
+strictly sequentially (a socket or HTTP response works); BSDIFF40 patches are
+recognised by their magic and handed to bsdiff40.py. This module does the I/O,
+the digests and the file policy (temp file, rename, resume); the per-byte work is
+in csrc/bsi_patch.c. It does not make patches.
+
+Resume: with ``resume=True`` the output is built in ``.<name>.bsipatch-partial``
+beside ``out``. If an apply is cut short by a truncated patch stream, an I/O error
+or an interrupt, that file is kept; the next ``apply(..., resume=True)`` re-reads
+the patch from its start, and for every segment whose output range in the partial
+file already hashes to the segment's SHA-256 it skips the decompression and the
+writing. See docs/patch-format.md, "Resuming".
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import contextlib
+import hashlib
+import hmac
+import io
+import mmap
+import os
+import struct
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Union
+
+import zstandard
+
+from . import patchfmt
+from ._io import PathLike, fsync_dir, is_pathlike, open_source, read_exact
+from ._native import error_name, ffi, lib
+from .diff import default_threads, open_buffer, sha256_buffer, zero_digest
+from .errors import (
+    CorruptPatch,
+    OutputMismatch,
+    PatchTooLarge,
+    TruncatedPatch,
+    UnsupportedPatch,
+    WrongBaseImage,
+)
+from .patchfmt import Header, PatchInfo, PatchReader, SegmentHeader
+
+if TYPE_CHECKING:
+    from .diff import Buffer
+
+PatchSource = Union[PathLike, bytes, bytearray, memoryview, BinaryIO]  # noqa: UP007
+ProgressFn = Callable[[int, int], None]
+
+OUT_CHUNK = 1 << 20
+IN_CHUNK = 256 << 10
+PARTIAL_SUFFIX = ".bsipatch-partial"
+#: Default parallel segments: each worker holds a zstd window and a segment.
+MAX_DEFAULT_THREADS = 3
+#: Drop the old image's mapped pages after each segment when it is larger than this,
+#: so resident memory stays bounded whatever the image size.
+DROP_PAGES_ABOVE = 32 << 20
+
+_NATIVE_ERRORS = {
+    lib.BSI_E_CORRUPT: CorruptPatch,
+    lib.BSI_E_RANGE: CorruptPatch,
+    lib.BSI_E_OVERFLOW: PatchTooLarge,
+    lib.BSI_E_TRUNCATED: TruncatedPatch,
+}
+
+
+def _native_error(rc: int, seg: SegmentHeader) -> Exception:
+    cls = _NATIVE_ERRORS.get(rc, CorruptPatch)
+    return cls(f"segment {seg.index}: bad operations ({error_name(rc)})")
+
+
+class _Old:
+    """The old image: a buffer for the applier and a way to hash it cheaply."""
+
+    def __init__(self, src: PathLike | Buffer) -> None:
+        self._stack = ExitStack()
+        self.path = src if is_pathlike(src) else None
+        self.buf: Buffer = self._stack.enter_context(open_buffer(src))  # type: ignore[arg-type]
+        self.size = len(self.buf)
+        self.ptr = ffi.from_buffer(self.buf) if self.size else ffi.NULL
+
+    def check(self, header: Header) -> None:
+        """Raise WrongBaseImage unless size and SHA-256 match the patch header."""
+        self.start_check(header)()
+
+    def start_check(self, header: Header) -> Callable[[], None]:
+        """Check the size now and start hashing on a thread; return the function that
+        waits for the digest and raises WrongBaseImage when it differs."""
+        if self.size != header.old_size:
+            raise WrongBaseImage(
+                f"old image is {self.size} bytes, the patch was made for {header.old_size} bytes"
+            )
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                result["digest"] = sha256_buffer(self.buf)
+            except BaseException as exc:  # handed to the waiter
+                result["error"] = exc
+
+        t = threading.Thread(target=run, name="bsipatch-old-sha256", daemon=True)
+        t.start()
+
+        def wait() -> None:
+            t.join()
+            if "error" in result:
+                raise result["error"]
+            digest = result["digest"]
+            if not hmac.compare_digest(digest, header.old_sha256):
+                raise WrongBaseImage(
+                    f"old image SHA-256 is {digest.hex()}, "
+                    f"the patch was made for {header.old_sha256.hex()}"
+                )
+
+        return wait
+
+    def drop_pages(self) -> None:
+        """Let go of the mapped pages of a large old image (they are re-read on demand)."""
+        if isinstance(self.buf, mmap.mmap) and self.size > DROP_PAGES_ABOVE:
+            with contextlib.suppress(OSError, ValueError):
+                self.buf.madvise(mmap.MADV_DONTNEED)
+
+    def close(self) -> None:
+        self.ptr = None
+        self._stack.close()
+
+
+def is_zero_segment(seg: SegmentHeader) -> bool:
+    """True when the segment declares only ZERO output and the digest of zeros.
+
+    run_segment confirms the first part from the applier's own counts, so such a
+    segment's output is zeros by construction and its digest need not be computed.
+    """
+    return seg.kind_bytes[3] == seg.out_len and hmac.compare_digest(
+        seg.out_sha256, zero_digest(seg.out_len)
+    )
+
+
+def run_segment(
+    old: _Old, header: Header, seg: SegmentHeader, comp: bytes, sink: Callable[[memoryview], None]
+) -> None:
+    """Decompress one verified segment, apply it, and pass its output to ``sink`` in order.
+
+    Raises:
+        CorruptPatch, TruncatedPatch, PatchTooLarge: bad payload; OutputMismatch never
+        (a wrong segment output digest is a CorruptPatch).
+    """
+    zero_seg = is_zero_segment(seg)
+    st = ffi.new("bsi_patch_state *")
+    cap = 0
+    scratch = bytearray()
+    pscratch: Any = ffi.NULL
+    out = bytearray(min(OUT_CHUNK, seg.out_len))
+    pout = ffi.from_buffer(out)
+    outmv = memoryview(out)
+    ob = ffi.new("bsi_outbuf *")
+    ob.ptr, ob.size, ob.pos = pout, len(out), 0
+    ib = ffi.new("bsi_inbuf *")
+    h = hashlib.sha256()
+    total = 0
+    started = False
+
+    def start(head: bytes) -> None:
+        # size the section buffer from the payload's own (untrusted, checked) lengths
+        nonlocal cap, scratch, pscratch, started
+        ctrl_len, runs_len, lit_len = struct.unpack_from("<3Q", head, 16)
+        need = ctrl_len + runs_len + lit_len
+        if need > header.max_buffered or need > seg.payload_len:
+            raise PatchTooLarge(
+                f"segment {seg.index}: needs {need} buffered bytes, the header allows "
+                f"{header.max_buffered}"
+            )
+        cap = need
+        scratch = bytearray(cap)
+        pscratch = ffi.from_buffer(scratch) if cap else ffi.NULL
+        lib.bsi_patch_init(st, seg.out_len, old.size, cap)
+        started = True
+
+    def pump(data: bytes) -> None:
+        keep = ffi.from_buffer(data) if data else ffi.NULL
+        ib.ptr, ib.size, ib.pos = keep, len(data), 0
+        while True:
+            rc = lib.bsi_patch_feed(st, old.ptr, old.size, pscratch, cap, ib, ob)
+            if rc < 0:
+                raise _native_error(rc, seg)
+            if ob.pos:
+                chunk = outmv[: ob.pos]
+                if not zero_seg:
+                    h.update(chunk)
+                sink(chunk)
+                ob.pos = 0
+            if rc == 0:
+                break
+        if ib.pos != ib.size:  # pragma: no cover - the C side reports this as an error
+            raise CorruptPatch(f"segment {seg.index}: unused payload bytes")
+
+    try:
+        dctx = zstandard.ZstdDecompressor()
+        with dctx.stream_reader(comp, read_size=IN_CHUNK, read_across_frames=False) as r:
+            head = b""
+            while len(head) < patchfmt.PAYLOAD_HEADER_SIZE:
+                more = r.read(patchfmt.PAYLOAD_HEADER_SIZE - len(head))
+                if not more:
+                    raise CorruptPatch(f"segment {seg.index}: payload shorter than its header")
+                head += more
+            start(head)
+            total = len(head)
+            pump(head)
+            while True:
+                data = r.read(IN_CHUNK)
+                if not data:
+                    break
+                total += len(data)
+                if total > seg.payload_len:
+                    raise CorruptPatch(f"segment {seg.index}: payload longer than declared")
+                pump(data)
+    except zstandard.ZstdError as exc:
+        raise CorruptPatch(f"segment {seg.index}: zstd: {exc}") from exc
+    if not started:  # pragma: no cover - start() always ran or raised
+        raise CorruptPatch(f"segment {seg.index}: empty payload")
+    pump(b"")
+    if total != seg.payload_len:
+        raise CorruptPatch(
+            f"segment {seg.index}: payload is {total} bytes, declared {seg.payload_len}"
+        )
+    rc = lib.bsi_patch_finish(st)
+    if rc < 0:
+        raise _native_error(rc, seg)
+    if tuple(st.kind_bytes) != seg.kind_bytes:
+        raise CorruptPatch(f"segment {seg.index}: operations differ from its statistics")
+    if not zero_seg and not hmac.compare_digest(h.digest(), seg.out_sha256):
+        raise CorruptPatch(f"segment {seg.index}: output SHA-256 mismatch")
+
+
+def _open_patch(stack: ExitStack, patch: PatchSource) -> tuple[BinaryIO, bytes]:
+    f = stack.enter_context(open_source(patch))  # type: ignore[arg-type]
+    magic = read_exact(f, 8)
+    if len(magic) < 8:
+        if patchfmt.MAGIC.startswith(magic) or patchfmt.BSDIFF40_MAGIC.startswith(magic):
+            raise TruncatedPatch(f"patch is only {len(magic)} bytes long")
+        raise UnsupportedPatch(f"not a patch: starts with {magic!r}")
+    return f, magic
+
+
+def _apply_to_fd(
+    old: _Old,
+    reader: PatchReader,
+    fd: int,
+    *,
+    threads: int,
+    existing: int,
+    progress: ProgressFn | None,
+) -> dict[str, Any]:
+    """Apply all segments into file ``fd`` (in parallel); return statistics."""
+    header = reader.header
+    zero = memoryview(bytes(OUT_CHUNK))
+    overall = hashlib.sha256()
+    resumed = 0
+    done = 0
+
+    zero_bytes = bytes(OUT_CHUNK)
+
+    def work(seg: SegmentHeader, comp: bytes) -> None:
+        pos = seg.out_offset
+
+        def sink(chunk: memoryview) -> None:
+            nonlocal pos
+            # a fresh file region is a hole already: leave zero chunks unwritten
+            if not (pos >= existing and len(chunk) == OUT_CHUNK and chunk == zero_bytes):
+                os.pwrite(fd, chunk, pos)
+            pos += len(chunk)
+
+        run_segment(old, header, seg, comp, sink)
+
+    def hash_range(seg: SegmentHeader) -> bytes:
+        h = hashlib.sha256()
+        off, end = seg.out_offset, seg.out_offset + seg.out_len
+        while off < end:
+            data = os.pread(fd, min(OUT_CHUNK, end - off), off)
+            if not data:
+                break
+            h.update(data)
+            off += len(data)
+        return h.digest()
+
+    pending: collections.deque[tuple[SegmentHeader, cf.Future[None] | None]] = collections.deque()
+
+    def finish_one() -> None:
+        nonlocal done
+        seg, fut = pending.popleft()
+        if fut is not None:
+            fut.result()
+        off, end = seg.out_offset, seg.out_offset + seg.out_len
+        if fut is not None and is_zero_segment(seg):
+            while off < end:  # written as zeros (or left a hole): no need to read it back
+                k = min(OUT_CHUNK, end - off)
+                overall.update(zero[:k])
+                off += k
+        while off < end:
+            data = os.pread(fd, min(OUT_CHUNK, end - off), off)
+            if not data:
+                raise OutputMismatch(f"output file is short at offset {off}")
+            overall.update(data)
+            off += len(data)
+        done = end
+        old.drop_pages()
+        if progress:
+            progress(done, header.new_size)
+
+    with cf.ThreadPoolExecutor(max_workers=threads) as pool:
+        try:
+            for seg, comp in reader:
+                if (
+                    existing
+                    and seg.out_offset + seg.out_len <= existing
+                    and hmac.compare_digest(hash_range(seg), seg.out_sha256)
+                ):
+                    resumed += 1
+                    pending.append((seg, None))
+                else:
+                    pending.append((seg, pool.submit(work, seg, comp)))
+                while len(pending) > threads:
+                    finish_one()
+            while pending:
+                finish_one()
+        finally:
+            for _, fut in pending:
+                if fut is not None:
+                    fut.cancel()
+    if header.new_size == 0:
+        done = 0
+    digest = overall.digest()
+    if not hmac.compare_digest(digest, header.new_sha256):
+        raise OutputMismatch(
+            f"output SHA-256 is {digest.hex()}, the patch header declares {header.new_sha256.hex()}"
+        )
+    return {"resumed_segments": resumed}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _apply_to_path(
+    old: _Old,
+    reader: PatchReader,
+    out: PathLike,
+    *,
+    threads: int,
+    resume: bool,
+    progress: ProgressFn | None,
+    base_ok: Callable[[], None],
+) -> dict[str, Any]:
+    target = Path(out)
+    directory = target.parent if str(target.parent) else Path()
+    header = reader.header
+    if resume:
+        tmp = directory / f".{target.name}{PARTIAL_SUFFIX}"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o644)
+    else:
+        fd, name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=".bsipatch-tmp", dir=directory
+        )
+        tmp = Path(name)
+        os.fchmod(fd, 0o666 & ~_umask())
+    keep = False
+    try:
+        existing = os.fstat(fd).st_size if resume else 0
+        if existing > header.new_size:
+            os.ftruncate(fd, header.new_size)
+            existing = header.new_size
+        os.ftruncate(fd, header.new_size)
+        try:
+            stats = _apply_to_fd(
+                old, reader, fd, threads=threads, existing=existing, progress=progress
+            )
+        except KeyboardInterrupt:
+            keep = resume
+            raise
+        except BaseException as exc:
+            base_ok()  # a wrong base image explains any error: report that instead
+            keep = resume and isinstance(exc, (TruncatedPatch, OSError))
+            raise
+        base_ok()
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        Path(tmp).replace(target)
+        fsync_dir(directory)
+        return stats
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if not keep:
+            with contextlib.suppress(FileNotFoundError):
+                Path(tmp).unlink()
+
+
+def _apply_to_stream(
+    old: _Old, reader: PatchReader, out: BinaryIO, progress: ProgressFn | None
+) -> dict[str, Any]:
+    header = reader.header
+    overall = hashlib.sha256()
+    done = 0
+
+    def sink(chunk: memoryview) -> None:
+        overall.update(chunk)
+        out.write(chunk)
+
+    for seg, comp in reader:
+        run_segment(old, header, seg, comp, sink)
+        done += seg.out_len
+        old.drop_pages()
+        if progress:
+            progress(done, header.new_size)
+    if not hmac.compare_digest(overall.digest(), header.new_sha256):
+        raise OutputMismatch("output SHA-256 does not match the patch header")
+    return {}
+
+
+def apply(
+    old: PathLike | Buffer,
+    patch: PatchSource,
+    out: PathLike | BinaryIO,
+    *,
+    threads: int | None = None,
+    progress: ProgressFn | None = None,
+    resume: bool = False,
+    max_patch_size: int | None = None,
+) -> PatchInfo:
+    """Apply ``patch`` to ``old`` and write the new image to ``out``.
+
+    The old image's size and SHA-256 are checked against the patch header before
+    anything is kept. With a path ``out``, the result goes to a temporary file in
+    the same directory (the old image is hashed meanwhile) and is renamed into place
+    only when the old image's and the result's SHA-256 match the header (a wrong old
+    image raises WrongBaseImage); on any error no output file is left behind (see the
+    module docstring for
+    ``resume``). With a file object ``out``, bytes are written as segments verify and
+    an error is raised at the first mismatch.
+
+    Args:
+        old: the old image: path or bytes-like.
+        patch: path, bytes-like, or any readable binary stream (need not be seekable).
+        out: output path, or writable binary file.
+        threads: segments applied in parallel (default: the CPUs, at most 3, which keeps
+            memory under 64 MiB; path outputs only).
+        progress: ``(done, total)`` callback over output bytes.
+        resume: continue from verified segments of an earlier interrupted apply.
+        max_patch_size: refuse a patch longer than this (e.g. the manifest's size).
+
+    Returns:
+        The :class:`PatchInfo` of the applied patch.
+
+    Raises:
+        CorruptPatch, TruncatedPatch, PatchTooLarge, UnsupportedPatch, WrongBaseImage,
+        OutputMismatch.
+
+    Example:
+        >>> import bsipatch
+        >>> bsipatch.apply("old.img", "update.bsipatch", "new.img")  # doctest: +SKIP
+    """
+    with ExitStack() as stack:
+        f, magic = _open_patch(stack, patch)
+        if magic == patchfmt.BSDIFF40_MAGIC:
+            from .bsdiff40 import apply_bsdiff40
+
+            return apply_bsdiff40(
+                old, f, out, prefix=magic, progress=progress, max_patch_size=max_patch_size
+            )
+        reader = PatchReader(f, prefix=magic, max_patch_size=max_patch_size)
+        o = _Old(old)
+        stack.callback(o.close)
+        if is_pathlike(out):
+            # the old image is hashed while segments are applied into the temporary
+            # file; nothing is renamed into place unless its digest matches
+            base_ok = o.start_check(reader.header)
+            nthreads = threads or min(default_threads(), MAX_DEFAULT_THREADS)
+            extra = _apply_to_path(
+                o,
+                reader,
+                out,
+                threads=nthreads,  # type: ignore[arg-type]
+                resume=resume,
+                progress=progress,
+                base_ok=base_ok,
+            )
+        else:
+            o.check(reader.header)
+            extra = _apply_to_stream(o, reader, out, progress)  # type: ignore[arg-type]
+        return patchfmt.info_from_reader(reader, extra)
+
+
+def iter_apply(
+    old: PathLike | Buffer, patch: PatchSource, *, chunk_size: int = OUT_CHUNK
+) -> Iterator[bytes]:
+    """Yield the new image in chunks, each only after its segment verified.
+
+    The last segment's bytes are held back until the trailer and the whole image's
+    SHA-256 check out, so a consumer never receives the end of an unverified image.
+
+    Args:
+        old: the old image: path or bytes-like.
+        patch: path, bytes-like or readable binary stream (bsipatch format).
+        chunk_size: largest chunk yielded.
+
+    Yields:
+        Chunks of the new image, in order.
+
+    Raises:
+        As :func:`apply`.
+    """
+    if chunk_size <= 0:
+        raise ValueError("chunk_size must be positive")
+    with ExitStack() as stack:
+        f, magic = _open_patch(stack, patch)
+        if magic == patchfmt.BSDIFF40_MAGIC:
+            buf = io.BytesIO()
+            from .bsdiff40 import apply_bsdiff40
+
+            apply_bsdiff40(old, f, buf, prefix=magic)
+            data = buf.getbuffer()
+            for i in range(0, len(data), chunk_size):
+                yield bytes(data[i : i + chunk_size])
+            return
+        reader = PatchReader(f, prefix=magic)
+        o = _Old(old)
+        stack.callback(o.close)
+        o.check(reader.header)
+        overall = hashlib.sha256()
+        held: bytearray | None = None
+        for seg, comp in reader:
+            if held is not None:
+                for i in range(0, len(held), chunk_size):
+                    yield bytes(held[i : i + chunk_size])
+            cur = bytearray()
+            run_segment(o, reader.header, seg, comp, cur.extend)
+            overall.update(cur)
+            o.drop_pages()
+            held = cur
+        if not hmac.compare_digest(overall.digest(), reader.header.new_sha256):
+            raise OutputMismatch("output SHA-256 does not match the patch header")
+        if held is not None:
+            for i in range(0, len(held), chunk_size):
+                yield bytes(held[i : i + chunk_size])
+
+
+class ApplyReader(io.RawIOBase):
+    """A read-only file object producing the new image from ``old`` and ``patch``.
+
+    Example:
+        >>> with ApplyReader("old.img", "update.bsipatch") as r:  # doctest: +SKIP
+        ...     first = r.read(4096)
+    """
+
+    def __init__(
+        self, old: PathLike | Buffer, patch: PatchSource, *, chunk_size: int = OUT_CHUNK
+    ) -> None:
+        super().__init__()
+        self._it = iter_apply(old, patch, chunk_size=chunk_size)
+        self._buf = b""
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        mv = memoryview(b).cast("B")
+        while self._pos >= len(self._buf):
+            try:
+                self._buf = next(self._it)
+            except StopIteration:
+                return 0
+            self._pos = 0
+        n = min(len(mv), len(self._buf) - self._pos)
+        mv[:n] = self._buf[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._it.close()  # type: ignore[attr-defined]
+        super().close()

@@ -1,0 +1,684 @@
+/* Delta search: block pre-pass, bsdiff-style approximate matching, op encoding.
+ *
+ * Pre-pass: the block-aligned 4096-byte blocks of old go into a hash table keyed
+ * by a 64-bit rolling hash; a window slides over new and every 4096-byte window
+ * equal to an old block (at any new offset, found by the hash and confirmed with
+ * memcmp) becomes a COPY op, zero windows become ZERO ops, and copies are
+ * extended byte by byte into the unmatched gaps around them.
+ *
+ * Search: the approximate-match search published by Colin Percival with bsdiff
+ * ("Naive differences of executable code", 2003), written here from that
+ * description: find the longest exact match of new[scan..] in the suffix array
+ * of old, accept it when it beats the "same offset as before" alignment by more
+ * than 8 bytes, then extend the previous match forward and the new one backward
+ * while at least half of the bytes agree (the 50% rule), and resolve overlap.
+ * Matched stretches become ADD ops (byte-wise difference against old), the rest
+ * INSERT ops. Regions are independent, so Python searches several in parallel
+ * against one shared index (every call here releases the GIL).
+ *
+ * Encoding: ops are cut into segments whose sections (control, diff runs,
+ * literals, non-zero diff bytes) are laid out apart so that like data stays
+ * together for the compressor; the byte layout is in docs/patch-format.md.
+ *
+ * Compute only: buffers come from the caller, no I/O, no allocation.
+ */
+#include "bsipatch.h"
+#include "bsi_internal.h"
+
+#define BS BSI_BLOCK_SIZE
+
+static inline uint64_t ld64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+static inline uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+
+static int is_zero(const uint8_t *p, size_t n) {
+    uint64_t acc = 0;
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        for (size_t j = 0; j < 64; j += 8) acc |= ld64(p + i + j);
+        if (acc) return 0;
+    }
+    for (; i < n; i++) acc |= p[i];
+    return acc == 0;
+}
+
+BSI_API uint64_t bsi_prepass_table_slots(uint64_t old_size) {
+    uint64_t blocks = old_size / BS, slots = 16;
+    while (slots < blocks * 2) slots <<= 1;
+    return slots;
+}
+
+BSI_API uint64_t bsi_prepass_max_ops(uint64_t new_size) {
+    return 2 * (new_size / BS) + 16;
+}
+
+/* Append an op, merging it into the previous one when it continues it. */
+static int push_op(bsi_op *ops, uint64_t *n, uint64_t cap, uint32_t kind, uint64_t len,
+                   uint64_t old_off) {
+    if (len == 0) return 0;
+    if (*n > 0) {
+        bsi_op *p = &ops[*n - 1];
+        if (p->kind == kind &&
+            (kind == BSI_OP_ZERO || kind == BSI_OP_GAP || kind == BSI_OP_INSERT ||
+             p->old_off + p->len == old_off)) {
+            p->len += len;
+            return 0;
+        }
+    }
+    if (*n >= cap) return BSI_E_NOMEM;
+    ops[*n].len = len;
+    ops[*n].old_off = old_off;
+    ops[*n].kind = kind;
+    ops[*n].reserved = 0;
+    (*n)++;
+    return 0;
+}
+
+/* Rolling polynomial hash of a 4096-byte window, mod 2^64: H = sum b[i] * P^(BS-1-i).
+ * Computed fresh with eight independent lanes; rolled by one byte in O(1). */
+#define RH_P 0x9E3779B97F4A7C15ULL
+
+static uint64_t rh_pow(uint64_t base, uint64_t e) {
+    uint64_t r = 1;
+    while (e) {
+        if (e & 1) r *= base;
+        base *= base;
+        e >>= 1;
+    }
+    return r;
+}
+
+static uint64_t rh_fresh(const uint8_t *p, uint64_t p8) {
+    uint64_t a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, h = 0;
+    for (size_t i = 0; i < BS; i += 8)
+        for (int j = 0; j < 8; j++) a[j] = a[j] * p8 + p[i + j];
+    for (int j = 0; j < 8; j++) h = h * RH_P + a[j];
+    return h;
+}
+
+static inline uint64_t rh_mix(uint64_t h) {
+    h ^= h >> 31;
+    h *= 0xBF58476D1CE4E5B9ULL;
+    h ^= h >> 29;
+    return h;
+}
+
+/* Look up a window hash; return old block index + 1 of an equal block, or 0. */
+static uint64_t table_find(const uint64_t *table, uint64_t mask, uint64_t mixed, const uint8_t *old,
+                           const uint8_t *blk) {
+    uint64_t tag = mixed >> 32, slot = mixed & mask;
+    for (;;) {
+        uint64_t e = table[slot];
+        if (e == 0) return 0;
+        if ((e >> 32) == tag) {
+            uint64_t ob = (e & 0xFFFFFFFFULL) - 1;
+            if (memcmp(old + ob * BS, blk, BS) == 0) return ob + 1;
+        }
+        slot = (slot + 1) & mask;
+    }
+}
+
+static int table_args_ok(uint64_t old_size, const uint64_t *table, uint64_t table_slots) {
+    return table && table_slots >= bsi_prepass_table_slots(old_size) &&
+           !(table_slots & (table_slots - 1)) && old_size / BS < 0xFFFFFFFFULL;
+}
+
+BSI_API int bsi_prepass_index(const uint8_t *old, uint64_t old_size, uint64_t first_block,
+                              uint64_t end_block, uint64_t *table, uint64_t table_slots,
+                              uint8_t *old_claimed) {
+    const uint64_t p8 = rh_pow(RH_P, 8), mask = table_slots - 1;
+    uint64_t i;
+    if ((old_size && !old) || !table_args_ok(old_size, table, table_slots) ||
+        first_block > end_block || end_block > old_size / BS)
+        return BSI_E_INVAL;
+    /* Index the non-zero old blocks; keep the first of identical blocks. */
+    for (i = first_block; i < end_block; i++) {
+        const uint8_t *blk = old + i * BS;
+        if (is_zero(blk, BS)) {
+            if (old_claimed) old_claimed[i] = 2;
+            continue;
+        }
+        uint64_t mixed = rh_mix(rh_fresh(blk, p8));
+        if (table_find(table, mask, mixed, old, blk)) continue;
+        uint64_t slot = mixed & mask;
+        while (table[slot]) slot = (slot + 1) & mask;
+        table[slot] = ((mixed >> 32) << 32) | (i + 1);
+    }
+    return 0;
+}
+
+BSI_API int64_t bsi_prepass_scan(bsi_prepass_state *st, const uint8_t *old, uint64_t old_size,
+                                 const uint8_t *nw, uint64_t new_size, uint64_t end,
+                                 const uint64_t *table, uint64_t table_slots,
+                                 uint8_t *old_claimed, bsi_op *ops, uint64_t ops_cap) {
+    const uint64_t p8 = rh_pow(RH_P, 8), pout = rh_pow(RH_P, BS - 1), mask = table_slots - 1;
+    const uint64_t nob = old_size / BS;
+    uint64_t n, pos, gap_start, h = 0, zrun = 0;
+    int have = 0, rc;
+    if (!st || (old_size && !old) || (new_size && !nw) || !ops ||
+        !table_args_ok(old_size, table, table_slots) || st->n > ops_cap ||
+        st->gap_start > st->pos || st->pos > new_size || end > new_size)
+        return BSI_E_INVAL;
+    n = st->n;
+    pos = st->pos;
+    gap_start = st->gap_start;
+    /* Slide over new: a 4096-byte window equal to an old block (at any new offset)
+     * becomes a COPY, a zero window a ZERO op; unmatched bytes form GAP ops. */
+    while (pos < end && pos + BS <= new_size) {
+        const uint8_t *win = nw + pos;
+        if (n > 0 && ops[n - 1].kind == BSI_OP_COPY && gap_start == pos) {
+            uint64_t o = ops[n - 1].old_off + ops[n - 1].len;
+            if (o + BS <= old_size && memcmp(old + o, win, BS) == 0) {
+                if (old_claimed && o % BS == 0) old_claimed[o / BS] = 1;
+                ops[n - 1].len += BS;
+                pos += BS;
+                gap_start = pos;
+                have = 0;
+                continue;
+            }
+        }
+        if (!have) {
+            h = rh_fresh(win, p8);
+            zrun = 0;
+            while (zrun < BS && win[BS - 1 - zrun] == 0) zrun++;
+            have = 1;
+        }
+        if (zrun >= BS) {
+            if ((rc = push_op(ops, &n, ops_cap, BSI_OP_GAP, pos - gap_start, 0)) < 0) return rc;
+            if ((rc = push_op(ops, &n, ops_cap, BSI_OP_ZERO, BS, 0)) < 0) return rc;
+            pos += BS;
+            gap_start = pos;
+            have = 0;
+            continue;
+        }
+        if (nob) {
+            uint64_t found = table_find(table, mask, rh_mix(h), old, win);
+            if (found) {
+                if (old_claimed) old_claimed[found - 1] = 1;
+                if ((rc = push_op(ops, &n, ops_cap, BSI_OP_GAP, pos - gap_start, 0)) < 0) return rc;
+                if ((rc = push_op(ops, &n, ops_cap, BSI_OP_COPY, BS, (found - 1) * BS)) < 0)
+                    return rc;
+                pos += BS;
+                gap_start = pos;
+                have = 0;
+                continue;
+            }
+        }
+        if (pos + BS >= new_size) {
+            pos = new_size; /* no further full window: the rest is gap */
+            break;
+        }
+        {
+            uint8_t in = win[BS], out = win[0];
+            h = (h - out * pout) * RH_P + in;
+            zrun = in == 0 ? (zrun < BS ? zrun + 1 : BS) : 0;
+        }
+        pos++;
+    }
+    if (pos + BS > new_size && pos < new_size && end >= new_size) pos = new_size;
+    st->n = n;
+    st->pos = pos;
+    st->gap_start = gap_start;
+    return (int64_t)n;
+}
+
+BSI_API int64_t bsi_prepass_zero(bsi_prepass_state *st, uint64_t new_size, uint64_t end,
+                                 bsi_op *ops, uint64_t ops_cap) {
+    uint64_t n;
+    int rc;
+    if (!st || !ops || st->n > ops_cap || st->gap_start > st->pos || end > new_size)
+        return BSI_E_INVAL;
+    n = st->n;
+    if (end > st->pos) {
+        if ((rc = push_op(ops, &n, ops_cap, BSI_OP_GAP, st->pos - st->gap_start, 0)) < 0) return rc;
+        if ((rc = push_op(ops, &n, ops_cap, BSI_OP_ZERO, end - st->pos, 0)) < 0) return rc;
+        st->pos = st->gap_start = end;
+    }
+    st->n = n;
+    return (int64_t)n;
+}
+
+BSI_API int64_t bsi_prepass_finish(bsi_prepass_state *st, const uint8_t *old, uint64_t old_size,
+                                   const uint8_t *nw, uint64_t new_size, bsi_op *ops,
+                                   uint64_t ops_cap) {
+    uint64_t n, i;
+    int rc;
+    if (!st || (old_size && !old) || (new_size && !nw) || !ops || st->n > ops_cap ||
+        st->gap_start > new_size)
+        return BSI_E_INVAL;
+    n = st->n;
+    if ((rc = push_op(ops, &n, ops_cap, BSI_OP_GAP, new_size - st->gap_start, 0)) < 0) return rc;
+    st->pos = st->gap_start = new_size;
+    /* Extend copies and zero runs byte by byte into the gaps beside them. */
+    {
+        uint64_t pos = 0;
+        for (i = 0; i < n; i++) {
+            bsi_op *g = &ops[i];
+            if (g->kind == BSI_OP_GAP) {
+                /* forward from the previous op */
+                if (i > 0) {
+                    bsi_op *p = &ops[i - 1];
+                    if (p->kind == BSI_OP_COPY) {
+                        uint64_t o = p->old_off + p->len, k = 0;
+                        while (k < g->len && o + k < old_size && old[o + k] == nw[pos + k]) k++;
+                        p->len += k;
+                        g->len -= k;
+                        pos += k;
+                    } else if (p->kind == BSI_OP_ZERO) {
+                        uint64_t k = 0;
+                        while (k < g->len && nw[pos + k] == 0) k++;
+                        p->len += k;
+                        g->len -= k;
+                        pos += k;
+                    }
+                }
+                /* backward from the next op */
+                if (i + 1 < n && g->len > 0) {
+                    bsi_op *q = &ops[i + 1];
+                    uint64_t end = pos + g->len, k = 0;
+                    if (q->kind == BSI_OP_COPY) {
+                        while (k < g->len && k < q->old_off &&
+                               old[q->old_off - 1 - k] == nw[end - 1 - k])
+                            k++;
+                        q->old_off -= k;
+                    } else if (q->kind == BSI_OP_ZERO) {
+                        while (k < g->len && nw[end - 1 - k] == 0) k++;
+                    }
+                    q->len += k;
+                    g->len -= k;
+                }
+            }
+            pos += g->len;
+        }
+    }
+    /* Drop emptied gaps and merge what now touches. */
+    {
+        uint64_t w = 0;
+        for (i = 0; i < n; i++) {
+            if (ops[i].len == 0) continue;
+            if (w > 0 && ops[w - 1].kind == ops[i].kind &&
+                (ops[i].kind != BSI_OP_COPY ||
+                 ops[w - 1].old_off + ops[w - 1].len == ops[i].old_off)) {
+                ops[w - 1].len += ops[i].len;
+                continue;
+            }
+            ops[w++] = ops[i];
+        }
+        n = w;
+    }
+    st->n = n;
+    return (int64_t)n;
+}
+
+/* ---- suffix-array search ----------------------------------------------------------- */
+
+typedef struct {
+    const uint8_t *idx;
+    uint64_t n;
+    const int32_t *sa32;
+    const int64_t *sa64;
+    const uint64_t *bkt; /* 65537 starts of the 2-byte-prefix ranges, or NULL */
+} sa_ctx;
+
+BSI_API int bsi_sa_buckets(const uint8_t *idx, uint64_t n, uint64_t *bkt) {
+    uint64_t i, sum = 0;
+    if (!bkt || (n && !idx)) return BSI_E_INVAL;
+    memset(bkt, 0, 65537 * sizeof(uint64_t));
+    for (i = 0; i + 1 < n; i++) bkt[((unsigned)idx[i] << 8) | idx[i + 1]]++;
+    /* start of key k: all 2-byte suffixes with a smaller key, plus the 1-byte suffix
+     * (the last one) when its byte is <= k's first byte: it sorts before them. */
+    for (i = 0; i < 65536; i++) {
+        uint64_t c = bkt[i];
+        bkt[i] = sum + (n > 0 && idx[n - 1] <= (i >> 8) ? 1 : 0);
+        sum += c;
+    }
+    bkt[65536] = n;
+    return 0;
+}
+
+static inline uint64_t sa_at(const sa_ctx *c, uint64_t i) {
+    return c->sa32 ? (uint64_t)(uint32_t)c->sa32[i] : (uint64_t)c->sa64[i];
+}
+
+/* Length of the common prefix of a[0..na) and b[0..nb), starting the count at `from`. */
+static inline uint64_t match_len(const uint8_t *a, uint64_t na, const uint8_t *b, uint64_t nb,
+                                 uint64_t from) {
+    uint64_t m = na < nb ? na : nb, i = from;
+    while (i + 8 <= m) {
+        uint64_t x = ld64(a + i) ^ ld64(b + i);
+        if (x) return i + ((uint64_t)__builtin_ctzll(x) >> 3);
+        i += 8;
+    }
+    while (i < m && a[i] == b[i]) i++;
+    return i;
+}
+
+/* Longest match of s[0..slen) among the suffixes of the index; *pos gets its offset. */
+static uint64_t sa_search(const sa_ctx *c, const uint8_t *s, uint64_t slen, uint64_t *pos) {
+    uint64_t lo = 0, hi = c->n - 1, llo, lhi, plo, phi;
+    if (c->bkt && slen >= 2) {
+        unsigned k = ((unsigned)s[0] << 8) | s[1];
+        uint64_t b0 = c->bkt[k], b1 = k == 65535 ? c->n : c->bkt[k + 1];
+        /* bkt[k+1] may include the 1-byte suffix that sorts before key k+1 */
+        if (k != 65535 && c->n > 0 && c->idx[c->n - 1] <= ((k + 1) >> 8) &&
+            c->idx[c->n - 1] > (k >> 8))
+            b1--;
+        if (b1 > b0) {
+            lo = b0;
+            hi = b1 - 1;
+        }
+    }
+    plo = sa_at(c, lo);
+    phi = sa_at(c, hi);
+    llo = match_len(c->idx + plo, c->n - plo, s, slen, 0);
+    lhi = match_len(c->idx + phi, c->n - phi, s, slen, 0);
+    while (hi - lo >= 2) {
+        uint64_t mid = lo + (hi - lo) / 2, pm = sa_at(c, mid);
+        uint64_t skip = llo < lhi ? llo : lhi;
+        uint64_t l = match_len(c->idx + pm, c->n - pm, s, slen, skip);
+        /* suffix < s when it differs with a smaller byte or is a proper prefix of s */
+        int less;
+        if (l == slen) less = 0;
+        else if (l == c->n - pm) less = 1;
+        else less = c->idx[pm + l] < s[l];
+        if (less) {
+            lo = mid;
+            llo = l;
+        } else {
+            hi = mid;
+            lhi = l;
+        }
+    }
+    if (llo >= lhi) {
+        *pos = sa_at(c, lo);
+        return llo;
+    }
+    *pos = sa_at(c, hi);
+    return lhi;
+}
+
+static int emit(bsi_op *ops, uint64_t *n, uint64_t cap, uint32_t kind, uint64_t len,
+                uint64_t old_off) {
+    if (len == 0) return 0;
+    if (*n >= cap) return BSI_E_NOMEM;
+    ops[*n].len = len;
+    ops[*n].old_off = old_off;
+    ops[*n].kind = kind;
+    ops[*n].reserved = 0;
+    (*n)++;
+    return 0;
+}
+
+BSI_API int64_t bsi_diff_search(const uint8_t *idx, uint64_t idx_size, const int32_t *sa32,
+                                const int64_t *sa64, const uint64_t *bkt, const uint8_t *nw,
+                                uint64_t new_size, uint64_t start, uint64_t end, bsi_op *ops,
+                                uint64_t ops_cap, uint64_t *stopped) {
+    sa_ctx c = {idx, idx_size, sa32, sa64, bkt};
+    uint64_t n = 0;
+    int64_t scan, len = 0, pos = 0, lastscan, lastpos = 0, lastoffset = 0;
+    const int64_t oldsize = (int64_t)idx_size, e = (int64_t)end;
+    int rc;
+
+    if (!stopped || !ops || ops_cap < 4 || start > end || end > new_size || (end && !nw))
+        return BSI_E_INVAL;
+    if (idx_size > 0 && (!idx || (!sa32 == !sa64))) return BSI_E_INVAL;
+    *stopped = start;
+    if (start == end) return 0;
+    if (idx_size == 0) {
+        if ((rc = emit(ops, &n, ops_cap, BSI_OP_INSERT, end - start, 0)) < 0) return rc;
+        *stopped = end;
+        return (int64_t)n;
+    }
+
+    scan = (int64_t)start;
+    lastscan = scan;
+    while (scan < e) {
+        int64_t oldscore = 0, scsc;
+        for (scsc = scan += len; scan < e; scan++) {
+            uint64_t p;
+            len = (int64_t)sa_search(&c, nw + scan, (uint64_t)(e - scan), &p);
+            pos = (int64_t)p;
+            for (; scsc < scan + len; scsc++)
+                if (scsc + lastoffset >= 0 && scsc + lastoffset < oldsize &&
+                    idx[scsc + lastoffset] == nw[scsc])
+                    oldscore++;
+            if ((len == oldscore && len != 0) || len > oldscore + 8) break;
+            if (scan + lastoffset >= 0 && scan + lastoffset < oldsize &&
+                idx[scan + lastoffset] == nw[scan])
+                oldscore--;
+        }
+        if (len != oldscore || scan == e) {
+            int64_t s = 0, sf = 0, lenf = 0, lenb = 0, i;
+            for (i = 0; lastscan + i < scan && lastpos + i < oldsize;) {
+                if (idx[lastpos + i] == nw[lastscan + i]) s++;
+                i++;
+                if (s * 2 - i > sf * 2 - lenf) {
+                    sf = s;
+                    lenf = i;
+                }
+            }
+            if (scan < e) {
+                int64_t sb = 0;
+                s = 0;
+                for (i = 1; scan >= lastscan + i && pos >= i; i++) {
+                    if (idx[pos - i] == nw[scan - i]) s++;
+                    if (s * 2 - i > sb * 2 - lenb) {
+                        sb = s;
+                        lenb = i;
+                    }
+                }
+            }
+            if (lastscan + lenf > scan - lenb) {
+                int64_t overlap = (lastscan + lenf) - (scan - lenb), ss = 0, lens = 0;
+                s = 0;
+                for (i = 0; i < overlap; i++) {
+                    if (nw[lastscan + lenf - overlap + i] == idx[lastpos + lenf - overlap + i]) s++;
+                    if (nw[scan - lenb + i] == idx[pos - lenb + i]) s--;
+                    if (s > ss) {
+                        ss = s;
+                        lens = i + 1;
+                    }
+                }
+                lenf += lens - overlap;
+                lenb -= lens;
+            }
+            if ((rc = emit(ops, &n, ops_cap, BSI_OP_ADD, (uint64_t)lenf, (uint64_t)lastpos)) < 0)
+                return rc;
+            if ((rc = emit(ops, &n, ops_cap, BSI_OP_INSERT,
+                           (uint64_t)((scan - lenb) - (lastscan + lenf)), 0)) < 0)
+                return rc;
+            lastscan = scan - lenb;
+            lastpos = pos - lenb;
+            lastoffset = pos - scan;
+            if (n + 2 > ops_cap && scan < e) {
+                *stopped = (uint64_t)lastscan;
+                return (int64_t)n;
+            }
+        }
+    }
+    *stopped = end;
+    return (int64_t)n;
+}
+
+/* ---- op post-processing ------------------------------------------------------------ */
+
+BSI_API int64_t bsi_ops_remap(const bsi_op *ops, uint64_t n, const uint64_t *map_old,
+                              const uint64_t *map_len, uint64_t nmap, bsi_op *out,
+                              uint64_t out_cap) {
+    uint64_t w = 0, r = 0, rstart = 0; /* current range index and its index-coordinate start */
+    uint64_t i;
+    if ((n && !ops) || !out || (nmap && (!map_old || !map_len))) return BSI_E_INVAL;
+    for (i = 0; i < n; i++) {
+        bsi_op op = ops[i];
+        if (op.kind != BSI_OP_ADD && op.kind != BSI_OP_COPY) {
+            if (w >= out_cap) return BSI_E_NOMEM;
+            out[w++] = op;
+            continue;
+        }
+        /* find the range holding op.old_off (ranges are in index order) */
+        if (op.old_off < rstart) {
+            r = 0;
+            rstart = 0;
+        }
+        while (r < nmap && op.old_off >= rstart + map_len[r]) rstart += map_len[r++];
+        while (op.len > 0) {
+            uint64_t within, take;
+            if (r >= nmap) return BSI_E_RANGE;
+            within = op.old_off - rstart;
+            take = map_len[r] - within;
+            if (take > op.len) take = op.len;
+            if (w >= out_cap) return BSI_E_NOMEM;
+            out[w].len = take;
+            out[w].old_off = map_old[r] + within;
+            out[w].kind = op.kind;
+            out[w].reserved = 0;
+            w++;
+            op.len -= take;
+            op.old_off += take;
+            if (op.len > 0) rstart += map_len[r++];
+        }
+    }
+    return (int64_t)w;
+}
+
+BSI_API int64_t bsi_ops_normalize(bsi_op *ops, uint64_t n, const uint8_t *old, uint64_t old_size,
+                                  const uint8_t *nw, uint64_t new_size) {
+    uint64_t w = 0, i, pos = 0;
+    (void)nw;
+    (void)old;
+    for (i = 0; i < n; i++) {
+        bsi_op op = ops[i];
+        if (op.kind > BSI_OP_ZERO) return BSI_E_INVAL;
+        if (op.len == 0) continue;
+        if ((op.kind == BSI_OP_COPY || op.kind == BSI_OP_ADD) &&
+            !bsi_range_ok(op.old_off, op.len, old_size))
+            return BSI_E_RANGE;
+        pos += op.len;
+        if (w > 0) {
+            bsi_op *p = &ops[w - 1];
+            int p_old = p->kind == BSI_OP_COPY || p->kind == BSI_OP_ADD;
+            int o_old = op.kind == BSI_OP_COPY || op.kind == BSI_OP_ADD;
+            if (p_old && o_old && p->old_off + p->len == op.old_off) {
+                if (p->kind != op.kind) p->kind = BSI_OP_ADD;
+                p->len += op.len;
+                continue;
+            }
+            if (!p_old && p->kind == op.kind) {
+                p->len += op.len;
+                continue;
+            }
+        }
+        ops[w++] = op;
+    }
+    if (pos != new_size) return BSI_E_INVAL;
+    return (int64_t)w;
+}
+
+/* ---- segment encoding -------------------------------------------------------------- */
+
+static inline int put_varint(uint8_t *buf, uint64_t cap, uint64_t *len, uint64_t v) {
+    if (cap - *len < 10) return BSI_E_NOMEM;
+    while (v >= 0x80) {
+        buf[(*len)++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    buf[(*len)++] = (uint8_t)v;
+    return 0;
+}
+
+static inline uint64_t zigzag(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); }
+
+BSI_API int bsi_seg_encode(bsi_seg_enc *enc, const bsi_op *ops, uint64_t n_ops, const uint8_t *old,
+                           uint64_t old_size, const uint8_t *nw, uint64_t new_size,
+                           uint64_t max_out, uint8_t *ctrl, uint64_t ctrl_cap, uint8_t *runs,
+                           uint64_t runs_cap, uint8_t *lit, uint64_t lit_cap, uint8_t *diff,
+                           uint64_t diff_cap) {
+    uint64_t prev_old_end = 0, run = 0;
+    int run_nonzero = 0, any_add = 0, rc;
+    if (!enc || !ctrl || !runs || !lit || !diff || ctrl_cap < 64 || runs_cap < 64 ||
+        max_out == 0 || diff_cap < max_out)
+        return BSI_E_INVAL;
+    enc->out_len = enc->n_ops = enc->ctrl_len = enc->runs_len = 0;
+    enc->lit_len = enc->diff_len = 0;
+    for (int k = 0; k < 4; k++) enc->kind_bytes[k] = enc->kind_ops[k] = 0;
+
+    while (enc->op_index < n_ops && enc->out_len < max_out) {
+        const bsi_op *op = &ops[enc->op_index];
+        uint64_t left = op->len - enc->op_skip, take = max_out - enc->out_len;
+        uint64_t npos = enc->new_pos, oo = op->old_off + enc->op_skip;
+        if (op->kind > BSI_OP_ZERO || op->len < enc->op_skip) return BSI_E_INVAL;
+        if (take > left) take = left;
+        if (!bsi_range_ok(npos, take, new_size)) return BSI_E_RANGE;
+        if ((op->kind == BSI_OP_COPY || op->kind == BSI_OP_ADD) &&
+            !bsi_range_ok(oo, take, old_size))
+            return BSI_E_RANGE;
+        if (ctrl_cap - enc->ctrl_len < 24) break; /* room for one more control record */
+        if (op->kind == BSI_OP_INSERT) {
+            if (take > lit_cap - enc->lit_len) take = lit_cap - enc->lit_len;
+            if (take == 0) break;
+            memcpy(lit + enc->lit_len, nw + npos, take);
+            enc->lit_len += take;
+        } else if (op->kind == BSI_OP_ADD) {
+            const uint8_t *a = nw + npos, *b = old + oo;
+            uint64_t k = 0;
+            while (k < take) {
+                if (!run_nonzero) {
+                    /* zero run: skip equal bytes fast */
+                    while (k + 8 <= take && ld64(a + k) == ld64(b + k)) {
+                        k += 8;
+                        run += 8;
+                    }
+                    while (k < take && a[k] == b[k]) {
+                        k++;
+                        run++;
+                    }
+                    if (k < take) {
+                        if (runs_cap - enc->runs_len < 24) break;
+                        if ((rc = put_varint(runs, runs_cap, &enc->runs_len, run)) < 0) return rc;
+                        run = 0;
+                        run_nonzero = 1;
+                    }
+                } else {
+                    while (k < take && a[k] != b[k]) {
+                        diff[enc->diff_len++] = (uint8_t)(a[k] - b[k]);
+                        k++;
+                        run++;
+                    }
+                    if (k < take) {
+                        if (runs_cap - enc->runs_len < 24) break;
+                        if ((rc = put_varint(runs, runs_cap, &enc->runs_len, run)) < 0) return rc;
+                        run = 0;
+                        run_nonzero = 0;
+                    }
+                }
+            }
+            take = k;
+            if (take == 0) break;
+            any_add = 1;
+        }
+        /* control record */
+        if ((rc = put_varint(ctrl, ctrl_cap, &enc->ctrl_len, (take << 2) | op->kind)) < 0) return rc;
+        if (op->kind == BSI_OP_COPY || op->kind == BSI_OP_ADD) {
+            if ((rc = put_varint(ctrl, ctrl_cap, &enc->ctrl_len,
+                                 zigzag((int64_t)(oo - prev_old_end)))) < 0)
+                return rc;
+            prev_old_end = oo + take;
+        }
+        enc->kind_bytes[op->kind] += take;
+        enc->kind_ops[op->kind]++;
+        enc->n_ops++;
+        enc->out_len += take;
+        enc->new_pos += take;
+        enc->op_skip += take;
+        if (enc->op_skip == op->len) {
+            enc->op_index++;
+            enc->op_skip = 0;
+        }
+    }
+    if (any_add && (rc = put_varint(runs, runs_cap, &enc->runs_len, run)) < 0) return rc;
+    return 0;
+}

@@ -1,0 +1,213 @@
+/* The streaming patch applier: one segment's decompressed payload in, output out.
+ *
+ * A caller-allocated bsi_patch_state (declared in bsi_decls_delta.h) is driven by
+ * init / feed / finish. feed() takes any number of payload bytes (one at a time
+ * is fine), reads the old image by offset from a buffer, and writes output into
+ * the caller's buffer until it is full. The control, run and literal sections
+ * are buffered in caller scratch memory (capped by the patch header's declared
+ * limit); the non-zero diff bytes, last in the payload, are consumed as they
+ * stream in. Memory does not depend on the image size.
+ *
+ * Every value read from the payload is untrusted: lengths are checked against
+ * the scratch capacity and the declared output size, old offsets against the
+ * old image, and at finish every section must have been consumed exactly.
+ * Errors are sticky. Layout: docs/patch-format.md. No I/O, no allocation.
+ */
+#include "bsipatch.h"
+#include "bsi_internal.h"
+
+enum { PH_HDR = 0, PH_BUF = 1, PH_RUN = 2, PH_DONE = 3 };
+
+static int fail(bsi_patch_state *st, int code) {
+    st->error = code;
+    return code;
+}
+
+BSI_API int bsi_patch_init(bsi_patch_state *st, uint64_t out_total, uint64_t old_size,
+                           uint64_t scratch_cap) {
+    if (!st) return BSI_E_INVAL;
+    memset(st, 0, sizeof(*st));
+    st->out_total = out_total;
+    st->old_size = old_size;
+    st->scratch_cap = scratch_cap;
+    st->phase = PH_HDR;
+    st->run_nonzero = 1; /* the first run read is a zero run */
+    return BSI_OK;
+}
+
+/* Read a varint from scratch[*pos .. limit). */
+static int get_varint(const uint8_t *buf, uint64_t *pos, uint64_t limit, uint64_t *out) {
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+        uint8_t b;
+        if (*pos >= limit) return BSI_E_CORRUPT;
+        b = buf[(*pos)++];
+        if (shift == 63 && b > 1) return BSI_E_CORRUPT;
+        v |= (uint64_t)(b & 0x7F) << shift;
+        if (!(b & 0x80)) {
+            *out = v;
+            return 0;
+        }
+    }
+    return BSI_E_CORRUPT;
+}
+
+/* Decode the next control record into the current op. */
+static int next_op(bsi_patch_state *st, const uint8_t *scratch) {
+    uint64_t v, len, kind;
+    int rc;
+    if ((rc = get_varint(scratch, &st->ctrl_pos, st->ctrl_len, &v)) < 0) return rc;
+    kind = v & 3;
+    len = v >> 2;
+    if (len == 0) return BSI_E_CORRUPT;
+    if (len > st->out_total - st->out_done) return BSI_E_OVERFLOW;
+    st->cur_kind = (uint32_t)kind;
+    st->cur_left = len;
+    st->cur_old = 0;
+    if (kind == BSI_OP_COPY || kind == BSI_OP_ADD) {
+        uint64_t z, off;
+        int64_t delta;
+        if ((rc = get_varint(scratch, &st->ctrl_pos, st->ctrl_len, &z)) < 0) return rc;
+        delta = (int64_t)(z >> 1) ^ -(int64_t)(z & 1);
+        off = st->prev_old_end + (uint64_t)delta; /* wraps on purpose; range-checked below */
+        if (!bsi_range_ok(off, len, st->old_size)) return BSI_E_RANGE;
+        st->cur_old = off;
+        st->prev_old_end = off + len;
+    } else if (kind == BSI_OP_INSERT) {
+        if (len > st->lit_len - st->lit_pos) return BSI_E_CORRUPT;
+    }
+    st->cur_active = 1;
+    st->ops_done++;
+    return 0;
+}
+
+BSI_API int bsi_patch_feed(bsi_patch_state *st, const uint8_t *old, uint64_t old_size,
+                           uint8_t *scratch, uint64_t scratch_cap, bsi_inbuf *in,
+                           bsi_outbuf *out) {
+    int rc;
+    if (!st || !in || !out || (in->size > 0 && !in->ptr) || in->pos > in->size ||
+        out->pos > out->size || (out->size > 0 && !out->ptr))
+        return BSI_E_INVAL;
+    if (st->error) return st->error;
+    if (old_size != st->old_size || (old_size > 0 && !old) || scratch_cap < st->scratch_cap ||
+        (st->scratch_cap > 0 && !scratch))
+        return fail(st, BSI_E_INVAL);
+
+    for (;;) {
+        switch (st->phase) {
+        case PH_HDR: {
+            size_t n = in->size - in->pos, need = BSI_SEG_HEADER_SIZE - st->hdr_have;
+            if (n > need) n = need;
+            memcpy(st->hdr + st->hdr_have, in->ptr + in->pos, n);
+            st->hdr_have += (uint32_t)n;
+            in->pos += n;
+            if (st->hdr_have < BSI_SEG_HEADER_SIZE) return 0;
+            {
+                uint64_t out_len = bsi_load64le(st->hdr), buffered;
+                st->n_ops = bsi_load64le(st->hdr + 8);
+                st->ctrl_len = bsi_load64le(st->hdr + 16);
+                st->runs_len = bsi_load64le(st->hdr + 24);
+                st->lit_len = bsi_load64le(st->hdr + 32);
+                st->diff_len = bsi_load64le(st->hdr + 40);
+                if (out_len != st->out_total) return fail(st, BSI_E_CORRUPT);
+                if (bsi_add_overflow_u64(st->ctrl_len, st->runs_len, &buffered) ||
+                    bsi_add_overflow_u64(buffered, st->lit_len, &buffered) ||
+                    buffered > st->scratch_cap)
+                    return fail(st, BSI_E_OVERFLOW);
+                if (st->lit_len > st->out_total || st->diff_len > st->out_total ||
+                    st->n_ops > st->out_total || st->n_ops > st->ctrl_len)
+                    return fail(st, BSI_E_CORRUPT);
+            }
+            st->phase = PH_BUF;
+            break;
+        }
+        case PH_BUF: {
+            uint64_t total = st->ctrl_len + st->runs_len + st->lit_len;
+            size_t n = in->size - in->pos;
+            if (n > total - st->buf_have) n = (size_t)(total - st->buf_have);
+            if (n) memcpy(scratch + st->buf_have, in->ptr + in->pos, n);
+            st->buf_have += n;
+            in->pos += n;
+            if (st->buf_have < total) return 0;
+            st->phase = PH_RUN;
+            break;
+        }
+        case PH_RUN: {
+            const uint8_t *runs = scratch + st->ctrl_len;
+            const uint8_t *lit = runs + st->runs_len;
+            if (!st->cur_active) {
+                if (st->ops_done == st->n_ops) {
+                    if (st->out_done != st->out_total || st->ctrl_pos != st->ctrl_len ||
+                        st->runs_pos != st->runs_len || st->lit_pos != st->lit_len ||
+                        st->diff_done != st->diff_len || st->run_left != 0)
+                        return fail(st, BSI_E_CORRUPT);
+                    st->phase = PH_DONE;
+                    break;
+                }
+                if ((rc = next_op(st, scratch)) < 0) return fail(st, rc);
+            }
+            while (st->cur_left > 0) {
+                size_t space = out->size - out->pos;
+                uint64_t n = st->cur_left;
+                uint8_t *dst = out->ptr + out->pos;
+                if (space == 0) return 1;
+                if (n > space) n = space;
+                switch (st->cur_kind) {
+                case BSI_OP_COPY:
+                    memcpy(dst, old + st->cur_old, n);
+                    break;
+                case BSI_OP_ZERO:
+                    memset(dst, 0, n);
+                    break;
+                case BSI_OP_INSERT:
+                    memcpy(dst, lit + st->lit_pos, n);
+                    st->lit_pos += n;
+                    break;
+                default: /* ADD */
+                    while (st->run_left == 0) {
+                        uint64_t r;
+                        if ((rc = get_varint(runs, &st->runs_pos, st->runs_len, &r)) < 0)
+                            return fail(st, rc);
+                        st->run_nonzero ^= 1u;
+                        st->run_left = r;
+                    }
+                    if (n > st->run_left) n = st->run_left;
+                    if (!st->run_nonzero) {
+                        memcpy(dst, old + st->cur_old, n);
+                    } else {
+                        size_t avail = in->size - in->pos;
+                        const uint8_t *d = in->ptr + in->pos, *o = old + st->cur_old;
+                        if (n > st->diff_len - st->diff_done) return fail(st, BSI_E_CORRUPT);
+                        if (avail == 0) return 0;
+                        if (n > avail) n = avail;
+                        for (uint64_t i = 0; i < n; i++) dst[i] = (uint8_t)(o[i] + d[i]);
+                        in->pos += n;
+                        st->diff_done += n;
+                    }
+                    st->run_left -= n;
+                    break;
+                }
+                out->pos += n;
+                st->out_done += n;
+                st->kind_bytes[st->cur_kind & 3] += n;
+                st->cur_old += n;
+                st->cur_left -= n;
+            }
+            st->cur_active = 0;
+            break;
+        }
+        case PH_DONE:
+            if (in->pos < in->size) return fail(st, BSI_E_CORRUPT);
+            return 0;
+        default:
+            return fail(st, BSI_E_STATE);
+        }
+    }
+}
+
+BSI_API int bsi_patch_finish(bsi_patch_state *st) {
+    if (!st) return BSI_E_INVAL;
+    if (st->error) return st->error;
+    if (st->phase != PH_DONE) return BSI_E_TRUNCATED;
+    return BSI_OK;
+}

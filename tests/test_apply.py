@@ -1,0 +1,209 @@
+"""Applying patches: output file policy, base checks, streams, resume, CLI."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bsipatch.apply import PARTIAL_SUFFIX, ApplyReader, apply, iter_apply
+from bsipatch.cli import main
+from bsipatch.diff import diff
+from bsipatch.errors import CorruptPatch, OutputMismatch, TruncatedPatch, WrongBaseImage
+
+SEG = 8192
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path, Path, bytes]:
+    old = os.urandom(200_000)
+    new = old[:50_000] + b"new stuff" * 300 + old[60_000:] + os.urandom(5000)
+    op, np_, pp = tmp_path / "old.img", tmp_path / "new.img", tmp_path / "u.bsipatch"
+    op.write_bytes(old)
+    np_.write_bytes(new)
+    diff(op, np_, pp, segment_size=SEG, level=3)
+    return op, np_, pp, new
+
+
+class OneByteStream(io.RawIOBase):
+    """A non-seekable stream that returns at most ``n`` bytes per read and can fail."""
+
+    def __init__(self, data: bytes, n: int = 1, fail_at: int | None = None) -> None:
+        self.data, self.pos, self.n, self.fail_at = data, 0, n, fail_at
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        if self.fail_at is not None and self.pos >= self.fail_at:
+            raise ConnectionResetError("download cut")
+        k = min(len(b), self.n, len(self.data) - self.pos)
+        if self.fail_at is not None:
+            k = min(k, self.fail_at - self.pos)
+        b[:k] = self.data[self.pos : self.pos + k]
+        self.pos += k
+        return k
+
+
+def _leftovers(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir() if p.name not in ("old.img", "new.img", "u.bsipatch"))
+
+
+def test_apply_to_path_is_exact_and_leaves_no_temp(files, tmp_path: Path) -> None:
+    op, _np, pp, new = files
+    info = apply(op, pp, tmp_path / "out.img")
+    assert (tmp_path / "out.img").read_bytes() == new
+    assert info.new_size == len(new)
+    assert _leftovers(tmp_path) == ["out.img"]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_apply_threads_from_nonseekable_stream(files, tmp_path: Path, threads: int) -> None:
+    op, _np, pp, new = files
+    stream = OneByteStream(pp.read_bytes(), n=777)
+    apply(op, io.BufferedReader(stream), tmp_path / "out.img", threads=threads)
+    assert (tmp_path / "out.img").read_bytes() == new
+
+
+def test_wrong_base_refused_before_writing(files, tmp_path: Path) -> None:
+    op, _np, pp, _new = files
+    bad = bytearray(op.read_bytes())
+    bad[12345] ^= 1
+    (tmp_path / "bad.img").write_bytes(bad)
+    with pytest.raises(WrongBaseImage):
+        apply(tmp_path / "bad.img", pp, tmp_path / "out.img")
+    with pytest.raises(WrongBaseImage):
+        apply(bytes(bad[:-1]), pp, tmp_path / "out.img")
+    assert not (tmp_path / "out.img").exists()
+    assert _leftovers(tmp_path) == ["bad.img"]
+
+
+def test_corrupt_and_truncated_leave_nothing(files, tmp_path: Path) -> None:
+    op, _np, pp, _new = files
+    data = pp.read_bytes()
+    (tmp_path / "out.img").write_bytes(b"previous")
+    for cut in (len(data) // 2, len(data) - 1):
+        with pytest.raises(TruncatedPatch):
+            apply(op, data[:cut], tmp_path / "out.img")
+    bad = bytearray(data)
+    bad[len(data) // 2] ^= 0x40
+    with pytest.raises(CorruptPatch):
+        apply(op, bytes(bad), tmp_path / "out.img")
+    assert (tmp_path / "out.img").read_bytes() == b"previous"  # untouched
+    assert _leftovers(tmp_path) == ["out.img"]
+
+
+def test_resume_after_interrupted_download(files, tmp_path: Path) -> None:
+    op, _np, pp, new = files
+    data = pp.read_bytes()
+    out = tmp_path / "out.img"
+    with pytest.raises(OSError):
+        apply(
+            op,
+            io.BufferedReader(OneByteStream(data, n=4096, fail_at=len(data) * 2 // 3)),
+            out,
+            resume=True,
+            threads=2,
+        )
+    partial = tmp_path / f".out.img{PARTIAL_SUFFIX}"
+    assert partial.exists() and not out.exists()
+    info = apply(op, io.BytesIO(data), out, resume=True)
+    assert out.read_bytes() == new
+    assert info.stats["resumed_segments"] > 5
+    assert not partial.exists()
+
+
+def test_resume_ignores_damaged_partial(files, tmp_path: Path) -> None:
+    op, _np, pp, new = files
+    partial = tmp_path / f".out.img{PARTIAL_SUFFIX}"
+    damaged = bytearray(new)
+    damaged[SEG * 3 + 5] ^= 1
+    partial.write_bytes(bytes(damaged[: SEG * 10]))
+    info = apply(op, pp, tmp_path / "out.img", resume=True)
+    assert (tmp_path / "out.img").read_bytes() == new
+    assert info.stats["resumed_segments"] == 9
+
+
+def test_truncated_without_resume_removes_partial(files, tmp_path: Path) -> None:
+    op, _np, pp, _new = files
+    data = pp.read_bytes()
+    with pytest.raises(TruncatedPatch):
+        apply(op, data[: len(data) // 2], tmp_path / "out.img")
+    assert _leftovers(tmp_path) == []
+
+
+def test_iter_apply_and_reader(files) -> None:
+    op, _np, pp, new = files
+    assert b"".join(iter_apply(op, pp, chunk_size=3000)) == new
+    with ApplyReader(op, io.BufferedReader(OneByteStream(pp.read_bytes(), n=1000))) as r:
+        got = r.read()
+    assert got == new
+
+
+def test_iter_apply_withholds_unverified_end(files) -> None:
+    op, _np, pp, new = files
+    data = pp.read_bytes()
+    got = bytearray()
+    with pytest.raises(TruncatedPatch):
+        for chunk in iter_apply(op, data[:-10]):
+            got += chunk
+    assert len(got) < len(new)
+
+
+def test_output_mismatch_detected(files, tmp_path: Path) -> None:
+    import hashlib
+
+    from bsipatch import patchfmt
+
+    op, _np, pp, _new = files
+    # re-sign a patch whose header declares another new digest: segments still verify
+    data = pp.read_bytes()
+    h = patchfmt.Header.unpack(data[: patchfmt.HEADER_SIZE])
+    import dataclasses
+
+    h2 = dataclasses.replace(h, new_sha256=hashlib.sha256(b"other").digest())
+    hb = h2.pack()
+    h2 = patchfmt.Header.unpack(hb)
+    rest = io.BytesIO()
+    reader = patchfmt.PatchReader(io.BytesIO(data))
+    digests = []
+    for seg, comp in reader:
+        body = seg.body()
+        d = patchfmt.SegmentHeader.compute_digest(h2.digest, body, comp)
+        rest.write(body + d + comp)
+        digests.append(d)
+    forged = hb + rest.getvalue() + patchfmt.pack_trailer(h2, digests)
+    with pytest.raises(OutputMismatch):
+        apply(op, forged, tmp_path / "out.img")
+    assert not (tmp_path / "out.img").exists()
+
+
+def test_progress_reaches_total(files, tmp_path: Path) -> None:
+    op, _np, pp, new = files
+    seen: list[tuple[int, int]] = []
+    apply(op, pp, tmp_path / "o", progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (len(new), len(new))
+
+
+def test_cli_diff_apply_info_stdin(tmp_path: Path, files) -> None:
+    op, np_, _pp, new = files
+    patch = tmp_path / "c.patch"
+    assert main(["diff", "-q", str(op), str(np_), str(patch), "--level", "3"]) == 0
+    r = subprocess.run(
+        [sys.executable, "-m", "bsipatch", "apply", "-q", str(op), "-", str(tmp_path / "o.img")],
+        input=patch.read_bytes(),
+        capture_output=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "o.img").read_bytes() == new
+    assert main(["info", "--json", str(patch)]) == 0
+    assert main(["apply", "-q", str(np_), str(patch), str(tmp_path / "x")]) == 4
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,286 @@
+"""The patch format and the C streaming applier: framing, limits, corruption, chunking."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import random
+import struct
+
+import pytest
+
+from bsipatch import patchfmt
+from bsipatch._native import ffi, lib
+from bsipatch.apply import apply, iter_apply
+from bsipatch.diff import compute_ops, diff, iter_segments
+from bsipatch.errors import (
+    CorruptPatch,
+    PatchError,
+    PatchTooLarge,
+    TruncatedPatch,
+    UnsupportedPatch,
+)
+from bsipatch.patchfmt import read_patch_info
+
+
+def _pair(seed: int = 1, size: int = 60_000) -> tuple[bytes, bytes]:
+    rnd = random.Random(seed)
+    old = bytes(rnd.randrange(8) for _ in range(size))
+    new = bytearray(old)
+    for _ in range(40):
+        new[rnd.randrange(len(new))] = rnd.randrange(256)
+    new[1000:1000] = os.urandom(500)
+    del new[30000:30200]
+    new += old[:4096]
+    return old, bytes(new)
+
+
+def _make(old: bytes, new: bytes, **kw) -> bytes:
+    out = io.BytesIO()
+    diff(old, new, out, **kw)
+    return out.getvalue()
+
+
+def _payload_apply(old: bytes, payload: bytes, out_len: int, step: int) -> bytes:
+    """Drive the C state machine directly, feeding ``step`` bytes per call."""
+    st = ffi.new("bsi_patch_state *")
+    cap = len(payload)
+    scratch = ffi.new("uint8_t[]", max(cap, 1))
+    out = bytearray(7)  # a tiny output buffer forces many "output full" stops
+    ob = ffi.new("bsi_outbuf *")
+    keep_out = ffi.from_buffer(out)
+    ob.ptr, ob.size, ob.pos = keep_out, len(out), 0
+    ib = ffi.new("bsi_inbuf *")
+    assert lib.bsi_patch_init(st, out_len, len(old), cap) == 0
+    pold = ffi.from_buffer(old) if old else ffi.NULL
+    result = bytearray()
+    for i in range(0, len(payload) + 1, step):
+        data = payload[i : i + step]
+        keep = ffi.from_buffer(data) if data else ffi.NULL
+        ib.ptr, ib.size, ib.pos = keep, len(data), 0
+        while True:
+            rc = lib.bsi_patch_feed(st, pold, len(old), scratch, cap, ib, ob)
+            assert rc >= 0, ffi.string(lib.bsi_error_name(rc))
+            result += out[: ob.pos]
+            ob.pos = 0
+            if rc == 0:
+                break
+        assert ib.pos == ib.size
+    assert lib.bsi_patch_finish(st) == 0
+    return bytes(result)
+
+
+@pytest.mark.parametrize("step", [1, 3, 64, 4096, 1 << 20])
+def test_state_machine_accepts_any_chunking(step: int) -> None:
+    old, new = _pair()
+    ops = compute_ops(old, new, threads=2)
+    got = bytearray()
+    for off, n, payload, _, _ in iter_segments(ops, old, new, 16384):
+        if step == 1 and off > 40000:
+            got += new[off : off + n]  # one byte at a time is slow in Python: first segments
+            continue
+        got += _payload_apply(old, payload, n, step)
+    assert bytes(got) == new
+
+
+def test_header_roundtrip_and_fields() -> None:
+    old, new = _pair()
+    p = _make(old, new, segment_size=16384)
+    h = patchfmt.Header.unpack(p[: patchfmt.HEADER_SIZE])
+    assert p[:8] == b"BSIPATCH"
+    assert h.old_size == len(old) and h.new_size == len(new)
+    info = read_patch_info(p)
+    assert info.format == "bsipatch"
+    assert len(info.segments) == (len(new) + 16383) // 16384
+    assert sum(s.out_len for s in info.segments) == len(new)
+    st = info.stats
+    assert st["copy_bytes"] + st["add_bytes"] + st["insert_bytes"] + st["zero_bytes"] == len(new)
+
+
+def test_truncated_at_every_region_raises_typed_error() -> None:
+    old, new = _pair()
+    p = _make(old, new, segment_size=16384)
+    cuts = sorted(
+        set(
+            list(range(0, 200))
+            + list(range(0, len(p), max(1, len(p) // 150)))
+            + [len(p) - i for i in range(1, 60)]
+        )
+    )
+    for cut in cuts:
+        with pytest.raises(TruncatedPatch):
+            apply(old, p[:cut], io.BytesIO())
+
+
+def test_corrupted_bytes_are_refused() -> None:
+    old, new = _pair()
+    p = _make(old, new, segment_size=16384)
+    rnd = random.Random(7)
+    positions = sorted(set(list(range(0, 160)) + rnd.sample(range(len(p)), 250)))
+    for pos in positions:
+        bad = bytearray(p)
+        bad[pos] ^= 1 << rnd.randrange(8)
+        with pytest.raises(PatchError):
+            apply(old, bytes(bad), io.BytesIO())
+
+
+def test_extra_bytes_after_trailer_refused() -> None:
+    old, new = _pair()
+    p = _make(old, new)
+    with pytest.raises(CorruptPatch):
+        apply(old, p + b"\0", io.BytesIO())
+
+
+def test_wrong_version_and_magic() -> None:
+    old, new = _pair()
+    p = bytearray(_make(old, new))
+    p[8] = 2
+    with pytest.raises(UnsupportedPatch):
+        apply(old, bytes(p), io.BytesIO())
+    with pytest.raises(UnsupportedPatch):
+        apply(old, b"NOTAPATCH" + bytes(200), io.BytesIO())
+    with pytest.raises(TruncatedPatch):
+        apply(old, b"BSIP", io.BytesIO())
+
+
+def _forge(
+    old: bytes,
+    new_size: int,
+    segs: list[tuple[bytes, int]],
+    *,
+    declared_new: int,
+    max_buffered: int = 1 << 20,
+) -> bytes:
+    """A patch with valid digests around hand-made payloads (an attacker can do this)."""
+    import hashlib
+
+    import zstandard
+
+    h = patchfmt.Header(
+        1,
+        1 << 20,
+        len(old),
+        hashlib.sha256(old).digest(),
+        declared_new,
+        hashlib.sha256(b"x").digest(),
+        max_buffered,
+    )
+    hb = h.pack()
+    h = dataclasses.replace(h, digest=hb[-32:])
+    parts = [hb]
+    digests = []
+    off = 0
+    for payload, out_len in segs:
+        comp = zstandard.ZstdCompressor().compress(payload)
+        seg = patchfmt.SegmentHeader(
+            len(digests),
+            off,
+            out_len,
+            len(payload),
+            len(comp),
+            1,
+            (0, 0, 0, out_len),
+            hashlib.sha256(bytes(out_len)).digest(),
+        )
+        body = seg.body()
+        d = patchfmt.SegmentHeader.compute_digest(h.digest, body, comp)
+        parts += [body, d, comp]
+        digests.append(d)
+        off += out_len
+    parts.append(patchfmt.pack_trailer(h, digests))
+    return b"".join(parts)
+
+
+def _payload(
+    out_len: int, ctrl: bytes, runs: bytes = b"", lit: bytes = b"", dif: bytes = b"", n_ops: int = 1
+) -> bytes:
+    return (
+        struct.pack("<6Q", out_len, n_ops, len(ctrl), len(runs), len(lit), len(dif))
+        + ctrl
+        + runs
+        + lit
+        + dif
+    )
+
+
+def test_forged_ops_out_of_range_are_refused() -> None:
+    old = bytes(range(256)) * 4
+    # COPY of 100 bytes from offset 2000 (beyond old)
+    ctrl = bytes([(100 << 2 | 0) & 0x7F | 0x80, 100 >> 5, 0xA0, 0x1F])
+    p = _forge(old, 100, [(_payload(100, ctrl), 100)], declared_new=100)
+    with pytest.raises(CorruptPatch):
+        apply(old, p, io.BytesIO())
+
+
+def test_forged_op_longer_than_segment_is_refused() -> None:
+    old = bytes(1024)
+    # INSERT of 200 bytes in a segment that declares 100
+    v = 200 << 2 | 2
+    ctrl = bytes([v & 0x7F | 0x80, v >> 7])
+    p = _forge(old, 100, [(_payload(100, ctrl, lit=bytes(100)), 100)], declared_new=100)
+    with pytest.raises(PatchTooLarge):
+        apply(old, p, io.BytesIO())
+
+
+def test_segment_beyond_declared_size_is_refused() -> None:
+    old = bytes(1024)
+    v = 100 << 2 | 3
+    ctrl = bytes([v & 0x7F | 0x80, v >> 7])
+    p = _forge(old, 100, [(_payload(100, ctrl), 100), (_payload(100, ctrl), 100)], declared_new=150)
+    with pytest.raises(PatchTooLarge):
+        apply(old, p, io.BytesIO())
+
+
+def test_oversized_buffer_declaration_is_refused() -> None:
+    old = bytes(1024)
+    p = _forge(old, 10, [], declared_new=0, max_buffered=200 << 20)
+    with pytest.raises(UnsupportedPatch):
+        apply(old, p, io.BytesIO())
+
+
+def test_max_patch_size_enforced() -> None:
+    old, new = _pair()
+    p = _make(old, new)
+    with pytest.raises(PatchTooLarge):
+        apply(old, io.BytesIO(p), io.BytesIO(), max_patch_size=len(p) - 1)
+    apply(old, io.BytesIO(p), io.BytesIO(), max_patch_size=len(p))
+
+
+def test_iter_apply_chunks() -> None:
+    old, new = _pair()
+    p = _make(old, new, segment_size=8192)
+    chunks = list(iter_apply(old, io.BytesIO(p), chunk_size=1000))
+    assert b"".join(chunks) == new
+    assert max(len(c) for c in chunks) <= 1000
+
+
+def test_forged_zero_segment_with_other_ops_is_refused() -> None:
+    """A segment claiming to be all zeros (so its digest is not recomputed) must be."""
+    import hashlib
+
+    old = bytes(1024)
+    v = 100 << 2 | 2  # INSERT 100 literal bytes, while the header says ZERO
+    ctrl = bytes([v & 0x7F | 0x80, v >> 7])
+    payload = _payload(100, ctrl, lit=b"\xff" * 100)
+    import zstandard
+
+    h = patchfmt.Header(
+        1,
+        1 << 20,
+        len(old),
+        hashlib.sha256(old).digest(),
+        100,
+        hashlib.sha256(b"\xff" * 100).digest(),
+        1 << 20,
+    )
+    hb = h.pack()
+    h = dataclasses.replace(h, digest=hb[-32:])
+    comp = zstandard.ZstdCompressor().compress(payload)
+    seg = patchfmt.SegmentHeader(
+        0, 0, 100, len(payload), len(comp), 1, (0, 0, 0, 100), hashlib.sha256(bytes(100)).digest()
+    )
+    d = patchfmt.SegmentHeader.compute_digest(h.digest, seg.body(), comp)
+    p = hb + seg.body() + d + comp + patchfmt.pack_trailer(h, [d])
+    with pytest.raises(CorruptPatch, match="statistics"):
+        apply(old, p, io.BytesIO())
