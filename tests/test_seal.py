@@ -12,9 +12,9 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import require_tool
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from conftest import require_tool
 
 from bsipatch import cli, hashing
 from bsipatch.errors import SealError, SealFormatError, SealMismatch
