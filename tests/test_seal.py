@@ -593,9 +593,11 @@ def test_cli_seal_and_verify(tmp_path, capsys):
     assert cli.main(["verify", str(img), "--root", root, "--hash-file",
                      str(tmp_path / "trunc")]) == 3
     assert "truncated" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as info:
-        cli.main(["verify", str(img), "--root", "xyz", "--salt", "-"])
-    assert info.value.code == 2
+    for bad in (["--root", "xyz", "--salt", "-"], ["--root", root, "--threads", "0"],
+                ["--root", root, "--salt", "00" * 257], ["--root", root, "--size", "-1"]):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["verify", str(img), *bad])
+        assert info.value.code == 2
 
 
 def test_cli_seal_random_salt_and_empty_salt(tmp_path, capsys):
