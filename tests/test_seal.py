@@ -366,17 +366,19 @@ def test_sources_and_chunkings_agree(tmp_path):
 
 def test_non_seekable_stream_is_sealed(tmp_path):
     data = random.Random(4).randbytes(40 * BLOCK_SIZE + 1)
+    import threading
+
     r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child writes and exits
-        os.close(r)
+
+    def writer():
         with os.fdopen(w, "wb") as f:
             f.write(data)
-        os._exit(0)
-    os.close(w)
+
+    t = threading.Thread(target=writer)
+    t.start()
     with os.fdopen(r, "rb") as f:
         seal = seal_image(f, salt=b"p", chunk_size=8 * BLOCK_SIZE)
-    os.waitpid(pid, 0)
+    t.join()
     assert seal == seal_image(data, salt=b"p")
 
 
