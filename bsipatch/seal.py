@@ -19,6 +19,7 @@ metadata (:mod:`bsipatch.trust`). The hashing itself runs in the native core
 
 from __future__ import annotations
 
+import bisect
 import concurrent.futures
 import contextlib
 import hmac
@@ -398,10 +399,14 @@ def _leaf_digests(
     local = threading.local()
     nchunks = -(-size // chunk_size)
 
+    range_ends = [e for _, e in ranges] if ranges is not None else []
+
     def in_hole(start: int, end: int) -> bool:
+        """True when no data extent overlaps [start, end) (sorted extents, bisect)."""
         if ranges is None:
             return False
-        return not any(s < end and start < e for s, e in ranges)
+        i = bisect.bisect_right(range_ends, start)
+        return i == len(ranges) or ranges[i][0] >= end
 
     def work(k: int) -> int:
         start = k * chunk_size

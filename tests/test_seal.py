@@ -525,6 +525,20 @@ def test_verified_reader_single_block_image(tmp_path):
 # --- large sparse images -------------------------------------------------------------
 
 
+def test_sparse_file_holes_hash_like_zeros(tmp_path):
+    path = tmp_path / "sparse.img"
+    size = (20 << 20) + 777
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for off in (0, (8 << 20) - 1, 8 << 20, (13 << 20) + 5, size - 1):
+            f.seek(off)
+            f.write(b"\xff")
+    data = path.read_bytes()
+    ref = seal_image(data, salt=b"h")
+    for chunk in (BLOCK_SIZE, 3 * BLOCK_SIZE, 1 << 20, 8 << 20):
+        assert seal_image(path, salt=b"h", chunk_size=chunk, threads=2) == ref
+
+
 @pytest.mark.slow
 def test_sparse_image_over_4_gib(tmp_path):
     path = tmp_path / "big.img"
