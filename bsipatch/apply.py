@@ -172,8 +172,8 @@ def run_segment(
     def start(head: bytes) -> None:
         # size the section buffer from the payload's own (untrusted, checked) lengths
         nonlocal cap, scratch, pscratch, started
-        ctrl_len, runs_len, lit_len = struct.unpack_from("<3Q", head, 16)
-        need = ctrl_len + runs_len + lit_len
+        ctrl_len, runs_len, nruns_len, lit_len = struct.unpack_from("<4Q", head, 16)
+        need = ctrl_len + runs_len + nruns_len + lit_len
         if need > header.max_buffered or need > seg.payload_len:
             raise PatchTooLarge(
                 f"segment {seg.index}: needs {need} buffered bytes, the header allows "

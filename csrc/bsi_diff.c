@@ -595,14 +595,15 @@ static inline uint64_t zigzag(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t
 BSI_API int bsi_seg_encode(bsi_seg_enc *enc, const bsi_op *ops, uint64_t n_ops, const uint8_t *old,
                            uint64_t old_size, const uint8_t *nw, uint64_t new_size,
                            uint64_t max_out, uint8_t *ctrl, uint64_t ctrl_cap, uint8_t *runs,
-                           uint64_t runs_cap, uint8_t *lit, uint64_t lit_cap, uint8_t *diff,
-                           uint64_t diff_cap) {
+                           uint64_t runs_cap, uint8_t *nruns, uint64_t nruns_cap, uint8_t *lit,
+                           uint64_t lit_cap, uint8_t *diff, uint64_t diff_cap) {
     uint64_t prev_old_end = 0, run = 0;
     int run_nonzero = 0, any_add = 0, rc;
-    if (!enc || !ctrl || !runs || !lit || !diff || ctrl_cap < 64 || runs_cap < 64 ||
+    if (!enc || !ctrl || !runs || !nruns || !lit || !diff || ctrl_cap < 64 || runs_cap < 64 ||
+        nruns_cap < 64 ||
         max_out == 0 || diff_cap < max_out)
         return BSI_E_INVAL;
-    enc->out_len = enc->n_ops = enc->ctrl_len = enc->runs_len = 0;
+    enc->out_len = enc->n_ops = enc->ctrl_len = enc->runs_len = enc->nruns_len = 0;
     enc->lit_len = enc->diff_len = 0;
     for (int k = 0; k < 4; k++) enc->kind_bytes[k] = enc->kind_ops[k] = 0;
 
@@ -637,7 +638,7 @@ BSI_API int bsi_seg_encode(bsi_seg_enc *enc, const bsi_op *ops, uint64_t n_ops, 
                         run++;
                     }
                     if (k < take) {
-                        if (runs_cap - enc->runs_len < 24) break;
+                        if (runs_cap - enc->runs_len < 24 || nruns_cap - enc->nruns_len < 24) break;
                         if ((rc = put_varint(runs, runs_cap, &enc->runs_len, run)) < 0) return rc;
                         run = 0;
                         run_nonzero = 1;
@@ -649,8 +650,8 @@ BSI_API int bsi_seg_encode(bsi_seg_enc *enc, const bsi_op *ops, uint64_t n_ops, 
                         run++;
                     }
                     if (k < take) {
-                        if (runs_cap - enc->runs_len < 24) break;
-                        if ((rc = put_varint(runs, runs_cap, &enc->runs_len, run)) < 0) return rc;
+                        if (runs_cap - enc->runs_len < 24 || nruns_cap - enc->nruns_len < 24) break;
+                        if ((rc = put_varint(nruns, nruns_cap, &enc->nruns_len, run)) < 0) return rc;
                         run = 0;
                         run_nonzero = 0;
                     }
@@ -679,6 +680,12 @@ BSI_API int bsi_seg_encode(bsi_seg_enc *enc, const bsi_op *ops, uint64_t n_ops, 
             enc->op_skip = 0;
         }
     }
-    if (any_add && (rc = put_varint(runs, runs_cap, &enc->runs_len, run)) < 0) return rc;
+    if (any_add) {
+        if (run_nonzero)
+            rc = put_varint(nruns, nruns_cap, &enc->nruns_len, run);
+        else
+            rc = put_varint(runs, runs_cap, &enc->runs_len, run);
+        if (rc < 0) return rc;
+    }
     return 0;
 }
