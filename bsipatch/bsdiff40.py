@@ -265,6 +265,8 @@ def write_bsdiff40(old: Buffer, new: Buffer, ops: Ops, out: BinaryIO) -> PatchIn
     oldpos = 0  # old position after the current triple's add part
     for kind, length, old_off in ops:
         if kind in (lib.BSI_OP_COPY, lib.BSI_OP_ADD):
+            if not triples and old_off != 0:
+                triples.append([0, 0, 0])  # bspatch starts at old offset 0: seek first
             if triples and triples[-1][1] == 0 and old_off == oldpos:
                 triples[-1][0] += length
             else:
