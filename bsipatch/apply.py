@@ -526,13 +526,13 @@ def iter_apply(
     with ExitStack() as stack:
         f, magic = _open_patch(stack, patch)
         if magic == patchfmt.BSDIFF40_MAGIC:
-            buf = io.BytesIO()
-            from .bsdiff40 import apply_bsdiff40
+            from .bsdiff40 import iter_bsdiff40, read_patch_bytes
 
-            apply_bsdiff40(old, f, buf, prefix=magic)
-            data = buf.getbuffer()
-            for i in range(0, len(data), chunk_size):
-                yield bytes(data[i : i + chunk_size])
+            data = read_patch_bytes(f, prefix=magic)
+            old_buf = stack.enter_context(open_buffer(old))  # type: ignore[arg-type]
+            for piece in iter_bsdiff40(old_buf, data):
+                for i in range(0, len(piece), chunk_size):
+                    yield piece[i : i + chunk_size]
             return
         reader = PatchReader(f, prefix=magic)
         o = _Old(old)

@@ -139,3 +139,15 @@ def test_export_first_op_away_from_old_start(tmp_path: Path) -> None:
     out = io.BytesIO()
     apply(old, (tmp_path / "p").read_bytes(), out)
     assert out.getvalue() == new
+
+
+def test_iter_apply_and_reader_stream_bsdiff40() -> None:
+    from bsipatch.apply import ApplyReader, iter_apply
+
+    old, new = _pair()
+    p = io.BytesIO()
+    diff(old, new, p, format="bsdiff40")
+    chunks = list(iter_apply(old, p.getvalue(), chunk_size=5000))
+    assert b"".join(chunks) == new and max(map(len, chunks)) <= 5000
+    with ApplyReader(old, io.BytesIO(p.getvalue())) as r:
+        assert r.read() == new
