@@ -450,6 +450,7 @@ def iter_segments(
 
     ctrl = bytearray(patchfmt.CTRL_CAP)
     runs = bytearray(patchfmt.RUNS_CAP)
+    nruns = bytearray(patchfmt.RUNS_CAP)
     lit = _anon(segment_size)
     dif = _anon(segment_size)
     pold, pnew = _ptr(old), _ptr(new)
@@ -469,6 +470,8 @@ def iter_segments(
                 len(ctrl),
                 ffi.from_buffer(runs),
                 len(runs),
+                ffi.from_buffer(nruns),
+                len(nruns),
                 ffi.from_buffer(lit),
                 segment_size,
                 ffi.from_buffer(dif),
@@ -480,13 +483,22 @@ def iter_segments(
             raise RuntimeError("segment encoder made no progress")
         head = b"".join(
             x.to_bytes(8, "little")
-            for x in (enc.out_len, enc.n_ops, enc.ctrl_len, enc.runs_len, enc.lit_len, enc.diff_len)
+            for x in (
+                enc.out_len,
+                enc.n_ops,
+                enc.ctrl_len,
+                enc.runs_len,
+                enc.nruns_len,
+                enc.lit_len,
+                enc.diff_len,
+            )
         )
         payload = b"".join(
             (
                 head,
                 ctrl[: enc.ctrl_len],
                 runs[: enc.runs_len],
+                nruns[: enc.nruns_len],
                 lit[: enc.lit_len],
                 dif[: enc.diff_len],
             )
@@ -588,7 +600,7 @@ def write_bsipatch(
         old_sha256,
         len(new),
         new_sha256,
-        patchfmt.CTRL_CAP + patchfmt.RUNS_CAP + segment_size,
+        patchfmt.CTRL_CAP + 2 * patchfmt.RUNS_CAP + segment_size,
     )
     hbytes = header.pack()
     header = Header.unpack(hbytes)
