@@ -266,32 +266,23 @@ class Preboot:
         """
         path = Path(path)
         clock = clock or utc_now
+        if path.exists() and any(path.iterdir()):
+            raise StateError(f"{path} is not empty; refusing to create a preboot there")
         try:
-            if path.exists() and any(path.iterdir()):
-                raise StateError(f"{path} is not empty; refusing to create a preboot there")
-            path.mkdir(parents=True, exist_ok=True)
-            for sub in ("base", "releases", "staging", "trash"):
-                (path / sub).mkdir(exist_ok=True)
-            Journal.create(path / "journal")
-            (path / "lock").touch()
-            fsync_dir(path)
-            base_rel = build_base(
-                path, "staging", "create", os_version, build, images, activation, progress
-            )
-            state = {
-                "format": STATE_FORMAT,
-                "os": {"version": os_version, "build": build, "base": base_rel},
-                "chain": [],
-                "booted": {"base": base_rel, "release": None},
-                "last_tx": None,
-                "history": [
-                    {"time": clock(), "op": "create", "os_version": os_version, "build": build}
-                ],
-            }
-            with atomic_write(path / "state.json") as f:
-                f.write(_json_bytes(state))
-        except OSError as exc:
-            raise os_error_to_staging(exc, f"creating preboot {path}") from exc
+            _create_in(path, os_version, build, images, activation, clock, progress)
+        except BaseException as exc:
+            # nothing refers to a half-made directory: empty it so create can be retried
+            if path.is_dir():
+                _make_writable(path)
+                for child in path.iterdir():
+                    if child.is_dir():
+                        _make_writable(child)
+                        shutil.rmtree(child, ignore_errors=True)
+                    else:
+                        child.unlink()
+            if isinstance(exc, OSError):
+                raise os_error_to_staging(exc, f"creating preboot {path}") from exc
+            raise
         return cls(path, clock=clock)
 
     # --- state ---------------------------------------------------------------------------
@@ -666,6 +657,37 @@ class Preboot:
             "recovery_needed": bool(self.journal.pending()),
             "history": list(state.get("history", [])),
         }
+
+
+def _create_in(
+    path: Path,
+    os_version: str,
+    build: str,
+    images: dict[str, PathLike],
+    activation: dict[str, str],
+    clock: Callable[[], str],
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """The body of :meth:`Preboot.create` (``path`` is empty or missing)."""
+    path.mkdir(parents=True, exist_ok=True)
+    for sub in ("base", "releases", "staging", "trash"):
+        (path / sub).mkdir(exist_ok=True)
+    Journal.create(path / "journal")
+    (path / "lock").touch()
+    fsync_dir(path)
+    base_rel = build_base(
+        path, "staging", "create", os_version, build, images, activation, progress
+    )
+    state = {
+        "format": STATE_FORMAT,
+        "os": {"version": os_version, "build": build, "base": base_rel},
+        "chain": [],
+        "booted": {"base": base_rel, "release": None},
+        "last_tx": None,
+        "history": [{"time": clock(), "op": "create", "os_version": os_version, "build": build}],
+    }
+    with atomic_write(path / "state.json") as f:
+        f.write(_json_bytes(state))
 
 
 def file_sha256(path: PathLike) -> str:
