@@ -94,6 +94,38 @@ def test_install_activates_relaunch_now_and_reboot_at_boot(pb: Preboot, world: d
     assert [h["op"] for h in pb.status()["history"]] == ["create", "install", "boot"]
 
 
+def test_patch_against_the_active_release_image(pb: Preboot, world: dict, tmp_path: Path) -> None:
+    """A release whose patch was made against the active release's image (not the base)."""
+    from bsipatch.diff import diff
+
+    ch.install(world, pb, A)
+    a_img = Path(world["dir"]) / "releases" / "26.1-a" / "webkit.new.img"
+    new = bytearray(a_img.read_bytes())
+    new[5000:5100] = bytes(100)
+    new_img = tmp_path / "webkit.d.img"
+    new_img.write_bytes(new)
+    patch = tmp_path / "webkit.bsipatch"
+    diff(str(a_img), str(new_img), str(patch))
+    d = json.loads(json.dumps(world["releases"][A]))
+    d.update(release_id="26.1 (d)", sequence=4)
+    d["components"] = [
+        dict(
+            d["components"][0],
+            base=ch.seal_ref(a_img),
+            target=ch.seal_ref(new_img),
+            patch={
+                "path": "webkit.bsipatch",
+                "sha256": sha(patch.read_bytes()),
+                "size": patch.stat().st_size,
+            },
+        )
+    ]
+    inst.install_release(pb, ch.load_manifest(d), inst.open_patch_in(tmp_path))
+    assert sha(pb.component_path("webkit").read_bytes()) == sha(bytes(new))
+    assert pb.status()["active_release"] == "26.1 (d)"
+    assert inst.rollback(pb)["to"] == A
+
+
 def test_unchanged_components_are_hard_linked(pb: Preboot, world: dict) -> None:
     ch.install(world, pb, A)
     base = pb.path / "base" / "26.1-23B85"
