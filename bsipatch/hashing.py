@@ -94,6 +94,48 @@ def sha256(data: Any) -> bytes:
     return bytes(ffi.buffer(out))
 
 
+class Sha256:
+    """Streaming SHA-256 on the native core (hashlib-like: update, digest, copy).
+
+    Example:
+        >>> h = Sha256(); h.update(b"ab"); h.update(b"c"); h.hexdigest()[:8]
+        'ba7816bf'
+    """
+
+    digest_size = DIGEST_SIZE
+    block_size = 64
+    name = "sha256"
+
+    def __init__(self, data: Any = b"") -> None:
+        self._ctx = ffi.new("bsi_sha256_ctx *")
+        lib.bsi_sha256_init(self._ctx)
+        if len(data):
+            self.update(data)
+
+    def update(self, data: Any) -> None:
+        """Absorb more bytes (any contiguous bytes-like object)."""
+        buf = _buffer(data, "data")
+        lib.bsi_sha256_update(self._ctx, buf, len(buf))
+
+    def copy(self) -> Sha256:
+        """An independent copy of the current state."""
+        other = Sha256()
+        ffi.memmove(other._ctx, self._ctx, ffi.sizeof("bsi_sha256_ctx"))
+        return other
+
+    def digest(self) -> bytes:
+        """The digest of everything absorbed so far (the object stays usable)."""
+        ctx = ffi.new("bsi_sha256_ctx *")
+        ffi.memmove(ctx, self._ctx, ffi.sizeof("bsi_sha256_ctx"))
+        out = ffi.new("uint8_t[32]")
+        lib.bsi_sha256_final(ctx, out)
+        return bytes(ffi.buffer(out))
+
+    def hexdigest(self) -> str:
+        """:meth:`digest` as hex."""
+        return self.digest().hex()
+
+
 def hash_blocks(
     data: Any,
     *,
@@ -208,6 +250,7 @@ def verity_build(
 
 __all__ = [
     "DIGEST_SIZE",
+    "Sha256",
     "default_threads",
     "hash_blocks",
     "implementation",

@@ -23,6 +23,7 @@ import concurrent.futures
 import hmac
 import io
 import os
+import stat
 import struct
 import threading
 import uuid
@@ -47,7 +48,7 @@ _SB_FORMAT = "<8sII16s32sIIQH6s256s168s"
 assert struct.calcsize(_SB_FORMAT) == SUPERBLOCK_SIZE
 
 Progress = Callable[[int, int], None]
-ImageSource = Union[PathLike, bytes, bytearray, memoryview, BinaryIO]
+ImageSource = Union[PathLike, bytes, bytearray, memoryview, BinaryIO]  # noqa: UP007
 
 
 # --- the seal ---------------------------------------------------------------------------
@@ -175,7 +176,9 @@ class Superblock:
         (magic, version, hash_type, uid, alg, dbs, hbs, blocks, salt_size, _pad1, salt,
          _pad2) = struct.unpack(_SB_FORMAT, raw[:SUPERBLOCK_SIZE])
         if magic != SUPERBLOCK_MAGIC:
-            raise SealFormatError(f"not a verity hash file: magic {magic!r}, expected {SUPERBLOCK_MAGIC!r}")
+            raise SealFormatError(
+                f"not a verity hash file: magic {magic!r}, expected {SUPERBLOCK_MAGIC!r}"
+            )
         if version != SUPERBLOCK_VERSION:
             raise SealFormatError(f"unsupported verity superblock version {version}, expected 1")
         if hash_type not in (0, 1):
@@ -241,8 +244,6 @@ class _Image:
             fd = None
             try:
                 fd = src.fileno()  # type: ignore[union-attr]
-                import stat
-
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     fd = None
             except (AttributeError, OSError, io.UnsupportedOperation):
@@ -252,7 +253,9 @@ class _Image:
             else:
                 self.stream = src  # type: ignore[assignment]
         else:
-            raise TypeError(f"image must be a path, bytes-like or binary file, got {type(src).__name__}")
+            raise TypeError(
+                f"image must be a path, bytes-like or binary file, got {type(src).__name__}"
+            )
 
     @property
     def size(self) -> int | None:
@@ -404,7 +407,8 @@ def _leaf_digests(
             return end - start
         buf = getattr(local, "buf", None)
         if buf is None:
-            buf = local.buf = memoryview(bytearray(chunk_size))
+            # never larger than the (block-padded) image: small images stay cheap
+            buf = local.buf = memoryview(bytearray(min(chunk_size, nblocks * BLOCK_SIZE)))
         got = img.pread(buf[:end - start], start)
         if got != end - start:
             raise SealMismatch(
@@ -737,8 +741,8 @@ def verify_image(
         bad = _first_mismatch(leaves, lt.leaves())
         if bad is not None:
             raise SealMismatch(
-                f"data block {bad} (bytes {bad * BLOCK_SIZE}..{min(got_size, (bad + 1) * BLOCK_SIZE) - 1})"
-                f" does not match the seal",
+                f"data block {bad} (bytes {bad * BLOCK_SIZE}.."
+                f"{min(got_size, (bad + 1) * BLOCK_SIZE) - 1}) does not match the seal",
                 block=bad, area="data",
             )
         return

@@ -175,6 +175,9 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # clients hang up mid-response on purpose in these tests
+
 
 @contextlib.contextmanager
 def serve(directory: str | Path) -> Iterator[RepoServer]:
