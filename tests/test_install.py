@@ -163,6 +163,46 @@ def test_reader_opened_on_a_release_survives_its_removal(pb: Preboot, world: dic
     assert sha(pb.component_path("webkit").read_bytes()) == world["sha256"]["base"]["webkit"]
 
 
+def test_readers_during_changes_always_get_a_whole_sealed_image(pb: Preboot, world: dict) -> None:
+    """Readers run while installs, rollbacks, uninstalls and gc change the directory."""
+    import threading
+
+    valid = {world["sha256"][r]["webkit"] for r in ("base", A, B, C)}
+    stop = threading.Event()
+    seen: set[str] = set()
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                with pb.open_component("webkit") as f:  # checked against its seal
+                    digest = sha(f.read())
+                assert digest in valid
+                seen.add(digest)
+                assert pb.status()["os_version"] == "26.1"
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(2):
+            ch.install(world, pb, A)
+            ch.install(world, pb, B)
+            ch.install(world, pb, C)
+            inst.rollback(pb)
+            inst.uninstall(pb)
+            inst.boot(pb)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors[0]
+    assert len(seen) >= 2
+
+
 # --- rollback, uninstall, gc ----------------------------------------------------------------
 
 
