@@ -560,6 +560,27 @@ def test_cli_init_install_status_boot_rollback_uninstall(
     assert cli_main(["recover", "--preboot", pre]) == 0
 
 
+def test_cli_os_update_and_preboot_env(
+    world: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pb = ch.create_preboot(world, tmp_path / "pb")
+    ch.install(world, pb, A)
+    monkeypatch.setenv("BSIPATCH_PREBOOT", str(pb.path))
+    images = [f"--image={n}={p}:{world['activation'][n]}" for n, p in world["images"].items()]
+    args = ["preboot", "os-update", "--os-version", "26.2", "--build", "23C10", *images]
+    # the env default is read when the parser is built
+    assert cli_main([*args, "--preboot", str(pb.path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["retired"] == [A] and out["os_version"] == "26.2"
+    assert cli_main(["status", "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["os_version"] == "26.2" and st["active_release"] is None
+    assert cli_main(
+        ["preboot", "init", str(pb.path), "--os-version", "1", "--build", "B", *images]
+    ) == (StateError.exit_code)
+    assert "not empty" in capsys.readouterr().err
+
+
 def test_cli_locked_preboot_exit_code(
     world: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
