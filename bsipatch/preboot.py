@@ -136,6 +136,20 @@ def seal_from_record(record: dict[str, Any]) -> Any:
     )
 
 
+_CREATE_NAMES = {"base", "releases", "staging", "trash", "journal", "lock"}
+
+
+def _empty_dir(path: Path) -> None:
+    """Remove everything inside ``path`` (read-only directories included)."""
+    _make_writable(path)
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            _make_writable(child)
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
 def _make_writable(path: Path) -> None:
     """Give the owner write permission on every directory below ``path`` (for removal)."""
     for root, dirs, _files in os.walk(path):
@@ -248,7 +262,8 @@ class Preboot:
         Each image is copied in, fsynced, sealed (random salt) and made read-only.
 
         Args:
-            path: a directory that does not exist or is empty.
+            path: a directory that does not exist or is empty (or holds what an
+                interrupted create left: that is removed and creation starts again).
             os_version: e.g. ``"26.1"``.
             build: the OS build, e.g. ``"23B85"``.
             images: component name -> image file to copy in.
@@ -267,19 +282,17 @@ class Preboot:
         path = Path(path)
         clock = clock or utc_now
         if path.exists() and any(path.iterdir()):
-            raise StateError(f"{path} is not empty; refusing to create a preboot there")
+            names = {p.name for p in path.iterdir()}
+            if (path / "state.json").exists() or not names <= _CREATE_NAMES:
+                raise StateError(f"{path} is not empty; refusing to create a preboot there")
+            # an earlier create was interrupted before its state.json: start again
+            _empty_dir(path)
         try:
             _create_in(path, os_version, build, images, activation, clock, progress)
         except BaseException as exc:
             # nothing refers to a half-made directory: empty it so create can be retried
             if path.is_dir():
-                _make_writable(path)
-                for child in path.iterdir():
-                    if child.is_dir():
-                        _make_writable(child)
-                        shutil.rmtree(child, ignore_errors=True)
-                    else:
-                        child.unlink()
+                _empty_dir(path)
             if isinstance(exc, OSError):
                 raise os_error_to_staging(exc, f"creating preboot {path}") from exc
             raise
