@@ -107,11 +107,13 @@ def write_durable(path: Path, data: bytes, mode: int = 0o444) -> None:
         os.close(fd)
 
 
-def _json_bytes(obj: Any) -> bytes:
+def json_bytes(obj: Any) -> bytes:
+    """``obj`` as indented, key-sorted JSON text (UTF-8, trailing newline)."""
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
-def _seal_record(seal: Any, sha256_hex: str | None = None) -> dict[str, Any]:
+def seal_record_dict(seal: Any, sha256_hex: str | None = None) -> dict[str, Any]:
+    """The ``<name>.seal.json`` record of a :class:`bsipatch.seal.Seal` (+ file SHA-256)."""
     record: dict[str, Any] = {
         "seal": {
             "root_hash": seal.root_hash.hex(),
@@ -323,7 +325,7 @@ class Preboot:
         state["history"] = state.get("history", [])[-HISTORY_LIMIT:]
         crashpoint("state.before-write")
         with atomic_write(self.state_path) as f:
-            f.write(_json_bytes(state))
+            f.write(json_bytes(state))
         crashpoint("state.written")
 
     def selection_dir(self, base_rel: str, slug: str | None) -> Path:
@@ -481,11 +483,12 @@ class Preboot:
         """
         with self.lock():
             try:
-                return self._recover_locked()
+                return self.recover_locked()
             except OSError as exc:
                 raise os_error_to_staging(exc, f"recovering {self.path}") from exc
 
-    def _recover_locked(self) -> list[dict[str, Any]]:
+    def recover_locked(self) -> list[dict[str, Any]]:
+        """:meth:`recover` for a caller that already holds the lock (OSError not mapped)."""
         pending = self.journal.pending()
         report = []
         state = self.read_state()
@@ -593,7 +596,8 @@ class Preboot:
 
     # --- status --------------------------------------------------------------------------
 
-    def _release_id(self, slug: str | None) -> str | None:
+    def release_id_of(self, slug: str | None) -> str | None:
+        """The release id (``"26.1 (a)"``) of an installed release directory name."""
         if slug is None:
             return None
         try:
@@ -640,19 +644,19 @@ class Preboot:
             in_use_release = state["booted"]["release"] if is_pending else active
             entry = {
                 "activation": activation,
-                "release": self._release_id(in_use_release)
+                "release": self.release_id_of(in_use_release)
                 if (name in changed or is_pending)
                 else None,
                 "image": str(directory / f"{name}.img"),
                 "root_hash": root,
                 "pending": is_pending,
-                "pending_release": self._release_id(active) if is_pending else None,
+                "pending_release": self.release_id_of(active) if is_pending else None,
             }
             if is_pending:
                 pending.append(
                     {
                         "component": name,
-                        "release": self._release_id(active),
+                        "release": self.release_id_of(active),
                         "activation": activation,
                     }
                 )
@@ -661,10 +665,10 @@ class Preboot:
             "preboot": str(self.path),
             "os_version": state["os"]["version"],
             "build": state["os"]["build"],
-            "active_release": self._release_id(active),
-            "previous_release": self._release_id(chain[-2]) if len(chain) > 1 else None,
-            "booted_release": self._release_id(state["booted"]["release"]),
-            "installed_releases": [self._release_id(s) for s in chain],
+            "active_release": self.release_id_of(active),
+            "previous_release": self.release_id_of(chain[-2]) if len(chain) > 1 else None,
+            "booted_release": self.release_id_of(state["booted"]["release"]),
+            "installed_releases": [self.release_id_of(s) for s in chain],
             "components": out_components,
             "pending": pending,
             "recovery_needed": bool(self.journal.pending()),
@@ -700,7 +704,7 @@ def _create_in(
         "history": [{"time": clock(), "op": "create", "os_version": os_version, "build": build}],
     }
     with atomic_write(path / "state.json") as f:
-        f.write(_json_bytes(state))
+        f.write(json_bytes(state))
 
 
 def file_sha256(path: PathLike) -> str:
@@ -794,13 +798,13 @@ def build_base(
         digest = copy_durable(images[name], img, step)
         crashpoint("base.copied")
         seal = seal_image(img)
-        write_durable(stage / f"{name}.seal.json", _json_bytes(_seal_record(seal, digest)))
+        write_durable(stage / f"{name}.seal.json", json_bytes(seal_record_dict(seal, digest)))
     info = {
         "os_version": os_version,
         "build": build,
         "components": {n: {"activation": activation[n]} for n in sorted(images)},
     }
-    write_durable(stage / "os.json", _json_bytes(info))
+    write_durable(stage / "os.json", json_bytes(info))
     fsync_dir(stage)
     crashpoint("base.staged")
     stage.rename(final)
