@@ -314,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
             meta = json.loads((work / "meta.json").read_text())
             if (work / "preboot" / "releases").is_dir():
                 run_child("uninstall", work)
+            # forget the cached base-seal check, so the first install pays for it again
+            (work / "preboot" / "verified.json").unlink(missing_ok=True)
         else:
             if (work / "meta.json").exists():
                 shutil.rmtree(work)
