@@ -512,3 +512,15 @@ def test_second_agent_run_while_locked_is_refused(device, vendor):
     with other.lock(), pytest.raises(LockedError):
         _agent(device, vendor, vendor["snap"]["A"]).run()
     _assert_on(device, vendor, "base")
+
+
+def test_status_helpers_and_human_report(device, vendor):
+    from bsipatch.status import extra_version, format_report
+
+    assert extra_version("26.1 (a)") == "(a)"
+    assert extra_version("26.1 (ab)") == "(ab)"
+    assert extra_version(None) is None and extra_version("26.1") is None
+    rep = device_report(device, now=LATER)
+    assert rep["SupplementalOSVersionExtra"] is None and rep["last_check"] is None
+    text = "\n".join(format_report(rep))
+    assert "none (base images)" in text and "last check: never" in text
