@@ -524,3 +524,16 @@ def test_status_helpers_and_human_report(device, vendor):
     assert rep["SupplementalOSVersionExtra"] is None and rep["last_check"] is None
     text = "\n".join(format_report(rep))
     assert "none (base images)" in text and "last check: never" in text
+
+
+def test_run_over_https_with_pinned_ca(device, vendor, tmp_path):
+    from httpserver import make_certificate
+
+    cert, key = make_certificate(tmp_path)
+    with serve(vendor["snap"]["A"], tls=(cert, key)) as srv:
+        assert cli_main(
+            ["agent", "run", "--preboot", str(device.path), "--repo", srv.url, "--cafile",
+             str(cert), "--root", str(vendor["root"] / "repo" / "root.json"), "-q"]
+        ) == 0  # fmt: skip
+    assert device.status()["active_release"] == "26.1 (a)"
+    _assert_on(device, vendor, "a")

@@ -29,6 +29,9 @@ def _add_device_args(p: argparse.ArgumentParser, *, repo: bool) -> None:
             "--timeout", type=float, default=15.0, help="seconds before a stalled download retries"
         )
         p.add_argument("--retries", type=int, default=4, help="retries per file")
+        p.add_argument(
+            "--cafile", metavar="PEM", help="CA certificates to trust for https (default: system)"
+        )
 
 
 def _agent(args: argparse.Namespace, progress: Any = None) -> Any:
@@ -42,6 +45,7 @@ def _agent(args: argparse.Namespace, progress: Any = None) -> Any:
         timeout=args.timeout,
         retries=args.retries,
         progress=progress,
+        cafile=args.cafile,
     )
 
 
