@@ -195,6 +195,8 @@ def prepare(work: Path, size_mib: int, change: float, level: int, seed: int) -> 
     )
     zstd_s = time.perf_counter() - t0
     manifest = {
+        "_type": "release",
+        "spec_version": 1,
         "release_id": "26.1 (a)",
         "os_version": "26.1",
         "builds": ["23B85"],

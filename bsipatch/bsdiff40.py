@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from ._io import PathLike, fsync_dir, is_pathlike, read_exact
+from ._io import PathLike, fsync_dir, is_pathlike
 from .errors import CorruptPatch, PatchTooLarge, TruncatedPatch, UnsupportedPatch
 from .patchfmt import BSDIFF40_MAGIC, PatchInfo
 
@@ -116,7 +116,8 @@ def _parse(data: bytes) -> tuple[int, int, int]:
         raise CorruptPatch("BSDIFF40 header has a negative length")
     if HEADER_SIZE + ctrl_len + diff_len > len(data):
         raise TruncatedPatch(
-            f"BSDIFF40 header declares {HEADER_SIZE + ctrl_len + diff_len}+ bytes, patch has {len(data)}"
+            f"BSDIFF40 header declares {HEADER_SIZE + ctrl_len + diff_len}+ bytes, "
+            f"patch has {len(data)}"
         )
     if new_size > MAX_NEW_SIZE:
         raise PatchTooLarge(f"BSDIFF40 patch declares a {new_size}-byte output")
@@ -139,14 +140,23 @@ def read_info(f: BinaryIO, *, prefix: bytes = b"") -> PatchInfo:
         add += x
         extra += y
         pos += x + y
-    stats = {"n_ops": triples, "add_bytes": add, "insert_bytes": extra,
-             "ctrl_compressed": ctrl_len, "diff_compressed": diff_len,
-             "extra_compressed": len(data) - HEADER_SIZE - ctrl_len - diff_len}
+    stats = {
+        "n_ops": triples,
+        "add_bytes": add,
+        "insert_bytes": extra,
+        "ctrl_compressed": ctrl_len,
+        "diff_compressed": diff_len,
+        "extra_compressed": len(data) - HEADER_SIZE - ctrl_len - diff_len,
+    }
     return PatchInfo("bsdiff40", 0, -1, b"", new_size, b"", len(data), [], stats)
 
 
-def apply_to(old: Buffer, data: bytes, write: Callable[[bytes], Any],
-             progress: Callable[[int, int], None] | None = None) -> int:
+def apply_to(
+    old: Buffer,
+    data: bytes,
+    write: Callable[[bytes], Any],
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
     """Apply an in-memory BSDIFF40 patch to ``old``, passing output chunks to ``write``.
 
     Semantics follow bspatch: diff bytes are added to old bytes, old bytes outside
@@ -194,9 +204,15 @@ def apply_to(old: Buffer, data: bytes, write: Callable[[bytes], Any],
     return new_size
 
 
-def apply_bsdiff40(old: PathLike | Buffer, f: BinaryIO, out: PathLike | BinaryIO, *,
-                   prefix: bytes = b"", progress: Callable[[int, int], None] | None = None,
-                   max_patch_size: int | None = None) -> PatchInfo:
+def apply_bsdiff40(
+    old: PathLike | Buffer,
+    f: BinaryIO,
+    out: PathLike | BinaryIO,
+    *,
+    prefix: bytes = b"",
+    progress: Callable[[int, int], None] | None = None,
+    max_patch_size: int | None = None,
+) -> PatchInfo:
     """Apply a BSDIFF40 patch read from ``f`` (after ``prefix``) to ``old`` into ``out``.
 
     A path ``out`` is written through a temporary file renamed into place on success.
@@ -209,19 +225,23 @@ def apply_bsdiff40(old: PathLike | Buffer, f: BinaryIO, out: PathLike | BinaryIO
         old_size = len(old_buf)
         if is_pathlike(out):
             target = Path(out)  # type: ignore[arg-type]
-            directory = target.parent if str(target.parent) else Path(".")
-            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".bsipatch-tmp",
-                                        dir=directory)
+            directory = target.parent if str(target.parent) else Path()
+            fd, name = tempfile.mkstemp(
+                prefix=f".{target.name}.", suffix=".bsipatch-tmp", dir=directory
+            )
             try:
+                mask = os.umask(0)
+                os.umask(mask)
+                os.fchmod(fd, 0o666 & ~mask)
                 with os.fdopen(fd, "wb") as w:
                     new_size = apply_to(old_buf, data, w.write, progress)
                     w.flush()
                     os.fsync(w.fileno())
-                os.replace(name, target)
+                Path(name).replace(target)
                 fsync_dir(directory)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name)
+                    Path(name).unlink()
                 raise
         else:
             new_size = apply_to(old_buf, data, out.write, progress)  # type: ignore[union-attr]
@@ -273,8 +293,9 @@ def write_bsdiff40(old: Buffer, new: Buffer, ops: Ops, out: BinaryIO) -> PatchIn
     for part in (head, ctrl, dif, ext):
         out.write(part)
     size = len(head) + len(ctrl) + len(dif) + len(ext)
-    return PatchInfo("bsdiff40", 0, len(old), b"", len(new), b"", size, [],
-                     {"n_ops": len(triples), **ops.stats})
+    return PatchInfo(
+        "bsdiff40", 0, len(old), b"", len(new), b"", size, [], {"n_ops": len(triples), **ops.stats}
+    )
 
 
 def is_bsdiff40(data: bytes) -> bool:
@@ -282,6 +303,12 @@ def is_bsdiff40(data: bytes) -> bool:
     return data[:8] == BSDIFF40_MAGIC
 
 
-__all__ = ["apply_bsdiff40", "apply_to", "is_bsdiff40", "offtin", "offtout", "read_info",
-           "write_bsdiff40"]
-
+__all__ = [
+    "apply_bsdiff40",
+    "apply_to",
+    "is_bsdiff40",
+    "offtin",
+    "offtout",
+    "read_info",
+    "write_bsdiff40",
+]

@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import io
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -30,6 +31,7 @@ from typing import Any, BinaryIO
 from ._io import PathLike, atomic_write, fsync_dir, os_error_to_staging
 from .errors import (
     BsipatchError,
+    DiskFullError,
     PatchTooLarge,
     RollbackFailed,
     SealError,
@@ -165,6 +167,20 @@ def _find_source(
     )
 
 
+def _check_space(pb: Preboot, needed: int) -> None:
+    """Refuse up front (DiskFullError) when the volume cannot hold the new images."""
+    try:
+        st = os.statvfs(pb.path)
+    except OSError as exc:
+        raise os_error_to_staging(exc, f"checking free space on {pb.path}") from exc
+    free = st.f_bavail * st.f_frsize
+    if free < needed:
+        raise DiskFullError(
+            f"{pb.path}: no space left for the new images: they need {needed} bytes, "
+            f"{free} bytes are free"
+        )
+
+
 def _check_applicable(pb: Preboot, state: dict[str, Any], manifest: Any) -> dict[str, str]:
     comps = pb.components(state)
     osv, build = state["os"]["version"], state["os"]["build"]
@@ -289,6 +305,7 @@ def install_release(
             if progress is not None:
                 progress(done_before + done, total)
 
+        _check_space(pb, total)
         cache = _load_verified(pb)
         try:
             tx = pb.journal.begin("install", release=slug)
@@ -635,34 +652,8 @@ def load_manifest(data: bytes | dict[str, Any]) -> Any:
         obj = json.loads(data) if isinstance(data, (bytes, bytearray, str)) else data
         if isinstance(obj, dict) and "signed" in obj:
             obj = obj["signed"]
-        from_dict = getattr(m.ReleaseManifest, "from_dict", None)
-        if from_dict is not None:
-            return from_dict(obj)
-        comps = tuple(
-            m.ComponentRelease(
-                name=c["name"],
-                activation=c["activation"],
-                base=m.SealRef(**{k: c["base"][k] for k in ("root_hash", "salt", "size")}),
-                target=m.SealRef(**{k: c["target"][k] for k in ("root_hash", "salt", "size")}),
-                patch=m.PatchRef(**{k: c["patch"][k] for k in ("path", "sha256", "size")}),
-                cves=tuple(
-                    m.Cve(id=v["id"], description=v.get("description", ""))
-                    for v in c.get("cves", ())
-                ),
-            )
-            for c in obj["components"]
-        )
-        return m.ReleaseManifest(
-            release_id=obj["release_id"],
-            os_version=obj["os_version"],
-            builds=tuple(obj["builds"]),
-            supplemental_build=obj.get("supplemental_build", ""),
-            published=obj.get("published", ""),
-            sequence=int(obj.get("sequence", 0)),
-            expires=obj.get("expires", ""),
-            components=comps,
-        )
-    except (ValueError, KeyError, TypeError) as exc:
+        return m.ReleaseManifest.from_dict(obj)
+    except (ValueError, TypeError) as exc:  # not JSON at all (FormatError passes through)
         raise FormatError(f"not a release manifest: {exc}") from exc
 
 

@@ -27,7 +27,7 @@ from . import canonical
 from . import keys as keymod
 from ._io import atomic_write
 from .catalog import Catalog, CatalogEntry
-from .errors import FormatError, KeyFileError, MetadataError, ThresholdError
+from .errors import FormatError, KeyFileError, MetadataError, SignatureError, ThresholdError
 from .keys import PrivateKey, PublicKey
 from .manifest import (
     ACTIVATIONS,
@@ -45,7 +45,9 @@ from .repository import Repository, image_relpath, patch_relpath
 from .trust import (
     MAX_CATALOG_SIZE,
     MAX_MANIFEST_SIZE,
+    MAX_ROOT_SIZE,
     ROLES,
+    Envelope,
     Root,
     Verifier,
     check_signatures,
@@ -575,6 +577,25 @@ def rotate_root(
     return new
 
 
+def _check_catalog_any_root(r: Repository, current: Root, env: Envelope) -> None:
+    """Demand the catalog is signed by the catalog role of the current or an earlier root."""
+    try:
+        check_signatures(current, "catalog", env, "repository catalog")
+        return
+    except SignatureError as first:
+        error = first
+    for n in sorted(r.root_versions(), reverse=True):
+        if n >= current.version:
+            continue
+        older = parse_envelope(r.read_root(n), max_size=MAX_ROOT_SIZE, what=f"root {n}")
+        try:
+            check_signatures(Root.from_dict(older.signed), "catalog", env, "repository catalog")
+            return
+        except SignatureError:
+            continue
+    raise error
+
+
 def resign(
     repo: Repository | PathLike,
     keys: KeyMap,
@@ -585,9 +606,10 @@ def resign(
     """Re-sign every manifest (release role) and the catalog (catalog role, version + 1)
     with keys trusted by the current root, e.g. after :func:`rotate_root` revoked a key.
 
-    The catalog's own signature is not checked here (its old keys may be revoked);
-    the manifests' contents are kept and re-signed, their new digests go into the
-    new catalog.
+    The current catalog must be signed by the catalog role of the current root or
+    of an earlier one in ``roots/`` (its keys may just have been revoked), so a
+    catalog an outsider planted is not re-signed. The manifests' contents are kept
+    and re-signed; their new digests go into the new catalog.
 
     Returns:
         The new catalog.
@@ -595,6 +617,7 @@ def resign(
     r = _repo(repo)
     root = load_root(r)
     env = parse_envelope(r.read_catalog(), max_size=MAX_CATALOG_SIZE, what="catalog")
+    _check_catalog_any_root(r, root, env)
     catalog = Catalog.from_dict(env.signed)
     release_signers = _signers(root, "release", _role_keys(keys, "release"), "manifests")
     entries = []

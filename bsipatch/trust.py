@@ -444,7 +444,6 @@ class Verifier:
             _check_fresh(root.expires, self.now, f"trusted root version {root.version}")
         self._root = root
         self._initial = root
-        self._roots_seen = [root]
 
     @property
     def root(self) -> Root:
@@ -499,7 +498,6 @@ class Verifier:
                 "(apply each intermediate root in order)"
             )
         self._root = new
-        self._roots_seen.append(new)
         return new
 
     def _check_root_fresh(self) -> None:

@@ -189,6 +189,7 @@ BSI_API int bsi_patch_feed(bsi_patch_state *st, const uint8_t *old, uint64_t old
                 }
                 out->pos += n;
                 st->out_done += n;
+                st->kind_bytes[st->cur_kind & 3] += n;
                 st->cur_old += n;
                 st->cur_left -= n;
             }

@@ -86,17 +86,25 @@ def test_export_import_roundtrip_edge_cases() -> None:
 def _make(ctrl: list[tuple[int, int, int]], dif: bytes, extra: bytes, new_size: int) -> bytes:
     c = bz2.compress(b"".join(offtout(x) + offtout(y) + offtout(z) for x, y, z in ctrl))
     d = bz2.compress(dif)
-    return b"BSDIFF40" + offtout(len(c)) + offtout(len(d)) + offtout(new_size) + c + d + bz2.compress(extra)
+    return (
+        b"BSDIFF40"
+        + offtout(len(c))
+        + offtout(len(d))
+        + offtout(new_size)
+        + c
+        + d
+        + bz2.compress(extra)
+    )
 
 
 def test_hostile_bsdiff40_patches_refused(tmp_path: Path) -> None:
     old = b"0123456789" * 10
     cases = [
-        _make([(-1, 0, 0)], b"", b"", 10),            # negative length
-        _make([(50, 0, 0)], bytes(50), b"", 10),      # more than the new size
-        _make([(5, 0, 0)], bytes(5), b"", 10),        # control ends early
-        _make([(10, 0, 0)], bytes(3), b"", 10),       # diff block ends early
-        _make([(0, 10, 0)], b"", b"abc", 10),         # extra block ends early
+        _make([(-1, 0, 0)], b"", b"", 10),  # negative length
+        _make([(50, 0, 0)], bytes(50), b"", 10),  # more than the new size
+        _make([(5, 0, 0)], bytes(5), b"", 10),  # control ends early
+        _make([(10, 0, 0)], bytes(3), b"", 10),  # diff block ends early
+        _make([(0, 10, 0)], b"", b"abc", 10),  # extra block ends early
         b"BSDIFF40" + offtout(10**6) + offtout(0) + offtout(5) + b"x",
         b"BSDIFF40" + offtout(-3) + offtout(0) + offtout(5),
     ]

@@ -390,6 +390,30 @@ def test_full_disk_is_a_typed_error_and_leaves_state(world: dict, tmp_path: Path
         assert pb.status()["active_release"] is None
 
 
+def test_disk_filling_up_during_install_is_a_typed_error(world: dict, tmp_path: Path) -> None:
+    """Space passes the up-front check, then something else fills the disk mid-apply."""
+    mnt = tmp_path / "mnt"
+    with small_tmpfs(mnt, "1m") as mounted:
+        if not mounted:
+            pytest.skip("cannot mount a tmpfs here")
+        pb = ch.create_preboot(world, mnt / "preboot")
+        patches = inst.open_patch_in(world["dir"])
+
+        def fill_then_open(comp: object) -> object:
+            free = shutil.disk_usage(mnt).free
+            with open(mnt / "filler", "ab") as f:
+                f.write(b"\xff" * max(0, free - 40 * 1024))
+            return patches(comp)
+
+        with untouched(pb), pytest.raises((DiskFullError, PatchError)) as info:
+            inst.install_release(pb, manifest(world, A), fill_then_open)
+        # a short write must never pass as success; DiskFullError is the precise answer
+        # (bsipatch.apply currently reports a short pwrite as OutputMismatch)
+        assert isinstance(info.value, (DiskFullError, PatchError))
+        (mnt / "filler").unlink()
+        ch.install(world, pb, A)  # and it works once there is room again
+
+
 def test_injected_enospc_is_a_typed_error(
     pb: Preboot, world: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -467,3 +467,18 @@ def test_cli_release_build_round_trip(tmp_path, capsys, real_modules):
     assert m.expires == "2026-12-28T12:00:00Z"
     code, out, err = cli(capsys, "catalog", "show", rd, "--now", NOW_TEXT)
     assert "CVE-2026-1111: heap overflow, in parser" in out
+
+
+@pytest.mark.parametrize("group", ["repo", "release", "catalog"])
+def test_cli_group_without_action_prints_its_help(capsys, group):
+    assert main([group]) == 2
+    assert f"usage: bsipatch {group}" in capsys.readouterr().err
+
+
+def test_resign_refuses_a_catalog_no_root_ever_trusted(repo):
+    r, ks = repo
+    add(r, ks)
+    planted = keys.sign_envelope(publish.load_catalog(r).to_dict(), [keys.generate()])
+    r.write("catalog.json", planted)
+    with pytest.raises(SignatureError):
+        publish.resign(r.path, ks, NOW)

@@ -9,6 +9,8 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bsipatch import canonical, keys
 from bsipatch.catalog import Catalog, CatalogEntry
@@ -644,3 +646,26 @@ def test_malformed_root_refused(world, mutate):
     mutate(d)
     with pytest.raises(FormatError):
         Verifier(keys.sign_envelope(d, world.keys["root"]), now=NOW)
+
+
+# --- property: no single-byte change of a genuine file is ever accepted -------------------------
+
+_PROP_WORLD = World(counts={"root": 1, "release": 1, "catalog": 1},
+                    thresholds={"root": 1, "release": 1, "catalog": 1})  # fmt: skip
+_PROP_M, _PROP_DATA, _PROP_E, _PROP_CAT = _PROP_WORLD.release()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_property_any_byte_change_of_catalog_or_manifest_is_refused(data):
+    which = data.draw(st.sampled_from(["catalog", "manifest"]))
+    blob = _PROP_CAT if which == "catalog" else _PROP_DATA
+    i = data.draw(st.integers(0, len(blob) - 1))
+    b = data.draw(st.integers(0, 255).filter(lambda x: x != blob[i]))
+    mutated = blob[:i] + bytes([b]) + blob[i + 1 :]
+    v = _PROP_WORLD.verifier()
+    with pytest.raises(MetadataError):
+        if which == "catalog":
+            v.verify_catalog(mutated)
+        else:  # even with a catalog entry that matches the mutated bytes
+            v.verify_manifest(mutated, _PROP_WORLD.entry(_PROP_M, mutated), device_build="23B85")

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import os
 import re
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -327,6 +328,16 @@ def _add_now(p: argparse.ArgumentParser) -> None:
     p.add_argument("--now", metavar="TIME", help=argparse.SUPPRESS)  # tests: fixed clock
 
 
+def _group_help(parser: argparse.ArgumentParser) -> Any:
+    """A handler for a command group run without an action: print its help, exit 2."""
+
+    def show(_args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    return show
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add keygen, repo, release and catalog commands to the CLI."""
     p = add_command(
@@ -346,6 +357,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
 
     repo = sub.add_parser("repo", help="create a release repository or rotate its trust root")
+    repo.set_defaults(func=_group_help(repo))
     rsub = repo.add_subparsers(dest="repo_command", metavar="ACTION")
     p = add_command(
         rsub, "init", "create a repository: trust root and empty catalog", cmd_repo_init
@@ -382,6 +394,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_now(p)
 
     rel = sub.add_parser("release", help="build, withdraw or show security releases")
+    rel.set_defaults(func=_group_help(rel))
     lsub = rel.add_subparsers(dest="release_command", metavar="ACTION")
     p = add_command(
         lsub, "build", "seal, diff, sign and publish a release into a repository", cmd_release_build
@@ -429,6 +442,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_now(p)
 
     cat = sub.add_parser("catalog", help="inspect a repository's catalog")
+    cat.set_defaults(func=_group_help(cat))
     csub = cat.add_subparsers(dest="catalog_command", metavar="ACTION")
     p = add_command(
         csub, "show", "releases by date with their components and CVEs", cmd_catalog_show
