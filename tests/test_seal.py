@@ -366,17 +366,19 @@ def test_sources_and_chunkings_agree(tmp_path):
 
 def test_non_seekable_stream_is_sealed(tmp_path):
     data = random.Random(4).randbytes(40 * BLOCK_SIZE + 1)
+    import threading
+
     r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child writes and exits
-        os.close(r)
+
+    def writer():
         with os.fdopen(w, "wb") as f:
             f.write(data)
-        os._exit(0)
-    os.close(w)
+
+    t = threading.Thread(target=writer)
+    t.start()
     with os.fdopen(r, "rb") as f:
         seal = seal_image(f, salt=b"p", chunk_size=8 * BLOCK_SIZE)
-    os.waitpid(pid, 0)
+    t.join()
     assert seal == seal_image(data, salt=b"p")
 
 
@@ -593,9 +595,11 @@ def test_cli_seal_and_verify(tmp_path, capsys):
     assert cli.main(["verify", str(img), "--root", root, "--hash-file",
                      str(tmp_path / "trunc")]) == 3
     assert "truncated" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as info:
-        cli.main(["verify", str(img), "--root", "xyz", "--salt", "-"])
-    assert info.value.code == 2
+    for bad in (["--root", "xyz", "--salt", "-"], ["--root", root, "--threads", "0"],
+                ["--root", root, "--salt", "00" * 257], ["--root", root, "--size", "-1"]):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["verify", str(img), *bad])
+        assert info.value.code == 2
 
 
 def test_cli_seal_random_salt_and_empty_salt(tmp_path, capsys):
