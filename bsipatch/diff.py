@@ -55,6 +55,8 @@ MAX_SEGMENT_SIZE = 16 << 20
 #: mapped pages in between when the images are larger than PAGE_DROP_ABOVE.
 PREPASS_CHUNK = 64 << 20
 PAGE_DROP_ABOVE = 256 << 20
+#: Inputs larger than this (old + new) are hashed while the pre-pass runs.
+EARLY_HASH_ABOVE = 64 << 20
 #: File holes at least this long are taken as zeros without reading them.
 HOLE_MIN = 1 << 20
 OP_SIZE = ffi.sizeof("bsi_op")
@@ -730,9 +732,17 @@ def diff(
             if progress:
                 progress(search_total[0] + done, search_total[0] + total)
 
+        # Large images: hash on a side thread while the (mostly single-threaded)
+        # pre-pass and suffix sort run. Small files: hash after the search, when the
+        # suffix array is gone, so OpenSSL's pages do not add to the peak.
+        early = None
+        if format == "bsipatch" and len(old_buf) + n_new > EARLY_HASH_ABOVE:
+            hasher = stack.enter_context(cf.ThreadPoolExecutor(max_workers=1))
+            early = hasher.submit(lambda: (sha256_buffer(old_buf), sha256_buffer(new_buf)))
         ops = compute_ops(old_buf, new_buf, threads=nthreads, progress=on_search)
-        # digests after the search: the suffix array is gone, hashing threads are free
-        if format == "bsipatch":
+        if early is not None:
+            old_sha, new_sha = early.result()
+        elif format == "bsipatch":
             with cf.ThreadPoolExecutor(max_workers=2) as pool:
                 f_old = pool.submit(sha256_buffer, old_buf)
                 new_sha = sha256_buffer(new_buf)
