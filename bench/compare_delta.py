@@ -53,62 +53,56 @@ HDIFFPATCH_FS_PATCH_BYTES = 496_000  # "HDiffPatch 496 KB" on the 256 MiB ext4 i
 APPLY_PEAK_LIMIT_MIB = 64.0
 
 # -------------------------------------------------------------------------- worker side
-# `compare_delta.py --worker TOOL OP A B C` runs one library call in this process
-# and prints {"seconds": ..., "info": ...} on stdout. Imports stay inside, so the
-# worker's memory is the tool's.
+# Python tools run as `python -c WORKER TOOL OP A B C`: one library call, timed
+# inside the process, printing {"seconds", "cpu", "info"} as JSON. The worker is a
+# small code string rather than this module so that the process imports only
+# what the tool needs and its peak memory is the tool's (plus the interpreter).
+# BENCH_BSIPATCH_THREADS sets bsipatch's threads= (the bsipatch-1t tool: 1).
 
-
-def _bsipatch_threads() -> int | None:
+WORKER = r"""
+import json, os, sys, time
+tool, op, a, b, c = sys.argv[1:6]
+info = None
+if tool.startswith("bsipatch"):
+    import bsipatch
     raw = os.environ.get("BENCH_BSIPATCH_THREADS", "")
-    return int(raw) if raw else None
-
-
-def _worker(tool: str, op: str, a: str, b: str, c: str) -> dict[str, Any]:
-    info: Any = None
-    if tool.startswith("bsipatch"):
-        sys.path.insert(0, str(REPO_DIR))
-        import bsipatch
-
-        threads = 1 if tool == "bsipatch-1t" else _bsipatch_threads()
-        fmt = "bsdiff40" if tool == "bsipatch-bsdiff40" else "bsipatch"
-        if op == "noop":
-            _ = bsipatch.diff, bsipatch.apply
-            return {"seconds": 0.0, "info": None}
-        t0 = time.perf_counter()
-        if op == "diff":
-            result = bsipatch.diff(a, b, c, format=fmt, threads=threads)
-        else:
-            result = bsipatch.apply(a, b, c, threads=threads)
-        seconds = time.perf_counter() - t0
-        to_dict = getattr(result, "to_dict", None)
-        info = to_dict() if callable(to_dict) else None
-    elif tool == "bsdiff4":
-        import bsdiff4
-
-        if op == "noop":
-            return {"seconds": 0.0, "info": None}
-        t0 = time.perf_counter()
-        if op == "diff":
-            bsdiff4.file_diff(a, b, c)  # old, new, patch
-        else:
-            bsdiff4.file_patch(a, c, b)  # old, out, patch
-        seconds = time.perf_counter() - t0
-    elif tool == "detools":
-        import detools
-
-        if op == "noop":
-            return {"seconds": 0.0, "info": None}
-        t0 = time.perf_counter()
-        if op == "diff":
+    threads = 1 if tool == "bsipatch-1t" else (int(raw) if raw else None)
+    fmt = "bsdiff40" if tool == "bsipatch-bsdiff40" else "bsipatch"
+    diff, apply = bsipatch.diff, bsipatch.apply
+    if op == "diff":
+        run = lambda: diff(a, b, c, format=fmt, threads=threads)
+    else:
+        run = lambda: apply(a, b, c, threads=threads)
+elif tool == "bsdiff4":
+    import bsdiff4
+    if op == "diff":
+        run = lambda: bsdiff4.file_diff(a, b, c)  # old, new, patch
+    else:
+        run = lambda: bsdiff4.file_patch(a, c, b)  # old, out, patch
+elif tool == "detools":
+    import detools
+    def run():
+        if op == "diff":  # lzma, sequential, bsdiff: the CLI's defaults
             with open(a, "rb") as fo, open(b, "rb") as fn, open(c, "wb") as fp:
-                detools.create_patch(fo, fn, fp)  # lzma, sequential, bsdiff: the CLI's defaults
+                detools.create_patch(fo, fn, fp)
         else:
             with open(a, "rb") as fo, open(b, "rb") as fp, open(c, "wb") as fout:
                 detools.apply_patch(fo, fp, fout)
-        seconds = time.perf_counter() - t0
-    else:
-        raise SystemExit(f"unknown worker tool {tool!r}")
-    return {"seconds": seconds, "info": info}
+else:
+    sys.exit("unknown worker tool " + tool)
+seconds = cpu = 0.0
+if op != "noop":
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = run()
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    to_dict = getattr(result, "to_dict", None)
+    info = to_dict() if callable(to_dict) else None
+print(json.dumps({"seconds": seconds, "cpu": cpu, "info": info}, default=str))
+"""
+
+
+def _worker_argv(tool: str, op: str, a: str = "", b: str = "", c: str = "") -> list[str]:
+    return [sys.executable, "-c", WORKER, tool, op, a, b, c]
 
 
 # -------------------------------------------------------------------------- tools
@@ -128,7 +122,7 @@ class Tool:
 
 def _py(tool: str, op: str) -> Callable[[str, str, str], list[str]]:
     def argv(a: str, b: str, c: str) -> list[str]:
-        return [sys.executable, str(Path(__file__).resolve()), "--worker", tool, op, a, b, c]
+        return _worker_argv(tool, op, a, b, c)
 
     return argv
 
@@ -187,6 +181,7 @@ class Run:
 
     status: str  # "ok" | "timeout" | "error" | "skipped"
     seconds: float | None = None  # the tool's time (see module docstring)
+    cpu: float | None = None  # user + system CPU seconds, same scope as seconds
     wall: float | None = None  # spawn to exit
     peak_mib: float | None = None
     detail: str = ""
@@ -199,6 +194,7 @@ class Step:
 
     status: str
     seconds: float | None = None  # median over the runs
+    cpu: float | None = None  # median CPU seconds (user + system) over the runs
     peak_mib: float | None = None  # highest over the runs
     runs: list[float] = dataclasses.field(default_factory=list)
     detail: str = ""
@@ -220,7 +216,7 @@ def run_measured(argv: list[str], *, timeout: float, env: dict[str, str] | None 
         tempfile.TemporaryFile() as err,
         tempfile.NamedTemporaryFile("r", suffix=".rss") as rss,
     ):
-        full = [gnu_time, "-f", "%M", "-o", rss.name, *argv] if gnu_time else argv
+        full = [gnu_time, "-f", "%M %U %S", "-o", rss.name, *argv] if gnu_time else argv
         t0 = time.perf_counter()
         try:
             proc = subprocess.Popen(full, stdout=out, stderr=err, env=env, start_new_session=True)
@@ -251,10 +247,12 @@ def run_measured(argv: list[str], *, timeout: float, env: dict[str, str] | None 
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
         peak = usage.ru_maxrss / 1024  # KiB on Linux
+        cpu = usage.ru_utime + usage.ru_stime
         if gnu_time:
-            lines = rss.read().split()
-            if lines and lines[-1].isdigit():
-                peak = int(lines[-1]) / 1024
+            fields = (rss.read().strip().splitlines() or [""])[-1].split()
+            if len(fields) == 3 and fields[0].isdigit():
+                peak = int(fields[0]) / 1024
+                cpu = float(fields[1]) + float(fields[2])
         if timed_out.is_set():
             return Run("timeout", wall=wall, peak_mib=peak, detail=f"killed after {timeout:g} s")
         out.seek(0)
@@ -267,13 +265,14 @@ def run_measured(argv: list[str], *, timeout: float, env: dict[str, str] | None 
                 "error", wall=wall, peak_mib=peak, detail=f"exit {proc.returncode}: {tail[0][:200]}"
             )
         seconds, info = wall, None
-        if argv[2:3] == ["--worker"]:
+        if argv[1:3] == ["-c", WORKER]:
             try:
                 report = json.loads(stdout.strip().splitlines()[-1])
                 seconds, info = float(report["seconds"]), report.get("info")
+                cpu = float(report["cpu"])
             except (ValueError, IndexError, KeyError) as exc:
                 return Run("error", wall=wall, peak_mib=peak, detail=f"bad worker output: {exc}")
-        return Run("ok", seconds=seconds, wall=wall, peak_mib=peak, info=info)
+        return Run("ok", seconds=seconds, cpu=cpu, wall=wall, peak_mib=peak, info=info)
 
 
 def run_repeated(
@@ -303,9 +302,11 @@ def run_repeated(
     if last.status != "ok":
         return Step(last.status, peak_mib=last.peak_mib, detail=last.detail, runs=[])
     secs = [r.seconds for r in runs if r.seconds is not None]
+    cpus = [r.cpu for r in runs if r.cpu is not None]
     return Step(
         "ok",
         seconds=statistics.median(secs),
+        cpu=statistics.median(cpus) if cpus else None,
         peak_mib=max(r.peak_mib or 0.0 for r in runs),
         runs=[round(s, 4) for s in secs],
         info=last.info,
@@ -346,7 +347,7 @@ def _fmt_step(s: Step) -> str:
     if s.status != "ok":
         return f"{s.status} ({s.detail})" if s.detail else s.status
     runs = "/".join(f"{x:.3f}" for x in s.runs)
-    return f"{s.seconds:.3f} s [{runs}], peak {s.peak_mib:.0f} MiB"
+    return f"{s.seconds:.3f} s [{runs}], cpu {s.cpu or 0:.3f} s, peak {s.peak_mib:.0f} MiB"
 
 
 def compare_pair(
@@ -427,7 +428,7 @@ def compare_pair(
 def python_baseline(tool: str, env: dict[str, str]) -> float | None:
     """Peak RSS (MiB) of a worker that only imports ``tool``."""
     r = run_measured(
-        [sys.executable, str(Path(__file__).resolve()), "--worker", tool, "noop", "", "", ""],
+        _worker_argv(tool, "noop"),
         timeout=60,
         env=env,
     )
@@ -456,10 +457,20 @@ def table(pair_dict: dict[str, Any], results: list[ToolResult], timeout: float) 
     by = _by_tool(results)
     bsd, zstd = by.get("bsdiff"), by.get("zstd")
     bsd_ok = bsd is not None and bsd.diff.status == "ok"
-    head = ("tool", "patch B", "diff s", "diff MiB", "apply s", "apply MiB", "same")
+    head = (
+        "tool",
+        "patch B",
+        "diff s",
+        "cpu s",
+        "diff MiB",
+        "apply s",
+        "cpu s",
+        "apply MiB",
+        "same",
+    )
     head2 = ("size", "size", "diff speed", "diff mem", "apply speed")
     sub2 = ("/bsdiff", "/zstd", "x bsdiff", "/bsdiff", "x bspatch")
-    row = "{:<31} {:>11} {:>8} {:>8} {:>8} {:>9} {:>4}  {:>7} {:>6} {:>10} {:>8} {:>11}"
+    row = "{:<31} {:>11} {:>8} {:>7} {:>8} {:>8} {:>7} {:>9} {:>4}  {:>7} {:>6} {:>10} {:>8} {:>11}"
     lines = [
         f"== {pair_dict['name']}: {pair_dict['description']}",
         f"   old {pair_dict['old_size']:,} B, new {pair_dict['new_size']:,} B",
@@ -484,8 +495,10 @@ def table(pair_dict: dict[str, Any], results: list[ToolResult], timeout: float) 
                 r.label,
                 f"{r.patch_bytes:,}" if r.patch_bytes is not None else d.status,
                 _cell(d.seconds, ".3f", d.status),
+                _cell(d.cpu, ".2f"),
                 _cell(d.peak_mib, ".0f"),
                 _cell(a.seconds, ".3f", a.status),
+                _cell(a.cpu, ".3f"),
                 _cell(a.peak_mib if a.status == "ok" else None, ".0f"),
                 {True: "yes", False: "NO", None: "-"}[r.identical],
                 _cell(size_ratio, ".3f"),
@@ -531,13 +544,14 @@ G_IDENTICAL = "applied output byte-identical"
 
 
 def _goals_for_set(
-    ds: str, by: dict[str, ToolResult], timeout: float
+    ds: str, by: dict[str, ToolResult], timeout: float, base: float | None
 ) -> list[tuple[str, bool | None, str]]:
     """(goal, ok or None if it cannot be decided, detail) for one data set."""
     me = by["bsipatch"]
     bsd, zstd = by.get("bsdiff"), by.get("zstd")
     out: list[tuple[str, bool | None, str]] = []
     md, ma = me.diff, me.apply
+    interp = f" (whole process; {base:.0f} MiB of it is the interpreter + imports)" if base else ""
     me_ok = md.status == "ok" and md.seconds is not None and me.patch_bytes is not None
     bsd_ok = bsd is not None and bsd.diff.status == "ok" and bsd.patch_bytes is not None
     bsd_state = "bsdiff missing" if bsd is None else f"bsdiff {bsd.diff.status}"
@@ -594,7 +608,7 @@ def _goals_for_set(
         out.append((G_FS_SIZE, me.patch_bytes <= limit, f"{me.patch_bytes:,} B vs {limit:,} B"))
     # on every data set
     if bsd_ok and bsd and md.peak_mib is not None and bsd.diff.peak_mib is not None:
-        detail = f"{md.peak_mib:.0f} MiB vs bsdiff {bsd.diff.peak_mib:.0f} MiB"
+        detail = f"{md.peak_mib:.0f} MiB vs bsdiff {bsd.diff.peak_mib:.0f} MiB{interp}"
         out.append((G_DIFF_MEM, md.peak_mib <= bsd.diff.peak_mib, detail))
     elif bsd is not None and bsd.diff.status == "timeout" and md.peak_mib is not None:
         detail = f"{md.peak_mib:.0f} MiB; bsdiff timed out at {bsd.diff.peak_mib or 0:.0f} MiB"
@@ -613,13 +627,16 @@ def _goals_for_set(
         out.append((G_APPLY_SPEED, ma.seconds <= bsd.apply.seconds, detail))
     else:
         out.append((G_APPLY_SPEED, None, "no bspatch figure on this set"))
-    detail = f"{ma.peak_mib:.1f} MiB (whole process, interpreter included)"
+    detail = f"{ma.peak_mib:.1f} MiB{interp}"
     out.append((G_APPLY_MEM, ma.peak_mib < APPLY_PEAK_LIMIT_MIB, detail))
     return out
 
 
 def check_goals(
-    all_results: dict[str, list[ToolResult]], quick: bool, timeout: float
+    all_results: dict[str, list[ToolResult]],
+    quick: bool,
+    timeout: float,
+    base: float | None = None,
 ) -> list[Goal]:
     """Evaluate the issue's performance goals for the default bsipatch row."""
     goals: list[Goal] = []
@@ -627,7 +644,7 @@ def check_goals(
         by = _by_tool(results)
         if "bsipatch" not in by:
             continue
-        for goal, ok, detail in _goals_for_set(ds, by, timeout):
+        for goal, ok, detail in _goals_for_set(ds, by, timeout, base):
             status = "UNKNOWN" if ok is None else ("PASS" if ok else "FAIL")
             goals.append(Goal(goal, ds + (" (--quick data)" if quick else ""), status, detail))
     return goals
@@ -692,11 +709,6 @@ def bsipatch_available() -> tuple[bool, str]:
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison; print the table and goals (and JSON on request)."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--worker"]:
-        tool, op, a, b, c = argv[1:6]
-        print(json.dumps(_worker(tool, op, a, b, c), default=str))
-        return 0
-
     sys.path.insert(0, str(BENCH_DIR))
     import data
 
@@ -800,7 +812,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if workdir_cm:
             workdir_cm.cleanup()
-    goals = check_goals(all_results, opts.quick, opts.timeout) if have else []
+    goals = (
+        check_goals(all_results, opts.quick, opts.timeout, baselines.get("bsipatch"))
+        if have
+        else []
+    )
 
     human = [
         f"bsipatch delta comparison, {started:%Y-%m-%d %H:%M} UTC: "

@@ -21,23 +21,17 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import contextlib
-import hashlib
-import hmac
 import io
 import mmap
 import os
-import tempfile
+import struct
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from pathlib import Path
-from typing import Any, BinaryIO, Union
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-import zstandard
-
-from . import patchfmt
-from ._io import PathLike, fsync_dir, is_pathlike, open_source, read_exact
 from ._native import error_name, ffi, lib
-from .diff import Buffer, default_threads, open_buffer
+from .diff import default_threads, is_pathlike, open_buffer, sha256_buffer, zero_digest
 from .errors import (
     CorruptPatch,
     OutputMismatch,
@@ -46,14 +40,23 @@ from .errors import (
     UnsupportedPatch,
     WrongBaseImage,
 )
-from .patchfmt import Header, PatchInfo, PatchReader, SegmentHeader
 
-PatchSource = Union[PathLike, bytes, bytearray, memoryview, BinaryIO]
+# hashlib (OpenSSL), zstandard, the patch framing and the temp-file helpers are
+# imported inside the functions that use them, so that importing this module (as a
+# diff-only process also does) costs little resident memory.
+if TYPE_CHECKING:
+    from ._io import PathLike
+    from .diff import Buffer
+    from .patchfmt import Header, PatchInfo, PatchReader, SegmentHeader
+
+    PatchSource = PathLike | bytes | bytearray | memoryview | BinaryIO
 ProgressFn = Callable[[int, int], None]
 
 OUT_CHUNK = 1 << 20
 IN_CHUNK = 256 << 10
 PARTIAL_SUFFIX = ".bsipatch-partial"
+#: Default parallel segments: each worker holds a zstd window and a segment.
+MAX_DEFAULT_THREADS = 3
 #: Drop the old image's mapped pages after each segment when it is larger than this,
 #: so resident memory stays bounded whatever the image size.
 DROP_PAGES_ABOVE = 32 << 20
@@ -71,22 +74,6 @@ def _native_error(rc: int, seg: SegmentHeader) -> Exception:
     return cls(f"segment {seg.index}: bad operations ({error_name(rc)})")
 
 
-def _sha256_file(f: BinaryIO, size: int) -> bytes:
-    """SHA-256 of a file's first ``size`` bytes, read in chunks (no mapping)."""
-    h = hashlib.sha256()
-    buf = bytearray(OUT_CHUNK)
-    mv = memoryview(buf)
-    f.seek(0)
-    left = size
-    while left > 0:
-        n = f.readinto(mv[: min(left, OUT_CHUNK)])
-        if not n:
-            break
-        h.update(mv[:n])
-        left -= n
-    return h.digest()
-
-
 class _Old:
     """The old image: a buffer for the applier and a way to hash it cheaply."""
 
@@ -99,19 +86,40 @@ class _Old:
 
     def check(self, header: Header) -> None:
         """Raise WrongBaseImage unless size and SHA-256 match the patch header."""
+        self.start_check(header)()
+
+    def start_check(self, header: Header) -> Callable[[], None]:
+        """Check the size now and start hashing on a thread; return the function that
+        waits for the digest and raises WrongBaseImage when it differs."""
+        import hmac
+
         if self.size != header.old_size:
             raise WrongBaseImage(
                 f"old image is {self.size} bytes, the patch was made for {header.old_size} bytes"
             )
-        if self.path is not None:
-            with open(self.path, "rb") as f:  # noqa: PTH123
-                digest = _sha256_file(f, self.size)
-        else:
-            digest = hashlib.sha256(self.buf).digest()
-        if not hmac.compare_digest(digest, header.old_sha256):
-            raise WrongBaseImage(
-                f"old image SHA-256 is {digest.hex()}, the patch was made for {header.old_sha256.hex()}"
-            )
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                result["digest"] = sha256_buffer(self.buf)
+            except BaseException as exc:  # handed to the waiter
+                result["error"] = exc
+
+        t = threading.Thread(target=run, name="bsipatch-old-sha256", daemon=True)
+        t.start()
+
+        def wait() -> None:
+            t.join()
+            if "error" in result:
+                raise result["error"]
+            digest = result["digest"]
+            if not hmac.compare_digest(digest, header.old_sha256):
+                raise WrongBaseImage(
+                    f"old image SHA-256 is {digest.hex()}, "
+                    f"the patch was made for {header.old_sha256.hex()}"
+                )
+
+        return wait
 
     def drop_pages(self) -> None:
         """Let go of the mapped pages of a large old image (they are re-read on demand)."""
@@ -124,18 +132,40 @@ class _Old:
         self._stack.close()
 
 
-def run_segment(old: _Old, header: Header, seg: SegmentHeader, comp: bytes,
-                sink: Callable[[memoryview], None]) -> None:
+def is_zero_segment(seg: SegmentHeader) -> bool:
+    """True when the segment declares only ZERO output and the digest of zeros.
+
+    run_segment confirms the first part from the applier's own counts, so such a
+    segment's output is zeros by construction and its digest need not be computed.
+    """
+    import hmac
+
+    return seg.kind_bytes[3] == seg.out_len and hmac.compare_digest(
+        seg.out_sha256, zero_digest(seg.out_len)
+    )
+
+
+def run_segment(
+    old: _Old, header: Header, seg: SegmentHeader, comp: bytes, sink: Callable[[memoryview], None]
+) -> None:
     """Decompress one verified segment, apply it, and pass its output to ``sink`` in order.
 
     Raises:
         CorruptPatch, TruncatedPatch, PatchTooLarge: bad payload; OutputMismatch never
         (a wrong segment output digest is a CorruptPatch).
     """
+    import hashlib
+    import hmac
+
+    import zstandard
+
+    from . import patchfmt
+
+    zero_seg = is_zero_segment(seg)
     st = ffi.new("bsi_patch_state *")
-    cap = min(header.max_buffered, seg.payload_len)
-    scratch = bytearray(cap)
-    pscratch = ffi.from_buffer(scratch) if cap else ffi.NULL
+    cap = 0
+    scratch = bytearray()
+    pscratch: Any = ffi.NULL
     out = bytearray(min(OUT_CHUNK, seg.out_len))
     pout = ffi.from_buffer(out)
     outmv = memoryview(out)
@@ -143,8 +173,24 @@ def run_segment(old: _Old, header: Header, seg: SegmentHeader, comp: bytes,
     ob.ptr, ob.size, ob.pos = pout, len(out), 0
     ib = ffi.new("bsi_inbuf *")
     h = hashlib.sha256()
-    lib.bsi_patch_init(st, seg.out_len, old.size, cap)
     total = 0
+    started = False
+
+    def start(head: bytes) -> None:
+        # size the section buffer from the payload's own (untrusted, checked) lengths
+        nonlocal cap, scratch, pscratch, started
+        ctrl_len, runs_len, nruns_len, lit_len = struct.unpack_from("<4Q", head, 16)
+        need = ctrl_len + runs_len + nruns_len + lit_len
+        if need > header.max_buffered or need > seg.payload_len:
+            raise PatchTooLarge(
+                f"segment {seg.index}: needs {need} buffered bytes, the header allows "
+                f"{header.max_buffered}"
+            )
+        cap = need
+        scratch = bytearray(cap)
+        pscratch = ffi.from_buffer(scratch) if cap else ffi.NULL
+        lib.bsi_patch_init(st, seg.out_len, old.size, cap)
+        started = True
 
     def pump(data: bytes) -> None:
         keep = ffi.from_buffer(data) if data else ffi.NULL
@@ -155,7 +201,8 @@ def run_segment(old: _Old, header: Header, seg: SegmentHeader, comp: bytes,
                 raise _native_error(rc, seg)
             if ob.pos:
                 chunk = outmv[: ob.pos]
-                h.update(chunk)
+                if not zero_seg:
+                    h.update(chunk)
                 sink(chunk)
                 ob.pos = 0
             if rc == 0:
@@ -166,6 +213,15 @@ def run_segment(old: _Old, header: Header, seg: SegmentHeader, comp: bytes,
     try:
         dctx = zstandard.ZstdDecompressor()
         with dctx.stream_reader(comp, read_size=IN_CHUNK, read_across_frames=False) as r:
+            head = b""
+            while len(head) < patchfmt.PAYLOAD_HEADER_SIZE:
+                more = r.read(patchfmt.PAYLOAD_HEADER_SIZE - len(head))
+                if not more:
+                    raise CorruptPatch(f"segment {seg.index}: payload shorter than its header")
+                head += more
+            start(head)
+            total = len(head)
+            pump(head)
             while True:
                 data = r.read(IN_CHUNK)
                 if not data:
@@ -176,17 +232,26 @@ def run_segment(old: _Old, header: Header, seg: SegmentHeader, comp: bytes,
                 pump(data)
     except zstandard.ZstdError as exc:
         raise CorruptPatch(f"segment {seg.index}: zstd: {exc}") from exc
+    if not started:  # pragma: no cover - start() always ran or raised
+        raise CorruptPatch(f"segment {seg.index}: empty payload")
     pump(b"")
     if total != seg.payload_len:
-        raise CorruptPatch(f"segment {seg.index}: payload is {total} bytes, declared {seg.payload_len}")
+        raise CorruptPatch(
+            f"segment {seg.index}: payload is {total} bytes, declared {seg.payload_len}"
+        )
     rc = lib.bsi_patch_finish(st)
     if rc < 0:
         raise _native_error(rc, seg)
-    if not hmac.compare_digest(h.digest(), seg.out_sha256):
+    if tuple(st.kind_bytes) != seg.kind_bytes:
+        raise CorruptPatch(f"segment {seg.index}: operations differ from its statistics")
+    if not zero_seg and not hmac.compare_digest(h.digest(), seg.out_sha256):
         raise CorruptPatch(f"segment {seg.index}: output SHA-256 mismatch")
 
 
 def _open_patch(stack: ExitStack, patch: PatchSource) -> tuple[BinaryIO, bytes]:
+    from . import patchfmt
+    from ._io import open_source, read_exact
+
     f = stack.enter_context(open_source(patch))  # type: ignore[arg-type]
     magic = read_exact(f, 8)
     if len(magic) < 8:
@@ -196,14 +261,26 @@ def _open_patch(stack: ExitStack, patch: PatchSource) -> tuple[BinaryIO, bytes]:
     return f, magic
 
 
-def _apply_to_fd(old: _Old, reader: PatchReader, fd: int, *, threads: int, existing: int,
-                 progress: ProgressFn | None) -> dict[str, Any]:
+def _apply_to_fd(
+    old: _Old,
+    reader: PatchReader,
+    fd: int,
+    *,
+    threads: int,
+    existing: int,
+    progress: ProgressFn | None,
+) -> dict[str, Any]:
     """Apply all segments into file ``fd`` (in parallel); return statistics."""
+    import hashlib
+    import hmac
+
     header = reader.header
-    zero = bytes(OUT_CHUNK)
+    zero = memoryview(bytes(OUT_CHUNK))
     overall = hashlib.sha256()
     resumed = 0
     done = 0
+
+    zero_bytes = bytes(OUT_CHUNK)
 
     def work(seg: SegmentHeader, comp: bytes) -> None:
         pos = seg.out_offset
@@ -211,7 +288,7 @@ def _apply_to_fd(old: _Old, reader: PatchReader, fd: int, *, threads: int, exist
         def sink(chunk: memoryview) -> None:
             nonlocal pos
             # a fresh file region is a hole already: leave zero chunks unwritten
-            if not (pos >= existing and len(chunk) == OUT_CHUNK and chunk == zero):
+            if not (pos >= existing and len(chunk) == OUT_CHUNK and chunk == zero_bytes):
                 os.pwrite(fd, chunk, pos)
             pos += len(chunk)
 
@@ -236,6 +313,11 @@ def _apply_to_fd(old: _Old, reader: PatchReader, fd: int, *, threads: int, exist
         if fut is not None:
             fut.result()
         off, end = seg.out_offset, seg.out_offset + seg.out_len
+        if fut is not None and is_zero_segment(seg):
+            while off < end:  # written as zeros (or left a hole): no need to read it back
+                k = min(OUT_CHUNK, end - off)
+                overall.update(zero[:k])
+                off += k
         while off < end:
             data = os.pread(fd, min(OUT_CHUNK, end - off), off)
             if not data:
@@ -250,14 +332,16 @@ def _apply_to_fd(old: _Old, reader: PatchReader, fd: int, *, threads: int, exist
     with cf.ThreadPoolExecutor(max_workers=threads) as pool:
         try:
             for seg, comp in reader:
-                if existing and seg.out_offset + seg.out_len <= existing and hmac.compare_digest(
-                    hash_range(seg), seg.out_sha256
+                if (
+                    existing
+                    and seg.out_offset + seg.out_len <= existing
+                    and hmac.compare_digest(hash_range(seg), seg.out_sha256)
                 ):
                     resumed += 1
                     pending.append((seg, None))
                 else:
                     pending.append((seg, pool.submit(work, seg, comp)))
-                while len(pending) > threads + 1:
+                while len(pending) > threads:
                     finish_one()
             while pending:
                 finish_one()
@@ -275,18 +359,39 @@ def _apply_to_fd(old: _Old, reader: PatchReader, fd: int, *, threads: int, exist
     return {"resumed_segments": resumed}
 
 
-def _apply_to_path(old: _Old, reader: PatchReader, out: PathLike, *, threads: int, resume: bool,
-                   progress: ProgressFn | None) -> dict[str, Any]:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _apply_to_path(
+    old: _Old,
+    reader: PatchReader,
+    out: PathLike,
+    *,
+    threads: int,
+    resume: bool,
+    progress: ProgressFn | None,
+    base_ok: Callable[[], None],
+) -> dict[str, Any]:
+    import tempfile
+    from pathlib import Path
+
+    from ._io import fsync_dir
+
     target = Path(out)
-    directory = target.parent if str(target.parent) else Path(".")
+    directory = target.parent if str(target.parent) else Path()
     header = reader.header
     if resume:
         tmp = directory / f".{target.name}{PARTIAL_SUFFIX}"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o644)
     else:
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".bsipatch-tmp",
-                                    dir=directory)
+        fd, name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=".bsipatch-tmp", dir=directory
+        )
         tmp = Path(name)
+        os.fchmod(fd, 0o666 & ~_umask())
     keep = False
     try:
         existing = os.fstat(fd).st_size if resume else 0
@@ -295,18 +400,21 @@ def _apply_to_path(old: _Old, reader: PatchReader, out: PathLike, *, threads: in
             existing = header.new_size
         os.ftruncate(fd, header.new_size)
         try:
-            stats = _apply_to_fd(old, reader, fd, threads=threads, existing=existing,
-                                 progress=progress)
-        except (TruncatedPatch, KeyboardInterrupt):
+            stats = _apply_to_fd(
+                old, reader, fd, threads=threads, existing=existing, progress=progress
+            )
+        except KeyboardInterrupt:
             keep = resume
             raise
-        except OSError:
-            keep = resume
+        except BaseException as exc:
+            base_ok()  # a wrong base image explains any error: report that instead
+            keep = resume and isinstance(exc, (TruncatedPatch, OSError))
             raise
+        base_ok()
         os.fsync(fd)
         os.close(fd)
         fd = -1
-        os.replace(tmp, target)
+        Path(tmp).replace(target)
         fsync_dir(directory)
         return stats
     finally:
@@ -314,11 +422,15 @@ def _apply_to_path(old: _Old, reader: PatchReader, out: PathLike, *, threads: in
             os.close(fd)
         if not keep:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+                Path(tmp).unlink()
 
 
-def _apply_to_stream(old: _Old, reader: PatchReader, out: BinaryIO,
-                     progress: ProgressFn | None) -> dict[str, Any]:
+def _apply_to_stream(
+    old: _Old, reader: PatchReader, out: BinaryIO, progress: ProgressFn | None
+) -> dict[str, Any]:
+    import hashlib
+    import hmac
+
     header = reader.header
     overall = hashlib.sha256()
     done = 0
@@ -338,15 +450,24 @@ def _apply_to_stream(old: _Old, reader: PatchReader, out: BinaryIO,
     return {}
 
 
-def apply(old: PathLike | Buffer, patch: PatchSource, out: PathLike | BinaryIO, *,
-          threads: int | None = None, progress: ProgressFn | None = None, resume: bool = False,
-          max_patch_size: int | None = None) -> PatchInfo:
+def apply(
+    old: PathLike | Buffer,
+    patch: PatchSource,
+    out: PathLike | BinaryIO,
+    *,
+    threads: int | None = None,
+    progress: ProgressFn | None = None,
+    resume: bool = False,
+    max_patch_size: int | None = None,
+) -> PatchInfo:
     """Apply ``patch`` to ``old`` and write the new image to ``out``.
 
     The old image's size and SHA-256 are checked against the patch header before
-    anything is written. With a path ``out``, the result goes to a temporary file in
-    the same directory and is renamed into place only when its SHA-256 matches the
-    header; on any error no output file is left behind (see the module docstring for
+    anything is kept. With a path ``out``, the result goes to a temporary file in
+    the same directory (the old image is hashed meanwhile) and is renamed into place
+    only when the old image's and the result's SHA-256 match the header (a wrong old
+    image raises WrongBaseImage); on any error no output file is left behind (see the
+    module docstring for
     ``resume``). With a file object ``out``, bytes are written as segments verify and
     an error is raised at the first mismatch.
 
@@ -354,7 +475,8 @@ def apply(old: PathLike | Buffer, patch: PatchSource, out: PathLike | BinaryIO, 
         old: the old image: path or bytes-like.
         patch: path, bytes-like, or any readable binary stream (need not be seekable).
         out: output path, or writable binary file.
-        threads: segments applied in parallel (default: all CPUs; path outputs only).
+        threads: segments applied in parallel (default: the CPUs, at most 3, which keeps
+            memory under 64 MiB; path outputs only).
         progress: ``(done, total)`` callback over output bytes.
         resume: continue from verified segments of an earlier interrupted apply.
         max_patch_size: refuse a patch longer than this (e.g. the manifest's size).
@@ -370,27 +492,43 @@ def apply(old: PathLike | Buffer, patch: PatchSource, out: PathLike | BinaryIO, 
         >>> import bsipatch
         >>> bsipatch.apply("old.img", "update.bsipatch", "new.img")  # doctest: +SKIP
     """
+    from . import patchfmt
+    from .patchfmt import PatchReader
+
     with ExitStack() as stack:
         f, magic = _open_patch(stack, patch)
         if magic == patchfmt.BSDIFF40_MAGIC:
             from .bsdiff40 import apply_bsdiff40
 
-            return apply_bsdiff40(old, f, out, prefix=magic, progress=progress,
-                                  max_patch_size=max_patch_size)
+            return apply_bsdiff40(
+                old, f, out, prefix=magic, progress=progress, max_patch_size=max_patch_size
+            )
         reader = PatchReader(f, prefix=magic, max_patch_size=max_patch_size)
         o = _Old(old)
         stack.callback(o.close)
-        o.check(reader.header)
         if is_pathlike(out):
-            extra = _apply_to_path(o, reader, out, threads=threads or default_threads(),  # type: ignore[arg-type]
-                                   resume=resume, progress=progress)
+            # the old image is hashed while segments are applied into the temporary
+            # file; nothing is renamed into place unless its digest matches
+            base_ok = o.start_check(reader.header)
+            nthreads = threads or min(default_threads(), MAX_DEFAULT_THREADS)
+            extra = _apply_to_path(
+                o,
+                reader,
+                out,
+                threads=nthreads,  # type: ignore[arg-type]
+                resume=resume,
+                progress=progress,
+                base_ok=base_ok,
+            )
         else:
+            o.check(reader.header)
             extra = _apply_to_stream(o, reader, out, progress)  # type: ignore[arg-type]
         return patchfmt.info_from_reader(reader, extra)
 
 
-def iter_apply(old: PathLike | Buffer, patch: PatchSource, *,
-               chunk_size: int = OUT_CHUNK) -> Iterator[bytes]:
+def iter_apply(
+    old: PathLike | Buffer, patch: PatchSource, *, chunk_size: int = OUT_CHUNK
+) -> Iterator[bytes]:
     """Yield the new image in chunks, each only after its segment verified.
 
     The last segment's bytes are held back until the trailer and the whole image's
@@ -407,18 +545,24 @@ def iter_apply(old: PathLike | Buffer, patch: PatchSource, *,
     Raises:
         As :func:`apply`.
     """
+    import hashlib
+    import hmac
+
+    from . import patchfmt
+    from .patchfmt import PatchReader
+
     if chunk_size <= 0:
         raise ValueError("chunk_size must be positive")
     with ExitStack() as stack:
         f, magic = _open_patch(stack, patch)
         if magic == patchfmt.BSDIFF40_MAGIC:
-            buf = io.BytesIO()
-            from .bsdiff40 import apply_bsdiff40
+            from .bsdiff40 import iter_bsdiff40, read_patch_bytes
 
-            apply_bsdiff40(old, f, buf, prefix=magic)
-            data = buf.getbuffer()
-            for i in range(0, len(data), chunk_size):
-                yield bytes(data[i : i + chunk_size])
+            data = read_patch_bytes(f, prefix=magic)
+            old_buf = stack.enter_context(open_buffer(old))  # type: ignore[arg-type]
+            for piece in iter_bsdiff40(old_buf, data):
+                for i in range(0, len(piece), chunk_size):
+                    yield piece[i : i + chunk_size]
             return
         reader = PatchReader(f, prefix=magic)
         o = _Old(old)
@@ -450,8 +594,9 @@ class ApplyReader(io.RawIOBase):
         ...     first = r.read(4096)
     """
 
-    def __init__(self, old: PathLike | Buffer, patch: PatchSource, *,
-                 chunk_size: int = OUT_CHUNK) -> None:
+    def __init__(
+        self, old: PathLike | Buffer, patch: PatchSource, *, chunk_size: int = OUT_CHUNK
+    ) -> None:
         super().__init__()
         self._it = iter_apply(old, patch, chunk_size=chunk_size)
         self._buf = b""

@@ -18,11 +18,11 @@ import bz2
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from ._io import PathLike, fsync_dir, is_pathlike, read_exact
+from ._io import PathLike, fsync_dir, is_pathlike
 from .errors import CorruptPatch, PatchTooLarge, TruncatedPatch, UnsupportedPatch
 from .patchfmt import BSDIFF40_MAGIC, PatchInfo
 
@@ -116,7 +116,8 @@ def _parse(data: bytes) -> tuple[int, int, int]:
         raise CorruptPatch("BSDIFF40 header has a negative length")
     if HEADER_SIZE + ctrl_len + diff_len > len(data):
         raise TruncatedPatch(
-            f"BSDIFF40 header declares {HEADER_SIZE + ctrl_len + diff_len}+ bytes, patch has {len(data)}"
+            f"BSDIFF40 header declares {HEADER_SIZE + ctrl_len + diff_len}+ bytes, "
+            f"patch has {len(data)}"
         )
     if new_size > MAX_NEW_SIZE:
         raise PatchTooLarge(f"BSDIFF40 patch declares a {new_size}-byte output")
@@ -139,18 +140,24 @@ def read_info(f: BinaryIO, *, prefix: bytes = b"") -> PatchInfo:
         add += x
         extra += y
         pos += x + y
-    stats = {"n_ops": triples, "add_bytes": add, "insert_bytes": extra,
-             "ctrl_compressed": ctrl_len, "diff_compressed": diff_len,
-             "extra_compressed": len(data) - HEADER_SIZE - ctrl_len - diff_len}
+    stats = {
+        "n_ops": triples,
+        "add_bytes": add,
+        "insert_bytes": extra,
+        "ctrl_compressed": ctrl_len,
+        "diff_compressed": diff_len,
+        "extra_compressed": len(data) - HEADER_SIZE - ctrl_len - diff_len,
+    }
     return PatchInfo("bsdiff40", 0, -1, b"", new_size, b"", len(data), [], stats)
 
 
-def apply_to(old: Buffer, data: bytes, write: Callable[[bytes], Any],
-             progress: Callable[[int, int], None] | None = None) -> int:
-    """Apply an in-memory BSDIFF40 patch to ``old``, passing output chunks to ``write``.
+def iter_bsdiff40(
+    old: Buffer, data: bytes, progress: Callable[[int, int], None] | None = None
+) -> Iterator[bytes]:
+    """Apply an in-memory BSDIFF40 patch to ``old``, yielding the output in chunks.
 
     Semantics follow bspatch: diff bytes are added to old bytes, old bytes outside
-    the old image count as zero. Returns the new size.
+    the old image count as zero.
 
     Raises:
         CorruptPatch, TruncatedPatch, PatchTooLarge, UnsupportedPatch.
@@ -176,7 +183,7 @@ def apply_to(old: Buffer, data: bytes, write: Callable[[bytes], Any],
             lo, hi = max(oldpos, 0), min(oldpos + n, osz)
             if lo < hi:
                 d[lo - oldpos : hi - oldpos] += oldv[lo:hi]
-            write(d.tobytes())
+            yield d.tobytes()
             left -= n
             oldpos += n
             newpos += n
@@ -185,18 +192,50 @@ def apply_to(old: Buffer, data: bytes, write: Callable[[bytes], Any],
         left = y
         while left > 0:
             n = min(left, CHUNK)
-            write(ext.read(n))
+            yield ext.read(n)
             left -= n
             newpos += n
         oldpos += z
         if progress:
             progress(newpos, new_size)
-    return new_size
 
 
-def apply_bsdiff40(old: PathLike | Buffer, f: BinaryIO, out: PathLike | BinaryIO, *,
-                   prefix: bytes = b"", progress: Callable[[int, int], None] | None = None,
-                   max_patch_size: int | None = None) -> PatchInfo:
+def apply_to(
+    old: Buffer,
+    data: bytes,
+    write: Callable[[bytes], Any],
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Apply an in-memory BSDIFF40 patch to ``old``, passing output chunks to ``write``.
+
+    Returns:
+        The new size.
+    """
+    total = 0
+    for chunk in iter_bsdiff40(old, data, progress):
+        write(chunk)
+        total += len(chunk)
+    return total
+
+
+def read_patch_bytes(
+    f: BinaryIO, *, prefix: bytes = b"", max_patch_size: int | None = None
+) -> bytes:
+    """Read a whole BSDIFF40 patch (its three streams sit at offsets given in its header)."""
+    data = _read_all(f, prefix, max_patch_size)
+    _parse(data)
+    return data
+
+
+def apply_bsdiff40(
+    old: PathLike | Buffer,
+    f: BinaryIO,
+    out: PathLike | BinaryIO,
+    *,
+    prefix: bytes = b"",
+    progress: Callable[[int, int], None] | None = None,
+    max_patch_size: int | None = None,
+) -> PatchInfo:
     """Apply a BSDIFF40 patch read from ``f`` (after ``prefix``) to ``old`` into ``out``.
 
     A path ``out`` is written through a temporary file renamed into place on success.
@@ -209,19 +248,23 @@ def apply_bsdiff40(old: PathLike | Buffer, f: BinaryIO, out: PathLike | BinaryIO
         old_size = len(old_buf)
         if is_pathlike(out):
             target = Path(out)  # type: ignore[arg-type]
-            directory = target.parent if str(target.parent) else Path(".")
-            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".bsipatch-tmp",
-                                        dir=directory)
+            directory = target.parent if str(target.parent) else Path()
+            fd, name = tempfile.mkstemp(
+                prefix=f".{target.name}.", suffix=".bsipatch-tmp", dir=directory
+            )
             try:
+                mask = os.umask(0)
+                os.umask(mask)
+                os.fchmod(fd, 0o666 & ~mask)
                 with os.fdopen(fd, "wb") as w:
                     new_size = apply_to(old_buf, data, w.write, progress)
                     w.flush()
                     os.fsync(w.fileno())
-                os.replace(name, target)
+                Path(name).replace(target)
                 fsync_dir(directory)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name)
+                    Path(name).unlink()
                 raise
         else:
             new_size = apply_to(old_buf, data, out.write, progress)  # type: ignore[union-attr]
@@ -245,6 +288,8 @@ def write_bsdiff40(old: Buffer, new: Buffer, ops: Ops, out: BinaryIO) -> PatchIn
     oldpos = 0  # old position after the current triple's add part
     for kind, length, old_off in ops:
         if kind in (lib.BSI_OP_COPY, lib.BSI_OP_ADD):
+            if not triples and old_off != 0:
+                triples.append([0, 0, 0])  # bspatch starts at old offset 0: seek first
             if triples and triples[-1][1] == 0 and old_off == oldpos:
                 triples[-1][0] += length
             else:
@@ -273,8 +318,9 @@ def write_bsdiff40(old: Buffer, new: Buffer, ops: Ops, out: BinaryIO) -> PatchIn
     for part in (head, ctrl, dif, ext):
         out.write(part)
     size = len(head) + len(ctrl) + len(dif) + len(ext)
-    return PatchInfo("bsdiff40", 0, len(old), b"", len(new), b"", size, [],
-                     {"n_ops": len(triples), **ops.stats})
+    return PatchInfo(
+        "bsdiff40", 0, len(old), b"", len(new), b"", size, [], {"n_ops": len(triples), **ops.stats}
+    )
 
 
 def is_bsdiff40(data: bytes) -> bool:
@@ -282,6 +328,12 @@ def is_bsdiff40(data: bytes) -> bool:
     return data[:8] == BSDIFF40_MAGIC
 
 
-__all__ = ["apply_bsdiff40", "apply_to", "is_bsdiff40", "offtin", "offtout", "read_info",
-           "write_bsdiff40"]
-
+__all__ = [
+    "apply_bsdiff40",
+    "apply_to",
+    "is_bsdiff40",
+    "offtin",
+    "offtout",
+    "read_info",
+    "write_bsdiff40",
+]

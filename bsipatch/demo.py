@@ -280,12 +280,18 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hangs up early (a refused download) is not news here
+
+
 @contextlib.contextmanager
 def serve_directory(directory: Path) -> Iterator[str]:
     """Serve ``directory`` on ``http://127.0.0.1:<free port>/`` for the block."""
     handler = functools.partial(_QuietHandler, directory=str(directory))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
+    httpd = _QuietServer(("127.0.0.1", 0), handler)
     t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
     try:
@@ -417,14 +423,18 @@ def _run(root: Path, out: Out, scale: str, use_mke2fs: bool | None, keep: bool) 
             fmt = build_image(files, p, label=f"{name}", use_mke2fs=use_mke2fs)
             img[tag][name] = p
     activation = {"webkit": "relaunch", "libsystem": "reboot"}
+    role = {
+        "webkit": "browser engine, activated when the browser relaunches",
+        "libsystem": "system library, activated at the next restart",
+    }
     for name in ("webkit", "libsystem"):
         files = v0[name]
-        say(
-            f"{name:<10} {human(img['base'][name].stat().st_size):>9} image ({fmt}), "
-            f"activation: {activation[name]}"
-        )
-        say(f"{'':<10} holds {', '.join(sorted(Path(f).name for f in files)[:4])}"
-            + (" ..." if len(files) > 4 else ""))  # fmt: skip
+        names = sorted(Path(f).name for f in files)
+        real = any(_find_lib(n) for n in names)
+        say(f"{name:<10} {human(img['base'][name].stat().st_size):>8}  {role[name]}")
+        say(f"{'':<10} {'':>8}  files: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+            f" ({'copied from this machine' if real else 'generated'})")  # fmt: skip
+    say(f"image format: {fmt}")
     outcomes["image_format"] = fmt
 
     now = datetime.now(timezone.utc).replace(microsecond=0)
@@ -501,7 +511,7 @@ def _run(root: Path, out: Out, scale: str, use_mke2fs: bool | None, keep: bool) 
         # -- 5. install (a) -------------------------------------------------------------------
         head(f"5. The agent installs {OS_VERSION} (a): patches stream from HTTP into the applier")
         browser = pb.open_component("webkit")  # a running browser holds its engine open
-        say("(a browser is running: it has the engine image open)")
+        say("(meanwhile a browser is running: it has the engine image open)")
         full = sum(int(c.target.size) for c in m_a.components)
         with meter.measure("install (a)", full) as cost:
             report = agent.run()
@@ -523,6 +533,7 @@ def _run(root: Path, out: Out, scale: str, use_mke2fs: bool | None, keep: bool) 
         say(f"a relaunched browser reads the fixed engine:    {'yes' if now_new else 'NO'}")
         pending = [p["component"] for p in pb.status()["pending"]]
         say(f"waiting for restart: {', '.join(pending) or 'nothing'}")
+        say("the device restarts ...")
         with meter.measure("restart (activate reboot components)") as cost:
             boot(pb)
         pending_after = [p["component"] for p in pb.status()["pending"]]
@@ -646,6 +657,12 @@ def _run(root: Path, out: Out, scale: str, use_mke2fs: bool | None, keep: bool) 
         share = pct(c.downloaded, c.full_images) if c.full_images else ""
         out(f"   {c.step:<36} {human(c.downloaded):>11} {share:>10} {c.cpu_seconds:>6.2f}s "
             f"{human(c.written):>10}")  # fmt: skip
+    out("")
+    out("")
+    out("   In short: the fix travelled as a patch of a fraction of a percent of the images,")
+    out("   was checked against signed metadata while it streamed, produced images whose")
+    out("   seals were verified before one atomic switch, took effect for the browser engine")
+    out("   at its next launch, and could be withdrawn or removed without downloading again.")
     out("")
     out(f"done in {time.monotonic() - t_start:.1f} s.")
     if keep:

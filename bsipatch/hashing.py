@@ -59,7 +59,12 @@ def default_threads() -> int:
     return os.cpu_count() or 1
 
 
-def _threads(threads: int | None) -> int:
+def resolve_threads(threads: int | None) -> int:
+    """Threads to use for ``threads=`` (``None`` -> ``os.cpu_count()``, capped at 256).
+
+    Raises:
+        ValueError: ``threads`` is not a positive integer or ``None``.
+    """
     if threads is None:
         return default_threads()
     if not isinstance(threads, int) or threads < 1:
@@ -94,6 +99,48 @@ def sha256(data: Any) -> bytes:
     return bytes(ffi.buffer(out))
 
 
+class Sha256:
+    """Streaming SHA-256 on the native core (hashlib-like: update, digest, copy).
+
+    Example:
+        >>> h = Sha256(); h.update(b"ab"); h.update(b"c"); h.hexdigest()[:8]
+        'ba7816bf'
+    """
+
+    digest_size = DIGEST_SIZE
+    block_size = 64
+    name = "sha256"
+
+    def __init__(self, data: Any = b"") -> None:
+        self._ctx = ffi.new("bsi_sha256_ctx *")
+        lib.bsi_sha256_init(self._ctx)
+        if len(data):
+            self.update(data)
+
+    def update(self, data: Any) -> None:
+        """Absorb more bytes (any contiguous bytes-like object)."""
+        buf = _buffer(data, "data")
+        lib.bsi_sha256_update(self._ctx, buf, len(buf))
+
+    def copy(self) -> Sha256:
+        """An independent copy of the current state."""
+        other = Sha256()
+        ffi.memmove(other._ctx, self._ctx, ffi.sizeof("bsi_sha256_ctx"))
+        return other
+
+    def digest(self) -> bytes:
+        """The digest of everything absorbed so far (the object stays usable)."""
+        ctx = ffi.new("bsi_sha256_ctx *")
+        ffi.memmove(ctx, self._ctx, ffi.sizeof("bsi_sha256_ctx"))
+        out = ffi.new("uint8_t[32]")
+        lib.bsi_sha256_final(ctx, out)
+        return bytes(ffi.buffer(out))
+
+    def hexdigest(self) -> str:
+        """:meth:`digest` as hex."""
+        return self.digest().hex()
+
+
 def hash_blocks(
     data: Any,
     *,
@@ -124,7 +171,7 @@ def hash_blocks(
         >>> hash_blocks(bytes(8192)).shape
         (2, 32)
     """
-    if not isinstance(block_size, int) or block_size <= 0:
+    if not isinstance(block_size, int) or not 0 < block_size < 2**31:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
     buf = _buffer(data, "data")
     size = len(buf)
@@ -144,7 +191,7 @@ def hash_blocks(
     if n:
         rc = lib.bsi_hash_blocks(
             buf, n, block_size, salt, len(salt), 1 if salt_after else 0,
-            ffi.from_buffer("uint8_t[]", out), _threads(threads),
+            ffi.from_buffer("uint8_t[]", out), resolve_threads(threads),
         )
         _native.check(rc, "bsi_hash_blocks")
     return out
@@ -200,7 +247,7 @@ def verity_build(
     salt = bytes(salt)
     rc = lib.bsi_verity_build(
         ffi.from_buffer("uint8_t[]", tree), tree.size, ffi.from_buffer("uint8_t[]", leaves), n,
-        hash_block_size, salt, len(salt), 1 if salt_after else 0, root, _threads(threads),
+        hash_block_size, salt, len(salt), 1 if salt_after else 0, root, resolve_threads(threads),
     )
     _native.check(rc, "bsi_verity_build")
     return bytes(ffi.buffer(root)), tree
@@ -208,9 +255,11 @@ def verity_build(
 
 __all__ = [
     "DIGEST_SIZE",
+    "Sha256",
     "default_threads",
     "hash_blocks",
     "implementation",
+    "resolve_threads",
     "sha256",
     "simd_active",
     "simd_available",

@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import io
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -30,6 +31,7 @@ from typing import Any, BinaryIO
 from ._io import PathLike, atomic_write, fsync_dir, os_error_to_staging
 from .errors import (
     BsipatchError,
+    DiskFullError,
     PatchTooLarge,
     RollbackFailed,
     SealError,
@@ -41,11 +43,11 @@ from .errors import (
 from .journal import crashpoint
 from .preboot import (
     Preboot,
-    _json_bytes,
-    _seal_record,
     build_base,
     fsync_file,
+    json_bytes,
     release_slug,
+    seal_record_dict,
     write_durable,
 )
 
@@ -165,6 +167,20 @@ def _find_source(
     )
 
 
+def _check_space(pb: Preboot, needed: int) -> None:
+    """Refuse up front (DiskFullError) when the volume cannot hold the new images."""
+    try:
+        st = os.statvfs(pb.path)
+    except OSError as exc:
+        raise os_error_to_staging(exc, f"checking free space on {pb.path}") from exc
+    free = st.f_bavail * st.f_frsize
+    if free < needed:
+        raise DiskFullError(
+            f"{pb.path}: no space left for the new images: they need {needed} bytes, "
+            f"{free} bytes are free"
+        )
+
+
 def _check_applicable(pb: Preboot, state: dict[str, Any], manifest: Any) -> dict[str, str]:
     comps = pb.components(state)
     osv, build = state["os"]["version"], state["os"]["build"]
@@ -223,7 +239,7 @@ def _stage_component(
     crashpoint("install.applied")
     seal = comp.target.to_seal()
     verify_image(out, seal)
-    write_durable(stage / f"{comp.name}.seal.json", _json_bytes(_seal_record(seal)))
+    write_durable(stage / f"{comp.name}.seal.json", json_bytes(seal_record_dict(seal)))
     crashpoint("install.component-staged")
 
 
@@ -289,6 +305,7 @@ def install_release(
             if progress is not None:
                 progress(done_before + done, total)
 
+        _check_space(pb, total)
         cache = _load_verified(pb)
         try:
             tx = pb.journal.begin("install", release=slug)
@@ -334,11 +351,11 @@ def install_release(
                     for name in sorted(comps)
                 },
             }
-            write_durable(stage / "release.json", _json_bytes(info))
+            write_durable(stage / "release.json", json_bytes(info))
             fsync_dir(stage)
             crashpoint("install.staged")
             with atomic_write(pb.path / "verified.json") as f:
-                f.write(_json_bytes(cache))
+                f.write(json_bytes(cache))
             stage.rename(pb.releases_dir / slug)
             crashpoint("install.renamed")
             fsync_dir(pb.releases_dir)
@@ -353,7 +370,7 @@ def install_release(
                     pb,
                     "install",
                     release=manifest.release_id,
-                    previous=pb._release_id(state["chain"][-1]) if state["chain"] else None,
+                    previous=pb.release_id_of(state["chain"][-1]) if state["chain"] else None,
                     components=sorted(changed),
                 ),
             ]
@@ -384,7 +401,7 @@ def _abort(pb: Preboot) -> None:
     """Best-effort undo after an error; a failure here is left to the next recovery."""
     # the original error matters more; the next operation's recovery runs again
     with contextlib.suppress(Exception):
-        pb._recover_locked()
+        pb.recover_locked()
 
 
 def _switch(
@@ -433,7 +450,7 @@ def rollback(preboot: Preboot) -> dict[str, Any]:
         if not chain:
             raise StateError("no release is installed: nothing to roll back")
         target = chain[-2] if len(chain) > 1 else None
-        from_id, to_id = pb._release_id(chain[-1]), pb._release_id(target)
+        from_id, to_id = pb.release_id_of(chain[-1]), pb.release_id_of(target)
         try:
             pb.verify_selection(state["os"]["base"], target, exact=target is None)
         except (SealError, OSError, BsipatchError) as exc:
@@ -473,8 +490,8 @@ def uninstall(preboot: Preboot) -> dict[str, Any]:
         pb.recover()
         state = pb.read_state()
         chain = state["chain"]
-        removed = [pb._release_id(s) for s in chain]
-        previous = pb._release_id(chain[-1]) if chain else None
+        removed = [pb.release_id_of(s) for s in chain]
+        previous = pb.release_id_of(chain[-1]) if chain else None
         try:
             pb.verify_selection(state["os"]["base"], None, exact=True)
         except (SealError, OSError, BsipatchError) as exc:
@@ -519,13 +536,13 @@ def boot(preboot: Preboot) -> dict[str, Any]:
                 s["booted"] = wanted
                 s["history"] = [
                     *s.get("history", []),
-                    _now_entry(pb, "boot", release=pb._release_id(active), activated=activated),
+                    _now_entry(pb, "boot", release=pb.release_id_of(active), activated=activated),
                 ]
                 return s
 
             _switch(pb, "boot", mutate)
         gc(pb)
-        return {"recovered": recovered, "activated": activated, "release": pb._release_id(active)}
+        return {"recovered": recovered, "activated": activated, "release": pb.release_id_of(active)}
 
 
 def gc(preboot: Preboot) -> dict[str, Any]:
@@ -586,7 +603,7 @@ def os_update(
     with pb.lock():
         pb.recover()
         state = pb.read_state()
-        retired = [pb._release_id(s) for s in state["chain"]]
+        retired = [pb.release_id_of(s) for s in state["chain"]]
         try:
             tx = pb.journal.begin("os_update", os_version=os_version, build=build)
         except OSError as exc:
@@ -635,34 +652,8 @@ def load_manifest(data: bytes | dict[str, Any]) -> Any:
         obj = json.loads(data) if isinstance(data, (bytes, bytearray, str)) else data
         if isinstance(obj, dict) and "signed" in obj:
             obj = obj["signed"]
-        from_dict = getattr(m.ReleaseManifest, "from_dict", None)
-        if from_dict is not None:
-            return from_dict(obj)
-        comps = tuple(
-            m.ComponentRelease(
-                name=c["name"],
-                activation=c["activation"],
-                base=m.SealRef(**{k: c["base"][k] for k in ("root_hash", "salt", "size")}),
-                target=m.SealRef(**{k: c["target"][k] for k in ("root_hash", "salt", "size")}),
-                patch=m.PatchRef(**{k: c["patch"][k] for k in ("path", "sha256", "size")}),
-                cves=tuple(
-                    m.Cve(id=v["id"], description=v.get("description", ""))
-                    for v in c.get("cves", ())
-                ),
-            )
-            for c in obj["components"]
-        )
-        return m.ReleaseManifest(
-            release_id=obj["release_id"],
-            os_version=obj["os_version"],
-            builds=tuple(obj["builds"]),
-            supplemental_build=obj.get("supplemental_build", ""),
-            published=obj.get("published", ""),
-            sequence=int(obj.get("sequence", 0)),
-            expires=obj.get("expires", ""),
-            components=comps,
-        )
-    except (ValueError, KeyError, TypeError) as exc:
+        return m.ReleaseManifest.from_dict(obj)
+    except (ValueError, TypeError) as exc:  # not JSON at all (FormatError passes through)
         raise FormatError(f"not a release manifest: {exc}") from exc
 
 

@@ -30,13 +30,13 @@ SEG_SIZE = struct.calcsize(SEG_FMT) + 32  # 112
 TRAILER_MAGIC = b"BEND"
 TRAILER_FMT = "<4sIQ"
 TRAILER_SIZE = struct.calcsize(TRAILER_FMT) + 32  # 48
-PAYLOAD_HEADER_SIZE = 48  # six little-endian u64 at the start of each decompressed payload
+PAYLOAD_HEADER_SIZE = 56  # seven little-endian u64 at the start of each decompressed payload
 
 #: Largest segment (output bytes) this applier accepts; bounds apply memory.
 MAX_SEGMENT_SIZE = 16 << 20
 #: Default output bytes per segment.
 DEFAULT_SEGMENT_SIZE = 8 << 20
-#: Section buffers the writer uses besides literals (control and diff runs).
+#: Section buffers the writer uses besides literals (control; zero and non-zero runs).
 CTRL_CAP = 1 << 20
 RUNS_CAP = 1 << 20
 #: Largest section buffer (control + runs + literals) an applier accepts beyond a segment.
@@ -61,8 +61,18 @@ class Header:
     def pack(self) -> bytes:
         """The header bytes, digest included."""
         body = struct.pack(
-            HEADER_FMT, MAGIC, self.version, 0, self.segment_size, self.old_size,
-            self.old_sha256, self.new_size, self.new_sha256, self.max_buffered, 0, 0,
+            HEADER_FMT,
+            MAGIC,
+            self.version,
+            0,
+            self.segment_size,
+            self.old_size,
+            self.old_sha256,
+            self.new_size,
+            self.new_sha256,
+            self.max_buffered,
+            0,
+            0,
         )
         return body + hashlib.sha256(body).digest()
 
@@ -80,8 +90,9 @@ class Header:
         if len(data) < HEADER_SIZE:
             raise TruncatedPatch(f"patch header is {len(data)} bytes, expected {HEADER_SIZE}")
         body, digest = data[: HEADER_SIZE - 32], data[HEADER_SIZE - 32 : HEADER_SIZE]
-        (_, version, flags, seg_size, old_size, old_sha, new_size, new_sha, max_buf, _r1,
-         _r2) = struct.unpack(HEADER_FMT, body)
+        (_, version, flags, seg_size, old_size, old_sha, new_size, new_sha, max_buf, _r1, _r2) = (
+            struct.unpack(HEADER_FMT, body)
+        )
         if version != VERSION:
             raise UnsupportedPatch(f"patch format version {version}, this bsipatch reads {VERSION}")
         if not hmac.compare_digest(hashlib.sha256(body).digest(), digest):
@@ -94,7 +105,8 @@ class Header:
             )
         if max_buf > seg_size + MAX_BUFFER_SLACK:
             raise UnsupportedPatch(
-                f"patch needs {max_buf} buffered bytes per segment, limit {seg_size + MAX_BUFFER_SLACK}"
+                f"patch needs {max_buf} buffered bytes per segment, "
+                f"limit {seg_size + MAX_BUFFER_SLACK}"
             )
         return cls(version, seg_size, old_size, old_sha, new_size, new_sha, max_buf, digest)
 
@@ -116,8 +128,16 @@ class SegmentHeader:
     def body(self) -> bytes:
         """The header bytes without the trailing digest."""
         return struct.pack(
-            SEG_FMT, SEG_MAGIC, self.index, self.out_offset, self.out_len, self.payload_len,
-            self.comp_len, self.n_ops, *self.kind_bytes, self.out_sha256,
+            SEG_FMT,
+            SEG_MAGIC,
+            self.index,
+            self.out_offset,
+            self.out_len,
+            self.payload_len,
+            self.comp_len,
+            self.n_ops,
+            *self.kind_bytes,
+            self.out_sha256,
         )
 
     @staticmethod
@@ -137,7 +157,7 @@ class SegmentHeader:
             "payload_len": self.payload_len,
             "comp_len": self.comp_len,
             "n_ops": self.n_ops,
-            "bytes": dict(zip(KIND_NAMES, self.kind_bytes)),
+            "bytes": dict(zip(KIND_NAMES, self.kind_bytes, strict=True)),
             "out_sha256": self.out_sha256.hex(),
         }
 
@@ -161,19 +181,24 @@ def parse_segment_header(data: bytes, header: Header, index: int, out_offset: in
         PatchTooLarge: the segment declares more output than the header allows.
     """
     body = data[: SEG_SIZE - 32]
-    (magic, idx, off, out_len, payload_len, comp_len, n_ops, b0, b1, b2, b3,
-     out_sha) = struct.unpack(SEG_FMT, body)
+    (magic, idx, off, out_len, payload_len, comp_len, n_ops, b0, b1, b2, b3, out_sha) = (
+        struct.unpack(SEG_FMT, body)
+    )
     if magic != SEG_MAGIC:
         raise CorruptPatch(f"segment {index}: bad marker {magic!r}, expected {SEG_MAGIC!r}")
     if idx != index or off != out_offset:
         raise CorruptPatch(
-            f"segment {index}: says index {idx} at output offset {off}, expected {index} at {out_offset}"
+            f"segment {index}: says index {idx} at output offset {off}, "
+            f"expected {index} at {out_offset}"
         )
     if out_len == 0 or out_len > header.segment_size:
-        raise CorruptPatch(f"segment {index}: output length {out_len} outside 1..{header.segment_size}")
+        raise CorruptPatch(
+            f"segment {index}: output length {out_len} outside 1..{header.segment_size}"
+        )
     if off + out_len > header.new_size:
         raise PatchTooLarge(
-            f"segment {index} ends at {off + out_len}, beyond the declared new size {header.new_size}"
+            f"segment {index} ends at {off + out_len}, "
+            f"beyond the declared new size {header.new_size}"
         )
     if payload_len > payload_limit(header) or payload_len < PAYLOAD_HEADER_SIZE:
         raise CorruptPatch(f"segment {index}: payload length {payload_len} out of range")
@@ -181,8 +206,17 @@ def parse_segment_header(data: bytes, header: Header, index: int, out_offset: in
         raise CorruptPatch(f"segment {index}: compressed length {comp_len} out of range")
     if b0 + b1 + b2 + b3 != out_len:
         raise CorruptPatch(f"segment {index}: op statistics do not add up to its length")
-    return SegmentHeader(idx, off, out_len, payload_len, comp_len, n_ops, (b0, b1, b2, b3),
-                         out_sha, data[SEG_SIZE - 32 : SEG_SIZE])
+    return SegmentHeader(
+        idx,
+        off,
+        out_len,
+        payload_len,
+        comp_len,
+        n_ops,
+        (b0, b1, b2, b3),
+        out_sha,
+        data[SEG_SIZE - 32 : SEG_SIZE],
+    )
 
 
 def trailer_digest(header_digest: bytes, seg_digests: list[bytes], body: bytes) -> bytes:
@@ -253,7 +287,8 @@ class PatchReader:
             marker = self._r.read(4)
             if len(marker) < 4:
                 raise TruncatedPatch(
-                    f"patch ended after {self._r.count} bytes and {out_offset} of {h.new_size} output bytes"
+                    f"patch ended after {self._r.count} bytes and "
+                    f"{out_offset} of {h.new_size} output bytes"
                 )
             if marker == TRAILER_MAGIC:
                 self._finish(marker, out_offset)
@@ -284,13 +319,18 @@ class PatchReader:
         body = data[: TRAILER_SIZE - 32]
         _, nseg, new_size = struct.unpack(TRAILER_FMT, body)
         if nseg != len(self.seg_digests) or new_size != h.new_size:
-            raise CorruptPatch(f"trailer declares {nseg} segments / {new_size} bytes, "
-                               f"read {len(self.seg_digests)} / {h.new_size}")
-        if not hmac.compare_digest(trailer_digest(h.digest, self.seg_digests, body),
-                                   data[TRAILER_SIZE - 32 :]):
+            raise CorruptPatch(
+                f"trailer declares {nseg} segments / {new_size} bytes, "
+                f"read {len(self.seg_digests)} / {h.new_size}"
+            )
+        if not hmac.compare_digest(
+            trailer_digest(h.digest, self.seg_digests, body), data[TRAILER_SIZE - 32 :]
+        ):
             raise CorruptPatch("trailer digest mismatch")
         if out_offset != h.new_size:
-            raise TruncatedPatch(f"segments produce {out_offset} bytes, header declares {h.new_size}")
+            raise TruncatedPatch(
+                f"segments produce {out_offset} bytes, header declares {h.new_size}"
+            )
         if not self._r.at_eof():
             raise CorruptPatch("unexpected data after the patch trailer")
         self.done = True
@@ -338,13 +378,22 @@ def info_from_reader(reader: PatchReader, extra: dict | None = None) -> PatchInf
         "segment_size": h.segment_size,
         "n_segments": len(reader.segments),
         "n_ops": n_ops,
-        **{f"{k}_bytes": v for k, v in zip(KIND_NAMES, kinds)},
+        **{f"{k}_bytes": v for k, v in zip(KIND_NAMES, kinds, strict=True)},
         "compressed_bytes": sum(s.comp_len for s in reader.segments),
     }
     if extra:
         stats.update(extra)
-    return PatchInfo("bsipatch", h.version, h.old_size, h.old_sha256, h.new_size, h.new_sha256,
-                     reader.bytes_read, list(reader.segments), stats)
+    return PatchInfo(
+        "bsipatch",
+        h.version,
+        h.old_size,
+        h.old_sha256,
+        h.new_size,
+        h.new_sha256,
+        reader.bytes_read,
+        list(reader.segments),
+        stats,
+    )
 
 
 def read_patch_info(patch: Source) -> PatchInfo:

@@ -30,24 +30,47 @@ typedef struct {
 
 /* Slots (uint64 each) of the block hash table for an old image of old_size bytes. */
 uint64_t bsi_prepass_table_slots(uint64_t old_size);
-/* Upper bound on the ops bsi_diff_prepass writes for a new image of new_size bytes. */
+/* Upper bound on the ops the pre-pass writes for a new image of new_size bytes. */
 uint64_t bsi_prepass_max_ops(uint64_t new_size);
-/* Block pre-pass: 4096-byte blocks of new equal to a block of old (at any block
- * offset) become COPY ops, zero blocks ZERO ops, the rest GAP ops; copies are
- * extended byte-wise into neighbouring gaps. old_claimed (one byte per old block,
- * or NULL) gets 1 for every old block some copy uses. table: uint64[table_slots].
- * Returns the number of ops (covering new exactly) or a negative BSI_E_*. */
-int64_t bsi_diff_prepass(const uint8_t *old, uint64_t old_size, const uint8_t *new_,
-                         uint64_t new_size, uint64_t *table, uint64_t table_slots,
-                         uint8_t *old_claimed, bsi_op *ops, uint64_t ops_cap);
+/* Block pre-pass, in steps so the caller can skip holes and release pages between
+ * chunks. 1) bsi_prepass_index over old blocks [first_block, end_block) (table
+ * zeroed once by the caller): non-zero blocks go into the hash table, zero blocks
+ * get old_claimed[i] = 2. 2) bsi_prepass_scan slides over new up to `end`: every
+ * 4096-byte window equal to an old block (any new offset) becomes a COPY op (its
+ * old block gets old_claimed = 1), zero windows ZERO ops, the rest GAP ops; and
+ * bsi_prepass_zero declares new[pos..end) zero (a hole) without reading it.
+ * 3) bsi_prepass_finish closes the last gap, extends copies and zero runs byte by
+ * byte into the gaps, and merges. Ops accumulate in ops[0..st->n); each call
+ * returns the op count or a negative BSI_E_*. */
+typedef struct {
+    uint64_t pos;        /* next new offset to look at */
+    uint64_t gap_start;  /* ops cover new[0..gap_start); [gap_start, pos) is an open gap */
+    uint64_t n;          /* ops written */
+} bsi_prepass_state;
+
+int bsi_prepass_index(const uint8_t *old, uint64_t old_size, uint64_t first_block,
+                      uint64_t end_block, uint64_t *table, uint64_t table_slots,
+                      uint8_t *old_claimed);
+int64_t bsi_prepass_scan(bsi_prepass_state *st, const uint8_t *old, uint64_t old_size,
+                         const uint8_t *new_, uint64_t new_size, uint64_t end,
+                         const uint64_t *table, uint64_t table_slots, uint8_t *old_claimed,
+                         bsi_op *ops, uint64_t ops_cap);
+int64_t bsi_prepass_zero(bsi_prepass_state *st, uint64_t new_size, uint64_t end, bsi_op *ops,
+                         uint64_t ops_cap);
+int64_t bsi_prepass_finish(bsi_prepass_state *st, const uint8_t *old, uint64_t old_size,
+                           const uint8_t *new_, uint64_t new_size, bsi_op *ops, uint64_t ops_cap);
+
+/* Starts of the suffix-array ranges of every 2-byte prefix of idx: bkt[65537]. */
+int bsi_sa_buckets(const uint8_t *idx, uint64_t n, uint64_t *bkt);
 
 /* bsdiff-style approximate-match search of new[start..end) against the indexed
- * text idx[0..idx_size) with its suffix array (sa32 or sa64, the other NULL).
+ * text idx[0..idx_size) with its suffix array (sa32 or sa64, the other NULL) and
+ * optionally its bsi_sa_buckets table (bkt, or NULL).
  * Writes ADD ops (old_off in index coordinates) and INSERT ops covering
  * [start, *stopped) where *stopped == end unless ops_cap ran out (call again from
  * *stopped). Returns the number of ops or a negative BSI_E_*. */
 int64_t bsi_diff_search(const uint8_t *idx, uint64_t idx_size, const int32_t *sa32,
-                        const int64_t *sa64, const uint8_t *new_, uint64_t new_size,
+                        const int64_t *sa64, const uint64_t *bkt, const uint8_t *new_, uint64_t new_size,
                         uint64_t start, uint64_t end, bsi_op *ops, uint64_t ops_cap,
                         uint64_t *stopped);
 
@@ -73,7 +96,8 @@ typedef struct {
     uint64_t out_len;
     uint64_t n_ops;
     uint64_t ctrl_len;
-    uint64_t runs_len;
+    uint64_t runs_len;     /* zero-run lengths */
+    uint64_t nruns_len;    /* non-zero-run lengths */
     uint64_t lit_len;
     uint64_t diff_len;
     uint64_t kind_bytes[4];
@@ -81,16 +105,18 @@ typedef struct {
 } bsi_seg_enc;
 
 /* Encode ops from the cursor into one segment of at most max_out output bytes
- * (fewer when a section buffer would overflow). Sections go to ctrl/runs/lit/diff
+ * (fewer when a section buffer would overflow). Sections go to ctrl/runs (zero-run
+ * lengths)/nruns (non-zero-run lengths)/lit/diff
  * buffers with the given capacities. Returns 0 or a negative BSI_E_*. */
 int bsi_seg_encode(bsi_seg_enc *enc, const bsi_op *ops, uint64_t n_ops, const uint8_t *old,
                    uint64_t old_size, const uint8_t *new_, uint64_t new_size, uint64_t max_out,
                    uint8_t *ctrl, uint64_t ctrl_cap, uint8_t *runs, uint64_t runs_cap,
+                   uint8_t *nruns, uint64_t nruns_cap,
                    uint8_t *lit, uint64_t lit_cap, uint8_t *diff, uint64_t diff_cap);
 
 /* ---- streaming applier (bsi_patch.c) ---------------------------------------------- */
 
-#define BSI_SEG_HEADER_SIZE 48
+#define BSI_SEG_HEADER_SIZE 56
 
 typedef struct {
     const uint8_t *ptr;
@@ -113,17 +139,17 @@ typedef struct {
     uint64_t scratch_cap;
     uint32_t hdr_have;
     uint32_t run_nonzero;     /* current diff run is a non-zero run */
-    uint8_t hdr[48];
-    uint64_t n_ops, ctrl_len, runs_len, lit_len, diff_len;
-    uint64_t buf_have;        /* bytes of ctrl+runs+lit buffered in scratch */
-    uint64_t ctrl_pos, runs_pos, lit_pos, diff_done, ops_done;
+    uint8_t hdr[56];
+    uint64_t n_ops, ctrl_len, runs_len, nruns_len, lit_len, diff_len;
+    uint64_t buf_have;        /* bytes of ctrl+runs+nruns+lit buffered in scratch */
+    uint64_t ctrl_pos, runs_pos, nruns_pos, lit_pos, diff_done, ops_done;
     uint32_t cur_kind;
     uint32_t cur_active;
     uint64_t cur_left;
     uint64_t cur_old;
     uint64_t prev_old_end;
     uint64_t run_left;
-    uint64_t add_left;        /* ADD bytes still to come in this segment (runs must cover) */
+    uint64_t kind_bytes[4];   /* output bytes made by COPY, ADD, INSERT, ZERO so far */
 } bsi_patch_state;
 
 /* Start a segment that must produce out_total bytes from an old image of old_size

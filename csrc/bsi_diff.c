@@ -1,9 +1,10 @@
 /* Delta search: block pre-pass, bsdiff-style approximate matching, op encoding.
  *
- * Pre-pass: every 4096-byte block of new that equals a 4096-byte block of old
- * (at any block-aligned old offset, found through a 64-bit block hash and
- * confirmed with memcmp) becomes a COPY op, zero blocks become ZERO ops, and
- * copies are extended byte by byte into the unmatched gaps around them.
+ * Pre-pass: the block-aligned 4096-byte blocks of old go into a hash table keyed
+ * by a 64-bit rolling hash; a window slides over new and every 4096-byte window
+ * equal to an old block (at any new offset, found by the hash and confirmed with
+ * memcmp) becomes a COPY op, zero windows become ZERO ops, and copies are
+ * extended byte by byte into the unmatched gaps around them.
  *
  * Search: the approximate-match search published by Colin Percival with bsdiff
  * ("Naive differences of executable code", 2003), written here from that
@@ -25,6 +26,9 @@
 #include "bsi_internal.h"
 
 #define BS BSI_BLOCK_SIZE
+#ifndef BSI_ALIGN_SKIP
+#define BSI_ALIGN_SKIP 32
+#endif
 
 static inline uint64_t ld64(const uint8_t *p) {
     uint64_t v;
@@ -33,28 +37,6 @@ static inline uint64_t ld64(const uint8_t *p) {
 }
 
 static inline uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
-
-/* A fast 64-bit hash of one 4096-byte block: four independent multiply-rotate
- * lanes over 8-byte words, then a final avalanche. Not cryptographic: every hit
- * is confirmed with memcmp. */
-static uint64_t block_hash(const uint8_t *p) {
-    const uint64_t k1 = 0x9E3779B185EBCA87ULL, k2 = 0xC2B2AE3D27D4EB4FULL;
-    uint64_t a = 0x243F6A8885A308D3ULL, b = 0x13198A2E03707344ULL;
-    uint64_t c = 0xA4093822299F31D0ULL, d = 0x082EFA98EC4E6C89ULL;
-    for (size_t i = 0; i < BS; i += 32) {
-        a = rotl64(a + ld64(p + i) * k2, 31) * k1;
-        b = rotl64(b + ld64(p + i + 8) * k2, 31) * k1;
-        c = rotl64(c + ld64(p + i + 16) * k2, 31) * k1;
-        d = rotl64(d + ld64(p + i + 24) * k2, 31) * k1;
-    }
-    uint64_t h = rotl64(a, 1) + rotl64(b, 7) + rotl64(c, 12) + rotl64(d, 18);
-    h ^= h >> 33;
-    h *= 0xFF51AFD7ED558CCDULL;
-    h ^= h >> 33;
-    h *= 0xC4CEB9FE1A85EC53ULL;
-    h ^= h >> 33;
-    return h;
-}
 
 static int is_zero(const uint8_t *p, size_t n) {
     uint64_t acc = 0;
@@ -74,7 +56,7 @@ BSI_API uint64_t bsi_prepass_table_slots(uint64_t old_size) {
 }
 
 BSI_API uint64_t bsi_prepass_max_ops(uint64_t new_size) {
-    return 2 * (new_size / BS) + 4;
+    return 2 * (new_size / BS) + 16;
 }
 
 /* Append an op, merging it into the previous one when it continues it. */
@@ -99,78 +81,181 @@ static int push_op(bsi_op *ops, uint64_t *n, uint64_t cap, uint32_t kind, uint64
     return 0;
 }
 
-BSI_API int64_t bsi_diff_prepass(const uint8_t *old, uint64_t old_size, const uint8_t *nw,
-                                 uint64_t new_size, uint64_t *table, uint64_t table_slots,
-                                 uint8_t *old_claimed, bsi_op *ops, uint64_t ops_cap) {
-    uint64_t nob = old_size / BS, nnb = new_size / BS, n = 0, mask, i;
-    int rc;
-    if ((old_size && !old) || (new_size && !nw) || !ops) return BSI_E_INVAL;
-    if (table_slots < bsi_prepass_table_slots(old_size) || (table_slots & (table_slots - 1)) ||
-        !table || nob >= 0xFFFFFFFFULL)
-        return BSI_E_INVAL;
-    mask = table_slots - 1;
-    memset(table, 0, table_slots * sizeof(uint64_t));
+/* Rolling polynomial hash of a 4096-byte window, mod 2^64: H = sum b[i] * P^(BS-1-i).
+ * Computed fresh with eight independent lanes; rolled by one byte in O(1). */
+#define RH_P 0x9E3779B97F4A7C15ULL
 
+static uint64_t rh_pow(uint64_t base, uint64_t e) {
+    uint64_t r = 1;
+    while (e) {
+        if (e & 1) r *= base;
+        base *= base;
+        e >>= 1;
+    }
+    return r;
+}
+
+static uint64_t rh_fresh(const uint8_t *p, uint64_t p8) {
+    uint64_t a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, h = 0;
+    for (size_t i = 0; i < BS; i += 8)
+        for (int j = 0; j < 8; j++) a[j] = a[j] * p8 + p[i + j];
+    for (int j = 0; j < 8; j++) h = h * RH_P + a[j];
+    return h;
+}
+
+static inline uint64_t rh_mix(uint64_t h) {
+    h ^= h >> 31;
+    h *= 0xBF58476D1CE4E5B9ULL;
+    h ^= h >> 29;
+    return h;
+}
+
+/* Look up a window hash; return old block index + 1 of an equal block, or 0. */
+static uint64_t table_find(const uint64_t *table, uint64_t mask, uint64_t mixed, const uint8_t *old,
+                           const uint8_t *blk) {
+    uint64_t tag = mixed >> 32, slot = mixed & mask;
+    for (;;) {
+        uint64_t e = table[slot];
+        if (e == 0) return 0;
+        if ((e >> 32) == tag) {
+            uint64_t ob = (e & 0xFFFFFFFFULL) - 1;
+            if (memcmp(old + ob * BS, blk, BS) == 0) return ob + 1;
+        }
+        slot = (slot + 1) & mask;
+    }
+}
+
+static int table_args_ok(uint64_t old_size, const uint64_t *table, uint64_t table_slots) {
+    return table && table_slots >= bsi_prepass_table_slots(old_size) &&
+           !(table_slots & (table_slots - 1)) && old_size / BS < 0xFFFFFFFFULL;
+}
+
+BSI_API int bsi_prepass_index(const uint8_t *old, uint64_t old_size, uint64_t first_block,
+                              uint64_t end_block, uint64_t *table, uint64_t table_slots,
+                              uint8_t *old_claimed) {
+    const uint64_t p8 = rh_pow(RH_P, 8), mask = table_slots - 1;
+    uint64_t i;
+    if ((old_size && !old) || !table_args_ok(old_size, table, table_slots) ||
+        first_block > end_block || end_block > old_size / BS)
+        return BSI_E_INVAL;
     /* Index the non-zero old blocks; keep the first of identical blocks. */
-    for (i = 0; i < nob; i++) {
+    for (i = first_block; i < end_block; i++) {
         const uint8_t *blk = old + i * BS;
         if (is_zero(blk, BS)) {
             if (old_claimed) old_claimed[i] = 2;
             continue;
         }
-        uint64_t h = block_hash(blk), tag = h >> 32, slot = h & mask;
-        for (;;) {
-            uint64_t e = table[slot];
-            if (e == 0) {
-                table[slot] = (tag << 32) | (i + 1);
-                break;
-            }
-            if ((e >> 32) == tag && memcmp(old + ((e & 0xFFFFFFFFULL) - 1) * BS, blk, BS) == 0)
-                break;
-            slot = (slot + 1) & mask;
-        }
+        uint64_t mixed = rh_mix(rh_fresh(blk, p8));
+        if (table_find(table, mask, mixed, old, blk)) continue;
+        uint64_t slot = mixed & mask;
+        while (table[slot]) slot = (slot + 1) & mask;
+        table[slot] = ((mixed >> 32) << 32) | (i + 1);
     }
+    return 0;
+}
 
-    /* Match the block-aligned new blocks. */
-    for (i = 0; i < nnb; i++) {
-        const uint8_t *blk = nw + i * BS;
-        /* Continue the previous copy when the next old block matches too. */
-        if (n > 0 && ops[n - 1].kind == BSI_OP_COPY) {
+BSI_API int64_t bsi_prepass_scan(bsi_prepass_state *st, const uint8_t *old, uint64_t old_size,
+                                 const uint8_t *nw, uint64_t new_size, uint64_t end,
+                                 const uint64_t *table, uint64_t table_slots,
+                                 uint8_t *old_claimed, bsi_op *ops, uint64_t ops_cap) {
+    const uint64_t p8 = rh_pow(RH_P, 8), pout = rh_pow(RH_P, BS - 1), mask = table_slots - 1;
+    const uint64_t nob = old_size / BS;
+    uint64_t n, pos, gap_start, h = 0, zrun = 0;
+    int have = 0, rc;
+    if (!st || (old_size && !old) || (new_size && !nw) || !ops ||
+        !table_args_ok(old_size, table, table_slots) || st->n > ops_cap ||
+        st->gap_start > st->pos || st->pos > new_size || end > new_size)
+        return BSI_E_INVAL;
+    n = st->n;
+    pos = st->pos;
+    gap_start = st->gap_start;
+    /* Slide over new: a 4096-byte window equal to an old block (at any new offset)
+     * becomes a COPY, a zero window a ZERO op; unmatched bytes form GAP ops. */
+    while (pos < end && pos + BS <= new_size) {
+        const uint8_t *win = nw + pos;
+        if (n > 0 && ops[n - 1].kind == BSI_OP_COPY && gap_start == pos) {
             uint64_t o = ops[n - 1].old_off + ops[n - 1].len;
-            if (o + BS <= old_size && memcmp(old + o, blk, BS) == 0) {
+            if (o + BS <= old_size && memcmp(old + o, win, BS) == 0) {
                 if (old_claimed && o % BS == 0) old_claimed[o / BS] = 1;
-                if ((rc = push_op(ops, &n, ops_cap, BSI_OP_COPY, BS, o)) < 0) return rc;
+                ops[n - 1].len += BS;
+                pos += BS;
+                gap_start = pos;
+                have = 0;
                 continue;
             }
         }
-        if (is_zero(blk, BS)) {
+        if (!have) {
+            h = rh_fresh(win, p8);
+            zrun = 0;
+            while (zrun < BS && win[BS - 1 - zrun] == 0) zrun++;
+            have = 1;
+        }
+        if (zrun >= BS) {
+            if ((rc = push_op(ops, &n, ops_cap, BSI_OP_GAP, pos - gap_start, 0)) < 0) return rc;
             if ((rc = push_op(ops, &n, ops_cap, BSI_OP_ZERO, BS, 0)) < 0) return rc;
+            pos += BS;
+            gap_start = pos;
+            have = 0;
             continue;
         }
-        uint64_t h = block_hash(blk), tag = h >> 32, slot = h & mask, found = 0;
-        for (;;) {
-            uint64_t e = table[slot];
-            if (e == 0) break;
-            if ((e >> 32) == tag) {
-                uint64_t ob = (e & 0xFFFFFFFFULL) - 1;
-                if (memcmp(old + ob * BS, blk, BS) == 0) {
-                    found = ob + 1;
-                    break;
-                }
+        if (nob) {
+            uint64_t found = table_find(table, mask, rh_mix(h), old, win);
+            if (found) {
+                if (old_claimed) old_claimed[found - 1] = 1;
+                if ((rc = push_op(ops, &n, ops_cap, BSI_OP_GAP, pos - gap_start, 0)) < 0) return rc;
+                if ((rc = push_op(ops, &n, ops_cap, BSI_OP_COPY, BS, (found - 1) * BS)) < 0)
+                    return rc;
+                pos += BS;
+                gap_start = pos;
+                have = 0;
+                continue;
             }
-            slot = (slot + 1) & mask;
         }
-        if (found) {
-            if (old_claimed) old_claimed[found - 1] = 1;
-            if ((rc = push_op(ops, &n, ops_cap, BSI_OP_COPY, BS, (found - 1) * BS)) < 0) return rc;
-        } else if ((rc = push_op(ops, &n, ops_cap, BSI_OP_GAP, BS, 0)) < 0) {
-            return rc;
+        if (pos + BS >= new_size) {
+            pos = new_size; /* no further full window: the rest is gap */
+            break;
         }
+        {
+            uint8_t in = win[BS], out = win[0];
+            h = (h - out * pout) * RH_P + in;
+            zrun = in == 0 ? (zrun < BS ? zrun + 1 : BS) : 0;
+        }
+        pos++;
     }
-    if (new_size > nnb * BS &&
-        (rc = push_op(ops, &n, ops_cap, BSI_OP_GAP, new_size - nnb * BS, 0)) < 0)
-        return rc;
+    if (pos + BS > new_size && pos < new_size && end >= new_size) pos = new_size;
+    st->n = n;
+    st->pos = pos;
+    st->gap_start = gap_start;
+    return (int64_t)n;
+}
 
+BSI_API int64_t bsi_prepass_zero(bsi_prepass_state *st, uint64_t new_size, uint64_t end,
+                                 bsi_op *ops, uint64_t ops_cap) {
+    uint64_t n;
+    int rc;
+    if (!st || !ops || st->n > ops_cap || st->gap_start > st->pos || end > new_size)
+        return BSI_E_INVAL;
+    n = st->n;
+    if (end > st->pos) {
+        if ((rc = push_op(ops, &n, ops_cap, BSI_OP_GAP, st->pos - st->gap_start, 0)) < 0) return rc;
+        if ((rc = push_op(ops, &n, ops_cap, BSI_OP_ZERO, end - st->pos, 0)) < 0) return rc;
+        st->pos = st->gap_start = end;
+    }
+    st->n = n;
+    return (int64_t)n;
+}
+
+BSI_API int64_t bsi_prepass_finish(bsi_prepass_state *st, const uint8_t *old, uint64_t old_size,
+                                   const uint8_t *nw, uint64_t new_size, bsi_op *ops,
+                                   uint64_t ops_cap) {
+    uint64_t n, i;
+    int rc;
+    if (!st || (old_size && !old) || (new_size && !nw) || !ops || st->n > ops_cap ||
+        st->gap_start > new_size)
+        return BSI_E_INVAL;
+    n = st->n;
+    if ((rc = push_op(ops, &n, ops_cap, BSI_OP_GAP, new_size - st->gap_start, 0)) < 0) return rc;
+    st->pos = st->gap_start = new_size;
     /* Extend copies and zero runs byte by byte into the gaps beside them. */
     {
         uint64_t pos = 0;
@@ -228,6 +313,7 @@ BSI_API int64_t bsi_diff_prepass(const uint8_t *old, uint64_t old_size, const ui
         }
         n = w;
     }
+    st->n = n;
     return (int64_t)n;
 }
 
@@ -238,7 +324,24 @@ typedef struct {
     uint64_t n;
     const int32_t *sa32;
     const int64_t *sa64;
+    const uint64_t *bkt; /* 65537 starts of the 2-byte-prefix ranges, or NULL */
 } sa_ctx;
+
+BSI_API int bsi_sa_buckets(const uint8_t *idx, uint64_t n, uint64_t *bkt) {
+    uint64_t i, sum = 0;
+    if (!bkt || (n && !idx)) return BSI_E_INVAL;
+    memset(bkt, 0, 65537 * sizeof(uint64_t));
+    for (i = 0; i + 1 < n; i++) bkt[((unsigned)idx[i] << 8) | idx[i + 1]]++;
+    /* start of key k: all 2-byte suffixes with a smaller key, plus the 1-byte suffix
+     * (the last one) when its byte is <= k's first byte: it sorts before them. */
+    for (i = 0; i < 65536; i++) {
+        uint64_t c = bkt[i];
+        bkt[i] = sum + (n > 0 && idx[n - 1] <= (i >> 8) ? 1 : 0);
+        sum += c;
+    }
+    bkt[65536] = n;
+    return 0;
+}
 
 static inline uint64_t sa_at(const sa_ctx *c, uint64_t i) {
     return c->sa32 ? (uint64_t)(uint32_t)c->sa32[i] : (uint64_t)c->sa64[i];
@@ -259,8 +362,21 @@ static inline uint64_t match_len(const uint8_t *a, uint64_t na, const uint8_t *b
 
 /* Longest match of s[0..slen) among the suffixes of the index; *pos gets its offset. */
 static uint64_t sa_search(const sa_ctx *c, const uint8_t *s, uint64_t slen, uint64_t *pos) {
-    uint64_t lo = 0, hi = c->n - 1, llo, lhi;
-    uint64_t plo = sa_at(c, lo), phi = sa_at(c, hi);
+    uint64_t lo = 0, hi = c->n - 1, llo, lhi, plo, phi;
+    if (c->bkt && slen >= 2) {
+        unsigned k = ((unsigned)s[0] << 8) | s[1];
+        uint64_t b0 = c->bkt[k], b1 = k == 65535 ? c->n : c->bkt[k + 1];
+        /* bkt[k+1] may include the 1-byte suffix that sorts before key k+1 */
+        if (k != 65535 && c->n > 0 && c->idx[c->n - 1] <= ((k + 1) >> 8) &&
+            c->idx[c->n - 1] > (k >> 8))
+            b1--;
+        if (b1 > b0) {
+            lo = b0;
+            hi = b1 - 1;
+        }
+    }
+    plo = sa_at(c, lo);
+    phi = sa_at(c, hi);
     llo = match_len(c->idx + plo, c->n - plo, s, slen, 0);
     lhi = match_len(c->idx + phi, c->n - phi, s, slen, 0);
     while (hi - lo >= 2) {
@@ -301,10 +417,10 @@ static int emit(bsi_op *ops, uint64_t *n, uint64_t cap, uint32_t kind, uint64_t 
 }
 
 BSI_API int64_t bsi_diff_search(const uint8_t *idx, uint64_t idx_size, const int32_t *sa32,
-                                const int64_t *sa64, const uint8_t *nw, uint64_t new_size,
-                                uint64_t start, uint64_t end, bsi_op *ops, uint64_t ops_cap,
-                                uint64_t *stopped) {
-    sa_ctx c = {idx, idx_size, sa32, sa64};
+                                const int64_t *sa64, const uint64_t *bkt, const uint8_t *nw,
+                                uint64_t new_size, uint64_t start, uint64_t end, bsi_op *ops,
+                                uint64_t ops_cap, uint64_t *stopped) {
+    sa_ctx c = {idx, idx_size, sa32, sa64, bkt};
     uint64_t n = 0;
     int64_t scan, len = 0, pos = 0, lastscan, lastpos = 0, lastoffset = 0;
     const int64_t oldsize = (int64_t)idx_size, e = (int64_t)end;
@@ -327,8 +443,22 @@ BSI_API int64_t bsi_diff_search(const uint8_t *idx, uint64_t idx_size, const int
         int64_t oldscore = 0, scsc;
         for (scsc = scan += len; scan < e; scan++) {
             uint64_t p;
-            len = (int64_t)sa_search(&c, nw + scan, (uint64_t)(e - scan), &p);
-            pos = (int64_t)p;
+            /* While the current alignment keeps matching for at least BSI_ALIGN_SKIP
+             * bytes, take it without a suffix-array lookup. Measured on libcrypto
+             * 3.0.20 -> 3.0.22: ~4% less CPU, patch 7 bytes smaller. */
+            {
+                int64_t ao = scan + lastoffset, al = 0;
+                if (BSI_ALIGN_SKIP > 0 && ao >= 0 && ao < oldsize)
+                    al = (int64_t)match_len(idx + ao, (uint64_t)(oldsize - ao), nw + scan,
+                                            (uint64_t)(e - scan), 0);
+                if (BSI_ALIGN_SKIP > 0 && al >= BSI_ALIGN_SKIP) {
+                    len = al;
+                    pos = ao;
+                } else {
+                    len = (int64_t)sa_search(&c, nw + scan, (uint64_t)(e - scan), &p);
+                    pos = (int64_t)p;
+                }
+            }
             for (; scsc < scan + len; scsc++)
                 if (scsc + lastoffset >= 0 && scsc + lastoffset < oldsize &&
                     idx[scsc + lastoffset] == nw[scsc])
@@ -482,14 +612,15 @@ static inline uint64_t zigzag(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t
 BSI_API int bsi_seg_encode(bsi_seg_enc *enc, const bsi_op *ops, uint64_t n_ops, const uint8_t *old,
                            uint64_t old_size, const uint8_t *nw, uint64_t new_size,
                            uint64_t max_out, uint8_t *ctrl, uint64_t ctrl_cap, uint8_t *runs,
-                           uint64_t runs_cap, uint8_t *lit, uint64_t lit_cap, uint8_t *diff,
-                           uint64_t diff_cap) {
+                           uint64_t runs_cap, uint8_t *nruns, uint64_t nruns_cap, uint8_t *lit,
+                           uint64_t lit_cap, uint8_t *diff, uint64_t diff_cap) {
     uint64_t prev_old_end = 0, run = 0;
     int run_nonzero = 0, any_add = 0, rc;
-    if (!enc || !ctrl || !runs || !lit || !diff || ctrl_cap < 64 || runs_cap < 64 ||
+    if (!enc || !ctrl || !runs || !nruns || !lit || !diff || ctrl_cap < 64 || runs_cap < 64 ||
+        nruns_cap < 64 ||
         max_out == 0 || diff_cap < max_out)
         return BSI_E_INVAL;
-    enc->out_len = enc->n_ops = enc->ctrl_len = enc->runs_len = 0;
+    enc->out_len = enc->n_ops = enc->ctrl_len = enc->runs_len = enc->nruns_len = 0;
     enc->lit_len = enc->diff_len = 0;
     for (int k = 0; k < 4; k++) enc->kind_bytes[k] = enc->kind_ops[k] = 0;
 
@@ -524,7 +655,7 @@ BSI_API int bsi_seg_encode(bsi_seg_enc *enc, const bsi_op *ops, uint64_t n_ops, 
                         run++;
                     }
                     if (k < take) {
-                        if (runs_cap - enc->runs_len < 24) break;
+                        if (runs_cap - enc->runs_len < 24 || nruns_cap - enc->nruns_len < 24) break;
                         if ((rc = put_varint(runs, runs_cap, &enc->runs_len, run)) < 0) return rc;
                         run = 0;
                         run_nonzero = 1;
@@ -536,8 +667,8 @@ BSI_API int bsi_seg_encode(bsi_seg_enc *enc, const bsi_op *ops, uint64_t n_ops, 
                         run++;
                     }
                     if (k < take) {
-                        if (runs_cap - enc->runs_len < 24) break;
-                        if ((rc = put_varint(runs, runs_cap, &enc->runs_len, run)) < 0) return rc;
+                        if (runs_cap - enc->runs_len < 24 || nruns_cap - enc->nruns_len < 24) break;
+                        if ((rc = put_varint(nruns, nruns_cap, &enc->nruns_len, run)) < 0) return rc;
                         run = 0;
                         run_nonzero = 0;
                     }
@@ -566,6 +697,12 @@ BSI_API int bsi_seg_encode(bsi_seg_enc *enc, const bsi_op *ops, uint64_t n_ops, 
             enc->op_skip = 0;
         }
     }
-    if (any_add && (rc = put_varint(runs, runs_cap, &enc->runs_len, run)) < 0) return rc;
+    if (any_add) {
+        if (run_nonzero)
+            rc = put_varint(nruns, nruns_cap, &enc->nruns_len, run);
+        else
+            rc = put_varint(runs, runs_cap, &enc->runs_len, run);
+        if (rc < 0) return rc;
+    }
     return 0;
 }

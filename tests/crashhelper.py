@@ -122,16 +122,18 @@ def make_world(directory: Path, seed: int = 1) -> dict[str, Any]:
                     ],
                 }
             )
-        releases[rid] = {
-            "release_id": rid,
-            "os_version": "26.1",
-            "builds": ["23B85"],
-            "supplemental_build": f"23B85{rid[-2]}",
-            "published": f"2026-11-{10 + seq:02d}T00:00:00Z",
-            "sequence": seq,
-            "expires": "2027-11-01T00:00:00Z",
-            "components": comps,
-        }
+        releases[rid] = _manifest_dict(
+            {
+                "release_id": rid,
+                "os_version": "26.1",
+                "builds": ["23B85"],
+                "supplemental_build": f"23B85{rid[-2]}",
+                "published": f"2026-11-{10 + seq:02d}T00:00:00Z",
+                "sequence": seq,
+                "expires": "2027-11-01T00:00:00Z",
+                "components": comps,
+            }
+        )
     world = {
         "dir": str(directory),
         "os_version": "26.1",
@@ -146,7 +148,14 @@ def make_world(directory: Path, seed: int = 1) -> dict[str, Any]:
 
 
 def load_manifest(d: dict[str, Any]) -> Any:
-    """Build a ReleaseManifest from a :func:`make_world` release description."""
+    """The ReleaseManifest of a :func:`make_world` release description (strict parse)."""
+    from bsipatch.manifest import ReleaseManifest
+
+    return ReleaseManifest.from_dict(d)
+
+
+def _manifest_dict(d: dict[str, Any]) -> dict[str, Any]:
+    """Build the manifest from plain fields and return its canonical ``signed`` dict."""
     from bsipatch import manifest as m
 
     comps = tuple(
@@ -169,7 +178,7 @@ def load_manifest(d: dict[str, Any]) -> Any:
         sequence=d["sequence"],
         expires=d["expires"],
         components=comps,
-    )
+    ).to_dict()
 
 
 def create_preboot(world: dict[str, Any], path: Path) -> Preboot:

@@ -57,7 +57,7 @@ def _leftovers(d: Path) -> list[str]:
 
 
 def test_apply_to_path_is_exact_and_leaves_no_temp(files, tmp_path: Path) -> None:
-    op, np_, pp, new = files
+    op, _np, pp, new = files
     info = apply(op, pp, tmp_path / "out.img")
     assert (tmp_path / "out.img").read_bytes() == new
     assert info.new_size == len(new)
@@ -66,14 +66,14 @@ def test_apply_to_path_is_exact_and_leaves_no_temp(files, tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("threads", [1, 2, 4])
 def test_apply_threads_from_nonseekable_stream(files, tmp_path: Path, threads: int) -> None:
-    op, np_, pp, new = files
+    op, _np, pp, new = files
     stream = OneByteStream(pp.read_bytes(), n=777)
     apply(op, io.BufferedReader(stream), tmp_path / "out.img", threads=threads)
     assert (tmp_path / "out.img").read_bytes() == new
 
 
 def test_wrong_base_refused_before_writing(files, tmp_path: Path) -> None:
-    op, np_, pp, new = files
+    op, _np, pp, _new = files
     bad = bytearray(op.read_bytes())
     bad[12345] ^= 1
     (tmp_path / "bad.img").write_bytes(bad)
@@ -86,7 +86,7 @@ def test_wrong_base_refused_before_writing(files, tmp_path: Path) -> None:
 
 
 def test_corrupt_and_truncated_leave_nothing(files, tmp_path: Path) -> None:
-    op, np_, pp, new = files
+    op, _np, pp, _new = files
     data = pp.read_bytes()
     (tmp_path / "out.img").write_bytes(b"previous")
     for cut in (len(data) // 2, len(data) - 1):
@@ -101,12 +101,17 @@ def test_corrupt_and_truncated_leave_nothing(files, tmp_path: Path) -> None:
 
 
 def test_resume_after_interrupted_download(files, tmp_path: Path) -> None:
-    op, np_, pp, new = files
+    op, _np, pp, new = files
     data = pp.read_bytes()
     out = tmp_path / "out.img"
     with pytest.raises(OSError):
-        apply(op, io.BufferedReader(OneByteStream(data, n=4096, fail_at=len(data) * 2 // 3)),
-              out, resume=True, threads=2)
+        apply(
+            op,
+            io.BufferedReader(OneByteStream(data, n=4096, fail_at=len(data) * 2 // 3)),
+            out,
+            resume=True,
+            threads=2,
+        )
     partial = tmp_path / f".out.img{PARTIAL_SUFFIX}"
     assert partial.exists() and not out.exists()
     info = apply(op, io.BytesIO(data), out, resume=True)
@@ -116,7 +121,7 @@ def test_resume_after_interrupted_download(files, tmp_path: Path) -> None:
 
 
 def test_resume_ignores_damaged_partial(files, tmp_path: Path) -> None:
-    op, np_, pp, new = files
+    op, _np, pp, new = files
     partial = tmp_path / f".out.img{PARTIAL_SUFFIX}"
     damaged = bytearray(new)
     damaged[SEG * 3 + 5] ^= 1
@@ -127,7 +132,7 @@ def test_resume_ignores_damaged_partial(files, tmp_path: Path) -> None:
 
 
 def test_truncated_without_resume_removes_partial(files, tmp_path: Path) -> None:
-    op, np_, pp, new = files
+    op, _np, pp, _new = files
     data = pp.read_bytes()
     with pytest.raises(TruncatedPatch):
         apply(op, data[: len(data) // 2], tmp_path / "out.img")
@@ -135,7 +140,7 @@ def test_truncated_without_resume_removes_partial(files, tmp_path: Path) -> None
 
 
 def test_iter_apply_and_reader(files) -> None:
-    op, np_, pp, new = files
+    op, _np, pp, new = files
     assert b"".join(iter_apply(op, pp, chunk_size=3000)) == new
     with ApplyReader(op, io.BufferedReader(OneByteStream(pp.read_bytes(), n=1000))) as r:
         got = r.read()
@@ -143,7 +148,7 @@ def test_iter_apply_and_reader(files) -> None:
 
 
 def test_iter_apply_withholds_unverified_end(files) -> None:
-    op, np_, pp, new = files
+    op, _np, pp, new = files
     data = pp.read_bytes()
     got = bytearray()
     with pytest.raises(TruncatedPatch):
@@ -157,7 +162,7 @@ def test_output_mismatch_detected(files, tmp_path: Path) -> None:
 
     from bsipatch import patchfmt
 
-    op, np_, pp, new = files
+    op, _np, pp, _new = files
     # re-sign a patch whose header declares another new digest: segments still verify
     data = pp.read_bytes()
     h = patchfmt.Header.unpack(data[: patchfmt.HEADER_SIZE])
@@ -181,19 +186,22 @@ def test_output_mismatch_detected(files, tmp_path: Path) -> None:
 
 
 def test_progress_reaches_total(files, tmp_path: Path) -> None:
-    op, np_, pp, new = files
+    op, _np, pp, new = files
     seen: list[tuple[int, int]] = []
     apply(op, pp, tmp_path / "o", progress=lambda d, t: seen.append((d, t)))
     assert seen[-1] == (len(new), len(new))
 
 
 def test_cli_diff_apply_info_stdin(tmp_path: Path, files) -> None:
-    op, np_, pp, new = files
+    op, np_, _pp, new = files
     patch = tmp_path / "c.patch"
     assert main(["diff", "-q", str(op), str(np_), str(patch), "--level", "3"]) == 0
-    r = subprocess.run([sys.executable, "-m", "bsipatch", "apply", "-q", str(op), "-",
-                        str(tmp_path / "o.img")], input=patch.read_bytes(), capture_output=True,
-                       cwd=Path(__file__).resolve().parents[1])
+    r = subprocess.run(
+        [sys.executable, "-m", "bsipatch", "apply", "-q", str(op), "-", str(tmp_path / "o.img")],
+        input=patch.read_bytes(),
+        capture_output=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "o.img").read_bytes() == new
     assert main(["info", "--json", str(patch)]) == 0

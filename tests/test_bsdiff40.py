@@ -86,17 +86,25 @@ def test_export_import_roundtrip_edge_cases() -> None:
 def _make(ctrl: list[tuple[int, int, int]], dif: bytes, extra: bytes, new_size: int) -> bytes:
     c = bz2.compress(b"".join(offtout(x) + offtout(y) + offtout(z) for x, y, z in ctrl))
     d = bz2.compress(dif)
-    return b"BSDIFF40" + offtout(len(c)) + offtout(len(d)) + offtout(new_size) + c + d + bz2.compress(extra)
+    return (
+        b"BSDIFF40"
+        + offtout(len(c))
+        + offtout(len(d))
+        + offtout(new_size)
+        + c
+        + d
+        + bz2.compress(extra)
+    )
 
 
 def test_hostile_bsdiff40_patches_refused(tmp_path: Path) -> None:
     old = b"0123456789" * 10
     cases = [
-        _make([(-1, 0, 0)], b"", b"", 10),            # negative length
-        _make([(50, 0, 0)], bytes(50), b"", 10),      # more than the new size
-        _make([(5, 0, 0)], bytes(5), b"", 10),        # control ends early
-        _make([(10, 0, 0)], bytes(3), b"", 10),       # diff block ends early
-        _make([(0, 10, 0)], b"", b"abc", 10),         # extra block ends early
+        _make([(-1, 0, 0)], b"", b"", 10),  # negative length
+        _make([(50, 0, 0)], bytes(50), b"", 10),  # more than the new size
+        _make([(5, 0, 0)], bytes(5), b"", 10),  # control ends early
+        _make([(10, 0, 0)], bytes(3), b"", 10),  # diff block ends early
+        _make([(0, 10, 0)], b"", b"abc", 10),  # extra block ends early
         b"BSDIFF40" + offtout(10**6) + offtout(0) + offtout(5) + b"x",
         b"BSDIFF40" + offtout(-3) + offtout(0) + offtout(5),
     ]
@@ -116,3 +124,30 @@ def test_out_of_range_old_reads_count_as_zero_like_bspatch() -> None:
     out = io.BytesIO()
     apply(old, p, out)
     assert out.getvalue() == b"bcd\x01\x01"
+
+
+@pytest.mark.interop
+def test_export_first_op_away_from_old_start(tmp_path: Path) -> None:
+    """bspatch starts at old offset 0; an export whose first op reads elsewhere seeks first."""
+    bspatch = require_tool("bspatch")
+    old = os.urandom(4097)
+    new = old[4096:] + old[:4096]
+    (tmp_path / "old").write_bytes(old)
+    diff(old, new, tmp_path / "p", format="bsdiff40")
+    subprocess.run([bspatch, tmp_path / "old", tmp_path / "out", tmp_path / "p"], check=True)
+    assert (tmp_path / "out").read_bytes() == new
+    out = io.BytesIO()
+    apply(old, (tmp_path / "p").read_bytes(), out)
+    assert out.getvalue() == new
+
+
+def test_iter_apply_and_reader_stream_bsdiff40() -> None:
+    from bsipatch.apply import ApplyReader, iter_apply
+
+    old, new = _pair()
+    p = io.BytesIO()
+    diff(old, new, p, format="bsdiff40")
+    chunks = list(iter_apply(old, p.getvalue(), chunk_size=5000))
+    assert b"".join(chunks) == new and max(map(len, chunks)) <= 5000
+    with ApplyReader(old, io.BytesIO(p.getvalue())) as r:
+        assert r.read() == new

@@ -23,6 +23,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import crashhelper as ch
 
 from bsipatch import install as inst
+from bsipatch import journal
 from bsipatch.preboot import Preboot
 
 pytestmark = pytest.mark.crash
@@ -39,25 +43,97 @@ pytestmark = pytest.mark.crash
 HELPER = str(Path(__file__).parent / "crashhelper.py")
 
 
+@pytest.fixture
+def workdir(tmp_path: Path) -> Iterator[Path]:
+    """Where the preboot copies live: tmpfs (/dev/shm) when there is one.
+
+    A SIGKILL loses nothing the kernel already has, so the crash tests do not need a
+    real disk; on tmpfs their many fsyncs cost nothing, which keeps the file fast on a
+    busy machine.
+    """
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        d = Path(tempfile.mkdtemp(prefix="bsipatch-crash-", dir=shm))
+        try:
+            yield d
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+    else:
+        yield tmp_path
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return ch.make_world(tmp_path_factory.mktemp("world"))
 
 
-def run_child(op: list[str], env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+class Result:
+    """Exit of a child: ``returncode`` (negative signal number if killed) and ``stderr``."""
+
+    def __init__(self, returncode: int, stderr: str) -> None:
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+def run_subprocess(op: list[str], env_extra: dict[str, str]) -> Result:
+    """Run one operation in a fresh interpreter (``python tests/crashhelper.py ...``)."""
     env = dict(os.environ)
     env.pop("BSIPATCH_CRASH_AT", None)
     env.pop("BSIPATCH_CRASH_TRACE", None)
     env.update(env_extra)
-    return subprocess.run(
+    r = subprocess.run(
         [sys.executable, HELPER, *op], env=env, capture_output=True, text=True, timeout=60
     )
+    return Result(r.returncode, r.stderr)
+
+
+def run_child(op: list[str], env_extra: dict[str, str]) -> Result:
+    """Run one operation in a forked child (bsipatch already imported: fast).
+
+    The child starts with no crash-point hits counted and its own environment, exactly
+    like a fresh process as far as the crash points are concerned.
+    """
+    with tempfile.NamedTemporaryFile(prefix="crash-err-", delete=False) as f:
+        errpath = f.name
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            os.environ.pop("BSIPATCH_CRASH_AT", None)
+            os.environ.pop("BSIPATCH_CRASH_TRACE", None)
+            os.environ.update(env_extra)
+            journal._hits.clear()
+            code = ch.main(op)
+        except BaseException:
+            with open(errpath, "w") as err:
+                traceback.print_exc(file=err)
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    rc = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    stderr = Path(errpath).read_text()
+    os.unlink(errpath)
+    return Result(rc, stderr)
 
 
 def copy_preboot(src: Path, dst: Path) -> Path:
     # cp -a keeps hard links, modes and times, as a real volume would have them
     subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
     return dst
+
+
+def verify_dir(pb: Preboot, directory: Path) -> dict[str, str]:
+    """Check every image in a base/release directory against its stored seal."""
+    from bsipatch.preboot import seal_from_record
+    from bsipatch.seal import verify_image
+
+    out = {}
+    for name in sorted(pb.components()):
+        data = (directory / f"{name}.img").read_bytes()
+        # bytes, not the path: small images verify faster from memory
+        verify_image(data, seal_from_record(pb.seal_record(directory, name)))
+        out[name] = hashlib.sha256(data).hexdigest()
+    return out
 
 
 def snapshot(pb: Preboot) -> dict[str, str]:
@@ -68,9 +144,9 @@ def snapshot(pb: Preboot) -> dict[str, str]:
     out = {}
     for name in sorted(pb.components()):
         path = pb.component_path(name)
-        seal = seal_from_record(pb.seal_record(path.parent, name))
-        verify_image(path, seal)
-        out[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+        data = path.read_bytes()
+        verify_image(data, seal_from_record(pb.seal_record(path.parent, name)))
+        out[name] = hashlib.sha256(data).hexdigest()
     return out
 
 
@@ -84,8 +160,8 @@ def assert_clean(pb: Preboot) -> None:
     assert {f"base/{p.name}" for p in (pb.path / "base").iterdir()} == bases
     # the active and booted selections are whole
     chain = state["chain"]
-    pb.verify_selection(state["os"]["base"], chain[-1] if chain else None)
-    pb.verify_selection(state["booted"]["base"], state["booted"]["release"])
+    verify_dir(pb, pb.selection_dir(state["os"]["base"], chain[-1] if chain else None))
+    verify_dir(pb, pb.selection_dir(state["booted"]["base"], state["booted"]["release"]))
 
 
 def prepare(world: dict, root: Path, steps: list[str]) -> Path:
@@ -118,7 +194,8 @@ def child_argv(op: list[str], path: Path, world: dict) -> list[str]:
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_crash_at_every_point_leaves_old_or_new(world: dict, tmp_path: Path, scenario: str) -> None:
+def test_crash_at_every_point_leaves_old_or_new(world: dict, workdir: Path, scenario: str) -> None:
+    tmp_path = workdir
     steps, op = SCENARIOS[scenario]
     template = prepare(world, tmp_path, steps)
     old = snapshot(Preboot(template))
@@ -126,7 +203,8 @@ def test_crash_at_every_point_leaves_old_or_new(world: dict, tmp_path: Path, sce
     # 1. a clean run, tracing every crash point passed
     clean = copy_preboot(template, tmp_path / "clean")
     trace = tmp_path / "trace.txt"
-    r = run_child(child_argv(op, clean, world), {"BSIPATCH_CRASH_TRACE": str(trace)})
+    # (in a fresh interpreter, so the points are those a real process passes)
+    r = run_subprocess(child_argv(op, clean, world), {"BSIPATCH_CRASH_TRACE": str(trace)})
     assert r.returncode == 0, r.stderr
     new = snapshot(Preboot(clean))
     assert_clean(Preboot(clean))
@@ -160,8 +238,9 @@ def test_crash_at_every_point_leaves_old_or_new(world: dict, tmp_path: Path, sce
         assert outcomes["old"] > 0 and outcomes["new"] > 0, outcomes
 
 
-def test_crash_during_recovery_is_recovered(world: dict, tmp_path: Path) -> None:
+def test_crash_during_recovery_is_recovered(world: dict, workdir: Path) -> None:
     """A crash while recovering from a crash: recovery runs again and still ends whole."""
+    tmp_path = workdir
     template = prepare(world, tmp_path, ["26.1 (a)", "boot"])
     old = snapshot(Preboot(template))
     world_json = str(Path(world["dir"]) / "world.json")
@@ -208,3 +287,35 @@ def test_torn_journal_record_counts_as_never_written(world: dict, tmp_path: Path
     assert snapshot(pb) == before
     assert_clean(pb)
     assert json.loads(pb.state_path.read_text())["chain"] == []
+
+
+def test_crash_during_create_can_be_created_again(world: dict, workdir: Path) -> None:
+    """Kill ``preboot init`` at each point: a new create then succeeds from scratch."""
+    code = (
+        "import json,sys\n"
+        "sys.path.insert(0, sys.argv[3])\n"
+        "import crashhelper as ch\n"
+        "from pathlib import Path\n"
+        "ch.create_preboot(json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]))\n"
+    )
+    world_json = str(Path(world["dir"]) / "world.json")
+    here = str(Path(__file__).parent)
+
+    def create(path: Path, env: dict[str, str]) -> int:
+        full = {k: v for k, v in os.environ.items() if not k.startswith("BSIPATCH_CRASH")}
+        full.update(env)
+        r = subprocess.run(
+            [sys.executable, "-c", code, world_json, str(path), here], env=full, timeout=60
+        )
+        return r.returncode
+
+    trace = workdir / "trace"
+    assert create(workdir / "clean", {"BSIPATCH_CRASH_TRACE": str(trace)}) == 0
+    points = trace.read_text().split()
+    assert any(p.startswith("base.") for p in points), points
+    for i, point in enumerate(points):
+        path = workdir / f"pb{i}"
+        assert create(path, {"BSIPATCH_CRASH_AT": point}) == -signal.SIGKILL, point
+        pb = ch.create_preboot(world, path)
+        assert snapshot(pb) == world["sha256"]["base"]
+        assert_clean(pb)

@@ -34,7 +34,9 @@ def _check(summary: dict) -> None:
     assert costs["step back from withdrawn (b)"]["downloaded"] < 20_000
 
 
-def test_demo_pure_python_images_keeps_dir(tmp_path):
+def test_demo_pure_python_images_keeps_dir(tmp_path, monkeypatch):
+    # a fresh machine: no mke2fs (forced off) and no /usr/lib libraries to copy
+    monkeypatch.setattr("bsipatch.demo._LIB_DIRS", ())
     lines: list[str] = []
     summary = run_demo(tmp_path / "demo", lines.append, scale="small", use_mke2fs=False)
     _check(summary)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import random
 from pathlib import Path
@@ -79,8 +80,14 @@ def test_segments_split_output() -> None:
 
 
 def _executables() -> list[Path]:
-    cands = [Path("/usr/bin/python3"), Path("/usr/bin/bash"), Path("/usr/bin/ls"),
-             Path("/usr/bin/cp"), Path("/usr/bin/mv"), Path("/usr/bin/grep")]
+    cands = [
+        Path("/usr/bin/python3"),
+        Path("/usr/bin/bash"),
+        Path("/usr/bin/ls"),
+        Path("/usr/bin/cp"),
+        Path("/usr/bin/mv"),
+        Path("/usr/bin/grep"),
+    ]
     return [p.resolve() for p in cands if p.exists()]
 
 
@@ -88,7 +95,7 @@ def test_roundtrip_real_executables() -> None:
     exes = [p for p in _executables() if p.stat().st_size < 8 << 20][:4]
     if len(exes) < 2:
         pytest.skip("not enough executables")
-    for a, b in zip(exes, exes[1:]):
+    for a, b in itertools.pairwise(exes):
         old, new = a.read_bytes(), b.read_bytes()
         roundtrip(old, new, level=3)
 
@@ -102,22 +109,31 @@ def test_real_executable_small_edit_gives_small_patch() -> None:
     rnd = random.Random(5)
     for _ in range(200):  # scattered "relocation" changes
         i = rnd.randrange(len(new) - 4)
-        new[i : i + 4] = (int.from_bytes(new[i : i + 4], "little") + 16 & 0xFFFFFFFF).to_bytes(4, "little")
+        new[i : i + 4] = (int.from_bytes(new[i : i + 4], "little") + 16 & 0xFFFFFFFF).to_bytes(
+            4, "little"
+        )
     new[5000:5000] = b"inserted code " * 50
     patch = roundtrip(old, bytes(new))
     assert len(patch) < 10_000
 
 
 edits = st.lists(
-    st.tuples(st.sampled_from(["insert", "delete", "move", "flip"]),
-              st.integers(0, 1 << 30), st.integers(1, 3000)),
+    st.tuples(
+        st.sampled_from(["insert", "delete", "move", "flip"]),
+        st.integers(0, 1 << 30),
+        st.integers(1, 3000),
+    ),
     max_size=12,
 )
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 1 << 30), size=st.integers(0, 40_000), edits=edits,
-       seg=st.sampled_from([4096, 5000, 65536, 1 << 20]))
+@given(
+    seed=st.integers(0, 1 << 30),
+    size=st.integers(0, 40_000),
+    edits=edits,
+    seg=st.sampled_from([4096, 5000, 65536, 1 << 20]),
+)
 def test_hypothesis_edits_roundtrip(seed: int, size: int, edits: list, seg: int) -> None:
     rnd = random.Random(seed)
     old = bytes(rnd.choice(b"abcdefgh\0\0\0\xff") for _ in range(size))
@@ -144,7 +160,7 @@ def test_suffix_array_matches_naive_sort() -> None:
     import mmap
 
     rnd = random.Random(11)
-    for trial in range(300):
+    for _ in range(300):
         n = rnd.randint(0, 60)
         text = bytes(rnd.randrange(rnd.randint(1, 4)) for _ in range(n))
         want = sorted(range(n), key=lambda i: text[i:])
@@ -153,7 +169,10 @@ def test_suffix_array_matches_naive_sort() -> None:
             ws = mmap.mmap(-1, ws_size)
             sa = ffi.new("int64_t[]" if wide else "int32_t[]", max(n, 1))
             fn = lib.bsi_sais64 if wide else lib.bsi_sais32
-            assert fn(ffi.from_buffer(text) if n else ffi.NULL, sa, n, ffi.from_buffer(ws), ws_size) == 0
+            assert (
+                fn(ffi.from_buffer(text) if n else ffi.NULL, sa, n, ffi.from_buffer(ws), ws_size)
+                == 0
+            )
             assert list(sa)[:n] == want, (text, wide)
 
 
@@ -169,8 +188,10 @@ def test_sparse_image_over_4gib_roundtrip(tmp_path: Path) -> None:
     size = (4 << 30) + 3 * 4096 + 123
     rnd = random.Random(2)
     old_p, new_p, patch_p, out_p = (tmp_path / n for n in ("old.img", "new.img", "p", "out.img"))
-    chunks = {off: rnd.randbytes(4096 * 8) for off in
-              [0, 1 << 20, 1 << 30, (3 << 30) + 4096, (4 << 30) - 8192]}
+    chunks = {
+        off: rnd.randbytes(4096 * 8)
+        for off in [0, 1 << 20, 1 << 30, (3 << 30) + 4096, (4 << 30) - 8192]
+    }
     with open(old_p, "wb") as f:
         f.truncate(size)
         for off, data in chunks.items():
@@ -192,3 +213,62 @@ def test_sparse_image_over_4gib_roundtrip(tmp_path: Path) -> None:
     import filecmp
 
     assert filecmp.cmp(new_p, out_p, shallow=False)
+
+
+def test_sparse_files_and_chunked_prepass(tmp_path: Path, monkeypatch) -> None:
+    """Holes are taken as zeros without reading; the pre-pass works in chunks."""
+    import bsipatch.diff as D
+
+    monkeypatch.setattr(D, "PREPASS_CHUNK", 1 << 20)
+    monkeypatch.setattr(D, "PAGE_DROP_ABOVE", 0)
+    rnd = random.Random(4)
+    size = 24 << 20
+    data = {
+        0: rnd.randbytes(70_000),
+        5 << 20: rnd.randbytes(300_000),
+        (17 << 20) + 333: rnd.randbytes(1 << 20),
+    }
+    old_p, new_p = tmp_path / "old", tmp_path / "new"
+    with open(old_p, "wb") as f:
+        f.truncate(size)
+        for off, d in data.items():
+            f.seek(off)
+            f.write(d)
+    with open(new_p, "wb") as f:
+        f.truncate(size + 5000)
+        for i, (off, d) in enumerate(data.items()):
+            f.seek(off + i * 777)  # moved by odd amounts
+            f.write(d[:1000] + b"changed" + d[1007:])
+    patch = tmp_path / "p"
+    info = diff(old_p, new_p, patch, threads=2, segment_size=1 << 20)
+    assert info.patch_size < 20_000
+    out = tmp_path / "out"
+    apply(old_p, patch, out)
+    assert out.read_bytes() == new_p.read_bytes()
+
+
+def test_diff_progress_is_monotonic_and_completes() -> None:
+    old = os.urandom(300_000)
+    new = old[:1000] + os.urandom(50_000) + old[1000:]
+    seen: list[tuple[int, int]] = []
+    diff(old, new, io.BytesIO(), progress=lambda d, t: seen.append((d, t)))
+    assert seen and seen[-1][0] == seen[-1][1]
+    assert all(a[0] <= b[0] for a, b in itertools.pairwise(seen))
+
+
+def test_index_of_many_small_ranges_remaps_ops() -> None:
+    """With many unclaimed old ranges, matches crossing range boundaries are split."""
+    rnd = random.Random(8)
+    blocks = [rnd.randbytes(4096) for _ in range(40)]
+    old = b"".join(blocks)
+    new = bytearray()
+    for i, blk in enumerate(blocks):
+        if i % 2:
+            new += blk  # claimed by the pre-pass: these old blocks leave the index
+        else:
+            b = bytearray(blk)
+            b[rnd.randrange(4096)] ^= 1
+            new += b  # changed: found by the search in the remaining ranges
+    # one stretch copying across many old ranges at once
+    new += b"".join(blocks[i][:3000] for i in range(0, 40, 2))
+    roundtrip(old, bytes(new))

@@ -257,3 +257,46 @@ def test_paths_escaping_the_repository_are_refused(bad):
 def test_unsupported_scheme_refused():
     with pytest.raises(FetchError, match="scheme"):
         open_repository("ftp://example.com/repo")
+
+
+def test_stream_feeds_apply_directly_across_a_dropped_connection(tmp_path):
+    """The patch goes from the socket into bsipatch.apply with no file in between, and a
+    drop in the middle is resumed with Range without apply noticing."""
+    from bsipatch.apply import apply
+    from bsipatch.demo import _code_like, _security_fix
+    from bsipatch.diff import diff
+
+    old = _code_like(7, 400_000)
+    new = _security_fix({"x": old}, 3)["x"]
+    repo = tmp_path / "r"
+    repo.mkdir()
+    diff(old, new, str(repo / "p.bsipatch"))
+    patch = (repo / "p.bsipatch").read_bytes()
+    with serve(repo) as srv:
+        srv.fault = Fault("truncate", at=len(patch) // 2, times=1)
+        http = HttpRepository(srv.url, timeout=1.0, retries=2, backoff=0.01)
+        with http.open_patch(
+            "p.bsipatch", size=len(patch), sha256=hashlib.sha256(patch).digest()
+        ) as stream:
+            apply(old, stream, str(tmp_path / "out.img"))
+            assert stream.verified
+        assert [e.range for e in srv.requests_for("p.bsipatch")][1].startswith("bytes=")
+    assert (tmp_path / "out.img").read_bytes() == new
+
+
+def test_https_checks_the_certificate_and_accepts_a_pinned_ca(repo_dir, tmp_path):
+    from httpserver import make_certificate
+
+    root, data = repo_dir
+    cert, key = make_certificate(tmp_path)
+    with serve(root, tls=(cert, key)) as srv:
+        assert srv.url.startswith("https://")
+        untrusted = HttpRepository(srv.url, timeout=2, retries=3, backoff=0.01)
+        with pytest.raises(FetchError, match="certificate"):
+            untrusted.fetch("catalog.json", max_size=100)
+        assert untrusted.stats.requests == 1  # not retried
+        pinned = open_repository(srv.url, timeout=2, cafile=cert)
+        with pinned.open_patch(REL, size=SIZE, sha256=hashlib.sha256(data).digest()) as s:
+            assert _read_all(s) == data
+    with pytest.raises(FetchError, match="CA certificates"):
+        HttpRepository("https://127.0.0.1:1/", cafile=tmp_path / "missing.pem")

@@ -101,8 +101,13 @@ def test_header_roundtrip_and_fields() -> None:
 def test_truncated_at_every_region_raises_typed_error() -> None:
     old, new = _pair()
     p = _make(old, new, segment_size=16384)
-    cuts = sorted(set(list(range(0, 200)) + list(range(0, len(p), max(1, len(p) // 150)))
-                      + [len(p) - i for i in range(1, 60)]))
+    cuts = sorted(
+        set(
+            list(range(0, 200))
+            + list(range(0, len(p), max(1, len(p) // 150)))
+            + [len(p) - i for i in range(1, 60)]
+        )
+    )
     for cut in cuts:
         with pytest.raises(TruncatedPatch):
             apply(old, p[:cut], io.BytesIO())
@@ -139,15 +144,28 @@ def test_wrong_version_and_magic() -> None:
         apply(old, b"BSIP", io.BytesIO())
 
 
-def _forge(old: bytes, new_size: int, segs: list[tuple[bytes, int]], *, declared_new: int,
-           max_buffered: int = 1 << 20) -> bytes:
+def _forge(
+    old: bytes,
+    new_size: int,
+    segs: list[tuple[bytes, int]],
+    *,
+    declared_new: int,
+    max_buffered: int = 1 << 20,
+) -> bytes:
     """A patch with valid digests around hand-made payloads (an attacker can do this)."""
     import hashlib
 
     import zstandard
 
-    h = patchfmt.Header(1, 1 << 20, len(old), hashlib.sha256(old).digest(), declared_new,
-                        hashlib.sha256(b"x").digest(), max_buffered)
+    h = patchfmt.Header(
+        1,
+        1 << 20,
+        len(old),
+        hashlib.sha256(old).digest(),
+        declared_new,
+        hashlib.sha256(b"x").digest(),
+        max_buffered,
+    )
     hb = h.pack()
     h = dataclasses.replace(h, digest=hb[-32:])
     parts = [hb]
@@ -155,8 +173,16 @@ def _forge(old: bytes, new_size: int, segs: list[tuple[bytes, int]], *, declared
     off = 0
     for payload, out_len in segs:
         comp = zstandard.ZstdCompressor().compress(payload)
-        seg = patchfmt.SegmentHeader(len(digests), off, out_len, len(payload), len(comp), 1,
-                                     (0, 0, out_len, 0), hashlib.sha256(bytes(out_len)).digest())
+        seg = patchfmt.SegmentHeader(
+            len(digests),
+            off,
+            out_len,
+            len(payload),
+            len(comp),
+            1,
+            (0, 0, 0, out_len),
+            hashlib.sha256(bytes(out_len)).digest(),
+        )
         body = seg.body()
         d = patchfmt.SegmentHeader.compute_digest(h.digest, body, comp)
         parts += [body, d, comp]
@@ -166,9 +192,16 @@ def _forge(old: bytes, new_size: int, segs: list[tuple[bytes, int]], *, declared
     return b"".join(parts)
 
 
-def _payload(out_len: int, ctrl: bytes, runs: bytes = b"", lit: bytes = b"", dif: bytes = b"",
-             n_ops: int = 1) -> bytes:
-    return struct.pack("<6Q", out_len, n_ops, len(ctrl), len(runs), len(lit), len(dif)) + ctrl + runs + lit + dif
+def _payload(
+    out_len: int, ctrl: bytes, runs: bytes = b"", lit: bytes = b"", dif: bytes = b"", n_ops: int = 1
+) -> bytes:
+    return (
+        struct.pack("<7Q", out_len, n_ops, len(ctrl), len(runs), 0, len(lit), len(dif))
+        + ctrl
+        + runs
+        + lit
+        + dif
+    )
 
 
 def test_forged_ops_out_of_range_are_refused() -> None:
@@ -194,8 +227,7 @@ def test_segment_beyond_declared_size_is_refused() -> None:
     old = bytes(1024)
     v = 100 << 2 | 3
     ctrl = bytes([v & 0x7F | 0x80, v >> 7])
-    p = _forge(old, 100, [(_payload(100, ctrl), 100), (_payload(100, ctrl), 100)],
-               declared_new=150)
+    p = _forge(old, 100, [(_payload(100, ctrl), 100), (_payload(100, ctrl), 100)], declared_new=150)
     with pytest.raises(PatchTooLarge):
         apply(old, p, io.BytesIO())
 
@@ -221,3 +253,34 @@ def test_iter_apply_chunks() -> None:
     chunks = list(iter_apply(old, io.BytesIO(p), chunk_size=1000))
     assert b"".join(chunks) == new
     assert max(len(c) for c in chunks) <= 1000
+
+
+def test_forged_zero_segment_with_other_ops_is_refused() -> None:
+    """A segment claiming to be all zeros (so its digest is not recomputed) must be."""
+    import hashlib
+
+    old = bytes(1024)
+    v = 100 << 2 | 2  # INSERT 100 literal bytes, while the header says ZERO
+    ctrl = bytes([v & 0x7F | 0x80, v >> 7])
+    payload = _payload(100, ctrl, lit=b"\xff" * 100)
+    import zstandard
+
+    h = patchfmt.Header(
+        1,
+        1 << 20,
+        len(old),
+        hashlib.sha256(old).digest(),
+        100,
+        hashlib.sha256(b"\xff" * 100).digest(),
+        1 << 20,
+    )
+    hb = h.pack()
+    h = dataclasses.replace(h, digest=hb[-32:])
+    comp = zstandard.ZstdCompressor().compress(payload)
+    seg = patchfmt.SegmentHeader(
+        0, 0, 100, len(payload), len(comp), 1, (0, 0, 0, 100), hashlib.sha256(bytes(100)).digest()
+    )
+    d = patchfmt.SegmentHeader.compute_digest(h.digest, seg.body(), comp)
+    p = hb + seg.body() + d + comp + patchfmt.pack_trailer(h, [d])
+    with pytest.raises(CorruptPatch, match="statistics"):
+        apply(old, p, io.BytesIO())

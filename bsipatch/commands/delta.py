@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Any
 
+from .._io import os_error_to_staging
 from .._progress import Progress
 from ._common import add_command, emit, progress_enabled
 
@@ -48,12 +49,29 @@ def cmd_diff(args: argparse.Namespace) -> int:
     """bsipatch diff OLD NEW PATCH."""
     from ..diff import diff
 
-    with Progress("diff", enabled=progress_enabled(args)) as bar:
-        info = diff(args.old, args.new, args.patch, format=args.format, level=args.level,
-                    threads=args.threads, segment_size=args.segment_size, progress=bar.callback)
+    try:
+        with Progress("diff", enabled=progress_enabled(args)) as bar:
+            info = diff(
+                args.old,
+                args.new,
+                args.patch,
+                format=args.format,
+                level=args.level,
+                threads=args.threads,
+                segment_size=args.segment_size,
+                progress=bar.callback,
+            )
+    except OSError as exc:
+        raise os_error_to_staging(exc, f"diff {args.old} {args.new} -> {args.patch}") from exc
     d = info.to_dict()
-    emit(args, d, [f"wrote {args.patch}: {info.patch_size} bytes ({info.format}), "
-                   f"{info.new_size} bytes of new image from {info.old_size} bytes of old"])
+    emit(
+        args,
+        d,
+        [
+            f"wrote {args.patch}: {info.patch_size} bytes ({info.format}), "
+            f"{info.new_size} bytes of new image from {info.old_size} bytes of old"
+        ],
+    )
     return 0
 
 
@@ -62,12 +80,28 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from ..apply import apply
 
     patch: Any = sys.stdin.buffer if args.patch == "-" else args.patch
-    with Progress("apply", enabled=progress_enabled(args)) as bar:
-        info = apply(args.old, patch, args.out, threads=args.threads, progress=bar.callback,
-                     resume=args.resume, max_patch_size=args.max_patch_size)
+    try:
+        with Progress("apply", enabled=progress_enabled(args)) as bar:
+            info = apply(
+                args.old,
+                patch,
+                args.out,
+                threads=args.threads,
+                progress=bar.callback,
+                resume=args.resume,
+                max_patch_size=args.max_patch_size,
+            )
+    except OSError as exc:
+        raise os_error_to_staging(exc, f"apply to {args.out}") from exc
     d = info.to_dict()
-    emit(args, d, [f"wrote {args.out}: {info.new_size} bytes, verified"
-                   + (" (sha256 " + info.new_sha256.hex() + ")" if info.new_sha256 else "")])
+    emit(
+        args,
+        d,
+        [
+            f"wrote {args.out}: {info.new_size} bytes, verified"
+            + (" (sha256 " + info.new_sha256.hex() + ")" if info.new_sha256 else "")
+        ],
+    )
     return 0
 
 
@@ -76,7 +110,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     from ..patchfmt import read_patch_info
 
     patch: Any = sys.stdin.buffer if args.patch == "-" else args.patch
-    info = read_patch_info(patch)
+    try:
+        info = read_patch_info(patch)
+    except OSError as exc:
+        raise os_error_to_staging(exc, f"reading {args.patch}") from exc
     d = info.to_dict()
     emit(args, d, _info_lines(d))
     return 0
@@ -85,25 +122,41 @@ def cmd_info(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the CLI."""
     p = add_command(sub, "diff", "make a patch from OLD to NEW", cmd_diff)
-    p.add_argument("old", metavar="OLD")
-    p.add_argument("new", metavar="NEW")
-    p.add_argument("patch", metavar="PATCH")
-    p.add_argument("--format", choices=("bsipatch", "bsdiff40"), default="bsipatch")
+    p.add_argument("old", metavar="OLD", help="the image the patch applies to")
+    p.add_argument("new", metavar="NEW", help="the image the patch makes")
+    p.add_argument("patch", metavar="PATCH", help="the patch file to write")
+    p.add_argument(
+        "--format",
+        choices=("bsipatch", "bsdiff40"),
+        default="bsipatch",
+        help="bsipatch (default: segmented, zstd, SHA-256 checked) or classic BSDIFF40",
+    )
     p.add_argument("--level", type=int, default=19, help="zstd level 1..22 (default 19)")
     p.add_argument("--threads", type=int, default=None, help="threads (default: all CPUs)")
-    p.add_argument("--segment-size", type=int, default=None,
-                   help="output bytes per segment (default 8 MiB)")
+    p.add_argument(
+        "--segment-size", type=int, default=None, help="output bytes per segment (default 8 MiB)"
+    )
 
-    p = add_command(sub, "apply", "apply PATCH (bsipatch or BSDIFF40) to OLD, writing OUT",
-                    cmd_apply)
-    p.add_argument("old", metavar="OLD")
+    p = add_command(
+        sub, "apply", "apply PATCH (bsipatch or BSDIFF40) to OLD, writing OUT", cmd_apply
+    )
+    p.add_argument("old", metavar="OLD", help="the image the patch was made for")
     p.add_argument("patch", metavar="PATCH", help="patch file, or - for standard input")
-    p.add_argument("out", metavar="OUT")
-    p.add_argument("--resume", action="store_true",
-                   help="keep a partial output on interruption and continue from it")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--max-patch-size", type=int, default=None,
-                   help="refuse patches longer than this many bytes")
+    p.add_argument("out", metavar="OUT", help="where to write the new image")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep a partial output on interruption and continue from it",
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="segments applied at once (default: up to 3)"
+    )
+    p.add_argument(
+        "--max-patch-size",
+        type=int,
+        default=None,
+        help="refuse patches longer than this many bytes",
+    )
 
     p = add_command(sub, "info", "show a patch's header, segments and op statistics", cmd_info)
     p.add_argument("patch", metavar="PATCH", help="patch file, or - for standard input")
