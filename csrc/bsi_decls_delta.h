@@ -106,7 +106,8 @@ typedef struct {
 } bsi_seg_enc;
 
 /* Encode ops from the cursor into one segment of at most max_out output bytes
- * (fewer when a section buffer would overflow). Sections go to ctrl/runs (zero-run
+ * (fewer when a section buffer fills: a segment's payload is bounded by the
+ * capacities, its output by max_out). Sections go to ctrl/runs (zero-run
  * lengths)/nruns (non-zero-run lengths)/lit/diff
  * buffers with the given capacities. Returns 0 or a negative BSI_E_*. */
 int bsi_seg_encode(bsi_seg_enc *enc, const bsi_op *ops, uint64_t n_ops, const uint8_t *old,
