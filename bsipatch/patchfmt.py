@@ -96,8 +96,19 @@ class Header:
         if len(data) < HEADER_SIZE:
             raise TruncatedPatch(f"patch header is {len(data)} bytes, expected {HEADER_SIZE}")
         body, digest = data[: HEADER_SIZE - 32], data[HEADER_SIZE - 32 : HEADER_SIZE]
-        (_, version, flags, seg_size, old_size, old_sha, new_size, new_sha, max_buf, max_pay,
-         _r2) = struct.unpack(HEADER_FMT, body)
+        (
+            _,
+            version,
+            flags,
+            seg_size,
+            old_size,
+            old_sha,
+            new_size,
+            new_sha,
+            max_buf,
+            max_pay,
+            _r2,
+        ) = struct.unpack(HEADER_FMT, body)
         if version != VERSION:
             raise UnsupportedPatch(f"patch format version {version}, this bsipatch reads {VERSION}")
         if not hmac.compare_digest(hashlib.sha256(body).digest(), digest):
@@ -116,8 +127,9 @@ class Header:
             raise UnsupportedPatch(
                 f"patch declares segment payloads up to {max_pay} bytes, limit {MAX_PAYLOAD}"
             )
-        return cls(version, seg_size, old_size, old_sha, new_size, new_sha, max_buf, max_pay,
-                   digest)
+        return cls(
+            version, seg_size, old_size, old_sha, new_size, new_sha, max_buf, max_pay, digest
+        )
 
 
 @dataclass(frozen=True)
