@@ -57,9 +57,10 @@ IN_CHUNK = 256 << 10
 PARTIAL_SUFFIX = ".bsipatch-partial"
 #: Default parallel segments: each worker holds a zstd window and a segment.
 MAX_DEFAULT_THREADS = 3
-#: Drop the old image's mapped pages after each segment when it is larger than this,
-#: so resident memory stays bounded whatever the image size.
+#: Drop the old image's mapped pages every DROP_EVERY output bytes when it is larger
+#: than DROP_PAGES_ABOVE, so resident memory stays bounded whatever the image size.
 DROP_PAGES_ABOVE = 32 << 20
+DROP_EVERY = 8 << 20
 
 _NATIVE_ERRORS = {
     lib.BSI_E_CORRUPT: CorruptPatch,
@@ -83,6 +84,7 @@ class _Old:
         self.buf: Buffer = self._stack.enter_context(open_buffer(src))  # type: ignore[arg-type]
         self.size = len(self.buf)
         self.ptr = ffi.from_buffer(self.buf) if self.size else ffi.NULL
+        self._since_drop = 0
 
     def check(self, header: Header) -> None:
         """Raise WrongBaseImage unless size and SHA-256 match the patch header."""
@@ -121,6 +123,13 @@ class _Old:
 
         return wait
 
+    def note_output(self, n: int) -> None:
+        """Count output bytes made; every DROP_EVERY of them, release the old image's pages."""
+        self._since_drop += n
+        if self._since_drop >= DROP_EVERY:
+            self._since_drop = 0
+            self.drop_pages()
+
     def drop_pages(self) -> None:
         """Let go of the mapped pages of a large old image (they are re-read on demand)."""
         if isinstance(self.buf, mmap.mmap) and self.size > DROP_PAGES_ABOVE:
@@ -145,14 +154,17 @@ def is_zero_segment(seg: SegmentHeader) -> bool:
     )
 
 
-def run_segment(
-    old: _Old, header: Header, seg: SegmentHeader, comp: bytes, sink: Callable[[memoryview], None]
-) -> None:
-    """Decompress one verified segment, apply it, and pass its output to ``sink`` in order.
+def segment_chunks(
+    old: _Old, header: Header, seg: SegmentHeader, comp: bytes
+) -> Iterator[memoryview]:
+    """Decompress one verified segment and apply it, yielding its output in order.
+
+    Each yielded view is valid until the next one is requested. The generator raises
+    after the last chunk when the segment does not verify.
 
     Raises:
-        CorruptPatch, TruncatedPatch, PatchTooLarge: bad payload; OutputMismatch never
-        (a wrong segment output digest is a CorruptPatch).
+        CorruptPatch, TruncatedPatch, PatchTooLarge: bad payload (a wrong segment
+        output digest is a CorruptPatch).
     """
     import hashlib
     import hmac
@@ -174,11 +186,10 @@ def run_segment(
     ib = ffi.new("bsi_inbuf *")
     h = hashlib.sha256()
     total = 0
-    started = False
 
     def start(head: bytes) -> None:
         # size the section buffer from the payload's own (untrusted, checked) lengths
-        nonlocal cap, scratch, pscratch, started
+        nonlocal cap, scratch, pscratch
         ctrl_len, runs_len, nruns_len, lit_len = struct.unpack_from("<4Q", head, 16)
         need = ctrl_len + runs_len + nruns_len + lit_len
         if need > header.max_buffered or need > seg.payload_len:
@@ -190,9 +201,8 @@ def run_segment(
         scratch = bytearray(cap)
         pscratch = ffi.from_buffer(scratch) if cap else ffi.NULL
         lib.bsi_patch_init(st, seg.out_len, old.size, cap)
-        started = True
 
-    def pump(data: bytes) -> None:
+    def pump(data: bytes) -> Iterator[memoryview]:
         keep = ffi.from_buffer(data) if data else ffi.NULL
         ib.ptr, ib.size, ib.pos = keep, len(data), 0
         while True:
@@ -203,7 +213,8 @@ def run_segment(
                 chunk = outmv[: ob.pos]
                 if not zero_seg:
                     h.update(chunk)
-                sink(chunk)
+                yield chunk
+                old.note_output(ob.pos)
                 ob.pos = 0
             if rc == 0:
                 break
@@ -221,7 +232,7 @@ def run_segment(
                 head += more
             start(head)
             total = len(head)
-            pump(head)
+            yield from pump(head)
             while True:
                 data = r.read(IN_CHUNK)
                 if not data:
@@ -229,12 +240,10 @@ def run_segment(
                 total += len(data)
                 if total > seg.payload_len:
                     raise CorruptPatch(f"segment {seg.index}: payload longer than declared")
-                pump(data)
+                yield from pump(data)
     except zstandard.ZstdError as exc:
         raise CorruptPatch(f"segment {seg.index}: zstd: {exc}") from exc
-    if not started:  # pragma: no cover - start() always ran or raised
-        raise CorruptPatch(f"segment {seg.index}: empty payload")
-    pump(b"")
+    yield from pump(b"")
     if total != seg.payload_len:
         raise CorruptPatch(
             f"segment {seg.index}: payload is {total} bytes, declared {seg.payload_len}"
@@ -246,6 +255,15 @@ def run_segment(
         raise CorruptPatch(f"segment {seg.index}: operations differ from its statistics")
     if not zero_seg and not hmac.compare_digest(h.digest(), seg.out_sha256):
         raise CorruptPatch(f"segment {seg.index}: output SHA-256 mismatch")
+
+
+def run_segment(
+    old: _Old, header: Header, seg: SegmentHeader, comp: bytes, sink: Callable[[memoryview], None]
+) -> None:
+    """Apply one verified segment, passing its output to ``sink`` in order (see
+    :func:`segment_chunks`)."""
+    for chunk in segment_chunks(old, header, seg, comp):
+        sink(chunk)
 
 
 def _open_patch(stack: ExitStack, patch: PatchSource) -> tuple[BinaryIO, bytes]:
@@ -529,10 +547,13 @@ def apply(
 def iter_apply(
     old: PathLike | Buffer, patch: PatchSource, *, chunk_size: int = OUT_CHUNK
 ) -> Iterator[bytes]:
-    """Yield the new image in chunks, each only after its segment verified.
+    """Yield the new image in chunks, as fast as the consumer pulls them.
 
-    The last segment's bytes are held back until the trailer and the whole image's
-    SHA-256 check out, so a consumer never receives the end of an unverified image.
+    Memory stays bounded (about one output chunk). Bytes inside a segment are yielded
+    as they are produced; the last chunk of each segment is held back until that
+    segment's SHA-256 verified, and the image's last chunk until the trailer and the
+    whole image's SHA-256 check out, so a consumer never receives a complete
+    unverified image: on any mismatch the iteration raises instead.
 
     Args:
         old: the old image: path or bytes-like.
@@ -569,21 +590,29 @@ def iter_apply(
         stack.callback(o.close)
         o.check(reader.header)
         overall = hashlib.sha256()
-        held: bytearray | None = None
+        # One chunk is always held back: a segment's last chunk is released only after
+        # the segment verified (the next chunk exists only then), and the image's last
+        # chunk only after the trailer and the whole image's SHA-256 check out.
+        held: bytes | None = None
         for seg, comp in reader:
-            if held is not None:
-                for i in range(0, len(held), chunk_size):
-                    yield bytes(held[i : i + chunk_size])
-            cur = bytearray()
-            run_segment(o, reader.header, seg, comp, cur.extend)
-            overall.update(cur)
+            for chunk in segment_chunks(o, reader.header, seg, comp):
+                overall.update(chunk)
+                if held is not None:
+                    yield from _pieces(held, chunk_size)
+                held = bytes(chunk)
             o.drop_pages()
-            held = cur
         if not hmac.compare_digest(overall.digest(), reader.header.new_sha256):
             raise OutputMismatch("output SHA-256 does not match the patch header")
         if held is not None:
-            for i in range(0, len(held), chunk_size):
-                yield bytes(held[i : i + chunk_size])
+            yield from _pieces(held, chunk_size)
+
+
+def _pieces(data: bytes, size: int) -> Iterator[bytes]:
+    if len(data) <= size:
+        yield data
+        return
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
 
 
 class ApplyReader(io.RawIOBase):

@@ -49,8 +49,8 @@ BS = lib.BSI_BLOCK_SIZE
 FULL_INDEX_LIMIT = 0
 SEARCH_OPS_CAP = 1 << 13
 #: Default and largest output bytes per segment (patchfmt checks the same limit).
-DEFAULT_SEGMENT_SIZE = 8 << 20
-MAX_SEGMENT_SIZE = 16 << 20
+DEFAULT_SEGMENT_SIZE = 64 << 20
+MAX_SEGMENT_SIZE = 256 << 20
 #: The pre-pass works through the images in chunks of this many bytes, releasing
 #: mapped pages in between when the images are larger than PAGE_DROP_ABOVE.
 PREPASS_CHUNK = 64 << 20
@@ -453,8 +453,8 @@ def iter_segments(
     ctrl = bytearray(patchfmt.CTRL_CAP)
     runs = bytearray(patchfmt.RUNS_CAP)
     nruns = bytearray(patchfmt.RUNS_CAP)
-    lit = _anon(segment_size)
-    dif = _anon(segment_size)
+    lit = _anon(patchfmt.LIT_CAP)
+    dif = _anon(patchfmt.DIFF_CAP)
     pold, pnew = _ptr(old), _ptr(new)
     while enc.new_pos < len(new):
         start = enc.new_pos
@@ -475,9 +475,9 @@ def iter_segments(
                 ffi.from_buffer(nruns),
                 len(nruns),
                 ffi.from_buffer(lit),
-                segment_size,
+                patchfmt.LIT_CAP,
                 ffi.from_buffer(dif),
-                segment_size,
+                patchfmt.DIFF_CAP,
             ),
             "segment encoding",
         )
@@ -602,7 +602,12 @@ def write_bsipatch(
         old_sha256,
         len(new),
         new_sha256,
-        patchfmt.CTRL_CAP + 2 * patchfmt.RUNS_CAP + segment_size,
+        patchfmt.CTRL_CAP + 2 * patchfmt.RUNS_CAP + patchfmt.LIT_CAP,
+        patchfmt.PAYLOAD_HEADER_SIZE
+        + patchfmt.CTRL_CAP
+        + 2 * patchfmt.RUNS_CAP
+        + patchfmt.LIT_CAP
+        + patchfmt.DIFF_CAP,
     )
     hbytes = header.pack()
     header = Header.unpack(hbytes)
@@ -695,7 +700,8 @@ def diff(
         format: ``"bsipatch"`` (default) or ``"bsdiff40"`` (classic bsdiff).
         level: zstd compression level for bsipatch (1..22, default 19).
         threads: threads for search and compression (default: all CPUs).
-        segment_size: output bytes per segment (default 8 MiB, at most 16 MiB).
+        segment_size: largest output bytes per segment (default 64 MiB, at most 256 MiB);
+            a segment also ends when its literal or difference section reaches 8 MiB.
         progress: ``(done, total)`` callback.
 
     Returns:

@@ -32,15 +32,20 @@ TRAILER_FMT = "<4sIQ"
 TRAILER_SIZE = struct.calcsize(TRAILER_FMT) + 32  # 48
 PAYLOAD_HEADER_SIZE = 56  # seven little-endian u64 at the start of each decompressed payload
 
-#: Largest segment (output bytes) this applier accepts; bounds apply memory.
-MAX_SEGMENT_SIZE = 16 << 20
-#: Default output bytes per segment.
-DEFAULT_SEGMENT_SIZE = 8 << 20
-#: Section buffers the writer uses besides literals (control; zero and non-zero runs).
+#: Largest output of one segment this applier accepts (resume/parallelism granularity;
+#: output is streamed, so it does not cost memory).
+MAX_SEGMENT_SIZE = 256 << 20
+#: Default output bytes per segment: segments are cut earlier when their payload fills.
+DEFAULT_SEGMENT_SIZE = 64 << 20
+#: Section capacities of the writer: control, zero runs, non-zero runs, literals, diff.
 CTRL_CAP = 1 << 20
 RUNS_CAP = 1 << 20
-#: Largest section buffer (control + runs + literals) an applier accepts beyond a segment.
-MAX_BUFFER_SLACK = 4 << 20
+LIT_CAP = 8 << 20
+DIFF_CAP = 8 << 20
+#: Largest buffered sections (control + runs + literals) and decompressed payload of
+#: one segment this applier accepts: these are what apply memory depends on.
+MAX_BUFFERED = 16 << 20
+MAX_PAYLOAD = 32 << 20
 
 KIND_NAMES = ("copy", "add", "insert", "zero")
 
@@ -56,6 +61,7 @@ class Header:
     new_size: int
     new_sha256: bytes
     max_buffered: int
+    max_payload: int = MAX_PAYLOAD
     digest: bytes = b""
 
     def pack(self) -> bytes:
@@ -71,7 +77,7 @@ class Header:
             self.new_size,
             self.new_sha256,
             self.max_buffered,
-            0,
+            self.max_payload,
             0,
         )
         return body + hashlib.sha256(body).digest()
@@ -90,25 +96,40 @@ class Header:
         if len(data) < HEADER_SIZE:
             raise TruncatedPatch(f"patch header is {len(data)} bytes, expected {HEADER_SIZE}")
         body, digest = data[: HEADER_SIZE - 32], data[HEADER_SIZE - 32 : HEADER_SIZE]
-        (_, version, flags, seg_size, old_size, old_sha, new_size, new_sha, max_buf, _r1, _r2) = (
-            struct.unpack(HEADER_FMT, body)
-        )
+        (
+            _,
+            version,
+            flags,
+            seg_size,
+            old_size,
+            old_sha,
+            new_size,
+            new_sha,
+            max_buf,
+            max_pay,
+            _r2,
+        ) = struct.unpack(HEADER_FMT, body)
         if version != VERSION:
             raise UnsupportedPatch(f"patch format version {version}, this bsipatch reads {VERSION}")
         if not hmac.compare_digest(hashlib.sha256(body).digest(), digest):
             raise CorruptPatch("patch header digest mismatch")
-        if flags != 0 or _r1 != 0 or _r2 != 0:
+        if flags != 0 or _r2 != 0:
             raise UnsupportedPatch(f"unknown patch header flags {flags:#x}")
         if not 0 < seg_size <= MAX_SEGMENT_SIZE:
             raise UnsupportedPatch(
                 f"segment size {seg_size} outside 1..{MAX_SEGMENT_SIZE} supported by this applier"
             )
-        if max_buf > seg_size + MAX_BUFFER_SLACK:
+        if max_buf > MAX_BUFFERED or max_buf > max_pay:
             raise UnsupportedPatch(
-                f"patch needs {max_buf} buffered bytes per segment, "
-                f"limit {seg_size + MAX_BUFFER_SLACK}"
+                f"patch needs {max_buf} buffered bytes per segment, limit {MAX_BUFFERED}"
             )
-        return cls(version, seg_size, old_size, old_sha, new_size, new_sha, max_buf, digest)
+        if not PAYLOAD_HEADER_SIZE <= max_pay <= MAX_PAYLOAD:
+            raise UnsupportedPatch(
+                f"patch declares segment payloads up to {max_pay} bytes, limit {MAX_PAYLOAD}"
+            )
+        return cls(
+            version, seg_size, old_size, old_sha, new_size, new_sha, max_buf, max_pay, digest
+        )
 
 
 @dataclass(frozen=True)
@@ -164,7 +185,7 @@ class SegmentHeader:
 
 def payload_limit(header: Header) -> int:
     """Largest decompressed payload a segment of this patch may declare."""
-    return PAYLOAD_HEADER_SIZE + header.max_buffered + header.segment_size
+    return header.max_payload
 
 
 def comp_limit(header: Header) -> int:

@@ -80,8 +80,9 @@ int64_t bsi_diff_search(const uint8_t *idx, uint64_t idx_size, const int32_t *sa
 int64_t bsi_ops_remap(const bsi_op *ops, uint64_t n, const uint64_t *map_old,
                       const uint64_t *map_len, uint64_t nmap, bsi_op *out, uint64_t out_cap);
 
-/* Merge neighbouring ops that continue each other, drop empty ones, turn ADD ops
- * whose bytes equal old into COPY where a whole op matches. In place; returns count. */
+/* Merge neighbouring ops that continue each other (COPY/ADD contiguous in old merge
+ * into ADD; INSERT and ZERO runs merge), drop empty ones, check every old range and
+ * that the ops cover exactly new_size bytes. In place; returns the new count. */
 int64_t bsi_ops_normalize(bsi_op *ops, uint64_t n, const uint8_t *old, uint64_t old_size,
                           const uint8_t *new_, uint64_t new_size);
 
@@ -105,7 +106,8 @@ typedef struct {
 } bsi_seg_enc;
 
 /* Encode ops from the cursor into one segment of at most max_out output bytes
- * (fewer when a section buffer would overflow). Sections go to ctrl/runs (zero-run
+ * (fewer when a section buffer fills: a segment's payload is bounded by the
+ * capacities, its output by max_out). Sections go to ctrl/runs (zero-run
  * lengths)/nruns (non-zero-run lengths)/lit/diff
  * buffers with the given capacities. Returns 0 or a negative BSI_E_*. */
 int bsi_seg_encode(bsi_seg_enc *enc, const bsi_op *ops, uint64_t n_ops, const uint8_t *old,

@@ -618,7 +618,7 @@ BSI_API int bsi_seg_encode(bsi_seg_enc *enc, const bsi_op *ops, uint64_t n_ops, 
     int run_nonzero = 0, any_add = 0, rc;
     if (!enc || !ctrl || !runs || !nruns || !lit || !diff || ctrl_cap < 64 || runs_cap < 64 ||
         nruns_cap < 64 ||
-        max_out == 0 || diff_cap < max_out)
+        max_out == 0 || diff_cap == 0)
         return BSI_E_INVAL;
     enc->out_len = enc->n_ops = enc->ctrl_len = enc->runs_len = enc->nruns_len = 0;
     enc->lit_len = enc->diff_len = 0;
@@ -662,6 +662,7 @@ BSI_API int bsi_seg_encode(bsi_seg_enc *enc, const bsi_op *ops, uint64_t n_ops, 
                     }
                 } else {
                     while (k < take && a[k] != b[k]) {
+                        if (enc->diff_len == diff_cap) goto cut; /* diff section full */
                         diff[enc->diff_len++] = (uint8_t)(a[k] - b[k]);
                         k++;
                         run++;
@@ -674,6 +675,7 @@ BSI_API int bsi_seg_encode(bsi_seg_enc *enc, const bsi_op *ops, uint64_t n_ops, 
                     }
                 }
             }
+        cut:
             take = k;
             if (take == 0) break;
             any_add = 1;

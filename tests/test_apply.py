@@ -207,3 +207,28 @@ def test_cli_diff_apply_info_stdin(tmp_path: Path, files) -> None:
     assert main(["info", "--json", str(patch)]) == 0
     assert main(["apply", "-q", str(np_), str(patch), str(tmp_path / "x")]) == 4
     assert not (tmp_path / "x").exists()
+
+
+def test_every_refusal_leaves_no_output_file(files, tmp_path: Path) -> None:
+    from bsipatch.errors import PatchError, PatchTooLarge, UnsupportedPatch
+
+    op, _np, pp, _new = files
+    data = pp.read_bytes()
+    wrong_version = bytearray(data)
+    wrong_version[8] = 9
+    cases = [
+        (bytes(wrong_version), UnsupportedPatch),
+        (b"GARBAGE!" + data[8:], UnsupportedPatch),
+        (data + b"extra", CorruptPatch),
+        (data[:-1], TruncatedPatch),
+    ]
+    for patch, exc in cases:
+        with pytest.raises(exc):
+            apply(op, patch, tmp_path / "out.img")
+        assert _leftovers(tmp_path) == []
+    with pytest.raises(PatchTooLarge):
+        apply(op, data, tmp_path / "out.img", max_patch_size=len(data) // 2)
+    assert _leftovers(tmp_path) == []
+    with pytest.raises(PatchError):
+        apply(op, data[: len(data) // 3], tmp_path / "out.img", resume=False)
+    assert _leftovers(tmp_path) == []

@@ -272,3 +272,26 @@ def test_index_of_many_small_ranges_remaps_ops() -> None:
     # one stretch copying across many old ranges at once
     new += b"".join(blocks[i][:3000] for i in range(0, 40, 2))
     roundtrip(old, bytes(new))
+
+
+def test_segments_cut_when_sections_fill(monkeypatch) -> None:
+    """A segment ends when its literal, difference, control or runs section fills."""
+    from bsipatch import patchfmt
+
+    for name, value in (
+        ("LIT_CAP", 5000),
+        ("DIFF_CAP", 3000),
+        ("CTRL_CAP", 4096),
+        ("RUNS_CAP", 4096),
+    ):
+        monkeypatch.setattr(patchfmt, name, value)
+    rnd = random.Random(12)
+    old = rnd.randbytes(200_000)
+    new = bytearray(old)
+    for _ in range(3000):  # many scattered changes: differences and runs
+        new[rnd.randrange(len(new))] ^= 0xFF
+    new[50_000:50_000] = rnd.randbytes(30_000)  # literals
+    patch = roundtrip(old, bytes(new), segment_size=16 << 20, level=1)
+    info = read_patch_info(patch)
+    assert len(info.segments) > 5
+    assert info.stats["insert_bytes"] >= 30_000

@@ -134,7 +134,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--level", type=int, default=19, help="zstd level 1..22 (default 19)")
     p.add_argument("--threads", type=int, default=None, help="threads (default: all CPUs)")
     p.add_argument(
-        "--segment-size", type=int, default=None, help="output bytes per segment (default 8 MiB)"
+        "--segment-size",
+        type=int,
+        default=None,
+        help="largest output bytes per segment (default 64 MiB)",
     )
 
     p = add_command(
