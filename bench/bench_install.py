@@ -98,8 +98,43 @@ def _measure(fn: Any) -> dict[str, Any]:
         "sys_s": r1.ru_stime - r0.ru_stime,
         "bytes_written": io1.get("write_bytes", 0) - io0.get("write_bytes", 0),
         "wchar": io1.get("wchar", 0) - io0.get("wchar", 0),
-        "peak_rss_mib": r1.ru_maxrss / 1024,
+        # VmHWM: this process's own high-water mark (ru_maxrss survives exec on Linux);
+        # it counts mapped file pages too (apply maps the old image)
+        "peak_rss_mib": _vm_hwm_kib() / 1024,
     }
+
+
+def _vm_hwm_kib() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def child_breakdown(work: Path) -> dict[str, Any]:
+    """Where the install's CPU goes: each step of install_release measured alone."""
+    from bsipatch.apply import apply
+    from bsipatch.install import load_manifest
+    from bsipatch.seal import verify_image
+
+    meta = json.loads((work / "meta.json").read_text())
+    comp = load_manifest(meta["manifest"]).components[0]
+    base = next((work / "preboot" / "base").iterdir()) / "system.img"
+    out = work / "breakdown.img"
+    steps = {
+        "verify base seal": lambda: verify_image(base, comp.base.to_seal()),
+        "apply (streaming patch -> new image, fsync)": lambda: apply(
+            base, work / "system.bsipatch", out
+        ),
+        "patch SHA-256": lambda: hashlib.sha256((work / "system.bsipatch").read_bytes()),
+        "verify target seal": lambda: verify_image(out, comp.target.to_seal()),
+    }
+    result = {name: _measure(fn) for name, fn in steps.items()}
+    out.unlink()
+    return result
 
 
 # --- child-process measurements ----------------------------------------------------------
@@ -258,27 +293,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--dir", help="work directory (default: a temporary one, removed after)")
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--reuse", action="store_true", help="reuse the images in --dir")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.child:
-        fn = {"install": child_install, "full": child_full, "uninstall": child_uninstall}[
-            args.child
-        ]
+        fn = {
+            "install": child_install,
+            "full": child_full,
+            "uninstall": child_uninstall,
+            "breakdown": child_breakdown,
+        }[args.child]
         print(json.dumps(fn(Path(args.dir)), default=str))
         return 0
 
     work = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench-install-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        if (work / "meta.json").exists():
-            shutil.rmtree(work)
-            work.mkdir()
-        meta = prepare(work, args.size_mib, args.change, args.zstd_level, args.seed)
+        if args.reuse and (work / "meta.json").exists():
+            meta = json.loads((work / "meta.json").read_text())
+            if (work / "preboot" / "releases").is_dir():
+                run_child("uninstall", work)
+            # forget the cached base-seal check, so the first install pays for it again
+            (work / "preboot" / "verified.json").unlink(missing_ok=True)
+        else:
+            if (work / "meta.json").exists():
+                shutil.rmtree(work)
+                work.mkdir()
+            meta = prepare(work, args.size_mib, args.change, args.zstd_level, args.seed)
         first = run_child("install", work)
         run_child("uninstall", work)
         second = run_child("install", work)
         full = run_child("full", work)
+        breakdown = run_child("breakdown", work)
     finally:
         if not args.dir:
             shutil.rmtree(work, ignore_errors=True)
@@ -301,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{label:28} {dl / mib:9.1f} MiB {m['wall_s']:8.2f} {m['cpu_s']:8.2f} "
             f"{m['bytes_written'] / mib:8.1f} MiB {m['peak_rss_mib']:6.0f} MiB"
         )
+    print("install steps measured alone:")
+    for label, m in breakdown.items():
+        print(f"  {label:44} wall {m['wall_s']:6.2f} s  CPU {m['cpu_s']:6.2f} s")
     dl_ratio = meta["zst_bytes"] / meta["patch_bytes"]
     cpu1, cpu2 = full["cpu_s"] / first["cpu_s"], full["cpu_s"] / second["cpu_s"]
     wall1, wall2 = full["wall_s"] / first["wall_s"], full["wall_s"] / second["wall_s"]
@@ -312,7 +362,13 @@ def main(argv: list[str] | None = None) -> int:
         meta_out = {k: v for k, v in meta.items() if k != "manifest"}
         Path(args.json).write_text(
             json.dumps(
-                {"meta": meta_out, "install_first": first, "install_second": second, "full": full},
+                {
+                    "meta": meta_out,
+                    "install_first": first,
+                    "install_second": second,
+                    "full": full,
+                    "breakdown": breakdown,
+                },
                 indent=1,
             )
         )

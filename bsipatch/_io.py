@@ -19,7 +19,7 @@ from typing import IO, BinaryIO, Union
 from .errors import DiskFullError, ReadOnlyError, StagingError
 
 PathLike = Union[str, "os.PathLike[str]"]
-Source = Union[PathLike, bytes, bytearray, memoryview, BinaryIO]
+Source = Union[PathLike, bytes, bytearray, memoryview, BinaryIO]  # noqa: UP007
 
 
 def is_pathlike(obj: object) -> bool:
@@ -34,7 +34,7 @@ def open_source(src: Source) -> Iterator[BinaryIO]:
     A file object passed in is yielded as is and not closed.
     """
     if is_pathlike(src):
-        with open(src, "rb") as f:  # noqa: PTH123
+        with open(src, "rb") as f:
             yield f
     elif isinstance(src, (bytes, bytearray, memoryview)):
         yield io.BytesIO(bytes(src))
@@ -73,18 +73,17 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[bytes]]:
         ...     f.write(b"data")
     """
     target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
+    directory = target.parent
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+        Path(tmp).replace(target)
         fsync_dir(directory)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 

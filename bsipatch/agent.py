@@ -289,6 +289,7 @@ class Agent:
         timeout: HTTP stall timeout in seconds.
         retries: HTTP retries per file.
         progress: ``(done, total)`` callback for installs.
+        cafile: CA certificates (PEM) to trust for an ``https://`` repository.
 
     Raises:
         StateError: ``preboot`` is not a preboot directory.
@@ -311,6 +312,7 @@ class Agent:
         timeout: float = 15.0,
         retries: int = 4,
         progress: Callable[[int, int], None] | None = None,
+        cafile: PathLike | None = None,
     ):
         from .preboot import Preboot
 
@@ -318,7 +320,7 @@ class Agent:
         self._repo: Repository | None = (
             repo
             if repo is None or isinstance(repo, Repository)
-            else open_repository(repo, timeout=timeout, retries=retries)
+            else open_repository(repo, timeout=timeout, retries=retries, cafile=cafile)
         )
         self._now = now
         self.progress = progress

@@ -21,25 +21,17 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import contextlib
-import hashlib
-import hmac
 import io
 import mmap
 import os
 import struct
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Union
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-import zstandard
-
-from . import patchfmt
-from ._io import PathLike, fsync_dir, is_pathlike, open_source, read_exact
 from ._native import error_name, ffi, lib
-from .diff import default_threads, open_buffer, sha256_buffer, zero_digest
+from .diff import default_threads, is_pathlike, open_buffer, sha256_buffer, zero_digest
 from .errors import (
     CorruptPatch,
     OutputMismatch,
@@ -48,12 +40,16 @@ from .errors import (
     UnsupportedPatch,
     WrongBaseImage,
 )
-from .patchfmt import Header, PatchInfo, PatchReader, SegmentHeader
 
+# hashlib (OpenSSL), zstandard, the patch framing and the temp-file helpers are
+# imported inside the functions that use them, so that importing this module (as a
+# diff-only process also does) costs little resident memory.
 if TYPE_CHECKING:
+    from ._io import PathLike
     from .diff import Buffer
+    from .patchfmt import Header, PatchInfo, PatchReader, SegmentHeader
 
-PatchSource = Union[PathLike, bytes, bytearray, memoryview, BinaryIO]  # noqa: UP007
+    PatchSource = PathLike | bytes | bytearray | memoryview | BinaryIO
 ProgressFn = Callable[[int, int], None]
 
 OUT_CHUNK = 1 << 20
@@ -95,6 +91,8 @@ class _Old:
     def start_check(self, header: Header) -> Callable[[], None]:
         """Check the size now and start hashing on a thread; return the function that
         waits for the digest and raises WrongBaseImage when it differs."""
+        import hmac
+
         if self.size != header.old_size:
             raise WrongBaseImage(
                 f"old image is {self.size} bytes, the patch was made for {header.old_size} bytes"
@@ -140,6 +138,8 @@ def is_zero_segment(seg: SegmentHeader) -> bool:
     run_segment confirms the first part from the applier's own counts, so such a
     segment's output is zeros by construction and its digest need not be computed.
     """
+    import hmac
+
     return seg.kind_bytes[3] == seg.out_len and hmac.compare_digest(
         seg.out_sha256, zero_digest(seg.out_len)
     )
@@ -154,6 +154,13 @@ def run_segment(
         CorruptPatch, TruncatedPatch, PatchTooLarge: bad payload; OutputMismatch never
         (a wrong segment output digest is a CorruptPatch).
     """
+    import hashlib
+    import hmac
+
+    import zstandard
+
+    from . import patchfmt
+
     zero_seg = is_zero_segment(seg)
     st = ffi.new("bsi_patch_state *")
     cap = 0
@@ -172,8 +179,8 @@ def run_segment(
     def start(head: bytes) -> None:
         # size the section buffer from the payload's own (untrusted, checked) lengths
         nonlocal cap, scratch, pscratch, started
-        ctrl_len, runs_len, lit_len = struct.unpack_from("<3Q", head, 16)
-        need = ctrl_len + runs_len + lit_len
+        ctrl_len, runs_len, nruns_len, lit_len = struct.unpack_from("<4Q", head, 16)
+        need = ctrl_len + runs_len + nruns_len + lit_len
         if need > header.max_buffered or need > seg.payload_len:
             raise PatchTooLarge(
                 f"segment {seg.index}: needs {need} buffered bytes, the header allows "
@@ -242,6 +249,9 @@ def run_segment(
 
 
 def _open_patch(stack: ExitStack, patch: PatchSource) -> tuple[BinaryIO, bytes]:
+    from . import patchfmt
+    from ._io import open_source, read_exact
+
     f = stack.enter_context(open_source(patch))  # type: ignore[arg-type]
     magic = read_exact(f, 8)
     if len(magic) < 8:
@@ -261,6 +271,9 @@ def _apply_to_fd(
     progress: ProgressFn | None,
 ) -> dict[str, Any]:
     """Apply all segments into file ``fd`` (in parallel); return statistics."""
+    import hashlib
+    import hmac
+
     header = reader.header
     zero = memoryview(bytes(OUT_CHUNK))
     overall = hashlib.sha256()
@@ -362,6 +375,11 @@ def _apply_to_path(
     progress: ProgressFn | None,
     base_ok: Callable[[], None],
 ) -> dict[str, Any]:
+    import tempfile
+    from pathlib import Path
+
+    from ._io import fsync_dir
+
     target = Path(out)
     directory = target.parent if str(target.parent) else Path()
     header = reader.header
@@ -410,6 +428,9 @@ def _apply_to_path(
 def _apply_to_stream(
     old: _Old, reader: PatchReader, out: BinaryIO, progress: ProgressFn | None
 ) -> dict[str, Any]:
+    import hashlib
+    import hmac
+
     header = reader.header
     overall = hashlib.sha256()
     done = 0
@@ -471,6 +492,9 @@ def apply(
         >>> import bsipatch
         >>> bsipatch.apply("old.img", "update.bsipatch", "new.img")  # doctest: +SKIP
     """
+    from . import patchfmt
+    from .patchfmt import PatchReader
+
     with ExitStack() as stack:
         f, magic = _open_patch(stack, patch)
         if magic == patchfmt.BSDIFF40_MAGIC:
@@ -521,18 +545,24 @@ def iter_apply(
     Raises:
         As :func:`apply`.
     """
+    import hashlib
+    import hmac
+
+    from . import patchfmt
+    from .patchfmt import PatchReader
+
     if chunk_size <= 0:
         raise ValueError("chunk_size must be positive")
     with ExitStack() as stack:
         f, magic = _open_patch(stack, patch)
         if magic == patchfmt.BSDIFF40_MAGIC:
-            buf = io.BytesIO()
-            from .bsdiff40 import apply_bsdiff40
+            from .bsdiff40 import iter_bsdiff40, read_patch_bytes
 
-            apply_bsdiff40(old, f, buf, prefix=magic)
-            data = buf.getbuffer()
-            for i in range(0, len(data), chunk_size):
-                yield bytes(data[i : i + chunk_size])
+            data = read_patch_bytes(f, prefix=magic)
+            old_buf = stack.enter_context(open_buffer(old))  # type: ignore[arg-type]
+            for piece in iter_bsdiff40(old_buf, data):
+                for i in range(0, len(piece), chunk_size):
+                    yield piece[i : i + chunk_size]
             return
         reader = PatchReader(f, prefix=magic)
         o = _Old(old)

@@ -18,7 +18,7 @@ import bz2
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -151,16 +151,13 @@ def read_info(f: BinaryIO, *, prefix: bytes = b"") -> PatchInfo:
     return PatchInfo("bsdiff40", 0, -1, b"", new_size, b"", len(data), [], stats)
 
 
-def apply_to(
-    old: Buffer,
-    data: bytes,
-    write: Callable[[bytes], Any],
-    progress: Callable[[int, int], None] | None = None,
-) -> int:
-    """Apply an in-memory BSDIFF40 patch to ``old``, passing output chunks to ``write``.
+def iter_bsdiff40(
+    old: Buffer, data: bytes, progress: Callable[[int, int], None] | None = None
+) -> Iterator[bytes]:
+    """Apply an in-memory BSDIFF40 patch to ``old``, yielding the output in chunks.
 
     Semantics follow bspatch: diff bytes are added to old bytes, old bytes outside
-    the old image count as zero. Returns the new size.
+    the old image count as zero.
 
     Raises:
         CorruptPatch, TruncatedPatch, PatchTooLarge, UnsupportedPatch.
@@ -186,7 +183,7 @@ def apply_to(
             lo, hi = max(oldpos, 0), min(oldpos + n, osz)
             if lo < hi:
                 d[lo - oldpos : hi - oldpos] += oldv[lo:hi]
-            write(d.tobytes())
+            yield d.tobytes()
             left -= n
             oldpos += n
             newpos += n
@@ -195,13 +192,39 @@ def apply_to(
         left = y
         while left > 0:
             n = min(left, CHUNK)
-            write(ext.read(n))
+            yield ext.read(n)
             left -= n
             newpos += n
         oldpos += z
         if progress:
             progress(newpos, new_size)
-    return new_size
+
+
+def apply_to(
+    old: Buffer,
+    data: bytes,
+    write: Callable[[bytes], Any],
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Apply an in-memory BSDIFF40 patch to ``old``, passing output chunks to ``write``.
+
+    Returns:
+        The new size.
+    """
+    total = 0
+    for chunk in iter_bsdiff40(old, data, progress):
+        write(chunk)
+        total += len(chunk)
+    return total
+
+
+def read_patch_bytes(
+    f: BinaryIO, *, prefix: bytes = b"", max_patch_size: int | None = None
+) -> bytes:
+    """Read a whole BSDIFF40 patch (its three streams sit at offsets given in its header)."""
+    data = _read_all(f, prefix, max_patch_size)
+    _parse(data)
+    return data
 
 
 def apply_bsdiff40(
@@ -265,6 +288,8 @@ def write_bsdiff40(old: Buffer, new: Buffer, ops: Ops, out: BinaryIO) -> PatchIn
     oldpos = 0  # old position after the current triple's add part
     for kind, length, old_off in ops:
         if kind in (lib.BSI_OP_COPY, lib.BSI_OP_ADD):
+            if not triples and old_off != 0:
+                triples.append([0, 0, 0])  # bspatch starts at old offset 0: seek first
             if triples and triples[-1][1] == 0 and old_off == oldpos:
                 triples[-1][0] += length
             else:

@@ -423,14 +423,18 @@ def _run(root: Path, out: Out, scale: str, use_mke2fs: bool | None, keep: bool) 
             fmt = build_image(files, p, label=f"{name}", use_mke2fs=use_mke2fs)
             img[tag][name] = p
     activation = {"webkit": "relaunch", "libsystem": "reboot"}
+    role = {
+        "webkit": "browser engine, activated when the browser relaunches",
+        "libsystem": "system library, activated at the next restart",
+    }
     for name in ("webkit", "libsystem"):
         files = v0[name]
-        say(
-            f"{name:<10} {human(img['base'][name].stat().st_size):>9} image ({fmt}), "
-            f"activation: {activation[name]}"
-        )
-        say(f"{'':<10} holds {', '.join(sorted(Path(f).name for f in files)[:4])}"
-            + (" ..." if len(files) > 4 else ""))  # fmt: skip
+        names = sorted(Path(f).name for f in files)
+        real = any(_find_lib(n) for n in names)
+        say(f"{name:<10} {human(img['base'][name].stat().st_size):>8}  {role[name]}")
+        say(f"{'':<10} {'':>8}  files: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+            f" ({'copied from this machine' if real else 'generated'})")  # fmt: skip
+    say(f"image format: {fmt}")
     outcomes["image_format"] = fmt
 
     now = datetime.now(timezone.utc).replace(microsecond=0)
@@ -507,7 +511,7 @@ def _run(root: Path, out: Out, scale: str, use_mke2fs: bool | None, keep: bool) 
         # -- 5. install (a) -------------------------------------------------------------------
         head(f"5. The agent installs {OS_VERSION} (a): patches stream from HTTP into the applier")
         browser = pb.open_component("webkit")  # a running browser holds its engine open
-        say("(a browser is running: it has the engine image open)")
+        say("(meanwhile a browser is running: it has the engine image open)")
         full = sum(int(c.target.size) for c in m_a.components)
         with meter.measure("install (a)", full) as cost:
             report = agent.run()
@@ -529,6 +533,7 @@ def _run(root: Path, out: Out, scale: str, use_mke2fs: bool | None, keep: bool) 
         say(f"a relaunched browser reads the fixed engine:    {'yes' if now_new else 'NO'}")
         pending = [p["component"] for p in pb.status()["pending"]]
         say(f"waiting for restart: {', '.join(pending) or 'nothing'}")
+        say("the device restarts ...")
         with meter.measure("restart (activate reboot components)") as cost:
             boot(pb)
         pending_after = [p["component"] for p in pb.status()["pending"]]

@@ -55,6 +55,8 @@ MAX_SEGMENT_SIZE = 16 << 20
 #: mapped pages in between when the images are larger than PAGE_DROP_ABOVE.
 PREPASS_CHUNK = 64 << 20
 PAGE_DROP_ABOVE = 256 << 20
+#: Inputs larger than this (old + new) are hashed while the pre-pass runs.
+EARLY_HASH_ABOVE = 64 << 20
 #: File holes at least this long are taken as zeros without reading them.
 HOLE_MIN = 1 << 20
 OP_SIZE = ffi.sizeof("bsi_op")
@@ -450,6 +452,7 @@ def iter_segments(
 
     ctrl = bytearray(patchfmt.CTRL_CAP)
     runs = bytearray(patchfmt.RUNS_CAP)
+    nruns = bytearray(patchfmt.RUNS_CAP)
     lit = _anon(segment_size)
     dif = _anon(segment_size)
     pold, pnew = _ptr(old), _ptr(new)
@@ -469,6 +472,8 @@ def iter_segments(
                 len(ctrl),
                 ffi.from_buffer(runs),
                 len(runs),
+                ffi.from_buffer(nruns),
+                len(nruns),
                 ffi.from_buffer(lit),
                 segment_size,
                 ffi.from_buffer(dif),
@@ -480,13 +485,22 @@ def iter_segments(
             raise RuntimeError("segment encoder made no progress")
         head = b"".join(
             x.to_bytes(8, "little")
-            for x in (enc.out_len, enc.n_ops, enc.ctrl_len, enc.runs_len, enc.lit_len, enc.diff_len)
+            for x in (
+                enc.out_len,
+                enc.n_ops,
+                enc.ctrl_len,
+                enc.runs_len,
+                enc.nruns_len,
+                enc.lit_len,
+                enc.diff_len,
+            )
         )
         payload = b"".join(
             (
                 head,
                 ctrl[: enc.ctrl_len],
                 runs[: enc.runs_len],
+                nruns[: enc.nruns_len],
                 lit[: enc.lit_len],
                 dif[: enc.diff_len],
             )
@@ -588,7 +602,7 @@ def write_bsipatch(
         old_sha256,
         len(new),
         new_sha256,
-        patchfmt.CTRL_CAP + patchfmt.RUNS_CAP + segment_size,
+        patchfmt.CTRL_CAP + 2 * patchfmt.RUNS_CAP + segment_size,
     )
     hbytes = header.pack()
     header = Header.unpack(hbytes)
@@ -718,9 +732,17 @@ def diff(
             if progress:
                 progress(search_total[0] + done, search_total[0] + total)
 
+        # Large images: hash on a side thread while the (mostly single-threaded)
+        # pre-pass and suffix sort run. Small files: hash after the search, when the
+        # suffix array is gone, so OpenSSL's pages do not add to the peak.
+        early = None
+        if format == "bsipatch" and len(old_buf) + n_new > EARLY_HASH_ABOVE:
+            hasher = stack.enter_context(cf.ThreadPoolExecutor(max_workers=1))
+            early = hasher.submit(lambda: (sha256_buffer(old_buf), sha256_buffer(new_buf)))
         ops = compute_ops(old_buf, new_buf, threads=nthreads, progress=on_search)
-        # digests after the search: the suffix array is gone, hashing threads are free
-        if format == "bsipatch":
+        if early is not None:
+            old_sha, new_sha = early.result()
+        elif format == "bsipatch":
             with cf.ThreadPoolExecutor(max_workers=2) as pool:
                 f_old = pool.submit(sha256_buffer, old_buf)
                 new_sha = sha256_buffer(new_buf)

@@ -32,6 +32,7 @@ import io
 import ipaddress
 import os
 import re
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -521,6 +522,9 @@ class HttpRepository(Repository):
         timeout: seconds a connect or a single socket read may take (stall detection).
         retries: consecutive failed attempts allowed per file before giving up.
         backoff: first pause between attempts, doubled each time (capped at 1 s).
+        cafile: PEM file of the certificate authorities to trust for ``https://``
+            instead of the system's (a vendor pinning its own CA); certificates and
+            host names are always checked.
     """
 
     def __init__(
@@ -530,6 +534,7 @@ class HttpRepository(Repository):
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
         backoff: float = 0.1,
+        cafile: str | os.PathLike[str] | None = None,
     ):
         parsed = urllib.parse.urlsplit(base_url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
@@ -543,6 +548,12 @@ class HttpRepository(Repository):
         handlers: list[urllib.request.BaseHandler] = []
         if _is_loopback(parsed.hostname):
             handlers.append(urllib.request.ProxyHandler({}))  # never proxy 127.0.0.1
+        if cafile is not None:
+            try:
+                context = ssl.create_default_context(cafile=os.fspath(cafile))
+            except (OSError, ssl.SSLError) as exc:
+                raise FetchError(f"cannot load CA certificates from {cafile}: {exc}") from exc
+            handlers.append(urllib.request.HTTPSHandler(context=context))
         self._opener = urllib.request.build_opener(*handlers)
 
     def url_for(self, relpath: str) -> str:
@@ -567,6 +578,10 @@ class HttpRepository(Repository):
                 raise _RetryableFetch(f"{url}: HTTP {exc.code} {exc.reason}") from None
             raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}") from None
         except urllib.error.URLError as exc:
+            if isinstance(exc.reason, ssl.SSLCertVerificationError):
+                raise FetchError(
+                    f"{url}: TLS certificate not trusted: {exc.reason.verify_message}"
+                ) from None
             raise _RetryableFetch(f"{url}: {exc.reason}") from None
         except (TimeoutError, OSError, http.client.HTTPException) as exc:
             raise _RetryableFetch(f"{url}: {type(exc).__name__}: {exc}") from None
@@ -653,6 +668,7 @@ def open_repository(
     timeout: float = DEFAULT_TIMEOUT,
     retries: int = DEFAULT_RETRIES,
     backoff: float = 0.1,
+    cafile: str | os.PathLike[str] | None = None,
 ) -> Repository:
     """A :class:`Repository` for an ``http(s)://`` URL or a local directory.
 
@@ -661,6 +677,7 @@ def open_repository(
         timeout: HTTP only: seconds per connect or read before a stall counts as failure.
         retries: HTTP only: consecutive failures allowed before :class:`FetchError`.
         backoff: HTTP only: first pause between attempts in seconds.
+        cafile: HTTPS only: CA certificates (PEM) to trust instead of the system's.
 
     Returns:
         The repository.
@@ -675,7 +692,9 @@ def open_repository(
     text = os.fspath(location)
     scheme = urllib.parse.urlsplit(text).scheme
     if scheme in ("http", "https"):
-        return HttpRepository(text, timeout=timeout, retries=retries, backoff=backoff)
+        return HttpRepository(
+            text, timeout=timeout, retries=retries, backoff=backoff, cafile=cafile
+        )
     if scheme == "file":
         return DirectoryRepository(urllib.request.url2pathname(urllib.parse.urlsplit(text).path))
     if scheme and len(scheme) > 1:

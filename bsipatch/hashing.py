@@ -59,7 +59,12 @@ def default_threads() -> int:
     return os.cpu_count() or 1
 
 
-def _threads(threads: int | None) -> int:
+def resolve_threads(threads: int | None) -> int:
+    """Threads to use for ``threads=`` (``None`` -> ``os.cpu_count()``, capped at 256).
+
+    Raises:
+        ValueError: ``threads`` is not a positive integer or ``None``.
+    """
     if threads is None:
         return default_threads()
     if not isinstance(threads, int) or threads < 1:
@@ -166,7 +171,7 @@ def hash_blocks(
         >>> hash_blocks(bytes(8192)).shape
         (2, 32)
     """
-    if not isinstance(block_size, int) or block_size <= 0:
+    if not isinstance(block_size, int) or not 0 < block_size < 2**31:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
     buf = _buffer(data, "data")
     size = len(buf)
@@ -186,7 +191,7 @@ def hash_blocks(
     if n:
         rc = lib.bsi_hash_blocks(
             buf, n, block_size, salt, len(salt), 1 if salt_after else 0,
-            ffi.from_buffer("uint8_t[]", out), _threads(threads),
+            ffi.from_buffer("uint8_t[]", out), resolve_threads(threads),
         )
         _native.check(rc, "bsi_hash_blocks")
     return out
@@ -242,7 +247,7 @@ def verity_build(
     salt = bytes(salt)
     rc = lib.bsi_verity_build(
         ffi.from_buffer("uint8_t[]", tree), tree.size, ffi.from_buffer("uint8_t[]", leaves), n,
-        hash_block_size, salt, len(salt), 1 if salt_after else 0, root, _threads(threads),
+        hash_block_size, salt, len(salt), 1 if salt_after else 0, root, resolve_threads(threads),
     )
     _native.check(rc, "bsi_verity_build")
     return bytes(ffi.buffer(root)), tree
@@ -254,6 +259,7 @@ __all__ = [
     "default_threads",
     "hash_blocks",
     "implementation",
+    "resolve_threads",
     "sha256",
     "simd_active",
     "simd_available",

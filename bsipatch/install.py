@@ -43,11 +43,11 @@ from .errors import (
 from .journal import crashpoint
 from .preboot import (
     Preboot,
-    _json_bytes,
-    _seal_record,
     build_base,
     fsync_file,
+    json_bytes,
     release_slug,
+    seal_record_dict,
     write_durable,
 )
 
@@ -239,7 +239,7 @@ def _stage_component(
     crashpoint("install.applied")
     seal = comp.target.to_seal()
     verify_image(out, seal)
-    write_durable(stage / f"{comp.name}.seal.json", _json_bytes(_seal_record(seal)))
+    write_durable(stage / f"{comp.name}.seal.json", json_bytes(seal_record_dict(seal)))
     crashpoint("install.component-staged")
 
 
@@ -351,11 +351,11 @@ def install_release(
                     for name in sorted(comps)
                 },
             }
-            write_durable(stage / "release.json", _json_bytes(info))
+            write_durable(stage / "release.json", json_bytes(info))
             fsync_dir(stage)
             crashpoint("install.staged")
             with atomic_write(pb.path / "verified.json") as f:
-                f.write(_json_bytes(cache))
+                f.write(json_bytes(cache))
             stage.rename(pb.releases_dir / slug)
             crashpoint("install.renamed")
             fsync_dir(pb.releases_dir)
@@ -370,7 +370,7 @@ def install_release(
                     pb,
                     "install",
                     release=manifest.release_id,
-                    previous=pb._release_id(state["chain"][-1]) if state["chain"] else None,
+                    previous=pb.release_id_of(state["chain"][-1]) if state["chain"] else None,
                     components=sorted(changed),
                 ),
             ]
@@ -401,7 +401,7 @@ def _abort(pb: Preboot) -> None:
     """Best-effort undo after an error; a failure here is left to the next recovery."""
     # the original error matters more; the next operation's recovery runs again
     with contextlib.suppress(Exception):
-        pb._recover_locked()
+        pb.recover_locked()
 
 
 def _switch(
@@ -450,7 +450,7 @@ def rollback(preboot: Preboot) -> dict[str, Any]:
         if not chain:
             raise StateError("no release is installed: nothing to roll back")
         target = chain[-2] if len(chain) > 1 else None
-        from_id, to_id = pb._release_id(chain[-1]), pb._release_id(target)
+        from_id, to_id = pb.release_id_of(chain[-1]), pb.release_id_of(target)
         try:
             pb.verify_selection(state["os"]["base"], target, exact=target is None)
         except (SealError, OSError, BsipatchError) as exc:
@@ -490,8 +490,8 @@ def uninstall(preboot: Preboot) -> dict[str, Any]:
         pb.recover()
         state = pb.read_state()
         chain = state["chain"]
-        removed = [pb._release_id(s) for s in chain]
-        previous = pb._release_id(chain[-1]) if chain else None
+        removed = [pb.release_id_of(s) for s in chain]
+        previous = pb.release_id_of(chain[-1]) if chain else None
         try:
             pb.verify_selection(state["os"]["base"], None, exact=True)
         except (SealError, OSError, BsipatchError) as exc:
@@ -536,13 +536,13 @@ def boot(preboot: Preboot) -> dict[str, Any]:
                 s["booted"] = wanted
                 s["history"] = [
                     *s.get("history", []),
-                    _now_entry(pb, "boot", release=pb._release_id(active), activated=activated),
+                    _now_entry(pb, "boot", release=pb.release_id_of(active), activated=activated),
                 ]
                 return s
 
             _switch(pb, "boot", mutate)
         gc(pb)
-        return {"recovered": recovered, "activated": activated, "release": pb._release_id(active)}
+        return {"recovered": recovered, "activated": activated, "release": pb.release_id_of(active)}
 
 
 def gc(preboot: Preboot) -> dict[str, Any]:
@@ -603,7 +603,7 @@ def os_update(
     with pb.lock():
         pb.recover()
         state = pb.read_state()
-        retired = [pb._release_id(s) for s in state["chain"]]
+        retired = [pb.release_id_of(s) for s in state["chain"]]
         try:
             tx = pb.journal.begin("os_update", os_version=os_version, build=build)
         except OSError as exc:

@@ -30,13 +30,13 @@ SEG_SIZE = struct.calcsize(SEG_FMT) + 32  # 112
 TRAILER_MAGIC = b"BEND"
 TRAILER_FMT = "<4sIQ"
 TRAILER_SIZE = struct.calcsize(TRAILER_FMT) + 32  # 48
-PAYLOAD_HEADER_SIZE = 48  # six little-endian u64 at the start of each decompressed payload
+PAYLOAD_HEADER_SIZE = 56  # seven little-endian u64 at the start of each decompressed payload
 
 #: Largest segment (output bytes) this applier accepts; bounds apply memory.
 MAX_SEGMENT_SIZE = 16 << 20
 #: Default output bytes per segment.
 DEFAULT_SEGMENT_SIZE = 8 << 20
-#: Section buffers the writer uses besides literals (control and diff runs).
+#: Section buffers the writer uses besides literals (control; zero and non-zero runs).
 CTRL_CAP = 1 << 20
 RUNS_CAP = 1 << 20
 #: Largest section buffer (control + runs + literals) an applier accepts beyond a segment.

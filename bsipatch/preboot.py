@@ -107,11 +107,13 @@ def write_durable(path: Path, data: bytes, mode: int = 0o444) -> None:
         os.close(fd)
 
 
-def _json_bytes(obj: Any) -> bytes:
+def json_bytes(obj: Any) -> bytes:
+    """``obj`` as indented, key-sorted JSON text (UTF-8, trailing newline)."""
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
-def _seal_record(seal: Any, sha256_hex: str | None = None) -> dict[str, Any]:
+def seal_record_dict(seal: Any, sha256_hex: str | None = None) -> dict[str, Any]:
+    """The ``<name>.seal.json`` record of a :class:`bsipatch.seal.Seal` (+ file SHA-256)."""
     record: dict[str, Any] = {
         "seal": {
             "root_hash": seal.root_hash.hex(),
@@ -134,6 +136,20 @@ def seal_from_record(record: dict[str, Any]) -> Any:
         salt=bytes.fromhex(s["salt"]),
         data_size=int(s["size"]),
     )
+
+
+_CREATE_NAMES = {"base", "releases", "staging", "trash", "journal", "lock"}
+
+
+def _empty_dir(path: Path) -> None:
+    """Remove everything inside ``path`` (read-only directories included)."""
+    _make_writable(path)
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            _make_writable(child)
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def _make_writable(path: Path) -> None:
@@ -248,7 +264,8 @@ class Preboot:
         Each image is copied in, fsynced, sealed (random salt) and made read-only.
 
         Args:
-            path: a directory that does not exist or is empty.
+            path: a directory that does not exist or is empty (or holds what an
+                interrupted create left: that is removed and creation starts again).
             os_version: e.g. ``"26.1"``.
             build: the OS build, e.g. ``"23B85"``.
             images: component name -> image file to copy in.
@@ -266,32 +283,21 @@ class Preboot:
         """
         path = Path(path)
         clock = clock or utc_now
-        try:
-            if path.exists() and any(path.iterdir()):
+        if path.exists() and any(path.iterdir()):
+            names = {p.name for p in path.iterdir()}
+            if (path / "state.json").exists() or not names <= _CREATE_NAMES:
                 raise StateError(f"{path} is not empty; refusing to create a preboot there")
-            path.mkdir(parents=True, exist_ok=True)
-            for sub in ("base", "releases", "staging", "trash"):
-                (path / sub).mkdir(exist_ok=True)
-            Journal.create(path / "journal")
-            (path / "lock").touch()
-            fsync_dir(path)
-            base_rel = build_base(
-                path, "staging", "create", os_version, build, images, activation, progress
-            )
-            state = {
-                "format": STATE_FORMAT,
-                "os": {"version": os_version, "build": build, "base": base_rel},
-                "chain": [],
-                "booted": {"base": base_rel, "release": None},
-                "last_tx": None,
-                "history": [
-                    {"time": clock(), "op": "create", "os_version": os_version, "build": build}
-                ],
-            }
-            with atomic_write(path / "state.json") as f:
-                f.write(_json_bytes(state))
-        except OSError as exc:
-            raise os_error_to_staging(exc, f"creating preboot {path}") from exc
+            # an earlier create was interrupted before its state.json: start again
+            _empty_dir(path)
+        try:
+            _create_in(path, os_version, build, images, activation, clock, progress)
+        except BaseException as exc:
+            # nothing refers to a half-made directory: empty it so create can be retried
+            if path.is_dir():
+                _empty_dir(path)
+            if isinstance(exc, OSError):
+                raise os_error_to_staging(exc, f"creating preboot {path}") from exc
+            raise
         return cls(path, clock=clock)
 
     # --- state ---------------------------------------------------------------------------
@@ -319,7 +325,7 @@ class Preboot:
         state["history"] = state.get("history", [])[-HISTORY_LIMIT:]
         crashpoint("state.before-write")
         with atomic_write(self.state_path) as f:
-            f.write(_json_bytes(state))
+            f.write(json_bytes(state))
         crashpoint("state.written")
 
     def selection_dir(self, base_rel: str, slug: str | None) -> Path:
@@ -477,11 +483,12 @@ class Preboot:
         """
         with self.lock():
             try:
-                return self._recover_locked()
+                return self.recover_locked()
             except OSError as exc:
                 raise os_error_to_staging(exc, f"recovering {self.path}") from exc
 
-    def _recover_locked(self) -> list[dict[str, Any]]:
+    def recover_locked(self) -> list[dict[str, Any]]:
+        """:meth:`recover` for a caller that already holds the lock (OSError not mapped)."""
         pending = self.journal.pending()
         report = []
         state = self.read_state()
@@ -589,7 +596,8 @@ class Preboot:
 
     # --- status --------------------------------------------------------------------------
 
-    def _release_id(self, slug: str | None) -> str | None:
+    def release_id_of(self, slug: str | None) -> str | None:
+        """The release id (``"26.1 (a)"``) of an installed release directory name."""
         if slug is None:
             return None
         try:
@@ -636,19 +644,19 @@ class Preboot:
             in_use_release = state["booted"]["release"] if is_pending else active
             entry = {
                 "activation": activation,
-                "release": self._release_id(in_use_release)
+                "release": self.release_id_of(in_use_release)
                 if (name in changed or is_pending)
                 else None,
                 "image": str(directory / f"{name}.img"),
                 "root_hash": root,
                 "pending": is_pending,
-                "pending_release": self._release_id(active) if is_pending else None,
+                "pending_release": self.release_id_of(active) if is_pending else None,
             }
             if is_pending:
                 pending.append(
                     {
                         "component": name,
-                        "release": self._release_id(active),
+                        "release": self.release_id_of(active),
                         "activation": activation,
                     }
                 )
@@ -657,15 +665,46 @@ class Preboot:
             "preboot": str(self.path),
             "os_version": state["os"]["version"],
             "build": state["os"]["build"],
-            "active_release": self._release_id(active),
-            "previous_release": self._release_id(chain[-2]) if len(chain) > 1 else None,
-            "booted_release": self._release_id(state["booted"]["release"]),
-            "installed_releases": [self._release_id(s) for s in chain],
+            "active_release": self.release_id_of(active),
+            "previous_release": self.release_id_of(chain[-2]) if len(chain) > 1 else None,
+            "booted_release": self.release_id_of(state["booted"]["release"]),
+            "installed_releases": [self.release_id_of(s) for s in chain],
             "components": out_components,
             "pending": pending,
             "recovery_needed": bool(self.journal.pending()),
             "history": list(state.get("history", [])),
         }
+
+
+def _create_in(
+    path: Path,
+    os_version: str,
+    build: str,
+    images: dict[str, PathLike],
+    activation: dict[str, str],
+    clock: Callable[[], str],
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """The body of :meth:`Preboot.create` (``path`` is empty or missing)."""
+    path.mkdir(parents=True, exist_ok=True)
+    for sub in ("base", "releases", "staging", "trash"):
+        (path / sub).mkdir(exist_ok=True)
+    Journal.create(path / "journal")
+    (path / "lock").touch()
+    fsync_dir(path)
+    base_rel = build_base(
+        path, "staging", "create", os_version, build, images, activation, progress
+    )
+    state = {
+        "format": STATE_FORMAT,
+        "os": {"version": os_version, "build": build, "base": base_rel},
+        "chain": [],
+        "booted": {"base": base_rel, "release": None},
+        "last_tx": None,
+        "history": [{"time": clock(), "op": "create", "os_version": os_version, "build": build}],
+    }
+    with atomic_write(path / "state.json") as f:
+        f.write(json_bytes(state))
 
 
 def file_sha256(path: PathLike) -> str:
@@ -759,13 +798,13 @@ def build_base(
         digest = copy_durable(images[name], img, step)
         crashpoint("base.copied")
         seal = seal_image(img)
-        write_durable(stage / f"{name}.seal.json", _json_bytes(_seal_record(seal, digest)))
+        write_durable(stage / f"{name}.seal.json", json_bytes(seal_record_dict(seal, digest)))
     info = {
         "os_version": os_version,
         "build": build,
         "components": {n: {"activation": activation[n]} for n in sorted(images)},
     }
-    write_durable(stage / "os.json", _json_bytes(info))
+    write_durable(stage / "os.json", json_bytes(info))
     fsync_dir(stage)
     crashpoint("base.staged")
     stage.rename(final)

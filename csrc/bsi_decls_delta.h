@@ -96,7 +96,8 @@ typedef struct {
     uint64_t out_len;
     uint64_t n_ops;
     uint64_t ctrl_len;
-    uint64_t runs_len;
+    uint64_t runs_len;     /* zero-run lengths */
+    uint64_t nruns_len;    /* non-zero-run lengths */
     uint64_t lit_len;
     uint64_t diff_len;
     uint64_t kind_bytes[4];
@@ -104,16 +105,18 @@ typedef struct {
 } bsi_seg_enc;
 
 /* Encode ops from the cursor into one segment of at most max_out output bytes
- * (fewer when a section buffer would overflow). Sections go to ctrl/runs/lit/diff
+ * (fewer when a section buffer would overflow). Sections go to ctrl/runs (zero-run
+ * lengths)/nruns (non-zero-run lengths)/lit/diff
  * buffers with the given capacities. Returns 0 or a negative BSI_E_*. */
 int bsi_seg_encode(bsi_seg_enc *enc, const bsi_op *ops, uint64_t n_ops, const uint8_t *old,
                    uint64_t old_size, const uint8_t *new_, uint64_t new_size, uint64_t max_out,
                    uint8_t *ctrl, uint64_t ctrl_cap, uint8_t *runs, uint64_t runs_cap,
+                   uint8_t *nruns, uint64_t nruns_cap,
                    uint8_t *lit, uint64_t lit_cap, uint8_t *diff, uint64_t diff_cap);
 
 /* ---- streaming applier (bsi_patch.c) ---------------------------------------------- */
 
-#define BSI_SEG_HEADER_SIZE 48
+#define BSI_SEG_HEADER_SIZE 56
 
 typedef struct {
     const uint8_t *ptr;
@@ -136,10 +139,10 @@ typedef struct {
     uint64_t scratch_cap;
     uint32_t hdr_have;
     uint32_t run_nonzero;     /* current diff run is a non-zero run */
-    uint8_t hdr[48];
-    uint64_t n_ops, ctrl_len, runs_len, lit_len, diff_len;
-    uint64_t buf_have;        /* bytes of ctrl+runs+lit buffered in scratch */
-    uint64_t ctrl_pos, runs_pos, lit_pos, diff_done, ops_done;
+    uint8_t hdr[56];
+    uint64_t n_ops, ctrl_len, runs_len, nruns_len, lit_len, diff_len;
+    uint64_t buf_have;        /* bytes of ctrl+runs+nruns+lit buffered in scratch */
+    uint64_t ctrl_pos, runs_pos, nruns_pos, lit_pos, diff_done, ops_done;
     uint32_t cur_kind;
     uint32_t cur_active;
     uint64_t cur_left;

@@ -107,10 +107,12 @@ BSI_API int bsi_patch_feed(bsi_patch_state *st, const uint8_t *old, uint64_t old
                 st->n_ops = bsi_load64le(st->hdr + 8);
                 st->ctrl_len = bsi_load64le(st->hdr + 16);
                 st->runs_len = bsi_load64le(st->hdr + 24);
-                st->lit_len = bsi_load64le(st->hdr + 32);
-                st->diff_len = bsi_load64le(st->hdr + 40);
+                st->nruns_len = bsi_load64le(st->hdr + 32);
+                st->lit_len = bsi_load64le(st->hdr + 40);
+                st->diff_len = bsi_load64le(st->hdr + 48);
                 if (out_len != st->out_total) return fail(st, BSI_E_CORRUPT);
                 if (bsi_add_overflow_u64(st->ctrl_len, st->runs_len, &buffered) ||
+                    bsi_add_overflow_u64(buffered, st->nruns_len, &buffered) ||
                     bsi_add_overflow_u64(buffered, st->lit_len, &buffered) ||
                     buffered > st->scratch_cap)
                     return fail(st, BSI_E_OVERFLOW);
@@ -122,7 +124,7 @@ BSI_API int bsi_patch_feed(bsi_patch_state *st, const uint8_t *old, uint64_t old
             break;
         }
         case PH_BUF: {
-            uint64_t total = st->ctrl_len + st->runs_len + st->lit_len;
+            uint64_t total = st->ctrl_len + st->runs_len + st->nruns_len + st->lit_len;
             size_t n = in->size - in->pos;
             if (n > total - st->buf_have) n = (size_t)(total - st->buf_have);
             if (n) memcpy(scratch + st->buf_have, in->ptr + in->pos, n);
@@ -134,11 +136,13 @@ BSI_API int bsi_patch_feed(bsi_patch_state *st, const uint8_t *old, uint64_t old
         }
         case PH_RUN: {
             const uint8_t *runs = scratch + st->ctrl_len;
-            const uint8_t *lit = runs + st->runs_len;
+            const uint8_t *nruns = runs + st->runs_len;
+            const uint8_t *lit = nruns + st->nruns_len;
             if (!st->cur_active) {
                 if (st->ops_done == st->n_ops) {
                     if (st->out_done != st->out_total || st->ctrl_pos != st->ctrl_len ||
-                        st->runs_pos != st->runs_len || st->lit_pos != st->lit_len ||
+                        st->runs_pos != st->runs_len || st->nruns_pos != st->nruns_len ||
+                        st->lit_pos != st->lit_len ||
                         st->diff_done != st->diff_len || st->run_left != 0)
                         return fail(st, BSI_E_CORRUPT);
                     st->phase = PH_DONE;
@@ -166,8 +170,13 @@ BSI_API int bsi_patch_feed(bsi_patch_state *st, const uint8_t *old, uint64_t old
                 default: /* ADD */
                     while (st->run_left == 0) {
                         uint64_t r;
-                        if ((rc = get_varint(runs, &st->runs_pos, st->runs_len, &r)) < 0)
-                            return fail(st, rc);
+                        /* runs alternate: zero runs from one section, non-zero runs
+                         * from the other */
+                        if (st->run_nonzero)
+                            rc = get_varint(runs, &st->runs_pos, st->runs_len, &r);
+                        else
+                            rc = get_varint(nruns, &st->nruns_pos, st->nruns_len, &r);
+                        if (rc < 0) return fail(st, rc);
                         st->run_nonzero ^= 1u;
                         st->run_left = r;
                     }

@@ -109,21 +109,37 @@ static inline int SFX(is_lms)(const uint8_t *t, IDX i) {
     return i > 0 && TGET(t, i) && !TGET(t, i - 1);
 }
 
-/* Induce L-type then S-type suffixes from the LMS suffixes already in SA. */
+/* Induce L-type then S-type suffixes from the LMS suffixes already in SA. The
+ * loops are written out for byte text (level 0) and for name text (deeper levels)
+ * so the hot loop carries no symbol-size branch. */
 static void SFX(induce)(const void *s, IDX *sa, IDX n, IDX *bkt, IDX k, int cs,
                         const uint8_t *t) {
     IDX i, j;
     SFX(get_buckets)(s, n, bkt, k, cs, 0);
     /* The virtual sentinel comes first; the suffix before it (n-1) is L-type. */
     sa[bkt[SFX(sym)(s, n - 1, cs)]++] = n - 1;
-    for (i = 0; i < n; i++) {
-        j = sa[i] - 1;
-        if (sa[i] > 0 && !TGET(t, j)) sa[bkt[SFX(sym)(s, j, cs)]++] = j;
-    }
-    SFX(get_buckets)(s, n, bkt, k, cs, 1);
-    for (i = n - 1; i >= 0; i--) {
-        j = sa[i] - 1;
-        if (sa[i] > 0 && TGET(t, j)) sa[--bkt[SFX(sym)(s, j, cs)]] = j;
+    if (cs == 1) {
+        const uint8_t *b = (const uint8_t *)s;
+        for (i = 0; i < n; i++) {
+            j = sa[i] - 1;
+            if (sa[i] > 0 && !TGET(t, j)) sa[bkt[b[j]]++] = j;
+        }
+        SFX(get_buckets)(s, n, bkt, k, cs, 1);
+        for (i = n - 1; i >= 0; i--) {
+            j = sa[i] - 1;
+            if (sa[i] > 0 && TGET(t, j)) sa[--bkt[b[j]]] = j;
+        }
+    } else {
+        const IDX *w = (const IDX *)s;
+        for (i = 0; i < n; i++) {
+            j = sa[i] - 1;
+            if (sa[i] > 0 && !TGET(t, j)) sa[bkt[w[j]]++] = j;
+        }
+        SFX(get_buckets)(s, n, bkt, k, cs, 1);
+        for (i = n - 1; i >= 0; i--) {
+            j = sa[i] - 1;
+            if (sa[i] > 0 && TGET(t, j)) sa[--bkt[w[j]]] = j;
+        }
     }
 }
 

@@ -40,21 +40,40 @@ static const uint32_t sha256_h0[8] = {
 #define SSIG0(x) (ROTR(x, 7) ^ ROTR(x, 18) ^ ((x) >> 3))
 #define SSIG1(x) (ROTR(x, 17) ^ ROTR(x, 19) ^ ((x) >> 10))
 
-/* FIPS 180-4 section 6.2.2, one message block at a time. */
+/* FIPS 180-4 section 6.2.2, one message block at a time. The 64 rounds are
+ * unrolled eight at a time with the working variables renamed instead of
+ * shifted, and the message schedule kept as a 16-word ring. */
+#define RND(a, b, c, d, e, f, g, h, t)                                      \
+    do {                                                                    \
+        uint32_t t1_ = h + BSIG1(e) + CH(e, f, g) + bsi_sha256_k[t] + W(t); \
+        uint32_t t2_ = BSIG0(a) + MAJ(a, b, c);                             \
+        d += t1_;                                                           \
+        h = t1_ + t2_;                                                      \
+    } while (0)
+
 static void sha256_compress_portable(uint32_t *state, const uint8_t *p, size_t nblocks) {
-    uint32_t w[64];
+    uint32_t w[16];
     while (nblocks--) {
-        for (int t = 0; t < 16; t++) w[t] = bsi_load32be(p + 4 * t);
-        for (int t = 16; t < 64; t++)
-            w[t] = SSIG1(w[t - 2]) + w[t - 7] + SSIG0(w[t - 15]) + w[t - 16];
         uint32_t a = state[0], b = state[1], c = state[2], d = state[3];
         uint32_t e = state[4], f = state[5], g = state[6], h = state[7];
-        for (int t = 0; t < 64; t++) {
-            uint32_t t1 = h + BSIG1(e) + CH(e, f, g) + bsi_sha256_k[t] + w[t];
-            uint32_t t2 = BSIG0(a) + MAJ(a, b, c);
-            h = g; g = f; f = e; e = d + t1;
-            d = c; c = b; b = a; a = t1 + t2;
+        for (int t = 0; t < 16; t++) w[t] = bsi_load32be(p + 4 * t);
+#define W(t) w[(t) & 15]
+        for (int t = 0; t < 64; t += 8) {
+            if (t >= 16) {
+                /* w[i & 15] still holds W[i-16]; W[i-2] may be from this batch */
+                for (int i = t; i < t + 8; i++)
+                    w[i & 15] += SSIG1(w[(i - 2) & 15]) + w[(i - 7) & 15] + SSIG0(w[(i - 15) & 15]);
+            }
+            RND(a, b, c, d, e, f, g, h, t + 0);
+            RND(h, a, b, c, d, e, f, g, t + 1);
+            RND(g, h, a, b, c, d, e, f, t + 2);
+            RND(f, g, h, a, b, c, d, e, t + 3);
+            RND(e, f, g, h, a, b, c, d, t + 4);
+            RND(d, e, f, g, h, a, b, c, t + 5);
+            RND(c, d, e, f, g, h, a, b, t + 6);
+            RND(b, c, d, e, f, g, h, a, t + 7);
         }
+#undef W
         state[0] += a; state[1] += b; state[2] += c; state[3] += d;
         state[4] += e; state[5] += f; state[6] += g; state[7] += h;
         p += 64;

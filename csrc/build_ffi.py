@@ -62,7 +62,7 @@ ffibuilder.set_source(
     '#include "bsipatch.h"\n',
     sources=sources,
     include_dirs=[str(HERE.relative_to(ROOT))],
-    define_macros=[("BSI_VERSION_STRING", '"%s"' % _version())],
+    define_macros=[("BSI_VERSION_STRING", f'"{_version()}"')],
     extra_compile_args=cflags,
     extra_link_args=ldflags,
 )

@@ -24,8 +24,11 @@ is a real socket server the agent talks to with urllib.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import http.server
+import ipaddress
 import re
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -179,12 +182,58 @@ class _Server(http.server.ThreadingHTTPServer):
         pass  # clients hang up mid-response on purpose in these tests
 
 
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (cert.pem, key.pem) in ``directory``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bsipatch test repository")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
 @contextlib.contextmanager
-def serve(directory: str | Path) -> Iterator[RepoServer]:
-    """Serve ``directory`` on ``http://127.0.0.1:<ephemeral>/`` until the block ends."""
+def serve(directory: str | Path, *, tls: tuple[Path, Path] | None = None) -> Iterator[RepoServer]:
+    """Serve ``directory`` on ``http://127.0.0.1:<ephemeral>/`` until the block ends.
+
+    With ``tls=(cert.pem, key.pem)`` it serves ``https://`` instead.
+    """
     state = RepoServer(url="", directory=Path(directory).resolve())
     httpd = _Server(("127.0.0.1", 0), _make_handler(state))
-    state.url = f"http://127.0.0.1:{httpd.server_address[1]}/"
+    scheme = "http"
+    if tls is not None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+        httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+        scheme = "https"
+    state.url = f"{scheme}://127.0.0.1:{httpd.server_address[1]}/"
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
     thread.daemon = True
     thread.start()

@@ -327,6 +327,15 @@ def test_policy_forbidding_rollback_blocks_uninstall(device, vendor):
     assert cli_main(["agent", "uninstall", "--preboot", str(device.path)]) == PolicyDenied.exit_code
 
 
+def test_cli_rollback_goes_back_one_release(device, vendor, capsys):
+    _agent(device, vendor, vendor["snap"]["A"]).run()
+    _agent(device, vendor, vendor["snap"]["AB"]).run()
+    assert cli_main(["agent", "rollback", "--preboot", str(device.path)]) == 0
+    assert "from 26.1 (b) to 26.1 (a)" in capsys.readouterr().out
+    assert device.status()["active_release"] == "26.1 (a)"
+    assert "26.1 (b)" in device_report(device)["removed_by_user"]
+
+
 def test_user_uninstall_is_not_undone_automatically(device, vendor):
     agent = _agent(device, vendor, vendor["snap"]["A"])
     agent.run()
@@ -512,3 +521,28 @@ def test_second_agent_run_while_locked_is_refused(device, vendor):
     with other.lock(), pytest.raises(LockedError):
         _agent(device, vendor, vendor["snap"]["A"]).run()
     _assert_on(device, vendor, "base")
+
+
+def test_status_helpers_and_human_report(device, vendor):
+    from bsipatch.status import extra_version, format_report
+
+    assert extra_version("26.1 (a)") == "(a)"
+    assert extra_version("26.1 (ab)") == "(ab)"
+    assert extra_version(None) is None and extra_version("26.1") is None
+    rep = device_report(device, now=LATER)
+    assert rep["SupplementalOSVersionExtra"] is None and rep["last_check"] is None
+    text = "\n".join(format_report(rep))
+    assert "none (base images)" in text and "last check: never" in text
+
+
+def test_run_over_https_with_pinned_ca(device, vendor, tmp_path):
+    from httpserver import make_certificate
+
+    cert, key = make_certificate(tmp_path)
+    with serve(vendor["snap"]["A"], tls=(cert, key)) as srv:
+        assert cli_main(
+            ["agent", "run", "--preboot", str(device.path), "--repo", srv.url, "--cafile",
+             str(cert), "--root", str(vendor["root"] / "repo" / "root.json"), "-q"]
+        ) == 0  # fmt: skip
+    assert device.status()["active_release"] == "26.1 (a)"
+    _assert_on(device, vendor, "a")

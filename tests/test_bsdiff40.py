@@ -124,3 +124,30 @@ def test_out_of_range_old_reads_count_as_zero_like_bspatch() -> None:
     out = io.BytesIO()
     apply(old, p, out)
     assert out.getvalue() == b"bcd\x01\x01"
+
+
+@pytest.mark.interop
+def test_export_first_op_away_from_old_start(tmp_path: Path) -> None:
+    """bspatch starts at old offset 0; an export whose first op reads elsewhere seeks first."""
+    bspatch = require_tool("bspatch")
+    old = os.urandom(4097)
+    new = old[4096:] + old[:4096]
+    (tmp_path / "old").write_bytes(old)
+    diff(old, new, tmp_path / "p", format="bsdiff40")
+    subprocess.run([bspatch, tmp_path / "old", tmp_path / "out", tmp_path / "p"], check=True)
+    assert (tmp_path / "out").read_bytes() == new
+    out = io.BytesIO()
+    apply(old, (tmp_path / "p").read_bytes(), out)
+    assert out.getvalue() == new
+
+
+def test_iter_apply_and_reader_stream_bsdiff40() -> None:
+    from bsipatch.apply import ApplyReader, iter_apply
+
+    old, new = _pair()
+    p = io.BytesIO()
+    diff(old, new, p, format="bsdiff40")
+    chunks = list(iter_apply(old, p.getvalue(), chunk_size=5000))
+    assert b"".join(chunks) == new and max(map(len, chunks)) <= 5000
+    with ApplyReader(old, io.BytesIO(p.getvalue())) as r:
+        assert r.read() == new

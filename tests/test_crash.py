@@ -287,3 +287,35 @@ def test_torn_journal_record_counts_as_never_written(world: dict, tmp_path: Path
     assert snapshot(pb) == before
     assert_clean(pb)
     assert json.loads(pb.state_path.read_text())["chain"] == []
+
+
+def test_crash_during_create_can_be_created_again(world: dict, workdir: Path) -> None:
+    """Kill ``preboot init`` at each point: a new create then succeeds from scratch."""
+    code = (
+        "import json,sys\n"
+        "sys.path.insert(0, sys.argv[3])\n"
+        "import crashhelper as ch\n"
+        "from pathlib import Path\n"
+        "ch.create_preboot(json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]))\n"
+    )
+    world_json = str(Path(world["dir"]) / "world.json")
+    here = str(Path(__file__).parent)
+
+    def create(path: Path, env: dict[str, str]) -> int:
+        full = {k: v for k, v in os.environ.items() if not k.startswith("BSIPATCH_CRASH")}
+        full.update(env)
+        r = subprocess.run(
+            [sys.executable, "-c", code, world_json, str(path), here], env=full, timeout=60
+        )
+        return r.returncode
+
+    trace = workdir / "trace"
+    assert create(workdir / "clean", {"BSIPATCH_CRASH_TRACE": str(trace)}) == 0
+    points = trace.read_text().split()
+    assert any(p.startswith("base.") for p in points), points
+    for i, point in enumerate(points):
+        path = workdir / f"pb{i}"
+        assert create(path, {"BSIPATCH_CRASH_AT": point}) == -signal.SIGKILL, point
+        pb = ch.create_preboot(world, path)
+        assert snapshot(pb) == world["sha256"]["base"]
+        assert_clean(pb)

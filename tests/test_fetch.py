@@ -282,3 +282,21 @@ def test_stream_feeds_apply_directly_across_a_dropped_connection(tmp_path):
             assert stream.verified
         assert [e.range for e in srv.requests_for("p.bsipatch")][1].startswith("bytes=")
     assert (tmp_path / "out.img").read_bytes() == new
+
+
+def test_https_checks_the_certificate_and_accepts_a_pinned_ca(repo_dir, tmp_path):
+    from httpserver import make_certificate
+
+    root, data = repo_dir
+    cert, key = make_certificate(tmp_path)
+    with serve(root, tls=(cert, key)) as srv:
+        assert srv.url.startswith("https://")
+        untrusted = HttpRepository(srv.url, timeout=2, retries=3, backoff=0.01)
+        with pytest.raises(FetchError, match="certificate"):
+            untrusted.fetch("catalog.json", max_size=100)
+        assert untrusted.stats.requests == 1  # not retried
+        pinned = open_repository(srv.url, timeout=2, cafile=cert)
+        with pinned.open_patch(REL, size=SIZE, sha256=hashlib.sha256(data).digest()) as s:
+            assert _read_all(s) == data
+    with pytest.raises(FetchError, match="CA certificates"):
+        HttpRepository("https://127.0.0.1:1/", cafile=tmp_path / "missing.pem")

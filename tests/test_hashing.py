@@ -224,3 +224,22 @@ def test_verity_build_matches_a_python_model():
             count = len(packed) // 4096
         assert root == (cur if n > 1 else leaves[0].tobytes())
         assert tree.tobytes() == b"".join(reversed(levels))
+
+
+def test_python_threads_hash_in_parallel_correctly():
+    import concurrent.futures
+
+    rng = random.Random(11)
+    bufs = [rng.randbytes(4096 * 64) for _ in range(8)]
+    refs = [_ref_blocks(b, 4096, b"t", False) for b in bufs]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda b: hashing.hash_blocks(b, salt=b"t", threads=2), bufs * 3))
+    for i, out in enumerate(outs):
+        assert np.array_equal(out, refs[i % 8])
+
+
+def test_public_exports():
+    import bsipatch
+
+    assert bsipatch.sha256(b"abc") == hashlib.sha256(b"abc").digest()
+    assert bsipatch.hash_blocks(bytes(4096)).shape == (1, 32)

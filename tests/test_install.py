@@ -94,6 +94,38 @@ def test_install_activates_relaunch_now_and_reboot_at_boot(pb: Preboot, world: d
     assert [h["op"] for h in pb.status()["history"]] == ["create", "install", "boot"]
 
 
+def test_patch_against_the_active_release_image(pb: Preboot, world: dict, tmp_path: Path) -> None:
+    """A release whose patch was made against the active release's image (not the base)."""
+    from bsipatch.diff import diff
+
+    ch.install(world, pb, A)
+    a_img = Path(world["dir"]) / "releases" / "26.1-a" / "webkit.new.img"
+    new = bytearray(a_img.read_bytes())
+    new[5000:5100] = bytes(100)
+    new_img = tmp_path / "webkit.d.img"
+    new_img.write_bytes(new)
+    patch = tmp_path / "webkit.bsipatch"
+    diff(str(a_img), str(new_img), str(patch))
+    d = json.loads(json.dumps(world["releases"][A]))
+    d.update(release_id="26.1 (d)", sequence=4)
+    d["components"] = [
+        dict(
+            d["components"][0],
+            base=ch.seal_ref(a_img),
+            target=ch.seal_ref(new_img),
+            patch={
+                "path": "webkit.bsipatch",
+                "sha256": sha(patch.read_bytes()),
+                "size": patch.stat().st_size,
+            },
+        )
+    ]
+    inst.install_release(pb, ch.load_manifest(d), inst.open_patch_in(tmp_path))
+    assert sha(pb.component_path("webkit").read_bytes()) == sha(bytes(new))
+    assert pb.status()["active_release"] == "26.1 (d)"
+    assert inst.rollback(pb)["to"] == A
+
+
 def test_unchanged_components_are_hard_linked(pb: Preboot, world: dict) -> None:
     ch.install(world, pb, A)
     base = pb.path / "base" / "26.1-23B85"
@@ -129,6 +161,46 @@ def test_reader_opened_on_a_release_survives_its_removal(pb: Preboot, world: dic
     assert sha(reader.read()) == world["sha256"][A]["webkit"]
     reader.close()
     assert sha(pb.component_path("webkit").read_bytes()) == world["sha256"]["base"]["webkit"]
+
+
+def test_readers_during_changes_always_get_a_whole_sealed_image(pb: Preboot, world: dict) -> None:
+    """Readers run while installs, rollbacks, uninstalls and gc change the directory."""
+    import threading
+
+    valid = {world["sha256"][r]["webkit"] for r in ("base", A, B, C)}
+    stop = threading.Event()
+    seen: set[str] = set()
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                with pb.open_component("webkit") as f:  # checked against its seal
+                    digest = sha(f.read())
+                assert digest in valid
+                seen.add(digest)
+                assert pb.status()["os_version"] == "26.1"
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(2):
+            ch.install(world, pb, A)
+            ch.install(world, pb, B)
+            ch.install(world, pb, C)
+            inst.rollback(pb)
+            inst.uninstall(pb)
+            inst.boot(pb)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors[0]
+    assert len(seen) >= 2
 
 
 # --- rollback, uninstall, gc ----------------------------------------------------------------
@@ -486,6 +558,27 @@ def test_cli_init_install_status_boot_rollback_uninstall(
     assert cli_main(["uninstall", "--preboot", pre]) == 0
     assert cli_main(["gc", "--preboot", pre]) == 0
     assert cli_main(["recover", "--preboot", pre]) == 0
+
+
+def test_cli_os_update_and_preboot_env(
+    world: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pb = ch.create_preboot(world, tmp_path / "pb")
+    ch.install(world, pb, A)
+    monkeypatch.setenv("BSIPATCH_PREBOOT", str(pb.path))
+    images = [f"--image={n}={p}:{world['activation'][n]}" for n, p in world["images"].items()]
+    args = ["preboot", "os-update", "--os-version", "26.2", "--build", "23C10", *images]
+    # the env default is read when the parser is built
+    assert cli_main([*args, "--preboot", str(pb.path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["retired"] == [A] and out["os_version"] == "26.2"
+    assert cli_main(["status", "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["os_version"] == "26.2" and st["active_release"] is None
+    assert cli_main(
+        ["preboot", "init", str(pb.path), "--os-version", "1", "--build", "B", *images]
+    ) == (StateError.exit_code)
+    assert "not empty" in capsys.readouterr().err
 
 
 def test_cli_locked_preboot_exit_code(

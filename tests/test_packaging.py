@@ -1,4 +1,4 @@
-"""The package builds as a wheel that installs into a fresh venv and works without the source tree."""
+"""The package builds as a wheel that installs into a fresh venv and runs without the source."""
 
 from __future__ import annotations
 

@@ -196,7 +196,7 @@ def _payload(
     out_len: int, ctrl: bytes, runs: bytes = b"", lit: bytes = b"", dif: bytes = b"", n_ops: int = 1
 ) -> bytes:
     return (
-        struct.pack("<6Q", out_len, n_ops, len(ctrl), len(runs), len(lit), len(dif))
+        struct.pack("<7Q", out_len, n_ops, len(ctrl), len(runs), 0, len(lit), len(dif))
         + ctrl
         + runs
         + lit

@@ -73,6 +73,22 @@ def test_create_refuses_non_empty_dir_and_bad_activation(world: dict, tmp_path: 
         )
 
 
+def test_failed_create_leaves_an_empty_dir_and_can_be_retried(world: dict, tmp_path: Path) -> None:
+    from bsipatch.errors import StagingError
+
+    images = dict(world["images"], safari=str(tmp_path / "missing.img"))
+    with pytest.raises(StagingError):
+        Preboot.create(
+            tmp_path / "pb",
+            os_version="26.1",
+            build="23B85",
+            images=images,
+            activation=world["activation"],
+        )
+    assert list((tmp_path / "pb").iterdir()) == []
+    ch.create_preboot(world, tmp_path / "pb")
+
+
 def test_not_a_preboot_dir_is_a_state_error(tmp_path: Path) -> None:
     with pytest.raises(StateError, match="not a bsipatch preboot"):
         Preboot(tmp_path)

@@ -239,6 +239,13 @@ def test_garbage_signature_refused(world):
             world.verifier().verify_catalog(envelope_with(cat_bytes, signatures=sigs))
 
 
+def test_too_many_signatures_refused_before_verifying(world):
+    _, _, _, cat_bytes = world.release()
+    sig = canonical.decode(cat_bytes)["signatures"][0]
+    with pytest.raises(FormatError, match="at most 64"):
+        world.verifier().verify_catalog(envelope_with(cat_bytes, signatures=[sig] * 65))
+
+
 def test_non_canonical_envelope_refused(world):
     _, _, _, cat_bytes = world.release()
     import json

@@ -17,7 +17,7 @@ COMMON.add_argument("--quiet", "-q", action="store_true", help="no progress bars
 
 
 def add_command(
-    sub: argparse._SubParsersAction, name: str, help: str, func: Any  # noqa: A002
+    sub: argparse._SubParsersAction, name: str, help: str, func: Any
 ) -> argparse.ArgumentParser:
     """Add a subcommand with the common options whose handler is ``func(args) -> int``."""
     p = sub.add_parser(name, help=help, description=help, parents=[COMMON])

@@ -29,6 +29,9 @@ def _add_device_args(p: argparse.ArgumentParser, *, repo: bool) -> None:
             "--timeout", type=float, default=15.0, help="seconds before a stalled download retries"
         )
         p.add_argument("--retries", type=int, default=4, help="retries per file")
+        p.add_argument(
+            "--cafile", metavar="PEM", help="CA certificates to trust for https (default: system)"
+        )
 
 
 def _agent(args: argparse.Namespace, progress: Any = None) -> Any:
@@ -42,6 +45,7 @@ def _agent(args: argparse.Namespace, progress: Any = None) -> Any:
         timeout=args.timeout,
         retries=args.retries,
         progress=progress,
+        cafile=args.cafile,
     )
 
 
@@ -168,6 +172,14 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from ..agent import Agent
+
+    out = Agent(args.preboot, None).rollback()
+    emit(args, out, [f"rolled back from {out['from']} to {out['to'] or 'the base images'}"])
+    return 0
+
+
 def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for v in values or []:
@@ -227,6 +239,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         asub, "uninstall", "remove installed releases (if policy allows)", cmd_uninstall
     )
+    _add_device_args(p, repo=False)
+
+    p = add_command(asub, "rollback", "go back one release (if policy allows)", cmd_rollback)
     _add_device_args(p, repo=False)
 
     p = add_command(sub, "os-update", "install base images of a new OS version", cmd_os_update)

@@ -122,10 +122,15 @@ def cmd_info(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the CLI."""
     p = add_command(sub, "diff", "make a patch from OLD to NEW", cmd_diff)
-    p.add_argument("old", metavar="OLD")
-    p.add_argument("new", metavar="NEW")
-    p.add_argument("patch", metavar="PATCH")
-    p.add_argument("--format", choices=("bsipatch", "bsdiff40"), default="bsipatch")
+    p.add_argument("old", metavar="OLD", help="the image the patch applies to")
+    p.add_argument("new", metavar="NEW", help="the image the patch makes")
+    p.add_argument("patch", metavar="PATCH", help="the patch file to write")
+    p.add_argument(
+        "--format",
+        choices=("bsipatch", "bsdiff40"),
+        default="bsipatch",
+        help="bsipatch (default: segmented, zstd, SHA-256 checked) or classic BSDIFF40",
+    )
     p.add_argument("--level", type=int, default=19, help="zstd level 1..22 (default 19)")
     p.add_argument("--threads", type=int, default=None, help="threads (default: all CPUs)")
     p.add_argument(
@@ -135,15 +140,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub, "apply", "apply PATCH (bsipatch or BSDIFF40) to OLD, writing OUT", cmd_apply
     )
-    p.add_argument("old", metavar="OLD")
+    p.add_argument("old", metavar="OLD", help="the image the patch was made for")
     p.add_argument("patch", metavar="PATCH", help="patch file, or - for standard input")
-    p.add_argument("out", metavar="OUT")
+    p.add_argument("out", metavar="OUT", help="where to write the new image")
     p.add_argument(
         "--resume",
         action="store_true",
         help="keep a partial output on interruption and continue from it",
     )
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--threads", type=int, default=None, help="segments applied at once (default: up to 3)"
+    )
     p.add_argument(
         "--max-patch-size",
         type=int,

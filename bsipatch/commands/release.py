@@ -13,17 +13,19 @@ import hmac
 import os
 import re
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from .. import publish
+from .._progress import Progress
 from ..errors import FormatError, KeyFileError, MetadataError
 from ..keys import KINDS
 from ..manifest import Cve, ReleaseManifest, parse_time
 from ..repository import Repository
 from ..trust import MAX_MANIFEST_SIZE, ROLES, Verifier, check_signatures, parse_envelope
-from ._common import add_command, emit
+from ._common import add_command, emit, progress_enabled
 
 _CVE_SPLIT = re.compile(r",(?=CVE-\d{4}-\d+=)")
 
@@ -84,6 +86,34 @@ def parse_component(spec: str) -> publish.ComponentInput:
     return publish.ComponentInput(
         name=name, activation=activation, base_image=base, new_image=new, cves=tuple(cves)
     )
+
+
+class _Bars:
+    """One progress bar per publishing step, drawn on stderr."""
+
+    def __init__(self, enabled: bool | None) -> None:
+        self.enabled = enabled
+        self.label: str | None = None
+        self.bar: Progress | None = None
+        self.t0 = time.monotonic()
+
+    def update(self, label: str, done: int, total: int) -> None:
+        if label != self.label:
+            self.close()
+            self.label, self.bar = label, Progress(f"  {label}", enabled=self.enabled)
+            self.bar.start = self.t0  # the step began at its log line, not its first callback
+        assert self.bar is not None
+        self.bar.callback(done, total)
+
+    def log(self, line: str) -> None:
+        self.close()
+        print(f"  {line}", flush=True)
+        self.t0 = time.monotonic()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.label, self.bar = None, None
 
 
 # --- handlers ------------------------------------------------------------------------------
@@ -176,6 +206,7 @@ def cmd_release_build(args: argparse.Namespace) -> int:
     ]
     keys = publish.load_keydir(args.keys, _passphrase(args))
     quiet = args.quiet or args.json
+    bars = _Bars(progress_enabled(args))
     m = publish.build_release(
         args.repo,
         release_id=args.id,
@@ -189,8 +220,10 @@ def cmd_release_build(args: argparse.Namespace) -> int:
         catalog_expires=published + timedelta(days=args.catalog_expires_days),
         store_base_images=not args.no_images,
         threads=args.threads,
-        log=None if quiet else (lambda s: print(f"  {s}")),
+        log=None if quiet else bars.log,
+        progress=bars.update,
     )
+    bars.close()
     lines = [f"published {m.release_id} (sequence {m.sequence}) for build(s) {', '.join(m.builds)}"]
     for c in m.components:
         lines.append(

@@ -54,6 +54,13 @@ def _os_error(exc: OSError) -> int:
     return 1
 
 
+def _threads(value: str) -> int:
+    n = _positive(value)
+    if n == 0:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return n
+
+
 def cmd_seal(args: argparse.Namespace) -> int:
     """``bsipatch seal IMAGE``: build the hash tree, print the root hash."""
     try:
@@ -125,7 +132,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write the superblock and hash tree here (veritysetup format)")
     p.add_argument("--salt", type=_salt, metavar="HEX",
                    help="salt in hex ('-' for none); default: 32 random bytes")
-    p.add_argument("--threads", type=int, default=None, help="hashing threads (default: all cores)")
+    p.add_argument("--threads", type=_threads, default=None, metavar="N",
+                   help="hashing threads (default: all cores)")
 
     p = add_command(sub, "verify", "verify an image against its seal, naming the first bad block",
                     cmd_verify)
@@ -138,4 +146,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="salt in hex ('-' for none); taken from the hash file when omitted")
     p.add_argument("--size", type=_positive, metavar="N",
                    help="exact image size in bytes the seal was made for")
-    p.add_argument("--threads", type=int, default=None, help="hashing threads (default: all cores)")
+    p.add_argument("--threads", type=_threads, default=None, metavar="N",
+                   help="hashing threads (default: all cores)")
