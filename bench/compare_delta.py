@@ -689,6 +689,7 @@ def _machine() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "kernel": platform.release(),
+        "load_average_1min": round(os.getloadavg()[0], 2),  # other load skews wall times
     }
 
 
@@ -802,6 +803,7 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     started = datetime.datetime.now(datetime.timezone.utc)
+    machine = _machine()
     all_results: dict[str, list[ToolResult]] = {}
     pair_dicts: dict[str, dict[str, Any]] = {}
     try:
@@ -821,7 +823,7 @@ def main(argv: list[str] | None = None) -> int:
     human = [
         f"bsipatch delta comparison, {started:%Y-%m-%d %H:%M} UTC: "
         + ("bsipatch " + why if have else "bsipatch NOT available (" + why + "): peers only"),
-        f"machine: {_machine()}",
+        f"machine: {machine}, load average at the end {os.getloadavg()[0]:.2f}",
         f"tools: {_tool_versions()}",
         f"runs: repeat {opts.repeat} (median; steps over {opts.cheap:g} s run once), "
         f"timeout {opts.timeout:g} s" + (", --quick" if opts.quick else ""),
@@ -858,7 +860,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "started": started.isoformat(),
         "bsipatch": why if have else None,
-        "machine": _machine(),
+        "machine": {**machine, "load_average_1min_end": round(os.getloadavg()[0], 2)},
         "tool_versions": _tool_versions(),
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
         "python_baseline_mib": baselines,
