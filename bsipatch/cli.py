@@ -42,16 +42,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(func(args) or 0)
+    except BrokenPipeError:
+        return 141
     except BsipatchError as exc:
         if getattr(args, "debug", False):
             traceback.print_exc()
         print(f"bsipatch: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"bsipatch: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("bsipatch: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,3 +17,10 @@ def test_python_m_version():
 def test_no_command_prints_help_and_fails(capsys):
     assert main([]) == 2
     assert "usage" in capsys.readouterr().err
+
+
+def test_missing_file_is_one_clear_line_and_nonzero_exit(tmp_path, capsys):
+    missing = tmp_path / "nope.img"
+    assert main(["info", str(missing)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bsipatch: error:") and "nope.img" in err[0]
