@@ -157,13 +157,16 @@ def test_iter_apply_withholds_unverified_end(files) -> None:
     assert len(got) < len(new)
 
 
-def test_output_mismatch_detected(files, tmp_path: Path) -> None:
+@pytest.mark.parametrize("single_segment", [False, True])
+def test_output_mismatch_detected(files, tmp_path: Path, single_segment: bool) -> None:
     import hashlib
 
     from bsipatch import patchfmt
 
     op, _np, pp, _new = files
     # re-sign a patch whose header declares another new digest: segments still verify
+    if single_segment:  # the verified segment digest stands for the whole image
+        diff(op, _np, pp, level=3)
     data = pp.read_bytes()
     h = patchfmt.Header.unpack(data[: patchfmt.HEADER_SIZE])
     import dataclasses
