@@ -119,13 +119,15 @@ class Header:
             raise UnsupportedPatch(
                 f"segment size {seg_size} outside 1..{MAX_SEGMENT_SIZE} supported by this applier"
             )
-        if max_buf > MAX_BUFFERED or max_buf > max_pay:
-            raise UnsupportedPatch(
-                f"patch needs {max_buf} buffered bytes per segment, limit {MAX_BUFFERED}"
-            )
         if not PAYLOAD_HEADER_SIZE <= max_pay <= MAX_PAYLOAD:
             raise UnsupportedPatch(
-                f"patch declares segment payloads up to {max_pay} bytes, limit {MAX_PAYLOAD}"
+                f"patch declares segment payloads up to {max_pay} bytes, this applier accepts "
+                f"{PAYLOAD_HEADER_SIZE}..{MAX_PAYLOAD}"
+            )
+        if max_buf > min(MAX_BUFFERED, max_pay):
+            raise UnsupportedPatch(
+                f"patch needs {max_buf} buffered bytes per segment, "
+                f"limit {min(MAX_BUFFERED, max_pay)}"
             )
         return cls(
             version, seg_size, old_size, old_sha, new_size, new_sha, max_buf, max_pay, digest
