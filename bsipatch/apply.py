@@ -25,11 +25,17 @@ import io
 import mmap
 import os
 import struct
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+import zstandard
+
+from . import patchfmt
+from ._io import fsync_dir, open_source, read_exact
 from ._native import error_name, ffi, lib
 from .diff import default_threads, is_pathlike, open_buffer, sha256_buffer, zero_digest
 from .errors import (
@@ -41,13 +47,16 @@ from .errors import (
     WrongBaseImage,
 )
 
-# hashlib (OpenSSL), zstandard, the patch framing and the temp-file helpers are
-# imported inside the functions that use them, so that importing this module (as a
-# diff-only process also does) costs little resident memory.
+# hashlib and hmac (they load OpenSSL: several MB resident, ~3 ms) are imported
+# inside the functions that use them, so that importing this module (as a diff-only
+# process may) adds little to a diff's peak memory; the rest is loaded here so that
+# the first apply does not pay for imports.
+from .patchfmt import PatchReader
+
 if TYPE_CHECKING:
     from ._io import PathLike
     from .diff import Buffer
-    from .patchfmt import Header, PatchInfo, PatchReader, SegmentHeader
+    from .patchfmt import Header, PatchInfo, SegmentHeader
 
     PatchSource = PathLike | bytes | bytearray | memoryview | BinaryIO
 ProgressFn = Callable[[int, int], None]
@@ -169,10 +178,6 @@ def segment_chunks(
     import hashlib
     import hmac
 
-    import zstandard
-
-    from . import patchfmt
-
     zero_seg = is_zero_segment(seg)
     st = ffi.new("bsi_patch_state *")
     cap = 0
@@ -267,8 +272,6 @@ def run_segment(
 
 
 def _open_patch(stack: ExitStack, patch: PatchSource) -> tuple[BinaryIO, bytes]:
-    from . import patchfmt
-    from ._io import open_source, read_exact
 
     f = stack.enter_context(open_source(patch))  # type: ignore[arg-type]
     magic = read_exact(f, 8)
@@ -400,10 +403,6 @@ def _apply_to_path(
     progress: ProgressFn | None,
     base_ok: Callable[[], None],
 ) -> dict[str, Any]:
-    import tempfile
-    from pathlib import Path
-
-    from ._io import fsync_dir
 
     target = Path(out)
     directory = target.parent if str(target.parent) else Path()
@@ -517,8 +516,6 @@ def apply(
         >>> import bsipatch
         >>> bsipatch.apply("old.img", "update.bsipatch", "new.img")  # doctest: +SKIP
     """
-    from . import patchfmt
-    from .patchfmt import PatchReader
 
     with ExitStack() as stack:
         f, magic = _open_patch(stack, patch)
@@ -575,9 +572,6 @@ def iter_apply(
     """
     import hashlib
     import hmac
-
-    from . import patchfmt
-    from .patchfmt import PatchReader
 
     if chunk_size <= 0:
         raise ValueError("chunk_size must be positive")
