@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import contextlib
+import errno
 import io
 import mmap
 import os
@@ -310,7 +311,7 @@ def _apply_to_fd(
             nonlocal pos
             # a fresh file region is a hole already: leave zero chunks unwritten
             if not (pos >= existing and len(chunk) == OUT_CHUNK and chunk == zero_bytes):
-                os.pwrite(fd, chunk, pos)
+                _pwrite_all(fd, chunk, pos)
             pos += len(chunk)
 
         run_segment(old, header, seg, comp, sink)
@@ -387,6 +388,27 @@ def _apply_to_fd(
     return {"resumed_segments": resumed}
 
 
+def _pwrite_all(fd: int, data: memoryview, pos: int) -> None:
+    """pwrite everything or raise: a short write (a full disk) must never pass silently."""
+    while len(data):
+        n = os.pwrite(fd, data, pos)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device (short write)")
+        data = data[n:]
+        pos += n
+
+
+def _write_all(out: BinaryIO, data: memoryview) -> None:
+    """Write everything to a caller's stream, also when it is a raw (short-writing) one."""
+    while len(data):
+        n = out.write(data)
+        if n is None:  # a non-blocking raw stream that cannot take data now
+            raise OSError(errno.EAGAIN, "output stream would block")
+        if n <= 0:
+            raise OSError(errno.EIO, "output stream accepted no bytes")
+        data = data[n:]
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -461,7 +483,7 @@ def _apply_to_stream(
 
     def sink(chunk: memoryview) -> None:
         overall.update(chunk)
-        out.write(chunk)
+        _write_all(out, chunk)
 
     for seg, comp in reader:
         run_segment(old, header, seg, comp, sink)
