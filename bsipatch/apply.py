@@ -21,15 +21,22 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import contextlib
+import errno
 import io
 import mmap
 import os
 import struct
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+import zstandard
+
+from . import patchfmt
+from ._io import fsync_dir, open_source, read_exact
 from ._native import error_name, ffi, lib
 from .diff import default_threads, is_pathlike, open_buffer, sha256_buffer, zero_digest
 from .errors import (
@@ -41,13 +48,16 @@ from .errors import (
     WrongBaseImage,
 )
 
-# hashlib (OpenSSL), zstandard, the patch framing and the temp-file helpers are
-# imported inside the functions that use them, so that importing this module (as a
-# diff-only process also does) costs little resident memory.
+# hashlib and hmac (they load OpenSSL: several MB resident, ~3 ms) are imported
+# inside the functions that use them, so that importing this module (as a diff-only
+# process may) adds little to a diff's peak memory; the rest is loaded here so that
+# the first apply does not pay for imports.
+from .patchfmt import PatchReader
+
 if TYPE_CHECKING:
     from ._io import PathLike
     from .diff import Buffer
-    from .patchfmt import Header, PatchInfo, PatchReader, SegmentHeader
+    from .patchfmt import Header, PatchInfo, SegmentHeader
 
     PatchSource = PathLike | bytes | bytearray | memoryview | BinaryIO
 ProgressFn = Callable[[int, int], None]
@@ -169,10 +179,6 @@ def segment_chunks(
     import hashlib
     import hmac
 
-    import zstandard
-
-    from . import patchfmt
-
     zero_seg = is_zero_segment(seg)
     st = ffi.new("bsi_patch_state *")
     cap = 0
@@ -267,8 +273,6 @@ def run_segment(
 
 
 def _open_patch(stack: ExitStack, patch: PatchSource) -> tuple[BinaryIO, bytes]:
-    from . import patchfmt
-    from ._io import open_source, read_exact
 
     f = stack.enter_context(open_source(patch))  # type: ignore[arg-type]
     magic = read_exact(f, 8)
@@ -307,7 +311,7 @@ def _apply_to_fd(
             nonlocal pos
             # a fresh file region is a hole already: leave zero chunks unwritten
             if not (pos >= existing and len(chunk) == OUT_CHUNK and chunk == zero_bytes):
-                os.pwrite(fd, chunk, pos)
+                _pwrite_all(fd, chunk, pos)
             pos += len(chunk)
 
         run_segment(old, header, seg, comp, sink)
@@ -325,12 +329,19 @@ def _apply_to_fd(
 
     pending: collections.deque[tuple[SegmentHeader, cf.Future[None] | None]] = collections.deque()
 
+    whole: list[bytes] = []  # set when one verified segment is the whole image
+
     def finish_one() -> None:
         nonlocal done
         seg, fut = pending.popleft()
         if fut is not None:
             fut.result()
         off, end = seg.out_offset, seg.out_offset + seg.out_len
+        if off == 0 and end == header.new_size:
+            # its output hashed to out_sha256 (or is zeros by construction): that is
+            # the whole image's digest, no need to read it back
+            whole.append(seg.out_sha256)
+            off = end
         if fut is not None and is_zero_segment(seg):
             while off < end:  # written as zeros (or left a hole): no need to read it back
                 k = min(OUT_CHUNK, end - off)
@@ -369,12 +380,33 @@ def _apply_to_fd(
                     fut.cancel()
     if header.new_size == 0:
         done = 0
-    digest = overall.digest()
+    digest = whole[0] if whole else overall.digest()
     if not hmac.compare_digest(digest, header.new_sha256):
         raise OutputMismatch(
             f"output SHA-256 is {digest.hex()}, the patch header declares {header.new_sha256.hex()}"
         )
     return {"resumed_segments": resumed}
+
+
+def _pwrite_all(fd: int, data: memoryview, pos: int) -> None:
+    """pwrite everything or raise: a short write (a full disk) must never pass silently."""
+    while len(data):
+        n = os.pwrite(fd, data, pos)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device (short write)")
+        data = data[n:]
+        pos += n
+
+
+def _write_all(out: BinaryIO, data: memoryview) -> None:
+    """Write everything to a caller's stream, also when it is a raw (short-writing) one."""
+    while len(data):
+        n = out.write(data)
+        if n is None:  # a non-blocking raw stream that cannot take data now
+            raise OSError(errno.EAGAIN, "output stream would block")
+        if n <= 0:
+            raise OSError(errno.EIO, "output stream accepted no bytes")
+        data = data[n:]
 
 
 def _umask() -> int:
@@ -393,10 +425,6 @@ def _apply_to_path(
     progress: ProgressFn | None,
     base_ok: Callable[[], None],
 ) -> dict[str, Any]:
-    import tempfile
-    from pathlib import Path
-
-    from ._io import fsync_dir
 
     target = Path(out)
     directory = target.parent if str(target.parent) else Path()
@@ -455,7 +483,7 @@ def _apply_to_stream(
 
     def sink(chunk: memoryview) -> None:
         overall.update(chunk)
-        out.write(chunk)
+        _write_all(out, chunk)
 
     for seg, comp in reader:
         run_segment(old, header, seg, comp, sink)
@@ -510,8 +538,6 @@ def apply(
         >>> import bsipatch
         >>> bsipatch.apply("old.img", "update.bsipatch", "new.img")  # doctest: +SKIP
     """
-    from . import patchfmt
-    from .patchfmt import PatchReader
 
     with ExitStack() as stack:
         f, magic = _open_patch(stack, patch)
@@ -568,9 +594,6 @@ def iter_apply(
     """
     import hashlib
     import hmac
-
-    from . import patchfmt
-    from .patchfmt import PatchReader
 
     if chunk_size <= 0:
         raise ValueError("chunk_size must be positive")

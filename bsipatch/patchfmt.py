@@ -8,8 +8,6 @@ does not search for differences (see diff.py).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +15,26 @@ from typing import Any, BinaryIO
 
 from ._io import Source, open_source, read_exact
 from .errors import CorruptPatch, PatchTooLarge, TruncatedPatch, UnsupportedPatch
+
+# hashlib and hmac load OpenSSL (several MB resident): they are imported where used,
+# so that a process which only makes patches does not carry them through its
+# suffix-sort peak.
+
+
+def _sha256(*parts: bytes | memoryview) -> bytes:
+    import hashlib
+
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part)
+    return h.digest()
+
+
+def _same(a: bytes, b: bytes) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a, b)
+
 
 MAGIC = b"BSIPATCH"
 BSDIFF40_MAGIC = b"BSDIFF40"
@@ -80,7 +98,7 @@ class Header:
             self.max_payload,
             0,
         )
-        return body + hashlib.sha256(body).digest()
+        return body + _sha256(body)
 
     @classmethod
     def unpack(cls, data: bytes) -> Header:
@@ -111,7 +129,7 @@ class Header:
         ) = struct.unpack(HEADER_FMT, body)
         if version != VERSION:
             raise UnsupportedPatch(f"patch format version {version}, this bsipatch reads {VERSION}")
-        if not hmac.compare_digest(hashlib.sha256(body).digest(), digest):
+        if not _same(_sha256(body), digest):
             raise CorruptPatch("patch header digest mismatch")
         if flags != 0 or _r2 != 0:
             raise UnsupportedPatch(f"unknown patch header flags {flags:#x}")
@@ -119,13 +137,15 @@ class Header:
             raise UnsupportedPatch(
                 f"segment size {seg_size} outside 1..{MAX_SEGMENT_SIZE} supported by this applier"
             )
-        if max_buf > MAX_BUFFERED or max_buf > max_pay:
-            raise UnsupportedPatch(
-                f"patch needs {max_buf} buffered bytes per segment, limit {MAX_BUFFERED}"
-            )
         if not PAYLOAD_HEADER_SIZE <= max_pay <= MAX_PAYLOAD:
             raise UnsupportedPatch(
-                f"patch declares segment payloads up to {max_pay} bytes, limit {MAX_PAYLOAD}"
+                f"patch declares segment payloads up to {max_pay} bytes, this applier accepts "
+                f"{PAYLOAD_HEADER_SIZE}..{MAX_PAYLOAD}"
+            )
+        if max_buf > min(MAX_BUFFERED, max_pay):
+            raise UnsupportedPatch(
+                f"patch needs {max_buf} buffered bytes per segment, "
+                f"limit {min(MAX_BUFFERED, max_pay)}"
             )
         return cls(
             version, seg_size, old_size, old_sha, new_size, new_sha, max_buf, max_pay, digest
@@ -164,10 +184,7 @@ class SegmentHeader:
     @staticmethod
     def compute_digest(header_digest: bytes, body: bytes, comp: bytes | memoryview) -> bytes:
         """SHA-256 over the patch header digest, this header's body and the compressed bytes."""
-        h = hashlib.sha256(header_digest)
-        h.update(body)
-        h.update(comp)
-        return h.digest()
+        return _sha256(header_digest, body, comp)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -242,11 +259,7 @@ def parse_segment_header(data: bytes, header: Header, index: int, out_offset: in
 
 def trailer_digest(header_digest: bytes, seg_digests: list[bytes], body: bytes) -> bytes:
     """SHA-256 chaining the header, every segment digest in order, and the trailer body."""
-    h = hashlib.sha256(header_digest)
-    for d in seg_digests:
-        h.update(d)
-    h.update(body)
-    return h.digest()
+    return _sha256(header_digest, *seg_digests, body)
 
 
 def pack_trailer(header: Header, seg_digests: list[bytes]) -> bytes:
@@ -324,7 +337,7 @@ class PatchReader:
                     f"patch ended inside segment {seg.index} ({len(comp)} of {seg.comp_len} bytes)"
                 )
             digest = SegmentHeader.compute_digest(h.digest, seg.body(), comp)
-            if not hmac.compare_digest(digest, seg.digest):
+            if not _same(digest, seg.digest):
                 raise CorruptPatch(f"segment {seg.index}: digest mismatch (patch damaged)")
             self.seg_digests.append(digest)
             self.segments.append(seg)
@@ -344,9 +357,7 @@ class PatchReader:
                 f"trailer declares {nseg} segments / {new_size} bytes, "
                 f"read {len(self.seg_digests)} / {h.new_size}"
             )
-        if not hmac.compare_digest(
-            trailer_digest(h.digest, self.seg_digests, body), data[TRAILER_SIZE - 32 :]
-        ):
+        if not _same(trailer_digest(h.digest, self.seg_digests, body), data[TRAILER_SIZE - 32 :]):
             raise CorruptPatch("trailer digest mismatch")
         if out_offset != h.new_size:
             raise TruncatedPatch(

@@ -157,13 +157,16 @@ def test_iter_apply_withholds_unverified_end(files) -> None:
     assert len(got) < len(new)
 
 
-def test_output_mismatch_detected(files, tmp_path: Path) -> None:
+@pytest.mark.parametrize("single_segment", [False, True])
+def test_output_mismatch_detected(files, tmp_path: Path, single_segment: bool) -> None:
     import hashlib
 
     from bsipatch import patchfmt
 
     op, _np, pp, _new = files
     # re-sign a patch whose header declares another new digest: segments still verify
+    if single_segment:  # the verified segment digest stands for the whole image
+        diff(op, _np, pp, level=3)
     data = pp.read_bytes()
     h = patchfmt.Header.unpack(data[: patchfmt.HEADER_SIZE])
     import dataclasses
@@ -231,4 +234,53 @@ def test_every_refusal_leaves_no_output_file(files, tmp_path: Path) -> None:
     assert _leftovers(tmp_path) == []
     with pytest.raises(PatchError):
         apply(op, data[: len(data) // 3], tmp_path / "out.img", resume=False)
+    assert _leftovers(tmp_path) == []
+
+
+class ShortWriter(io.RawIOBase):
+    """A raw output stream that takes at most 3 bytes per write."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:  # type: ignore[override]
+        piece = bytes(b[:3])
+        self.data += piece
+        return len(piece)
+
+
+def test_short_writes_to_a_raw_stream_are_completed(files) -> None:
+    op, _np, pp, new = files
+    out = ShortWriter()
+    apply(op, pp, out)
+    assert bytes(out.data) == new
+
+
+@pytest.mark.parametrize("segment_size", [None, SEG])
+def test_disk_full_during_apply_raises_and_leaves_nothing(
+    files, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, segment_size
+) -> None:
+    """A full disk shows as short pwrites and then ENOSPC: never a silent success."""
+    import errno
+
+    op, np_, pp, _new = files
+    if segment_size is None:  # one segment: its verified digest stands for the image
+        diff(op, np_, pp, level=3)
+    real = os.pwrite
+    budget = [20_000]
+
+    def filling_pwrite(fd: int, data, pos: int) -> int:
+        if budget[0] <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        n = min(len(data), budget[0], 1000)
+        budget[0] -= n
+        return real(fd, bytes(data[:n]), pos)
+
+    monkeypatch.setattr(os, "pwrite", filling_pwrite)
+    with pytest.raises(OSError) as info:
+        apply(op, pp, tmp_path / "out.img")
+    assert info.value.errno == errno.ENOSPC
     assert _leftovers(tmp_path) == []
