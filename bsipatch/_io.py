@@ -62,6 +62,20 @@ def os_error_to_staging(exc: OSError, what: str) -> StagingError:
     return StagingError(f"{what}: {exc.strerror or exc}")
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would race other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc: fall back to the set-and-restore dance
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[bytes]]:
     """Write ``path`` crash-safely: temp file in the same directory, fsync, rename, fsync dir.
@@ -76,6 +90,7 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[bytes]]:
     directory = target.parent
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()

@@ -24,3 +24,19 @@ def test_missing_file_is_one_clear_line_and_nonzero_exit(tmp_path, capsys):
     assert main(["info", str(missing)]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("bsipatch: error:") and "nope.img" in err[0]
+
+
+def test_atomic_write_follows_umask(tmp_path):
+    import os
+
+    from bsipatch._io import atomic_write
+
+    old = os.umask(0o027)
+    try:
+        with atomic_write(tmp_path / "f") as f:
+            f.write(b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f").read_bytes() == b"x"
+    assert (tmp_path / "f").stat().st_mode & 0o777 == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
