@@ -14,6 +14,7 @@ this module; it decides nothing about what a device installs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any, TypeVar
 
 from . import canonical
 from . import keys as keymod
@@ -103,6 +105,21 @@ class ComponentInput:
 
 def _repo(repo: Repository | PathLike) -> Repository:
     return repo if isinstance(repo, Repository) else Repository(repo)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _exclusive(fn: _F) -> _F:
+    """Run ``fn(repo, ...)`` holding the repository's publisher lock (one writer at a time)."""
+
+    @functools.wraps(fn)
+    def locked(repo: Repository | PathLike, *args: Any, **kwargs: Any) -> Any:
+        r = _repo(repo)
+        with r.lock():
+            return fn(r, *args, **kwargs)
+
+    return locked  # type: ignore[return-value]
 
 
 def _role_keys(keys: KeyMap, role: str) -> list[PrivateKey]:
@@ -300,6 +317,7 @@ def init_repository(
     return root
 
 
+@_exclusive
 def add_os_images(
     repo: Repository | PathLike, os_version: str, build: str, images: Mapping[str, PathLike]
 ) -> dict[str, str]:
@@ -321,6 +339,7 @@ def add_os_images(
     return out
 
 
+@_exclusive
 def build_release(
     repo: Repository | PathLike,
     *,
@@ -370,7 +389,7 @@ def build_release(
 
     Raises:
         MetadataError: the release id is already in the catalog.
-        FormatError: invalid ids, names, activations or CVEs.
+        FormatError: invalid ids, names, activations or CVEs; an image is missing.
         ThresholdError: not enough trusted keys for the release or catalog role.
     """
     from .diff import diff  # lazy: loads the native core
@@ -394,6 +413,10 @@ def build_release(
     names = [c.name for c in components]
     if len(set(names)) != len(names):
         raise FormatError("a component is listed twice")
+    for c in components:
+        for which, image in (("base", c.base_image), ("new", c.new_image)):
+            if not Path(image).is_file():
+                raise FormatError(f"component {c.name}: {which} image {image} is not a file")
 
     releases: list[ComponentRelease] = []
     for c in components:
@@ -467,6 +490,7 @@ def _check_release_fields(
         raise FormatError("expires must be after published")
 
 
+@_exclusive
 def add_release(
     repo: Repository | PathLike,
     *,
@@ -530,6 +554,7 @@ def add_release(
     return manifest
 
 
+@_exclusive
 def withdraw(
     repo: Repository | PathLike,
     release_id: str,
@@ -564,6 +589,7 @@ def withdraw(
     return new
 
 
+@_exclusive
 def rotate_root(
     repo: Repository | PathLike,
     *,
@@ -620,6 +646,7 @@ def _check_catalog_any_root(r: Repository, current: Root, env: Envelope) -> None
     raise error
 
 
+@_exclusive
 def resign(
     repo: Repository | PathLike,
     keys: KeyMap,

@@ -16,7 +16,11 @@ for :class:`bsipatch.trust.Verifier`.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ._io import atomic_write
@@ -37,6 +41,12 @@ PathLike = str | os.PathLike[str]
 
 ROOT = "root.json"
 CATALOG = "catalog.json"
+LOCK = ".publish.lock"
+
+# Re-entrancy of Repository.lock() within a thread: (pid, repository path) -> depth.
+# flock() on a second descriptor of the same file would wait for ourselves; other
+# threads do open their own descriptor and wait.
+_held = threading.local()
 
 
 def root_relpath(version: int) -> str:
@@ -81,6 +91,34 @@ class Repository:
 
     def __repr__(self) -> str:
         return f"Repository({str(self.path)!r})"
+
+    @contextmanager
+    def lock(self) -> Iterator[Repository]:
+        """Hold the publisher lock (``.publish.lock``, ``flock``) for a read-modify-write.
+
+        Publishing reads the catalog, adds to it and writes it back; two publishers at
+        once would lose one release. This waits for the other to finish. Re-entrant
+        within a process; released by the kernel when a process dies.
+        """
+        key = f"{os.getpid()}:{self.path.resolve()}"  # a forked child holds nothing
+        depths: dict[str, int] = _held.__dict__.setdefault("depths", {})
+        if depths.get(key):
+            depths[key] += 1
+            try:
+                yield self
+            finally:
+                depths[key] -= 1
+            return
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            depths[key] = 1
+            try:
+                yield self
+            finally:
+                del depths[key]
+        finally:
+            os.close(fd)  # closing the last descriptor releases the flock
 
     def resolve(self, relpath: str) -> Path:
         """The absolute path of a repository-relative path (refusing ``..`` and the like).

@@ -482,3 +482,73 @@ def test_resign_refuses_a_catalog_no_root_ever_trusted(repo):
     r.write("catalog.json", planted)
     with pytest.raises(SignatureError):
         publish.resign(r.path, ks, NOW)
+
+
+# --- one publisher at a time ----------------------------------------------------------------
+
+
+def _publish_in_child(path, ks, release_id, go=None):
+    if go is not None:
+        go.wait(30)
+    add(Repository(path), ks, release_id, names=("webkit",))
+
+
+def test_publisher_waits_for_the_repository_lock(repo):
+    import multiprocessing
+
+    r, ks = repo
+    ctx = multiprocessing.get_context("fork")
+    go = ctx.Event()
+    # forked before the lock is taken: a fork would inherit the locked descriptor
+    child = ctx.Process(target=_publish_in_child, args=(r.path, ks, "26.1 (a)", go))
+    child.start()
+    try:
+        with r.lock():
+            go.set()
+            child.join(1.0)
+            assert child.is_alive()  # blocked on the lock, catalog untouched
+            assert device_view(r)[1].version == 1
+            with r.lock():  # re-entrant in the holder
+                pass
+        child.join(30)
+    finally:
+        child.kill()
+    assert child.exitcode == 0
+    assert device_view(r)[1].latest("23B85").release_id == "26.1 (a)"
+
+
+def test_concurrent_publishers_lose_no_release(repo):
+    import multiprocessing
+
+    r, ks = repo
+    ctx = multiprocessing.get_context("fork")
+    ids = [f"26.1 ({c})" for c in "abcdef"]
+    children = [ctx.Process(target=_publish_in_child, args=(r.path, ks, i)) for i in ids]
+    for c in children:
+        c.start()
+    for c in children:
+        c.join(60)
+        assert c.exitcode == 0
+    _, cat = device_view(r)
+    assert cat.version == 1 + len(ids)
+    assert sorted(e.release_id for e in cat.releases) == ids
+    assert sorted(e.sequence for e in cat.releases) == list(range(1, len(ids) + 1))
+
+
+def test_build_release_with_a_missing_image_is_a_typed_error(tmp_path, repo):
+    r, ks = repo
+    base = tmp_path / "base.img"
+    base.write_bytes(b"x" * 4096)
+    with pytest.raises(FormatError, match=r"new image .* is not a file"):
+        publish.build_release(
+            r.path,
+            release_id="26.1 (a)",
+            os_version="26.1",
+            builds=["23B85"],
+            supplemental_build="23B85a",
+            components=[publish.ComponentInput("webkit", "relaunch", base, tmp_path / "nope")],
+            keys=ks,
+            published=NOW,
+            expires=NOW + timedelta(days=90),
+        )
+    assert device_view(r)[1].version == 1
