@@ -1,8 +1,10 @@
 """Atheris harness for the whole Python apply path (framing, zstd, C applier).
 
 Run: ``pip install atheris`` then ``python fuzz/fuzz_apply.py -max_total_time=60``.
-Any exception other than a bsipatch PatchError is a finding. Seeds: a few real
-patches are generated at start-up and used as the first inputs' shape.
+Any exception other than a bsipatch PatchError is a finding. Seeds: unless corpus
+directories are given, a few real patches of ``OLD`` (bsipatch format at two levels,
+and BSDIFF40) are made at start-up into a temporary corpus directory, so mutations
+start from inputs that pass the framing.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
+import tempfile
+from pathlib import Path
 
 import atheris
 
@@ -25,8 +29,32 @@ def test_one(data: bytes) -> None:
         apply(OLD, data, io.BytesIO(), threads=1)
 
 
+def _seed_corpus() -> str:
+    from bsipatch.diff import diff
+
+    seeds = Path(tempfile.mkdtemp(prefix="bsipatch-fuzz-"))
+    new = bytearray(OLD)
+    new[1000:1010] = b"0123456789"
+    new[30000:30000] = b"inserted" * 20
+    variants = {
+        "edit": bytes(new),
+        "empty": b"",
+        "grown": OLD + b"tail" * 100,
+        "unrelated": bytes(range(256)) * 8,
+    }
+    for name, data in variants.items():
+        for fmt in ("bsipatch", "bsdiff40"):
+            out = io.BytesIO()
+            diff(OLD, data, out, format=fmt)
+            (seeds / f"{name}.{fmt}").write_bytes(out.getvalue())
+    return str(seeds)
+
+
 def main() -> None:
-    atheris.Setup(sys.argv, test_one)
+    args = list(sys.argv)
+    if not any(not a.startswith("-") for a in args[1:]):
+        args.append(_seed_corpus())
+    atheris.Setup(args, test_one)
     atheris.Fuzz()
 
 
