@@ -579,10 +579,12 @@ class Verifier:
                 f"manifest of {entry.release_id} has SHA-256 {actual.hex()}; "
                 f"the catalog says {entry.manifest_sha256}"
             )
-        env = parse_envelope(manifest_bytes, max_size=MAX_MANIFEST_SIZE, what="manifest")
-        check_signatures(self._root, "release", env, f"manifest of {entry.release_id}")
-        _check_type(env, "release", "manifest")
-        m = ReleaseManifest.from_dict(env.signed)
+        m = self.verify_signed_manifest(
+            manifest_bytes,
+            device_build=device_build,
+            min_sequence=min_sequence,
+            device_components=device_components,
+        )
         if m.release_id != entry.release_id:
             raise WrongTarget(
                 f"manifest is for release {m.release_id}; the catalog entry is {entry.release_id}"
@@ -597,6 +599,35 @@ class Verifier:
                 raise WrongTarget(
                     f"manifest of {m.release_id} has {name} {ours!r}; the catalog says {theirs!r}"
                 )
+        if entry.withdrawn:
+            raise WithdrawnRelease(f"release {m.release_id} was withdrawn by the vendor")
+        return m
+
+    def verify_signed_manifest(
+        self,
+        manifest_bytes: bytes,
+        *,
+        device_build: str,
+        min_sequence: int = 0,
+        device_components: Iterable[str] | None = None,
+    ) -> ReleaseManifest:
+        """Verify a manifest on its own: signatures, type, expiry, build, components, sequence.
+
+        :meth:`verify_manifest` does this after matching the catalog entry; on its
+        own (``bsipatch install --root``, a manifest file handed over by hand) it
+        cannot see withdrawal or a newer release, which only the catalog knows.
+
+        Raises:
+            FormatError / SignatureError / ThresholdError: not genuine.
+            ExpiredMetadata: the trusted root or the manifest expired.
+            WrongTarget: for another OS build, or patches a component the device lacks.
+            RollbackAttack: ``sequence < min_sequence``.
+        """
+        self._check_root_fresh()
+        env = parse_envelope(manifest_bytes, max_size=MAX_MANIFEST_SIZE, what="manifest")
+        check_signatures(self._root, "release", env, "manifest")
+        _check_type(env, "release", "manifest")
+        m = ReleaseManifest.from_dict(env.signed)
         _check_fresh(m.expires, self.now, f"manifest of {m.release_id}")
         if device_build not in m.builds:
             raise WrongTarget(
@@ -616,6 +647,4 @@ class Verifier:
                 f"release {m.release_id} has sequence {m.sequence}; sequence {min_sequence} "
                 "is already installed"
             )
-        if entry.withdrawn:
-            raise WithdrawnRelease(f"release {m.release_id} was withdrawn by the vendor")
         return m

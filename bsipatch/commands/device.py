@@ -2,8 +2,9 @@
 uninstall, boot, gc, recover.
 
 Thin: parse arguments, call :mod:`bsipatch.preboot` / :mod:`bsipatch.install`, print.
-``install`` here trusts the manifest file it is given (it is the low-level device
-command, run by root); the agent verifies signatures before it installs anything.
+``install`` checks the manifest's signatures against a trust root given with
+``--root`` (no catalog: withdrawal is the agent's business); ``--unverified`` skips
+that for a manifest the caller built and trusts itself.
 """
 
 from __future__ import annotations
@@ -114,7 +115,26 @@ def _cmd_install(args: argparse.Namespace) -> int:
     from ..install import install_release, load_manifest, open_patch_in
 
     pb = _preboot(args)
-    manifest = load_manifest(Path(args.manifest).read_bytes())
+    data = Path(args.manifest).read_bytes()
+    if args.root:
+        from datetime import datetime, timezone
+
+        from ..trust import Verifier
+
+        st = pb.status()
+        verifier = Verifier(Path(args.root).read_bytes(), now=datetime.now(timezone.utc))
+        manifest = verifier.verify_signed_manifest(
+            data, device_build=st["build"], device_components=st["components"]
+        )
+    elif args.unverified:
+        manifest = load_manifest(data)
+    else:
+        from ..errors import SignatureError
+
+        raise SignatureError(
+            "give --root ROOT_JSON to check the manifest's signatures "
+            "(or --unverified for a manifest you made and trust yourself)"
+        )
     patches = args.patches or str(Path(args.manifest).parent)
     with Progress(f"installing {manifest.release_id}", enabled=progress_enabled(args)) as bar:
         result = install_release(pb, manifest, open_patch_in(patches), progress=bar.callback)
@@ -204,6 +224,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("manifest", metavar="MANIFEST_JSON")
     p.add_argument(
         "--patches", metavar="DIR", help="repository root or directory holding the patches"
+    )
+    trust = p.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--root", metavar="ROOT_JSON", help="trusted root: the manifest must be signed by it"
+    )
+    trust.add_argument(
+        "--unverified", action="store_true", help="install without checking signatures"
     )
     for name, helptext, func in (
         (
