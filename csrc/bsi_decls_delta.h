@@ -165,3 +165,26 @@ int bsi_patch_feed(bsi_patch_state *st, const uint8_t *old, uint64_t old_size,
                    uint8_t *scratch, uint64_t scratch_cap, bsi_inbuf *in, bsi_outbuf *out);
 /* 0 when the segment is complete and exact, else a negative BSI_E_*. */
 int bsi_patch_finish(bsi_patch_state *st);
+
+/* Provenance of the segment's whole 4096-byte output blocks (segment-relative index
+ * out_offset / 4096), for bsi_patch_feed_prov. The caller zero-fills prov; the
+ * applier sets an entry only for a block made entirely by ONE operation:
+ *   BSI_PROV_ZERO                 one ZERO op: the block is all zero;
+ *   BSI_PROV_COPY + k             one COPY op from old offset 4096 * k (4096-aligned):
+ *                                 the block equals old block k;
+ * every other block stays BSI_PROV_NONE (made by ADD/INSERT, by several ops, or a
+ * partial block). Whole-block runs are reported only when the output buffer has room
+ * for at least one whole block. */
+#define BSI_PROV_NONE 0
+#define BSI_PROV_ZERO 1
+#define BSI_PROV_COPY 2
+/* flags: do not write the bytes of blocks reported ZERO or COPY (their place in the
+ * output buffer is left as it was; out->pos still advances over them). */
+#define BSI_PATCH_SKIP_REPORTED 1
+
+/* bsi_patch_feed that also reports provenance into prov[0 .. prov_cap), which must
+ * hold out_total / 4096 entries. prov == NULL behaves as bsi_patch_feed (flags must
+ * be 0 then). Same returns as bsi_patch_feed. */
+int bsi_patch_feed_prov(bsi_patch_state *st, const uint8_t *old, uint64_t old_size,
+                        uint8_t *scratch, uint64_t scratch_cap, bsi_inbuf *in, bsi_outbuf *out,
+                        uint64_t *prov, uint64_t prov_cap, uint32_t flags);
