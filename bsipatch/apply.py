@@ -568,7 +568,7 @@ def _runs(idx: Any) -> list[tuple[int, int]]:
     breaks = np.flatnonzero(np.diff(idx) != 1) + 1
     starts = idx[np.concatenate(([0], breaks))]
     ends = idx[np.concatenate((breaks - 1, [len(idx) - 1]))] + 1
-    return list(zip(starts.tolist(), ends.tolist()))
+    return list(zip(starts.tolist(), ends.tolist(), strict=True))
 
 
 def _apply_prov_to_fd(
@@ -653,9 +653,8 @@ def _apply_prov_to_fd(
                 hashing.hash_blocks(piece, salt=salt, salt_after=after, threads=1,
                                     out=leaves[gb0 + b0 + a : gb0 + b0 + b])
                 hashed += b - a
-            if n % BLOCK:  # the segment's partial last block: made here, hashed at the end
-                if skip:
-                    _pwrite_all(fd, chunk[nb * BLOCK :], seg.out_offset + pos + nb * BLOCK)
+            if n % BLOCK and skip:  # the segment's partial last block (hashed at the end)
+                _pwrite_all(fd, chunk[nb * BLOCK :], seg.out_offset + pos + nb * BLOCK)
             pos += n
         first = gb0
         last = -(-(seg.out_offset + seg.out_len) // BLOCK)
@@ -673,7 +672,7 @@ def _apply_prov_to_fd(
             # runs consecutive in both the new and the old image
             brk = np.flatnonzero((np.diff(copies) != 1) | (np.diff(src) != 1)) + 1
             for a, b in zip(np.concatenate(([0], brk)).tolist(),
-                            np.concatenate((brk, [len(copies)])).tolist()):
+                            np.concatenate((brk, [len(copies)])).tolist(), strict=True):
                 copier.copy(int(src[a]) * BLOCK, (gb0 + int(copies[a])) * BLOCK,
                             (b - a) * BLOCK)
         with lock:

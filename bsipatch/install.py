@@ -130,11 +130,24 @@ def _load_verified(pb: Preboot) -> dict[str, list[str]]:
         return {}
 
 
+def _lineage(comp: Any) -> bool:
+    """True when the manifest seals base and target with one salt (see leafcache)."""
+    return str(comp.base.salt).lower() == str(comp.target.salt).lower()
+
+
 def _find_source(
     pb: Preboot, state: dict[str, Any], comp: Any, cache: dict[str, list[str]]
-) -> Path:
-    """The installed image of ``comp.name`` that matches the manifest's base seal."""
-    from .seal import verify_image
+) -> tuple[Path, Any]:
+    """The installed image of ``comp.name`` that matches the manifest's base seal.
+
+    Returns ``(image, leaves)``. For a lineage-salt component ``leaves`` are the image's
+    trusted leaves under the base seal (from :mod:`bsipatch.leafcache`, else computed
+    while verifying the image, then stored); otherwise ``None``.
+    """
+    from . import leafcache
+    from .seal import verified_leaves, verify_image
+
+    want_leaves = _lineage(comp)
 
     candidates: list[Path] = [pb.path / state["os"]["base"] / f"{comp.name}.img"]
     if state["chain"]:
@@ -152,14 +165,27 @@ def _find_source(
         if st.st_size != int(comp.base.size):
             continue
         key = _verified_key(pb, image)
+        if want_leaves:
+            leaves = leafcache.load(pb.path, image, base_seal)
+            if leaves is not None:
+                return image, leaves
+            ident = leafcache.identity(image)
+            try:
+                leaves = verified_leaves(image, base_seal)
+            except SealError:
+                continue
+            if _ref_key(comp.base) not in cache.get(key, []):
+                cache.setdefault(key, []).append(_ref_key(comp.base))
+            leafcache.store(pb.path, image, base_seal, leaves, ident)
+            return image, leaves
         if _ref_key(comp.base) in cache.get(key, []):
-            return image
+            return image, None
         try:
             verify_image(image, base_seal)
         except SealError:
             continue
         cache.setdefault(key, []).append(_ref_key(comp.base))
-        return image
+        return image, None
     raise WrongBaseImage(
         f"no installed image of {comp.name} matches the patch's base seal "
         f"(root {comp.base.root_hash[:16]}..., {comp.base.size} bytes): "
@@ -212,15 +238,28 @@ def _stage_component(
     cache: dict[str, list[str]],
     progress: Progress | None,
 ) -> None:
-    from .apply import apply
-    from .seal import verify_image
+    from .apply import Provenance, apply
+    from .seal import check_leaves, verify_image
 
-    source = _find_source(pb, state, comp, cache)
+    source, leaves = _find_source(pb, state, comp, cache)
+    seal = comp.target.to_seal()
+    prov = Provenance(leaves, salt=seal.salt) if leaves is not None else None
     out = stage / f"{comp.name}.img"
     raw = open_patch(comp)
     try:
         reader = _CheckedPatch(raw, int(comp.patch.size), comp.name)
-        apply(source, reader, out, max_patch_size=int(comp.patch.size), progress=progress)
+        # the source matched the base seal, and the result is checked against the
+        # target seal below: the patch's own whole-image digests would only repeat that
+        apply(
+            source,
+            reader,
+            out,
+            max_patch_size=int(comp.patch.size),
+            progress=progress,
+            verify_old=False,
+            verify_new=False,
+            provenance=prov,
+        )
         reader.drain()
     finally:
         close = getattr(raw, "close", None)
@@ -237,8 +276,11 @@ def _stage_component(
     out.chmod(0o444)
     fsync_file(out)
     crashpoint("install.applied")
-    seal = comp.target.to_seal()
-    verify_image(out, seal)
+    if prov is not None:
+        # copied blocks' leaves are the verified base's, the others were hashed as made
+        check_leaves(prov.leaves, seal)
+    else:
+        verify_image(out, seal)
     write_durable(stage / f"{comp.name}.seal.json", json_bytes(seal_record_dict(seal)))
     crashpoint("install.component-staged")
 
@@ -385,6 +427,10 @@ def install_release(
             raise
         pb.journal.compact()
         gc(pb)
+        from . import leafcache
+
+        with contextlib.suppress(OSError):
+            leafcache.prune(pb.path)
         pending = sorted(n for n in changed if comps[n] == "reboot")
         return {
             "release": manifest.release_id,
