@@ -314,8 +314,10 @@ def main(argv: list[str] | None = None) -> int:
             meta = json.loads((work / "meta.json").read_text())
             if (work / "preboot" / "releases").is_dir():
                 run_child("uninstall", work)
-            # forget the cached base-seal check, so the first install pays for it again
+            # forget the cached base-seal check and base leaves, so the first install
+            # pays for them again
             (work / "preboot" / "verified.json").unlink(missing_ok=True)
+            shutil.rmtree(work / "preboot" / "cache", ignore_errors=True)
         else:
             if (work / "meta.json").exists():
                 shutil.rmtree(work)

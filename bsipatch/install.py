@@ -427,10 +427,6 @@ def install_release(
             raise
         pb.journal.compact()
         gc(pb)
-        from . import leafcache
-
-        with contextlib.suppress(OSError):
-            leafcache.prune(pb.path)
         pending = sorted(n for n in changed if comps[n] == "reboot")
         return {
             "release": manifest.release_id,
@@ -619,6 +615,10 @@ def gc(preboot: Preboot) -> dict[str, Any]:
             removed = pb.sweep(state)
         except OSError as exc:
             raise os_error_to_staging(exc, f"collecting garbage in {pb.path}") from exc
+        from . import leafcache
+
+        with contextlib.suppress(OSError):  # entries of removed images: only a cache
+            leafcache.prune(pb.path)
         return {"removed": removed}
 
 
