@@ -237,7 +237,8 @@ def _stage_component(
     open_patch: Callable[[Any], BinaryIO],
     cache: dict[str, list[str]],
     progress: Progress | None,
-) -> None:
+) -> dict[str, Any]:
+    """Patch one component into ``stage`` and verify it; return how it was verified."""
     from .apply import Provenance, apply
     from .seal import check_leaves, verify_image
 
@@ -279,10 +280,19 @@ def _stage_component(
     if prov is not None:
         # copied blocks' leaves are the verified base's, the others were hashed as made
         check_leaves(prov.leaves, seal)
+        how: dict[str, Any] = {
+            "seal_check": "leaves",
+            "copied_blocks": prov.copied_blocks,
+            "zero_blocks": prov.zero_blocks,
+            "hashed_blocks": prov.hashed_blocks,
+            "copy_method": prov.copy_method,
+        }
     else:
         verify_image(out, seal)
+        how = {"seal_check": "full"}
     write_durable(stage / f"{comp.name}.seal.json", json_bytes(seal_record_dict(seal)))
     crashpoint("install.component-staged")
+    return how
 
 
 def install_release(
@@ -311,7 +321,10 @@ def install_release(
 
     Returns:
         ``{"release", "slug", "changed", "activated", "pending", "bytes_written",
-        "patch_bytes"}``.
+        "patch_bytes", "verification"}``; ``verification`` says per changed component
+        how its image was checked against the target seal: ``{"seal_check": "full"}``
+        (rehashed) or ``{"seal_check": "leaves", "copied_blocks", "zero_blocks",
+        "hashed_blocks", "copy_method"}`` (lineage salt, see :mod:`bsipatch.leafcache`).
 
     Raises:
         LockedError: another process is changing the volume.
@@ -359,8 +372,11 @@ def install_release(
             fsync_dir(pb.staging_dir)
             crashpoint("install.staging-created")
             changed = {c.name for c in manifest.components}
+            verification = {}
             for comp in manifest.components:
-                _stage_component(pb, state, comp, stage, open_patch, cache, comp_progress)
+                verification[comp.name] = _stage_component(
+                    pb, state, comp, stage, open_patch, cache, comp_progress
+                )
                 done_before += int(comp.target.size)
             base_dir = pb.path / state["os"]["base"]
             for name in sorted(set(comps) - changed):
@@ -436,6 +452,7 @@ def install_release(
             "pending": pending,
             "bytes_written": total,
             "patch_bytes": sum(int(c.patch.size) for c in manifest.components),
+            "verification": verification,
         }
 
 
