@@ -194,10 +194,12 @@ def segment_chunks(
         verify: check the output against the segment's ``out_sha256`` (the operation
             statistics are always checked). ``False`` when the caller verifies the
             output another way (a seal built from provenance).
-        prov: a zeroed ``numpy.uint64`` array of ``out_len // 4096`` entries that the
-            applier fills with the provenance of whole output blocks (BSI_PROV_* in
-            csrc/bsi_decls_delta.h: a block copied whole from an aligned old block, or
-            made of zeros by one op). Entries are final once their chunk is yielded.
+        prov: a zeroed ``numpy.uint64`` array of ``(phase + out_len) // 4096`` entries
+            that the applier fills with the provenance of the whole image blocks the
+            segment makes, entry ``j`` for image block ``out_offset // 4096 + j``, with
+            ``phase = out_offset % 4096`` (BSI_PROV_* in csrc/bsi_decls_delta.h: a block
+            copied whole from an aligned old block, or made of zeros by one op). A
+            reported block lies inside one yielded chunk; its entry is final then.
         skip: do not produce the bytes of blocks reported in ``prov`` (their place in
             the yielded view holds stale bytes); needs ``prov`` and ``verify=False``.
 
@@ -241,6 +243,8 @@ def segment_chunks(
         scratch = bytearray(cap)
         pscratch = ffi.from_buffer(scratch) if cap else ffi.NULL
         lib.bsi_patch_init(st, seg.out_len, old.size, cap)
+        if prov is not None:
+            lib.bsi_patch_set_phase(st, seg.out_offset % BLOCK)
 
     def flush() -> Iterator[memoryview]:
         if ob.pos:
@@ -628,41 +632,40 @@ def _apply_prov_to_fd(
 
     def work(seg: SegmentHeader, comp: bytes) -> None:
         salt, after = prov.salt, prov.salt_after
-        aligned = seg.out_offset % BLOCK == 0
-        gb0 = seg.out_offset // BLOCK
-        nwhole = seg.out_len // BLOCK if aligned else 0
-        pv = np.zeros(nwhole, dtype=np.uint64) if aligned else None
+        gb0 = seg.out_offset // BLOCK  # image block of prov entry 0
+        pv = np.zeros((seg.out_offset % BLOCK + seg.out_len) // BLOCK, dtype=np.uint64)
         hashed = 0
-        pos = 0
-        for chunk in segment_chunks(
-            old, header, seg, comp, verify=verify_new, prov=pv, skip=skip and aligned
-        ):
+        c0 = seg.out_offset  # image offset of the chunk
+        for chunk in segment_chunks(old, header, seg, comp, verify=verify_new, prov=pv,
+                                    skip=skip):
             n = len(chunk)
-            if pv is None:
-                _pwrite_all(fd, chunk, seg.out_offset + pos)
-                pos += n
-                continue
-            b0, nb = pos // BLOCK, n // BLOCK
-            made = np.flatnonzero(pv[b0 : b0 + nb] == lib.BSI_PROV_NONE)
+            first, last = -(-c0 // BLOCK), (c0 + n) // BLOCK  # whole blocks in the chunk
             if not skip:
-                _pwrite_all(fd, chunk, seg.out_offset + pos)
-            for a, b in _runs(made):
-                piece = chunk[a * BLOCK : b * BLOCK]
+                _pwrite_all(fd, chunk, c0)
+            if first > last:  # the chunk lies inside one block
+                need_hash[last] = True
                 if skip:
-                    _pwrite_all(fd, piece, seg.out_offset + pos + a * BLOCK)
+                    _pwrite_all(fd, chunk, c0)
+                c0 += n
+                continue
+            head, tail = first * BLOCK - c0, c0 + n - last * BLOCK
+            if head:  # a block begun in the previous chunk or segment: hashed at the end
+                need_hash[first - 1] = True
+                if skip:
+                    _pwrite_all(fd, chunk[:head], c0)
+            if tail:
+                need_hash[last] = True
+                if skip:
+                    _pwrite_all(fd, chunk[n - tail :], last * BLOCK)
+            made = np.flatnonzero(pv[first - gb0 : last - gb0] == lib.BSI_PROV_NONE)
+            for a, b in _runs(made):
+                piece = chunk[head + a * BLOCK : head + b * BLOCK]
+                if skip:
+                    _pwrite_all(fd, piece, (first + a) * BLOCK)
                 hashing.hash_blocks(piece, salt=salt, salt_after=after, threads=1,
-                                    out=leaves[gb0 + b0 + a : gb0 + b0 + b])
+                                    out=leaves[first + a : first + b])
                 hashed += b - a
-            if n % BLOCK and skip:  # the segment's partial last block (hashed at the end)
-                _pwrite_all(fd, chunk[nb * BLOCK :], seg.out_offset + pos + nb * BLOCK)
-            pos += n
-        first = gb0
-        last = -(-(seg.out_offset + seg.out_len) // BLOCK)
-        if pv is None:
-            need_hash[first:last] = True
-            return
-        if seg.out_len % BLOCK:
-            need_hash[gb0 + nwhole] = True
+            c0 += n
         zeros = np.flatnonzero(pv == lib.BSI_PROV_ZERO)
         leaves[gb0 + zeros] = zero_leaf
         copies = np.flatnonzero(pv >= lib.BSI_PROV_COPY)

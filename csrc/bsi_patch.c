@@ -101,7 +101,7 @@ BSI_API int bsi_patch_feed_prov(bsi_patch_state *st, const uint8_t *old, uint64_
         (st->scratch_cap > 0 && !scratch))
         return fail(st, BSI_E_INVAL);
     if ((flags & ~(uint32_t)BSI_PATCH_SKIP_REPORTED) || (!prov && flags) ||
-        (prov && prov_cap < st->out_total / bs))
+        (prov && prov_cap < (st->prov_phase + st->out_total) / bs))
         return fail(st, BSI_E_INVAL);
 
     for (;;) {
@@ -168,11 +168,11 @@ BSI_API int bsi_patch_feed_prov(bsi_patch_state *st, const uint8_t *old, uint64_
                 if (space == 0) return 1;
                 if (n > space) n = space;
                 if (prov && (st->cur_kind == BSI_OP_COPY || st->cur_kind == BSI_OP_ZERO)) {
-                    uint64_t in_blk = st->out_done % bs;
+                    uint64_t at = st->prov_phase + st->out_done, in_blk = at % bs;
                     int copy = st->cur_kind == BSI_OP_COPY;
                     if (in_blk == 0 && n >= bs && (!copy || st->cur_old % bs == 0)) {
                         /* whole blocks made by this one op: report them */
-                        uint64_t nb = n / bs, b0 = st->out_done / bs, k0 = st->cur_old / bs;
+                        uint64_t nb = n / bs, b0 = at / bs, k0 = st->cur_old / bs;
                         for (uint64_t j = 0; j < nb; j++)
                             prov[b0 + j] = copy ? BSI_PROV_COPY + k0 + j : BSI_PROV_ZERO;
                         n = nb * bs;
@@ -238,6 +238,14 @@ BSI_API int bsi_patch_feed_prov(bsi_patch_state *st, const uint8_t *old, uint64_
             return fail(st, BSI_E_STATE);
         }
     }
+}
+
+BSI_API int bsi_patch_set_phase(bsi_patch_state *st, uint64_t phase) {
+    if (!st || phase >= BSI_BLOCK_SIZE || st->phase != PH_HDR || st->hdr_have || st->out_done ||
+        st->error)
+        return BSI_E_INVAL;
+    st->prov_phase = phase;
+    return BSI_OK;
 }
 
 BSI_API int bsi_patch_finish(bsi_patch_state *st) {

@@ -328,7 +328,7 @@ def test_provenance_leaves_equal_a_fresh_seal(
     assert (prov.leaves == image_leaves(new, salt)).all()
     nblocks = -(-len(new) // 4096)
     assert prov.copied_blocks + prov.zero_blocks + prov.hashed_blocks >= nblocks
-    assert prov.copied_blocks + prov.zero_blocks > nblocks // 3  # these were not hashed
+    assert prov.copied_blocks + prov.zero_blocks > nblocks // 4  # these were not hashed
     if not verify_new and prov.copied_blocks:
         assert prov.copy_method in ("reflink", "copy_file_range")
 
@@ -408,8 +408,9 @@ def test_verify_old_false_skips_only_the_digest(files, tmp_path: Path) -> None:
     wrong.write_bytes(bytes(data))
     with pytest.raises(WrongBaseImage):
         apply(wrong, pp, tmp_path / "a.img")
-    # the caller vouches for the old image: the patch's own digests still catch it...
-    with pytest.raises(OutputMismatch):
+    # the caller vouches for the old image: the patch's own digests still catch it
+    # (as a bad segment: nothing says the old image is to blame)...
+    with pytest.raises((CorruptPatch, OutputMismatch)):
         apply(wrong, pp, tmp_path / "b.img", verify_old=False)
     # ...unless those are off too, when the caller must check the result (a seal)
     apply(wrong, pp, tmp_path / "c.img", verify_old=False, verify_new=False)

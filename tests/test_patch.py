@@ -286,7 +286,9 @@ def test_forged_zero_segment_with_other_ops_is_refused() -> None:
         apply(old, p, io.BytesIO())
 
 
-def _prov_apply(old: bytes, payload: bytes, out_len: int, out_size: int, skip: bool):
+def _prov_apply(
+    old: bytes, payload: bytes, out_len: int, out_size: int, skip: bool, phase: int = 0
+):
     """Drive bsi_patch_feed_prov; return (output with skipped blocks as b'?', prov)."""
     import numpy as np
 
@@ -298,10 +300,11 @@ def _prov_apply(old: bytes, payload: bytes, out_len: int, out_size: int, skip: b
     keep_out = ffi.from_buffer(out)
     ob.ptr, ob.size, ob.pos = keep_out, len(out), 0
     ib = ffi.new("bsi_inbuf *")
-    prov = np.zeros(out_len // 4096, dtype=np.uint64)
+    prov = np.zeros((phase + out_len) // 4096, dtype=np.uint64)
     pprov = ffi.cast("uint64_t *", prov.ctypes.data)
     flags = lib.BSI_PATCH_SKIP_REPORTED if skip else 0
     assert lib.bsi_patch_init(st, out_len, len(old), cap) == 0
+    assert lib.bsi_patch_set_phase(st, phase) == 0
     keep = ffi.from_buffer(payload)
     ib.ptr, ib.size, ib.pos = keep, len(payload), 0
     result = bytearray()
@@ -374,3 +377,37 @@ def test_provenance_arguments_are_checked() -> None:
     assert lib.bsi_patch_feed_prov(st, old, 1, ffi.NULL, 0, ib, ob, pprov, 1, 8) == lib.BSI_E_INVAL
     lib.bsi_patch_init(st, 4096, 1, 0)
     assert lib.bsi_patch_feed_prov(st, old, 1, ffi.NULL, 0, ib, ob, pprov, 1, 1) == 0
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_provenance_of_segments_that_start_inside_a_block(skip: bool) -> None:
+    """Segments cut at any offset: entries follow the image's block grid (the phase)."""
+    rnd = random.Random(8)
+    old = b"".join(bytes(4096) if i % 6 == 0 else rnd.randbytes(4096) for i in range(30))
+    new = old[:50_000] + rnd.randbytes(300) + old[50_000:] + b"end"
+    new = new[:4096 * 20] + old[4096 * 3 : 4096 * 9] + new[4096 * 20 :]  # aligned again
+    ops = compute_ops(old, new, threads=1)
+    reported = 0
+    for off, n, payload, _, _ in iter_segments(ops, old, new, 10_000):
+        phase = off % 4096
+        got, prov = _prov_apply(old, payload, n, 3 * 4096, skip, phase)
+        for j, v in enumerate(prov.tolist()):
+            b = off // 4096 + j
+            block = new[b * 4096 : (b + 1) * 4096]
+            if v:
+                reported += 1
+                assert j > 0 or phase == 0  # entry 0 of a shifted segment is partial
+                assert (b + 1) * 4096 <= off + n
+                if v == lib.BSI_PROV_ZERO:
+                    assert block == bytes(4096)
+                else:
+                    k = v - lib.BSI_PROV_COPY
+                    assert block == old[k * 4096 : (k + 1) * 4096]
+                lo = b * 4096 - off
+                assert got[lo : lo + 4096] == (b"?" * 4096 if skip else block)
+        if not skip:
+            assert got == new[off : off + n]
+    assert reported > 10
+    st = ffi.new("bsi_patch_state *")
+    lib.bsi_patch_init(st, 100, 0, 0)
+    assert lib.bsi_patch_set_phase(st, 4096) == lib.BSI_E_INVAL
