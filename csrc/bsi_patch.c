@@ -109,7 +109,7 @@ BSI_API int bsi_patch_feed_prov(bsi_patch_state *st, const uint8_t *old, uint64_
         case PH_HDR: {
             size_t n = in->size - in->pos, need = BSI_SEG_HEADER_SIZE - st->hdr_have;
             if (n > need) n = need;
-            memcpy(st->hdr + st->hdr_have, in->ptr + in->pos, n);
+            if (n) memcpy(st->hdr + st->hdr_have, in->ptr + in->pos, n); /* ptr may be NULL */
             st->hdr_have += (uint32_t)n;
             in->pos += n;
             if (st->hdr_have < BSI_SEG_HEADER_SIZE) return 0;
