@@ -454,6 +454,11 @@ _NO_CLONE = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.EN
              errno.EBADF, errno.EPERM, errno.ETXTBSY}
 _NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF,
                   errno.ETXTBSY}
+_NO_DIRECT = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EFAULT}
+#: Bytes per O_DIRECT write (the old image's pages are released after each).
+DIRECT_CHUNK = 8 << 20
+#: How copied runs may be written, in order of preference (see :class:`_Copier`).
+COPY_METHODS = ("reflink", "direct", "copy_file_range", "pwrite")
 
 
 @dataclasses.dataclass
@@ -480,17 +485,19 @@ class Provenance:
         old_leaves: ``(ceil(old_size / 4096), 32)`` uint8 leaves of the old image.
         salt: the salt of those leaves; the new leaves use it too.
         salt_after: dm-verity hash type 0 (salt after the block) when true.
-        clone: allow ``FICLONERANGE``/``copy_file_range`` for copied runs.
+        methods: how copied runs may be written, tried in this order (``"reflink"``,
+            ``"direct"``, ``"copy_file_range"``; ``"pwrite"`` is always the last resort).
         leaves: set by :func:`apply`: the new image's leaves.
         copied_blocks, zero_blocks, hashed_blocks: how each new block's leaf was made.
-        copy_method: how copied runs were written: ``"reflink"``, ``"copy_file_range"``,
-            ``"pwrite"`` (several joined by ``+``), or ``""`` when nothing was copied.
+        copy_method: how copied runs were written: ``"reflink"``, ``"direct"``,
+            ``"copy_file_range"``, ``"pwrite"`` (several joined by ``+``), or ``""`` when
+            nothing was copied.
     """
 
     old_leaves: Any
     salt: bytes
     salt_after: bool = False
-    clone: bool = True
+    methods: tuple[str, ...] = COPY_METHODS
     leaves: Any = None
     copied_blocks: int = 0
     zero_blocks: int = 0
@@ -499,31 +506,56 @@ class Provenance:
 
 
 class _Copier:
-    """Copies whole-block runs from the old file to the output: reflink, in-kernel, plain.
+    """Copies whole-block runs from the old file to the output, by the first method the
+    file system accepts, in the order of ``methods``:
 
-    Each method is tried until the file system refuses it once; a refusal of the
-    first two falls through to the next, a real I/O error (ENOSPC, EIO) is raised.
+    ``reflink``: ``FICLONERANGE``, the blocks are shared (btrfs, XFS): nothing written.
+    ``direct``: ``pwrite`` on an ``O_DIRECT`` descriptor of the output straight from the
+        mapped old image: the kernel sends the old image's cached pages to the disk, no
+        copy in memory and no page cache for the new image.
+    ``copy_file_range``: an in-kernel copy through the page cache.
+    ``pwrite``: plain writes from the mapped old image.
+
+    A method the file system refuses (EOPNOTSUPP, EINVAL, EXDEV...) is dropped and the
+    next one is used; a real I/O error (ENOSPC, EIO) is raised.
     """
 
-    def __init__(self, old: _Old, src_fd: int, dst_fd: int, allow: bool) -> None:
+    def __init__(
+        self, old: _Old, src_fd: int, dst_fd: int, dst_path: PathLike | None,
+        methods: tuple[str, ...],
+    ) -> None:
         self.old = old
         self.src = src_fd
         self.dst = dst_fd
-        self.clone_ok = allow and src_fd >= 0
-        self.cfr_ok = allow and src_fd >= 0 and hasattr(os, "copy_file_range")
+        mapped = isinstance(old.buf, mmap.mmap)
+        self.ok = {
+            "reflink": "reflink" in methods and src_fd >= 0,
+            "direct": "direct" in methods and mapped and dst_path is not None
+            and hasattr(os, "O_DIRECT"),
+            "copy_file_range": "copy_file_range" in methods and src_fd >= 0
+            and hasattr(os, "copy_file_range"),
+        }
+        self.dst_path = dst_path
+        self.direct_fd = -1
+        self.lock = threading.Lock()
         self.used: set[str] = set()
+
+    def close(self) -> None:
+        if self.direct_fd >= 0:
+            os.close(self.direct_fd)
+            self.direct_fd = -1
 
     def probe_clone(self, size: int) -> bool:
         """Try one reflink of block 0 into the (empty, truncated) output, then undo it."""
-        if not self.clone_ok or size < BLOCK or self.old.size < BLOCK:
-            self.clone_ok = False
+        if not self.ok["reflink"] or size < BLOCK or self.old.size < BLOCK:
+            self.ok["reflink"] = False
             return False
         try:
             self._clone(0, 0, BLOCK)
         except OSError as exc:
             if exc.errno not in _NO_CLONE:
                 raise
-            self.clone_ok = False
+            self.ok["reflink"] = False
             return False
         os.ftruncate(self.dst, 0)
         os.ftruncate(self.dst, size)
@@ -534,8 +566,38 @@ class _Copier:
 
         fcntl.ioctl(self.dst, FICLONERANGE, struct.pack("qQQQ", self.src, src_off, n, dst_off))
 
+    def _direct_fd(self) -> int:
+        with self.lock:
+            if self.direct_fd < 0:
+                self.direct_fd = os.open(self.dst_path, os.O_WRONLY | os.O_DIRECT)  # type: ignore[arg-type]
+            return self.direct_fd
+
+    def _direct(self, src_off: int, dst_off: int, n: int) -> int:
+        """Write as much as O_DIRECT takes; return the bytes done (0: refused at once)."""
+        buf = self.old.buf
+        view = memoryview(buf)
+        done = 0
+        try:
+            fd = self._direct_fd()
+            while done < n:
+                k = min(n - done, DIRECT_CHUNK)
+                w = os.pwrite(fd, view[src_off + done : src_off + done + k], dst_off + done)
+                if w <= 0:
+                    raise OSError(errno.ENOSPC, "No space left on device (short write)")
+                # the pages were only lent to the disk: keep resident memory bounded
+                with contextlib.suppress(OSError, ValueError):
+                    buf.madvise(mmap.MADV_DONTNEED, src_off + done, k)  # type: ignore[union-attr]
+                done += w
+        except OSError as exc:
+            if done or exc.errno not in _NO_DIRECT:
+                raise
+            self.ok["direct"] = False
+        finally:
+            view.release()
+        return done
+
     def copy(self, src_off: int, dst_off: int, n: int) -> None:
-        if self.clone_ok:
+        if self.ok["reflink"]:
             try:
                 self._clone(src_off, dst_off, n)
                 self.used.add("reflink")
@@ -543,14 +605,19 @@ class _Copier:
             except OSError as exc:
                 if exc.errno not in _NO_CLONE:
                     raise
-                self.clone_ok = False
-        while n and self.cfr_ok:
+                self.ok["reflink"] = False
+        if n and self.ok["direct"]:
+            k = self._direct(src_off, dst_off, n)
+            if k:
+                self.used.add("direct")
+            src_off, dst_off, n = src_off + k, dst_off + k, n - k
+        while n and self.ok["copy_file_range"]:
             try:
                 k = os.copy_file_range(self.src, self.dst, n, src_off, dst_off)
             except OSError as exc:
                 if exc.errno not in _NO_COPY_RANGE:
                     raise
-                self.cfr_ok = False
+                self.ok["copy_file_range"] = False
                 break
             if k <= 0:
                 raise OSError(errno.EIO, f"old image ended at offset {src_off} while copying")
@@ -584,8 +651,9 @@ def _apply_prov_to_fd(
     threads: int,
     verify_new: bool,
     progress: ProgressFn | None,
+    path: PathLike | None = None,
 ) -> dict[str, Any]:
-    """Apply all segments into the fresh file ``fd`` and fill ``prov.leaves``.
+    """Apply all segments into the fresh file ``fd`` (at ``path``) and fill ``prov.leaves``.
 
     Per segment (in parallel): the applier reports each whole block's provenance;
     blocks it made are written and hashed from memory; copied runs are cloned or
@@ -618,7 +686,7 @@ def _apply_prov_to_fd(
     if old.path is not None:
         with contextlib.suppress(OSError):
             src_fd = os.open(old.path, os.O_RDONLY)
-    copier = _Copier(old, src_fd, fd, prov.clone)
+    copier = _Copier(old, src_fd, fd, path, prov.methods)
     counts = {"copied": 0, "zero": 0, "hashed": 0}
     lock = threading.Lock()
     if skip and header.new_size and not copier.probe_clone(header.new_size):
@@ -718,6 +786,7 @@ def _apply_prov_to_fd(
                 for _, fut in pending:
                     fut.cancel()
     finally:
+        copier.close()
         if src_fd >= 0:
             os.close(src_fd)
     if overall is not None:
@@ -745,8 +814,7 @@ def _apply_prov_to_fd(
     prov.copied_blocks = counts["copied"]
     prov.zero_blocks = counts["zero"]
     prov.hashed_blocks = counts["hashed"]
-    prov.copy_method = "+".join(m for m in ("reflink", "copy_file_range", "pwrite")
-                                if m in copier.used)
+    prov.copy_method = "+".join(m for m in COPY_METHODS if m in copier.used)
     return {"provenance": {"copied_blocks": prov.copied_blocks,
                            "zero_blocks": prov.zero_blocks,
                            "hashed_blocks": prov.hashed_blocks,
@@ -816,7 +884,7 @@ def _apply_to_path(
             if provenance is not None:
                 stats = _apply_prov_to_fd(
                     old, reader, fd, provenance, threads=threads, verify_new=verify_new,
-                    progress=progress,
+                    progress=progress, path=tmp,
                 )
             else:
                 stats = _apply_to_fd(

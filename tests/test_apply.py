@@ -330,7 +330,7 @@ def test_provenance_leaves_equal_a_fresh_seal(
     assert prov.copied_blocks + prov.zero_blocks + prov.hashed_blocks >= nblocks
     assert prov.copied_blocks + prov.zero_blocks > nblocks // 4  # these were not hashed
     if not verify_new and prov.copied_blocks:
-        assert prov.copy_method in ("reflink", "copy_file_range")
+        assert prov.copy_method in ("reflink", "direct", "copy_file_range")
 
 
 def test_provenance_from_a_buffer_copies_with_pwrite(tmp_path: Path) -> None:
@@ -364,7 +364,7 @@ def test_provenance_copy_falls_back_when_the_kernel_refuses(
     op, pp, out = tmp_path / "old.img", tmp_path / "p", tmp_path / "out.img"
     op.write_bytes(old)
     diff(old, new, pp)
-    prov = Provenance(image_leaves(op, b""), b"", clone=True)
+    prov = Provenance(image_leaves(op, b""), b"", methods=("reflink", "copy_file_range"))
     apply(op, pp, out, verify_old=False, verify_new=False, provenance=prov)
     assert out.read_bytes() == new
     assert "pwrite" in prov.copy_method
@@ -417,3 +417,22 @@ def test_verify_old_false_skips_only_the_digest(files, tmp_path: Path) -> None:
     assert (tmp_path / "c.img").read_bytes() != new
     with pytest.raises(WrongBaseImage):
         apply(op.read_bytes()[:-1], pp, tmp_path / "d.img", verify_old=False)
+
+
+@pytest.mark.parametrize(
+    "methods", [(), ("direct",), ("copy_file_range",), ("reflink",), ("reflink", "direct")]
+)
+def test_every_copy_method_writes_the_same_image(tmp_path: Path, methods: tuple) -> None:
+    from bsipatch.apply import Provenance
+    from bsipatch.seal import image_leaves
+
+    old, new = _blocky_pair(6, nblocks=300)
+    op, pp, out = tmp_path / "old.img", tmp_path / "p", tmp_path / "out.img"
+    op.write_bytes(old)
+    diff(old, new, pp)
+    prov = Provenance(image_leaves(op, b"x"), b"x", methods=methods)
+    apply(op, pp, out, verify_old=False, verify_new=False, provenance=prov)
+    assert out.read_bytes() == new
+    assert (prov.leaves == image_leaves(new, b"x")).all()
+    used = set(prov.copy_method.split("+"))
+    assert used <= {*methods, "pwrite"}  # a refused method falls through to the next
