@@ -216,11 +216,17 @@ def child_uninstall(work: Path) -> dict[str, Any]:
 
 
 def run_child(what: str, work: Path) -> dict[str, Any]:
+    # OpenBLAS (loaded by numpy, used by neither side) starts a worker per core that
+    # busy-waits for a while after the import: without this, ~0.1 s of CPU that belongs
+    # to no one lands in whichever measurement follows the import
+    env = dict(os.environ)
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
     r = subprocess.run(
         [sys.executable, __file__, "--child", what, "--dir", str(work)],
         capture_output=True,
         text=True,
         check=False,
+        env=env,
     )
     if r.returncode != 0:
         raise SystemExit(f"child {what} failed:\n{r.stderr}")

@@ -538,6 +538,7 @@ class _Copier:
         self.dst_path = dst_path
         self.direct_fd = -1
         self.lock = threading.Lock()
+        self.clone_lock = threading.Lock()
         self.used: set[str] = set()
 
     def close(self) -> None:
@@ -599,7 +600,10 @@ class _Copier:
     def copy(self, src_off: int, dst_off: int, n: int) -> None:
         if self.ok["reflink"]:
             try:
-                self._clone(src_off, dst_off, n)
+                # one at a time: clones of one file serialise on its inode lock in the
+                # kernel anyway, where waiters spin (measured on XFS: ~4% of the install)
+                with self.clone_lock:
+                    self._clone(src_off, dst_off, n)
                 self.used.add("reflink")
                 return
             except OSError as exc:
