@@ -220,7 +220,8 @@ def segment_chunks(
     cap = 0
     scratch = bytearray()
     pscratch: Any = ffi.NULL
-    out = bytearray(min(OUT_CHUNK, seg.out_len))
+    # lazily zeroed pages: what the applier skips (reported blocks) is never touched
+    out = mmap.mmap(-1, min(OUT_CHUNK, seg.out_len))
     pout = ffi.from_buffer(out)
     outmv = memoryview(out)
     ob = ffi.new("bsi_outbuf *")

@@ -100,13 +100,12 @@ def load(root: Path, image: Path, seal: Seal) -> np.ndarray | None:
                 or head.get("identity") != identity(image)
             ):
                 return None
-            want = seal.data_blocks * 32
-            raw = f.read(want + 1)
+            leaves = np.empty((seal.data_blocks, 32), dtype=np.uint8)
+            got = f.readinto(memoryview(leaves).cast("B")) if leaves.size else 0
+            if got != leaves.size or f.read(1):
+                return None
     except (OSError, ValueError):
         return None
-    if len(raw) != want:
-        return None
-    leaves = np.frombuffer(bytearray(raw), dtype=np.uint8).reshape(-1, 32)
     try:
         check_leaves(leaves, seal)
     except SealMismatch:
