@@ -436,3 +436,17 @@ def test_every_copy_method_writes_the_same_image(tmp_path: Path, methods: tuple)
     assert (prov.leaves == image_leaves(new, b"x")).all()
     used = set(prov.copy_method.split("+"))
     assert used <= {*methods, "pwrite"}  # a refused method falls through to the next
+
+
+def test_provenance_of_a_bsdiff40_patch_hashes_the_output(tmp_path: Path) -> None:
+    from bsipatch.apply import Provenance
+    from bsipatch.seal import image_leaves
+
+    old, new = _blocky_pair(7, nblocks=20)
+    pp, out = tmp_path / "p.bsdiff", tmp_path / "out.img"
+    diff(old, new, pp, format="bsdiff40")
+    prov = Provenance(image_leaves(old, b"s"), b"s")
+    apply(old, pp, out, verify_old=False, verify_new=False, provenance=prov)
+    assert out.read_bytes() == new
+    assert (prov.leaves == image_leaves(new, b"s")).all()
+    assert prov.hashed_blocks == len(prov.leaves) and prov.copied_blocks == 0
