@@ -815,6 +815,9 @@ def _apply_prov_to_fd(
         hashing.hash_blocks(buf, salt=prov.salt, salt_after=prov.salt_after, threads=1,
                             out=leaves[a:b])
         counts["hashed"] += b - a
+    if counts["copied"] + counts["zero"] + counts["hashed"] != nblocks:  # pragma: no cover
+        # every block is exactly one of the three; anything else would leave a leaf unset
+        raise RuntimeError(f"provenance covers {counts} of {nblocks} blocks")
     prov.leaves = leaves
     prov.copied_blocks = counts["copied"]
     prov.zero_blocks = counts["zero"]
