@@ -13,16 +13,21 @@ fresh child process so CPU time, peak RSS and I/O counters are its own):
    baseline's download).
 3. Device side, bsipatch: ``Preboot.create`` with the base image (untimed), then
    ``install_release`` (timed): base-seal check, streaming apply, patch digest check,
-   target-seal verification, atomic activation. Run twice: the first install verifies
-   the base image against the manifest's base seal; the second (after ``uninstall``)
-   finds that check cached, as every later release on that OS version would.
+   target-seal verification, atomic activation. Base and target share a salt, so
+   install takes the fast path (docs/preboot.md, "Fast install"): copied blocks are
+   reflinked or written by O_DIRECT, only changed blocks are hashed, the target seal is
+   checked from the leaves. Run twice: the first install verifies the base image
+   against the manifest's base seal (and keeps its leaves); the second (after
+   ``uninstall``) finds both cached, as every later release on that OS version would.
 4. Device side, baseline: stream-decompress the ``.zst`` into a staging file, fsync,
    verify against the target seal, rename into place (timed).
 
 Reported per operation: wall seconds, CPU seconds (user+sys, all threads), bytes
 written to storage (``/proc/self/io`` write_bytes), peak RSS, and bytes downloaded
-(patch size vs compressed full image). No timed asserts: this prints a table (and
-``--json`` writes one document).
+(patch size vs compressed full image). Children run with ``OPENBLAS_NUM_THREADS=1`` and
+import their modules before measuring. No timed asserts: this prints a table (and
+``--json`` writes one document). Put ``--dir`` on a reflink file system (XFS, btrfs) to
+measure shared extents; see bench/README.md.
 """
 
 from __future__ import annotations
