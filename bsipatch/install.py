@@ -137,12 +137,13 @@ def _lineage(comp: Any) -> bool:
 
 def _find_source(
     pb: Preboot, state: dict[str, Any], comp: Any, cache: dict[str, list[str]]
-) -> tuple[Path, Any]:
+) -> tuple[Path, Any, bool]:
     """The installed image of ``comp.name`` that matches the manifest's base seal.
 
-    Returns ``(image, leaves)``. For a lineage-salt component ``leaves`` are the image's
-    trusted leaves under the base seal (from :mod:`bsipatch.leafcache`, else computed
-    while verifying the image, then stored); otherwise ``None``.
+    Returns ``(image, leaves, verified_now)``. For a lineage-salt component ``leaves``
+    are the image's trusted leaves under the base seal (from :mod:`bsipatch.leafcache`,
+    else computed while verifying the image, then stored); otherwise ``None``.
+    ``verified_now`` is false when only ``verified.json`` vouched for the image.
     """
     from . import leafcache
     from .seal import verified_leaves, verify_image
@@ -168,7 +169,7 @@ def _find_source(
         if want_leaves:
             leaves = leafcache.load(pb.path, image, base_seal)
             if leaves is not None:
-                return image, leaves
+                return image, leaves, True
             ident = leafcache.identity(image)
             try:
                 leaves = verified_leaves(image, base_seal)
@@ -177,15 +178,15 @@ def _find_source(
             if _ref_key(comp.base) not in cache.get(key, []):
                 cache.setdefault(key, []).append(_ref_key(comp.base))
             leafcache.store(pb.path, image, base_seal, leaves, ident)
-            return image, leaves
+            return image, leaves, True
         if _ref_key(comp.base) in cache.get(key, []):
-            return image, None
+            return image, None, False
         try:
             verify_image(image, base_seal)
         except SealError:
             continue
         cache.setdefault(key, []).append(_ref_key(comp.base))
-        return image, None
+        return image, None, True
     raise WrongBaseImage(
         f"no installed image of {comp.name} matches the patch's base seal "
         f"(root {comp.base.root_hash[:16]}..., {comp.base.size} bytes): "
@@ -242,22 +243,24 @@ def _stage_component(
     from .apply import Provenance, apply
     from .seal import check_leaves, verify_image
 
-    source, leaves = _find_source(pb, state, comp, cache)
+    source, leaves, verified_now = _find_source(pb, state, comp, cache)
     seal = comp.target.to_seal()
     prov = Provenance(leaves, salt=seal.salt) if leaves is not None else None
     out = stage / f"{comp.name}.img"
     raw = open_patch(comp)
     try:
         reader = _CheckedPatch(raw, int(comp.patch.size), comp.name)
-        # the source matched the base seal, and the result is checked against the
-        # target seal below: the patch's own whole-image digests would only repeat that
+        # the result is checked against the target seal below, and the source against
+        # the base seal (now, or through the leaf cache): the patch's whole-image digests
+        # would only repeat that. A source that only verified.json vouches for is still
+        # hashed, so a base changed since reads as WrongBaseImage, as it always did.
         apply(
             source,
             reader,
             out,
             max_patch_size=int(comp.patch.size),
             progress=progress,
-            verify_old=False,
+            verify_old=not verified_now,
             verify_new=False,
             provenance=prov,
         )

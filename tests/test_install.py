@@ -750,6 +750,25 @@ def test_release_sealed_with_a_new_salt_is_verified_in_full(
         inst.install_release(pb, ch.load_manifest(bad), inst.open_patch_in(world["dir"]))
 
 
+def test_new_salt_release_still_catches_a_base_changed_behind_verified_json(
+    pb: Preboot, world: dict
+) -> None:
+    """verified.json (inode, mtime, size) vouches for the base; the apply still hashes it."""
+    from bsipatch.seal import seal_image
+
+    rel = json.loads(json.dumps(world["releases"][A]))
+    for c in rel["components"]:
+        new_img = Path(world["dir"]) / "releases" / "26.1-a" / f"{c['name']}.new.img"
+        s = seal_image(new_img, salt=b"another salt")
+        c["target"] = {"root_hash": s.root_hash.hex(), "salt": s.salt.hex(), "size": s.data_size}
+    inst.install_release(pb, ch.load_manifest(rel), inst.open_patch_in(world["dir"]))
+    inst.uninstall(pb)
+    inst.boot(pb)
+    _tamper(pb.path / "base" / "26.1-23B85" / "webkit.img", 7000)  # mtime put back
+    with untouched(pb), pytest.raises(WrongBaseImage):
+        inst.install_release(pb, ch.load_manifest(rel), inst.open_patch_in(world["dir"]))
+
+
 def test_leaf_cache_entries_of_removed_images_are_pruned(pb: Preboot, world: dict) -> None:
     ch.install(world, pb, A)
     inst.boot(pb)
