@@ -64,6 +64,9 @@ if TYPE_CHECKING:
 ProgressFn = Callable[[int, int], None]
 
 OUT_CHUNK = 1 << 20
+#: Output chunk when reported blocks are skipped: their pages are never touched, and
+#: larger chunks mean fewer, larger copies.
+SKIP_OUT_CHUNK = 8 << 20
 IN_CHUNK = 256 << 10
 PARTIAL_SUFFIX = ".bsipatch-partial"
 #: Default parallel segments: each worker holds a zstd window and a segment.
@@ -186,9 +189,9 @@ def segment_chunks(
     """Decompress one verified segment and apply it, yielding its output in order.
 
     Each yielded view is valid until the next one is requested. Every view but the
-    last is ``min(OUT_CHUNK, out_len)`` bytes, so views start at multiples of
-    ``OUT_CHUNK`` into the segment. The generator raises after the last chunk when the
-    segment does not verify.
+    last is ``min(OUT_CHUNK, out_len)`` bytes (``SKIP_OUT_CHUNK`` with ``skip``), so
+    views start at multiples of that into the segment. The generator raises after the
+    last chunk when the segment does not verify.
 
     Args:
         verify: check the output against the segment's ``out_sha256`` (the operation
@@ -221,7 +224,7 @@ def segment_chunks(
     scratch = bytearray()
     pscratch: Any = ffi.NULL
     # lazily zeroed pages: what the applier skips (reported blocks) is never touched
-    out = mmap.mmap(-1, min(OUT_CHUNK, seg.out_len))
+    out = mmap.mmap(-1, min(SKIP_OUT_CHUNK if skip else OUT_CHUNK, seg.out_len))
     pout = ffi.from_buffer(out)
     outmv = memoryview(out)
     ob = ffi.new("bsi_outbuf *")
@@ -598,6 +601,11 @@ class _Copier:
             view.release()
         return done
 
+    def join_runs(self) -> bool:
+        """Whether copy runs should be joined over made blocks (not for reflinks: a
+        block written over a shared extent costs a copy-on-write instead)."""
+        return not self.ok["reflink"]
+
     def copy(self, src_off: int, dst_off: int, n: int) -> None:
         if self.ok["reflink"]:
             try:
@@ -703,6 +711,30 @@ def _apply_prov_to_fd(
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                     raise
 
+    def copy_chunk(part: Any, first: int) -> None:
+        """Write the copied blocks among image blocks ``first + i`` (``part`` = their
+        provenance) from the old file. Runs at one distance from their old blocks are
+        joined across blocks the applier made (written after this, over the copy):
+        fewer, larger copies when each one costs a system call and an extent update.
+        Zero blocks are never covered (they stay holes)."""
+        idx = np.flatnonzero(part >= lib.BSI_PROV_COPY)
+        if not len(idx):
+            return
+        srcb = part[idx].astype(np.int64) - lib.BSI_PROV_COPY
+        delta = srcb - idx
+        brk = np.diff(delta) != 0
+        if copier.join_runs():
+            zc = np.cumsum(part == lib.BSI_PROV_ZERO)
+            brk |= zc[idx[1:]] != zc[idx[:-1]]  # a zero block in the gap
+        else:
+            brk |= np.diff(idx) != 1
+        cut = np.flatnonzero(brk) + 1
+        starts = np.concatenate(([0], cut)).tolist()
+        ends = np.concatenate((cut, [len(idx)])).tolist()
+        for a, b in zip(starts, ends, strict=True):
+            lo, hi = int(idx[a]), int(idx[b - 1]) + 1
+            copier.copy((lo + int(delta[a])) * BLOCK, (first + lo) * BLOCK, (hi - lo) * BLOCK)
+
     def work(seg: SegmentHeader, comp: bytes) -> None:
         salt, after = prov.salt, prov.salt_after
         gb0 = seg.out_offset // BLOCK  # image block of prov entry 0
@@ -730,7 +762,10 @@ def _apply_prov_to_fd(
                 need_hash[last] = True
                 if skip:
                     _pwrite_all(fd, chunk[n - tail :], last * BLOCK)
-            made = np.flatnonzero(pv[first - gb0 : last - gb0] == lib.BSI_PROV_NONE)
+            part = pv[first - gb0 : last - gb0]
+            if skip:
+                copy_chunk(part, first)  # before the made blocks: a copy may cover them
+            made = np.flatnonzero(part == lib.BSI_PROV_NONE)
             for a, b in _runs(made):
                 piece = chunk[head + a * BLOCK : head + b * BLOCK]
                 if skip:
@@ -744,13 +779,6 @@ def _apply_prov_to_fd(
         copies = np.flatnonzero(pv >= lib.BSI_PROV_COPY)
         src = (pv[copies] - lib.BSI_PROV_COPY).astype(np.int64)
         leaves[gb0 + copies] = old_leaves[src]
-        if skip and len(copies):
-            # runs consecutive in both the new and the old image
-            brk = np.flatnonzero((np.diff(copies) != 1) | (np.diff(src) != 1)) + 1
-            for a, b in zip(np.concatenate(([0], brk)).tolist(),
-                            np.concatenate((brk, [len(copies)])).tolist(), strict=True):
-                copier.copy(int(src[a]) * BLOCK, (gb0 + int(copies[a])) * BLOCK,
-                            (b - a) * BLOCK)
         with lock:
             counts["copied"] += len(copies)
             counts["zero"] += len(zeros)
