@@ -130,11 +130,25 @@ def _load_verified(pb: Preboot) -> dict[str, list[str]]:
         return {}
 
 
+def _lineage(comp: Any) -> bool:
+    """True when the manifest seals base and target with one salt (see leafcache)."""
+    return str(comp.base.salt).lower() == str(comp.target.salt).lower()
+
+
 def _find_source(
     pb: Preboot, state: dict[str, Any], comp: Any, cache: dict[str, list[str]]
-) -> Path:
-    """The installed image of ``comp.name`` that matches the manifest's base seal."""
-    from .seal import verify_image
+) -> tuple[Path, Any, bool]:
+    """The installed image of ``comp.name`` that matches the manifest's base seal.
+
+    Returns ``(image, leaves, verified_now)``. For a lineage-salt component ``leaves``
+    are the image's trusted leaves under the base seal (from :mod:`bsipatch.leafcache`,
+    else computed while verifying the image, then stored); otherwise ``None``.
+    ``verified_now`` is false when only ``verified.json`` vouched for the image.
+    """
+    from . import leafcache
+    from .seal import verified_leaves, verify_image
+
+    want_leaves = _lineage(comp)
 
     candidates: list[Path] = [pb.path / state["os"]["base"] / f"{comp.name}.img"]
     if state["chain"]:
@@ -152,14 +166,27 @@ def _find_source(
         if st.st_size != int(comp.base.size):
             continue
         key = _verified_key(pb, image)
+        if want_leaves:
+            leaves = leafcache.load(pb.path, image, base_seal)
+            if leaves is not None:
+                return image, leaves, True
+            ident = leafcache.identity(image)
+            try:
+                leaves = verified_leaves(image, base_seal)
+            except SealError:
+                continue
+            if _ref_key(comp.base) not in cache.get(key, []):
+                cache.setdefault(key, []).append(_ref_key(comp.base))
+            leafcache.store(pb.path, image, base_seal, leaves, ident)
+            return image, leaves, True
         if _ref_key(comp.base) in cache.get(key, []):
-            return image
+            return image, None, False
         try:
             verify_image(image, base_seal)
         except SealError:
             continue
         cache.setdefault(key, []).append(_ref_key(comp.base))
-        return image
+        return image, None, True
     raise WrongBaseImage(
         f"no installed image of {comp.name} matches the patch's base seal "
         f"(root {comp.base.root_hash[:16]}..., {comp.base.size} bytes): "
@@ -211,16 +238,32 @@ def _stage_component(
     open_patch: Callable[[Any], BinaryIO],
     cache: dict[str, list[str]],
     progress: Progress | None,
-) -> None:
-    from .apply import apply
-    from .seal import verify_image
+) -> dict[str, Any]:
+    """Patch one component into ``stage`` and verify it; return how it was verified."""
+    from .apply import Provenance, apply
+    from .seal import check_leaves, verify_image
 
-    source = _find_source(pb, state, comp, cache)
+    source, leaves, verified_now = _find_source(pb, state, comp, cache)
+    seal = comp.target.to_seal()
+    prov = Provenance(leaves, salt=seal.salt) if leaves is not None else None
     out = stage / f"{comp.name}.img"
     raw = open_patch(comp)
     try:
         reader = _CheckedPatch(raw, int(comp.patch.size), comp.name)
-        apply(source, reader, out, max_patch_size=int(comp.patch.size), progress=progress)
+        # the result is checked against the target seal below, and the source against
+        # the base seal (now, or through the leaf cache): the patch's whole-image digests
+        # would only repeat that. A source that only verified.json vouches for is still
+        # hashed, so a base changed since reads as WrongBaseImage, as it always did.
+        apply(
+            source,
+            reader,
+            out,
+            max_patch_size=int(comp.patch.size),
+            progress=progress,
+            verify_old=not verified_now,
+            verify_new=False,
+            provenance=prov,
+        )
         reader.drain()
     finally:
         close = getattr(raw, "close", None)
@@ -237,10 +280,22 @@ def _stage_component(
     out.chmod(0o444)
     fsync_file(out)
     crashpoint("install.applied")
-    seal = comp.target.to_seal()
-    verify_image(out, seal)
+    if prov is not None:
+        # copied blocks' leaves are the verified base's, the others were hashed as made
+        check_leaves(prov.leaves, seal)
+        how: dict[str, Any] = {
+            "seal_check": "leaves",
+            "copied_blocks": prov.copied_blocks,
+            "zero_blocks": prov.zero_blocks,
+            "hashed_blocks": prov.hashed_blocks,
+            "copy_method": prov.copy_method,
+        }
+    else:
+        verify_image(out, seal)
+        how = {"seal_check": "full"}
     write_durable(stage / f"{comp.name}.seal.json", json_bytes(seal_record_dict(seal)))
     crashpoint("install.component-staged")
+    return how
 
 
 def install_release(
@@ -269,7 +324,10 @@ def install_release(
 
     Returns:
         ``{"release", "slug", "changed", "activated", "pending", "bytes_written",
-        "patch_bytes"}``.
+        "patch_bytes", "verification"}``; ``verification`` says per changed component
+        how its image was checked against the target seal: ``{"seal_check": "full"}``
+        (rehashed) or ``{"seal_check": "leaves", "copied_blocks", "zero_blocks",
+        "hashed_blocks", "copy_method"}`` (lineage salt, see :mod:`bsipatch.leafcache`).
 
     Raises:
         LockedError: another process is changing the volume.
@@ -317,8 +375,11 @@ def install_release(
             fsync_dir(pb.staging_dir)
             crashpoint("install.staging-created")
             changed = {c.name for c in manifest.components}
+            verification = {}
             for comp in manifest.components:
-                _stage_component(pb, state, comp, stage, open_patch, cache, comp_progress)
+                verification[comp.name] = _stage_component(
+                    pb, state, comp, stage, open_patch, cache, comp_progress
+                )
                 done_before += int(comp.target.size)
             base_dir = pb.path / state["os"]["base"]
             for name in sorted(set(comps) - changed):
@@ -394,6 +455,7 @@ def install_release(
             "pending": pending,
             "bytes_written": total,
             "patch_bytes": sum(int(c.patch.size) for c in manifest.components),
+            "verification": verification,
         }
 
 
@@ -573,6 +635,10 @@ def gc(preboot: Preboot) -> dict[str, Any]:
             removed = pb.sweep(state)
         except OSError as exc:
             raise os_error_to_staging(exc, f"collecting garbage in {pb.path}") from exc
+        from . import leafcache
+
+        with contextlib.suppress(OSError):  # entries of removed images: only a cache
+            leafcache.prune(pb.path)
         return {"removed": removed}
 
 

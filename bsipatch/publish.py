@@ -359,8 +359,11 @@ def build_release(
 ) -> ReleaseManifest:
     """Publish a release: seals, patches, signed manifest, catalog version + 1.
 
-    For each component the base and new images are sealed
-    (:func:`bsipatch.seal.seal_image`, random salt) and a patch is made
+    For each component the base image is sealed (:func:`bsipatch.seal.seal_image`,
+    random salt) and the new image with the SAME salt ("lineage salt": a block the new
+    image copies from the base keeps its dm-verity leaf, so a device checks the new
+    image's seal by hashing only the blocks the patch changed; see
+    :mod:`bsipatch.leafcache`), and a patch is made
     (:func:`bsipatch.diff.diff`) into ``releases/<slug>/<name>.bsipatch``. The
     manifest gets the next sequence number, is signed by the release role, and the
     catalog (re-signed by the catalog role) lists it. The catalog is written last:
@@ -427,7 +430,10 @@ def build_release(
         )
         say(f"{c.name}: sealing new image {c.new_image}")
         target_seal = seal_image(
-            c.new_image, threads=threads, progress=_step(progress, f"{c.name}: seal new")
+            c.new_image,
+            salt=base_seal.salt,
+            threads=threads,
+            progress=_step(progress, f"{c.name}: seal new"),
         )
         dest = r.resolve(rel)
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -768,6 +768,93 @@ def verify_image(
         )
 
 
+# --- leaves ---------------------------------------------------------------------------
+
+
+def image_leaves(
+    image: ImageSource,
+    salt: bytes,
+    *,
+    salt_after: bool = False,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """The dm-verity leaves (data-block digests) of an image: ``(blocks, 32)`` uint8.
+
+    Nothing is checked: see :func:`verified_leaves` for leaves that can be trusted.
+    """
+    img = _Image(image)
+    try:
+        leaves, _size = _leaf_digests(img, bytes(salt), salt_after, threads=threads,
+                                      progress=progress)
+    finally:
+        img.close()
+    return leaves
+
+
+def root_from_leaves(leaves: np.ndarray, seal: Seal, *, threads: int | None = None) -> bytes:
+    """The root hash that ``leaves`` give with the salt and hash type of ``seal``."""
+    root, _tree = _root_and_tree(np.ascontiguousarray(leaves, dtype=np.uint8), seal.salt,
+                                 seal.hash_type == 0, threads)
+    return root
+
+
+def check_leaves(leaves: np.ndarray, seal: Seal, *, threads: int | None = None) -> None:
+    """Check leaves against a seal: their count must fit its size and their root be its root.
+
+    This is the whole-image check of :func:`verify_image` for a caller that knows the
+    leaves of the image (e.g. :class:`bsipatch.apply.Provenance`) and only builds the
+    tree over them: 1/128 of the hashing.
+
+    Raises:
+        SealMismatch: wrong number of leaves, or a different root.
+    """
+    if leaves.ndim != 2 or leaves.shape[1:] != (DIGEST_SIZE,) or \
+            leaves.shape[0] != seal.data_blocks:
+        raise SealMismatch(
+            f"{leaves.shape[0] if leaves.ndim == 2 else '?'} leaves for a seal of "
+            f"{seal.data_blocks} data blocks", area="data",
+        )
+    root = root_from_leaves(leaves, seal, threads=threads)
+    if not hmac.compare_digest(root, seal.root_hash):
+        single = leaves.shape[0] == 1
+        raise SealMismatch(
+            ("data block 0 does not match the root hash" if single else
+             f"root hash mismatch: the image's leaves give {root.hex()}, expected "
+             f"{seal.root_hash.hex()}"),
+            block=0 if single else None, area="data" if single else "root",
+        )
+
+
+def verified_leaves(
+    image: ImageSource, seal: Seal, *, threads: int | None = None,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Hash an image, check it against ``seal`` (as :func:`verify_image` without a hash
+    file does) and return its leaves, which are then as trustworthy as the seal.
+
+    Raises:
+        SealMismatch: the image differs from the sealed one (size or content).
+    """
+    img = _Image(image)
+    try:
+        size = img.size
+        if size is not None and size != seal.data_size:
+            raise SealMismatch(
+                f"image is {size} bytes, the seal says {seal.data_size}",
+                block=min(size, seal.data_size) // BLOCK_SIZE, area="data",
+            )
+        leaves, got = _leaf_digests(img, seal.salt, seal.hash_type == 0, threads=threads,
+                                    progress=progress)
+    finally:
+        img.close()
+    if got != seal.data_size:
+        raise SealMismatch(f"image is {got} bytes, the seal says {seal.data_size}",
+                           block=min(got, seal.data_size) // BLOCK_SIZE)
+    check_leaves(leaves, seal, threads=threads)
+    return leaves
+
+
 # --- reading through a seal -------------------------------------------------------------
 
 
@@ -972,10 +1059,14 @@ __all__ = [
     "Seal",
     "Superblock",
     "VerifiedReader",
+    "check_leaves",
+    "image_leaves",
     "iter_verified",
     "open_verified",
     "read_superblock",
+    "root_from_leaves",
     "seal_image",
+    "verified_leaves",
     "verify_image",
     "write_hash_file",
 ]

@@ -152,6 +152,7 @@ typedef struct {
     uint64_t prev_old_end;
     uint64_t run_left;
     uint64_t kind_bytes[4];   /* output bytes made by COPY, ADD, INSERT, ZERO so far */
+    uint64_t prov_phase;      /* output offset of the segment modulo 4096 (provenance) */
 } bsi_patch_state;
 
 /* Start a segment that must produce out_total bytes from an old image of old_size
@@ -165,3 +166,30 @@ int bsi_patch_feed(bsi_patch_state *st, const uint8_t *old, uint64_t old_size,
                    uint8_t *scratch, uint64_t scratch_cap, bsi_inbuf *in, bsi_outbuf *out);
 /* 0 when the segment is complete and exact, else a negative BSI_E_*. */
 int bsi_patch_finish(bsi_patch_state *st);
+
+/* Provenance of the whole 4096-byte blocks of the image that the segment makes, for
+ * bsi_patch_feed_prov. Entry j is the image block (segment offset - phase) / 4096 + j,
+ * where phase = the segment's output offset modulo 4096 (bsi_patch_set_phase; 0 by
+ * default), so entry 0 is a partial block when phase > 0. The caller zero-fills prov; the
+ * applier sets an entry only for a block made entirely by ONE operation:
+ *   BSI_PROV_ZERO                 one ZERO op: the block is all zero;
+ *   BSI_PROV_COPY + k             one COPY op from old offset 4096 * k (4096-aligned):
+ *                                 the block equals old block k;
+ * every other block stays BSI_PROV_NONE (made by ADD/INSERT, by several ops, or a
+ * partial block). Whole-block runs are reported only when the output buffer has room
+ * for at least one whole block. */
+#define BSI_PROV_NONE 0
+#define BSI_PROV_ZERO 1
+#define BSI_PROV_COPY 2
+/* flags: do not write the bytes of blocks reported ZERO or COPY (their place in the
+ * output buffer is left as it was; out->pos still advances over them). */
+#define BSI_PATCH_SKIP_REPORTED 1
+
+/* Set the phase (0..4095) right after bsi_patch_init, before any feed. */
+int bsi_patch_set_phase(bsi_patch_state *st, uint64_t phase);
+/* bsi_patch_feed that also reports provenance into prov[0 .. prov_cap), which must
+ * hold (phase + out_total) / 4096 entries. prov == NULL behaves as bsi_patch_feed
+ * (flags must be 0 then). Same returns as bsi_patch_feed. */
+int bsi_patch_feed_prov(bsi_patch_state *st, const uint8_t *old, uint64_t old_size,
+                        uint8_t *scratch, uint64_t scratch_cap, bsi_inbuf *in, bsi_outbuf *out,
+                        uint64_t *prov, uint64_t prov_cap, uint32_t flags);

@@ -84,7 +84,15 @@ static int next_op(bsi_patch_state *st, const uint8_t *scratch) {
 BSI_API int bsi_patch_feed(bsi_patch_state *st, const uint8_t *old, uint64_t old_size,
                            uint8_t *scratch, uint64_t scratch_cap, bsi_inbuf *in,
                            bsi_outbuf *out) {
+    return bsi_patch_feed_prov(st, old, old_size, scratch, scratch_cap, in, out, NULL, 0, 0);
+}
+
+BSI_API int bsi_patch_feed_prov(bsi_patch_state *st, const uint8_t *old, uint64_t old_size,
+                                uint8_t *scratch, uint64_t scratch_cap, bsi_inbuf *in,
+                                bsi_outbuf *out, uint64_t *prov, uint64_t prov_cap,
+                                uint32_t flags) {
     int rc;
+    const uint64_t bs = BSI_BLOCK_SIZE;
     if (!st || !in || !out || (in->size > 0 && !in->ptr) || in->pos > in->size ||
         out->pos > out->size || (out->size > 0 && !out->ptr))
         return BSI_E_INVAL;
@@ -92,13 +100,16 @@ BSI_API int bsi_patch_feed(bsi_patch_state *st, const uint8_t *old, uint64_t old
     if (old_size != st->old_size || (old_size > 0 && !old) || scratch_cap < st->scratch_cap ||
         (st->scratch_cap > 0 && !scratch))
         return fail(st, BSI_E_INVAL);
+    if ((flags & ~(uint32_t)BSI_PATCH_SKIP_REPORTED) || (!prov && flags) ||
+        (prov && prov_cap < (st->prov_phase + st->out_total) / bs))
+        return fail(st, BSI_E_INVAL);
 
     for (;;) {
         switch (st->phase) {
         case PH_HDR: {
             size_t n = in->size - in->pos, need = BSI_SEG_HEADER_SIZE - st->hdr_have;
             if (n > need) n = need;
-            memcpy(st->hdr + st->hdr_have, in->ptr + in->pos, n);
+            if (n) memcpy(st->hdr + st->hdr_have, in->ptr + in->pos, n); /* ptr may be NULL */
             st->hdr_have += (uint32_t)n;
             in->pos += n;
             if (st->hdr_have < BSI_SEG_HEADER_SIZE) return 0;
@@ -156,6 +167,20 @@ BSI_API int bsi_patch_feed(bsi_patch_state *st, const uint8_t *old, uint64_t old
                 uint8_t *dst = out->ptr + out->pos;
                 if (space == 0) return 1;
                 if (n > space) n = space;
+                if (prov && (st->cur_kind == BSI_OP_COPY || st->cur_kind == BSI_OP_ZERO)) {
+                    uint64_t at = st->prov_phase + st->out_done, in_blk = at % bs;
+                    int copy = st->cur_kind == BSI_OP_COPY;
+                    if (in_blk == 0 && n >= bs && (!copy || st->cur_old % bs == 0)) {
+                        /* whole blocks made by this one op: report them */
+                        uint64_t nb = n / bs, b0 = at / bs, k0 = st->cur_old / bs;
+                        for (uint64_t j = 0; j < nb; j++)
+                            prov[b0 + j] = copy ? BSI_PROV_COPY + k0 + j : BSI_PROV_ZERO;
+                        n = nb * bs;
+                        if (flags & BSI_PATCH_SKIP_REPORTED) goto produced;
+                    } else if (n > bs - in_blk) {
+                        n = bs - in_blk; /* stop at the block boundary: the next may be whole */
+                    }
+                }
                 switch (st->cur_kind) {
                 case BSI_OP_COPY:
                     memcpy(dst, old + st->cur_old, n);
@@ -196,6 +221,7 @@ BSI_API int bsi_patch_feed(bsi_patch_state *st, const uint8_t *old, uint64_t old
                     st->run_left -= n;
                     break;
                 }
+            produced:
                 out->pos += n;
                 st->out_done += n;
                 st->kind_bytes[st->cur_kind & 3] += n;
@@ -212,6 +238,14 @@ BSI_API int bsi_patch_feed(bsi_patch_state *st, const uint8_t *old, uint64_t old
             return fail(st, BSI_E_STATE);
         }
     }
+}
+
+BSI_API int bsi_patch_set_phase(bsi_patch_state *st, uint64_t phase) {
+    if (!st || phase >= BSI_BLOCK_SIZE || st->phase != PH_HDR || st->hdr_have || st->out_done ||
+        st->error)
+        return BSI_E_INVAL;
+    st->prov_phase = phase;
+    return BSI_OK;
 }
 
 BSI_API int bsi_patch_finish(bsi_patch_state *st) {

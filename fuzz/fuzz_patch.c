@@ -5,6 +5,12 @@
  * 64 KiB old image. The declared output size is taken from the payload's own
  * header (capped at 1 MiB) so the parser gets past its first check.
  *
+ * The same payload is then applied twice more through bsi_patch_feed_prov with an
+ * output buffer of at least one block and an input-chosen phase: once producing every
+ * byte, checking that each block reported as a copy of old block k (or as zero) holds
+ * exactly that; once skipping reported blocks, checking that every other byte is the
+ * same as in the full run.
+ *
  * libFuzzer:   clang -g -O1 -fsanitize=fuzzer,address,undefined -Icsrc \
  *                -DBSI_VERSION_STRING='"fuzz"' fuzz/fuzz_patch.c csrc/bsi_patch.c csrc/bsi_core.c
  * without clang: gcc -g -O1 -fsanitize=address,undefined -DBSI_FUZZ_STANDALONE -Icsrc \
@@ -20,6 +26,80 @@
 
 #define OLD_SIZE 65536
 #define SCRATCH 65536
+
+#define MAX_OUT (1u << 20)
+#define BS 4096u
+
+static unsigned long reported; /* blocks reported and checked (for the standalone run) */
+
+/* Apply with provenance into full[]; return bytes produced, or -1 on an error. */
+static int64_t run_prov(const uint8_t *data, size_t size, size_t chunk, size_t out_size,
+                        uint64_t declared, uint64_t phase, uint32_t flags, const uint8_t *old,
+                        uint8_t *scratch, uint8_t *full, uint64_t *prov, uint64_t nprov) {
+    static uint8_t out[3 * BS + 7];
+    bsi_patch_state st;
+    bsi_inbuf in;
+    bsi_outbuf ob = {out, out_size, 0};
+    uint64_t produced = 0;
+    memset(prov, 0, nprov * sizeof(*prov));
+    bsi_patch_init(&st, declared, OLD_SIZE, SCRATCH);
+    if (bsi_patch_set_phase(&st, phase) != 0) abort();
+    for (size_t pos = 0; pos <= size; pos += chunk) {
+        size_t n = size - pos < chunk ? size - pos : chunk;
+        int rc;
+        in.ptr = data + pos;
+        in.size = n;
+        in.pos = 0;
+        do {
+            memset(out, 0xA5, sizeof out); /* skipped bytes keep this */
+            rc = bsi_patch_feed_prov(&st, old, OLD_SIZE, scratch, SCRATCH, &in, &ob, prov, nprov,
+                                     flags);
+            if (rc < 0) return -1;
+            if (produced + ob.pos > MAX_OUT) abort();
+            memcpy(full + produced, out, ob.pos);
+            produced += ob.pos;
+            ob.pos = 0;
+        } while (rc == 1);
+        if (n == 0) break;
+    }
+    if (bsi_patch_finish(&st) != 0) return -1;
+    return (int64_t)produced;
+}
+
+static void check_prov(const uint8_t *data, size_t size, size_t chunk, size_t out_size,
+                       uint64_t declared, uint64_t phase, const uint8_t *old, uint8_t *scratch) {
+    static uint8_t full[MAX_OUT], skipped[MAX_OUT];
+    static uint64_t prov[MAX_OUT / BS + 2], prov2[MAX_OUT / BS + 2];
+    uint64_t nprov = (phase + declared) / BS;
+    int64_t a = run_prov(data, size, chunk, out_size, declared, phase, 0, old, scratch, full, prov,
+                         nprov);
+    if (a < 0) return;
+    for (uint64_t j = 0; j < nprov; j++) {
+        uint64_t v = prov[j], start;
+        if (!v) continue;
+        if (j == 0 && phase) abort(); /* a partial block cannot be reported */
+        reported++;
+        start = j * BS - phase;
+        if (start + BS > (uint64_t)a) abort();
+        if (v == BSI_PROV_ZERO) {
+            for (uint64_t i = 0; i < BS; i++)
+                if (full[start + i]) abort();
+        } else {
+            uint64_t k = v - BSI_PROV_COPY;
+            if ((k + 1) * BS > OLD_SIZE || memcmp(full + start, old + k * BS, BS)) abort();
+        }
+    }
+    int64_t b = run_prov(data, size, chunk, out_size, declared, phase, BSI_PATCH_SKIP_REPORTED,
+                         old, scratch, skipped, prov2, nprov);
+    if (b != a || memcmp(prov, prov2, nprov * sizeof(*prov))) abort();
+    for (uint64_t j = 0, at = 0; at < (uint64_t)a; j++) {
+        /* bytes of image block j (entry j) inside the output: [lo, hi) */
+        uint64_t lo = j ? j * BS - phase : 0, hi = (j + 1) * BS - phase;
+        if (hi > (uint64_t)a) hi = (uint64_t)a;
+        if (!(j < nprov && prov[j]) && memcmp(full + lo, skipped + lo, hi - lo)) abort();
+        at = hi;
+    }
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static uint8_t old[OLD_SIZE];
@@ -63,6 +143,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     if (bsi_patch_finish(&st) == 0 && produced != declared) abort();
     if (produced > declared) abort();
+    /* provenance: output buffers of one to three blocks; phase 0 for an even first
+     * byte (copies of aligned old blocks line up with the image's blocks), else
+     * taken from the two leading bytes */
+    check_prov(data, size, chunk, BS + (size_t)data[-1] * 32, declared,
+               (data[-2] & 1) ? ((uint64_t)data[-2] * 16 + (uint64_t)data[-1]) % BS : 0, old,
+               scratch);
     return 0;
 }
 
@@ -88,7 +174,7 @@ int main(int argc, char **argv) {
         if (n > 2 && rand() % 4 == 0) n = (size_t)rand() % n;
         LLVMFuzzerTestOneInput(cur, n);
     }
-    printf("ran %lu inputs\n", iters);
+    printf("ran %lu inputs, %lu reported blocks checked\n", iters, reported);
     return 0;
 }
 #endif

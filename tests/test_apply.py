@@ -284,3 +284,169 @@ def test_disk_full_during_apply_raises_and_leaves_nothing(
         apply(op, pp, tmp_path / "out.img")
     assert info.value.errno == errno.ENOSPC
     assert _leftovers(tmp_path) == []
+
+
+# --- provenance: the new image's seal leaves from the old image's ----------------------
+
+
+def _blocky_pair(seed: int, nblocks: int = 96, tail: int = 777) -> tuple[bytes, bytes]:
+    """An old image of random and zero blocks; the new one moves, edits and zeroes some."""
+    import random
+
+    rnd = random.Random(seed)
+    blocks = [bytes(4096) if rnd.random() < 0.2 else rnd.randbytes(4096) for _ in range(nblocks)]
+    old = b"".join(blocks)
+    new = bytearray(old)
+    for _ in range(6):  # small edits inside blocks
+        p = rnd.randrange(len(new) - 50)
+        new[p : p + 50] = rnd.randbytes(50)
+    new[4096 * 3 : 4096 * 5] = bytes(8192)  # two zero blocks made by a ZERO op
+    new[4096 * 40 : 4096 * 40] = rnd.randbytes(4096 * 2)  # an insertion: the rest moves
+    new[4096 * 60 + 10 : 4096 * 60 + 10] = b"shift"  # and an unaligned shift after it
+    return old, bytes(new) + rnd.randbytes(tail)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("segment_size", [3 * 4096, 10_000, 64 << 20])
+@pytest.mark.parametrize("verify_new", [False, True])
+def test_provenance_leaves_equal_a_fresh_seal(
+    tmp_path: Path, seed: int, segment_size: int, verify_new: bool
+) -> None:
+    from bsipatch.apply import Provenance
+    from bsipatch.seal import check_leaves, image_leaves, seal_image
+
+    old, new = _blocky_pair(seed)
+    op, pp, out = tmp_path / "old.img", tmp_path / "p", tmp_path / "out.img"
+    op.write_bytes(old)
+    diff(old, new, pp, segment_size=segment_size)
+    salt = bytes(range(32))
+    prov = Provenance(image_leaves(op, salt), salt)
+    apply(op, pp, out, verify_old=False, verify_new=verify_new, provenance=prov)
+    assert out.read_bytes() == new
+    seal = seal_image(new, salt=salt)
+    check_leaves(prov.leaves, seal)
+    assert (prov.leaves == image_leaves(new, salt)).all()
+    nblocks = -(-len(new) // 4096)
+    assert prov.copied_blocks + prov.zero_blocks + prov.hashed_blocks == nblocks
+    assert prov.copied_blocks + prov.zero_blocks > nblocks // 4  # these were not hashed
+    if not verify_new and prov.copied_blocks:
+        assert prov.copy_method in ("reflink", "direct", "copy_file_range")
+
+
+def test_provenance_from_a_buffer_copies_with_pwrite(tmp_path: Path) -> None:
+    from bsipatch.apply import Provenance
+    from bsipatch.seal import image_leaves
+
+    old, new = _blocky_pair(4)
+    pp, out = tmp_path / "p", tmp_path / "out.img"
+    diff(old, new, pp)
+    prov = Provenance(image_leaves(old, b"s"), b"s")
+    apply(old, pp, out, verify_old=False, verify_new=False, provenance=prov)
+    assert out.read_bytes() == new
+    assert prov.copy_method == "pwrite"
+    assert (prov.leaves == image_leaves(new, b"s")).all()
+
+
+def test_provenance_copy_falls_back_when_the_kernel_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import bsipatch.apply as apply_mod
+    from bsipatch.apply import Provenance
+    from bsipatch.seal import image_leaves
+
+    def refuse(*_a: object) -> int:
+        raise OSError(errno.EXDEV, "cross-device")
+
+    monkeypatch.setattr(apply_mod.os, "copy_file_range", refuse)
+    old, new = _blocky_pair(5)
+    op, pp, out = tmp_path / "old.img", tmp_path / "p", tmp_path / "out.img"
+    op.write_bytes(old)
+    diff(old, new, pp)
+    prov = Provenance(image_leaves(op, b""), b"", methods=("reflink", "copy_file_range"))
+    apply(op, pp, out, verify_old=False, verify_new=False, provenance=prov)
+    assert out.read_bytes() == new
+    assert "pwrite" in prov.copy_method
+
+
+def test_provenance_does_not_hide_a_bad_patch(files, tmp_path: Path) -> None:
+    from bsipatch.apply import Provenance
+    from bsipatch.seal import image_leaves
+
+    op, _np, pp, _new = files
+    data = bytearray(pp.read_bytes())
+    data[300] ^= 1  # inside the first segment: its digest no longer matches
+    bad = tmp_path / "bad.bsipatch"
+    bad.write_bytes(bytes(data))
+    prov = Provenance(image_leaves(op, b""), b"")
+    with pytest.raises(CorruptPatch):
+        apply(op, bad, tmp_path / "o.img", verify_old=False, verify_new=False, provenance=prov)
+    assert not (tmp_path / "o.img").exists()
+
+
+def test_provenance_needs_a_path_output_and_matching_old_leaves(files, tmp_path: Path) -> None:
+    from bsipatch.apply import Provenance
+    from bsipatch.seal import image_leaves
+
+    op, _np, pp, _new = files
+    prov = Provenance(image_leaves(op, b""), b"")
+    with pytest.raises(ValueError):
+        apply(op, pp, io.BytesIO(), provenance=prov)
+    with pytest.raises(ValueError):
+        apply(op, pp, tmp_path / "o.img", resume=True, provenance=prov)
+    short = Provenance(image_leaves(op, b"")[:-1], b"")
+    with pytest.raises(ValueError, match="old_leaves"):
+        apply(op, pp, tmp_path / "o.img", verify_new=False, provenance=short)
+
+
+def test_verify_old_false_skips_only_the_digest(files, tmp_path: Path) -> None:
+    op, _np, pp, new = files
+    wrong = tmp_path / "wrong.img"
+    data = bytearray(op.read_bytes())
+    data[150_000] ^= 0xFF  # same size, one byte differs (a block the patch copies)
+    wrong.write_bytes(bytes(data))
+    with pytest.raises(WrongBaseImage):
+        apply(wrong, pp, tmp_path / "a.img")
+    # the caller vouches for the old image: the patch's own digests still catch it
+    # (as a bad segment: nothing says the old image is to blame)...
+    with pytest.raises((CorruptPatch, OutputMismatch)):
+        apply(wrong, pp, tmp_path / "b.img", verify_old=False)
+    # ...unless those are off too, when the caller must check the result (a seal)
+    apply(wrong, pp, tmp_path / "c.img", verify_old=False, verify_new=False)
+    assert (tmp_path / "c.img").read_bytes() != new
+    with pytest.raises(WrongBaseImage):
+        apply(op.read_bytes()[:-1], pp, tmp_path / "d.img", verify_old=False)
+
+
+@pytest.mark.parametrize(
+    "methods", [(), ("direct",), ("copy_file_range",), ("reflink",), ("reflink", "direct")]
+)
+def test_every_copy_method_writes_the_same_image(tmp_path: Path, methods: tuple) -> None:
+    from bsipatch.apply import Provenance
+    from bsipatch.seal import image_leaves
+
+    old, new = _blocky_pair(6, nblocks=300)
+    op, pp, out = tmp_path / "old.img", tmp_path / "p", tmp_path / "out.img"
+    op.write_bytes(old)
+    diff(old, new, pp)
+    prov = Provenance(image_leaves(op, b"x"), b"x", methods=methods)
+    apply(op, pp, out, verify_old=False, verify_new=False, provenance=prov)
+    assert out.read_bytes() == new
+    assert (prov.leaves == image_leaves(new, b"x")).all()
+    used = set(prov.copy_method.split("+"))
+    assert used <= {*methods, "pwrite"}  # a refused method falls through to the next
+
+
+def test_provenance_of_a_bsdiff40_patch_hashes_the_output(tmp_path: Path) -> None:
+    from bsipatch.apply import Provenance
+    from bsipatch.seal import image_leaves
+
+    old, new = _blocky_pair(7, nblocks=20)
+    pp, out = tmp_path / "p.bsdiff", tmp_path / "out.img"
+    diff(old, new, pp, format="bsdiff40")
+    prov = Provenance(image_leaves(old, b"s"), b"s")
+    apply(old, pp, out, verify_old=False, verify_new=False, provenance=prov)
+    assert out.read_bytes() == new
+    assert (prov.leaves == image_leaves(new, b"s")).all()
+    assert prov.hashed_blocks == len(prov.leaves) and prov.copied_blocks == 0

@@ -654,3 +654,171 @@ def test_preboot_copy_tool_keeps_hard_links(pb: Preboot, world: dict, tmp_path: 
         dst / "base" / "26.1-23B85" / "safari.img"
     ).stat().st_ino
     shutil.rmtree(dst)
+
+
+# --- lineage salt: base leaves cached, tampering caught ------------------------------------
+
+
+@pytest.fixture
+def base_hashing(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the images install hashes in full to verify them (and learn their leaves)."""
+    import bsipatch.seal as seal_mod
+
+    calls: list[str] = []
+    real = seal_mod.verified_leaves
+
+    def counting(image: object, seal: object, **kw: object) -> object:
+        calls.append(Path(str(image)).name)
+        return real(image, seal, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(seal_mod, "verified_leaves", counting)
+    return calls
+
+
+def _cache_entries(pb: Preboot) -> list[Path]:
+    d = pb.path / "cache" / "leaves"
+    return sorted(d.glob("*.leaves")) if d.is_dir() else []
+
+
+def _tamper(path: Path, offset: int, keep_mtime: bool = True) -> None:
+    """Change one byte of an installed image as an attacker would: mtime put back."""
+    import os
+
+    st = path.stat()
+    path.chmod(0o644)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x5A]))
+    path.chmod(0o444)
+    if keep_mtime:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_later_installs_take_base_leaves_from_the_cache(
+    pb: Preboot, world: dict, base_hashing: list[str]
+) -> None:
+    ch.install(world, pb, A)
+    assert sorted(base_hashing) == ["libsys.img", "webkit.img"]  # verified once, leaves kept
+    assert len(_cache_entries(pb)) == 2
+    inst.uninstall(pb)
+    base_hashing.clear()
+    ch.install(world, pb, A)
+    assert base_hashing == []  # both bases came from the cache
+    assert ch.images_now(pb) == expect(world, A, "base")
+    inst.boot(pb)
+    ch.install(world, pb, B)  # safari is new: hashed once; webkit from the cache
+    assert base_hashing == ["safari.img"]
+    assert ch.images_now(pb) == expect(world, B, A)
+
+
+@pytest.mark.parametrize("keep_mtime", [True, False])
+def test_tampered_base_is_refused_although_its_leaves_are_cached(
+    pb: Preboot, world: dict, keep_mtime: bool
+) -> None:
+    ch.install(world, pb, A)
+    inst.boot(pb)
+    assert len(_cache_entries(pb)) == 2
+    _tamper(pb.path / "base" / "26.1-23B85" / "webkit.img", 5000, keep_mtime)
+    with untouched(pb), pytest.raises(WrongBaseImage):
+        ch.install(world, pb, B)  # webkit's patch is against the (now changed) base
+    assert pb.status()["active_release"] == A
+
+
+def test_damaged_leaf_cache_is_not_trusted(
+    pb: Preboot, world: dict, base_hashing: list[str]
+) -> None:
+    ch.install(world, pb, A)
+    inst.uninstall(pb)
+    for entry in _cache_entries(pb):  # one leaf changed: the tree no longer gives the root
+        data = bytearray(entry.read_bytes())
+        data[-1] ^= 1
+        entry.write_bytes(bytes(data))
+    base_hashing.clear()
+    ch.install(world, pb, A)
+    assert sorted(base_hashing) == ["libsys.img", "webkit.img"]  # rehashed, not trusted
+    assert ch.images_now(pb) == expect(world, A, "base")
+
+
+def test_tampered_base_with_a_matching_forged_leaf_cache_is_refused(
+    pb: Preboot, world: dict
+) -> None:
+    """The attacker changes the base AND rewrites the cache entry to fit it (leaves of the
+    changed image, its new identity): the leaves no longer build the signed base root."""
+    from bsipatch import leafcache
+    from bsipatch.seal import image_leaves
+
+    ch.install(world, pb, A)
+    inst.boot(pb)
+    img = pb.path / "base" / "26.1-23B85" / "webkit.img"
+    _tamper(img, 9000)
+    comp = manifest(world, B).component("webkit")  # type: ignore[attr-defined]
+    seal = comp.base.to_seal()
+    forged = image_leaves(img, seal.salt)
+    entry = leafcache._entry(pb.path, str(img.relative_to(pb.path)), seal)
+    head = {
+        "format": 1,
+        "image": str(img.relative_to(pb.path)),
+        "seal": leafcache._seal_dict(seal),
+        "identity": leafcache.identity(img),
+    }
+    entry.write_bytes(json.dumps(head, sort_keys=True).encode() + b"\n" + forged.tobytes())
+    assert leafcache.load(pb.path, img, seal) is None
+    with untouched(pb), pytest.raises(WrongBaseImage):
+        ch.install(world, pb, B)
+    assert pb.status()["active_release"] == A
+
+
+def test_release_sealed_with_a_new_salt_is_verified_in_full(
+    pb: Preboot, world: dict, base_hashing: list[str]
+) -> None:
+    """Base and target seals with different salts: no leaves to reuse, the produced image
+    is hashed against the target seal as before."""
+    rel = json.loads(json.dumps(world["releases"][A]))
+    for c in rel["components"]:
+        new_img = Path(world["dir"]) / "releases" / "26.1-a" / f"{c['name']}.new.img"
+        from bsipatch.seal import seal_image
+
+        s = seal_image(new_img, salt=b"another salt")
+        c["target"] = {"root_hash": s.root_hash.hex(), "salt": s.salt.hex(), "size": s.data_size}
+    inst.install_release(pb, ch.load_manifest(rel), inst.open_patch_in(world["dir"]))
+    assert base_hashing == [] and _cache_entries(pb) == []
+    assert ch.images_now(pb) == expect(world, A, "base")
+    bad = json.loads(json.dumps(rel))
+    bad["release_id"] = "26.1 (z)"
+    bad["components"][0]["target"]["root_hash"] = "00" * 32
+    with untouched(pb), pytest.raises(SealMismatch):
+        inst.install_release(pb, ch.load_manifest(bad), inst.open_patch_in(world["dir"]))
+
+
+def test_new_salt_release_still_catches_a_base_changed_behind_verified_json(
+    pb: Preboot, world: dict
+) -> None:
+    """verified.json (inode, mtime, size) vouches for the base; the apply still hashes it."""
+    from bsipatch.seal import seal_image
+
+    rel = json.loads(json.dumps(world["releases"][A]))
+    for c in rel["components"]:
+        new_img = Path(world["dir"]) / "releases" / "26.1-a" / f"{c['name']}.new.img"
+        s = seal_image(new_img, salt=b"another salt")
+        c["target"] = {"root_hash": s.root_hash.hex(), "salt": s.salt.hex(), "size": s.data_size}
+    inst.install_release(pb, ch.load_manifest(rel), inst.open_patch_in(world["dir"]))
+    inst.uninstall(pb)
+    inst.boot(pb)
+    _tamper(pb.path / "base" / "26.1-23B85" / "webkit.img", 7000)  # mtime put back
+    with untouched(pb), pytest.raises(WrongBaseImage):
+        inst.install_release(pb, ch.load_manifest(rel), inst.open_patch_in(world["dir"]))
+
+
+def test_leaf_cache_entries_of_removed_images_are_pruned(pb: Preboot, world: dict) -> None:
+    ch.install(world, pb, A)
+    inst.boot(pb)
+    (pb.path / "cache" / "leaves" / ".junk.tmp").write_bytes(b"x")
+    inst.os_update(
+        pb, os_version="26.2", build="23C10", images=world["images"],
+        activation=world["activation"],
+    )
+    assert len(_cache_entries(pb)) == 2  # the old base is still booted
+    inst.boot(pb)  # its gc removes the old base, and with it the cache entries
+    assert list((pb.path / "cache" / "leaves").iterdir()) == []

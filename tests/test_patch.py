@@ -284,3 +284,130 @@ def test_forged_zero_segment_with_other_ops_is_refused() -> None:
     p = hb + seg.body() + d + comp + patchfmt.pack_trailer(h, [d])
     with pytest.raises(CorruptPatch, match="statistics"):
         apply(old, p, io.BytesIO())
+
+
+def _prov_apply(
+    old: bytes, payload: bytes, out_len: int, out_size: int, skip: bool, phase: int = 0
+):
+    """Drive bsi_patch_feed_prov; return (output with skipped blocks as b'?', prov)."""
+    import numpy as np
+
+    st = ffi.new("bsi_patch_state *")
+    cap = len(payload)
+    scratch = ffi.new("uint8_t[]", max(cap, 1))
+    out = bytearray(out_size)
+    ob = ffi.new("bsi_outbuf *")
+    keep_out = ffi.from_buffer(out)
+    ob.ptr, ob.size, ob.pos = keep_out, len(out), 0
+    ib = ffi.new("bsi_inbuf *")
+    prov = np.zeros((phase + out_len) // 4096, dtype=np.uint64)
+    pprov = ffi.cast("uint64_t *", prov.ctypes.data)
+    flags = lib.BSI_PATCH_SKIP_REPORTED if skip else 0
+    assert lib.bsi_patch_init(st, out_len, len(old), cap) == 0
+    assert lib.bsi_patch_set_phase(st, phase) == 0
+    keep = ffi.from_buffer(payload)
+    ib.ptr, ib.size, ib.pos = keep, len(payload), 0
+    result = bytearray()
+    while True:
+        out[:] = b"?" * len(out)
+        rc = lib.bsi_patch_feed_prov(
+            st, ffi.from_buffer(old), len(old), scratch, cap, ib, ob, pprov, len(prov), flags
+        )
+        assert rc >= 0, ffi.string(lib.bsi_error_name(rc))
+        result += out[: ob.pos]
+        ob.pos = 0
+        if rc == 0:
+            break
+    assert lib.bsi_patch_finish(st) == 0
+    return bytes(result), prov
+
+
+@pytest.mark.parametrize("out_size", [7, 4096, 3 * 4096 + 5, 1 << 20])
+@pytest.mark.parametrize("skip", [False, True])
+def test_provenance_reports_only_true_whole_block_copies(out_size: int, skip: bool) -> None:
+    rnd = random.Random(7)
+    old = b"".join(bytes(4096) if i % 5 == 0 else rnd.randbytes(4096) for i in range(40))
+    new = bytearray(old)
+    new[4096 * 7 : 4096 * 7] = rnd.randbytes(1000)  # everything after moves off alignment
+    new[4096 * 20 : 4096 * 20] = rnd.randbytes(3096)  # ...and back on
+    new[4096 * 30 + 5] ^= 1
+    new = bytes(new) + bytes(3 * 4096) + b"tail"
+    ops = compute_ops(old, new, threads=1)
+    seen = {"copy": 0, "zero": 0}
+    for off, n, payload, _, _ in iter_segments(ops, old, new, 1 << 20):
+        assert off == 0
+        got, prov = _prov_apply(old, payload, n, out_size, skip)
+        for i, v in enumerate(prov.tolist()):
+            block = new[i * 4096 : (i + 1) * 4096]
+            if v == lib.BSI_PROV_ZERO:
+                assert block == bytes(4096)
+                seen["zero"] += 1
+            elif v >= lib.BSI_PROV_COPY:
+                k = v - lib.BSI_PROV_COPY
+                assert block == old[k * 4096 : (k + 1) * 4096]
+                seen["copy"] += 1
+            if v and skip:
+                assert got[i * 4096 : (i + 1) * 4096] == b"?" * 4096  # not produced
+            else:
+                assert got[i * 4096 : (i + 1) * 4096] == block
+        assert len(got) == n
+    if out_size >= 4096:
+        assert seen["copy"] > 15 and seen["zero"] >= 3
+    else:
+        assert seen == {"copy": 0, "zero": 0}  # no room for a whole block: none reported
+
+
+def test_provenance_arguments_are_checked() -> None:
+    import numpy as np
+
+    st = ffi.new("bsi_patch_state *")
+    ib, ob = ffi.new("bsi_inbuf *"), ffi.new("bsi_outbuf *")
+    buf = bytearray(16)
+    ob.ptr, ob.size = ffi.from_buffer(buf), 16
+    prov = np.zeros(1, dtype=np.uint64)
+    pprov = ffi.cast("uint64_t *", prov.ctypes.data)
+    old = ffi.new("uint8_t[]", 1)
+    lib.bsi_patch_init(st, 8192, 1, 0)
+    assert lib.bsi_patch_feed_prov(st, old, 1, ffi.NULL, 0, ib, ob, pprov, 1, 0) == lib.BSI_E_INVAL
+    lib.bsi_patch_init(st, 4096, 1, 0)
+    assert (
+        lib.bsi_patch_feed_prov(st, old, 1, ffi.NULL, 0, ib, ob, ffi.NULL, 0, 1) == lib.BSI_E_INVAL
+    )
+    lib.bsi_patch_init(st, 4096, 1, 0)
+    assert lib.bsi_patch_feed_prov(st, old, 1, ffi.NULL, 0, ib, ob, pprov, 1, 8) == lib.BSI_E_INVAL
+    lib.bsi_patch_init(st, 4096, 1, 0)
+    assert lib.bsi_patch_feed_prov(st, old, 1, ffi.NULL, 0, ib, ob, pprov, 1, 1) == 0
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_provenance_of_segments_that_start_inside_a_block(skip: bool) -> None:
+    """Segments cut at any offset: entries follow the image's block grid (the phase)."""
+    rnd = random.Random(8)
+    old = b"".join(bytes(4096) if i % 6 == 0 else rnd.randbytes(4096) for i in range(30))
+    new = old[:50_000] + rnd.randbytes(300) + old[50_000:] + b"end"
+    new = new[:4096 * 20] + old[4096 * 3 : 4096 * 9] + new[4096 * 20 :]  # aligned again
+    ops = compute_ops(old, new, threads=1)
+    reported = 0
+    for off, n, payload, _, _ in iter_segments(ops, old, new, 10_000):
+        phase = off % 4096
+        got, prov = _prov_apply(old, payload, n, 3 * 4096, skip, phase)
+        for j, v in enumerate(prov.tolist()):
+            b = off // 4096 + j
+            block = new[b * 4096 : (b + 1) * 4096]
+            if v:
+                reported += 1
+                assert j > 0 or phase == 0  # entry 0 of a shifted segment is partial
+                assert (b + 1) * 4096 <= off + n
+                if v == lib.BSI_PROV_ZERO:
+                    assert block == bytes(4096)
+                else:
+                    k = v - lib.BSI_PROV_COPY
+                    assert block == old[k * 4096 : (k + 1) * 4096]
+                lo = b * 4096 - off
+                assert got[lo : lo + 4096] == (b"?" * 4096 if skip else block)
+        if not skip:
+            assert got == new[off : off + n]
+    assert reported > 10
+    st = ffi.new("bsi_patch_state *")
+    lib.bsi_patch_init(st, 100, 0, 0)
+    assert lib.bsi_patch_set_phase(st, 4096) == lib.BSI_E_INVAL

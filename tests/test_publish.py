@@ -422,6 +422,9 @@ def test_publish_then_verify_multi_component_round_trip(tmp_path, repo, real_mod
         seal.verify_image(str(inp.base_image), c.base.to_seal())
         seal.verify_image(str(inp.new_image), c.target.to_seal())
         assert c.base.size == os.path.getsize(inp.base_image)
+        # lineage salt: the new image is sealed with its base's salt, so a device can
+        # reuse the base's leaves; each component has its own (random) salt
+        assert c.target.salt == c.base.salt and len(bytes.fromhex(c.base.salt)) == 32
         # the patch turns the base image into exactly the new image
         out = tmp_path / f"{c.name}.out"
         apply.apply(str(inp.base_image), patch_bytes, str(out))
@@ -429,6 +432,7 @@ def test_publish_then_verify_multi_component_round_trip(tmp_path, repo, real_mod
         assert (
             r.path / f"images/26.1/23B85/{c.name}.img"
         ).read_bytes() == inp.base_image.read_bytes()
+    assert len({c.base.salt for c in got.components}) == len(specs)
     # a swapped patch (another component's) is refused
     wk, ls = got.component("webkit"), got.component("libsystem")
     other = r.read(ls.patch.path)
