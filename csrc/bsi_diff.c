@@ -27,7 +27,13 @@
 
 #define BS BSI_BLOCK_SIZE
 #ifndef BSI_ALIGN_SKIP
-#define BSI_ALIGN_SKIP 32
+#define BSI_ALIGN_SKIP 1
+#endif
+#ifndef BSI_GOOD_WIN
+#define BSI_GOOD_WIN 16
+#endif
+#ifndef BSI_GOOD_MIN
+#define BSI_GOOD_MIN 12
 #endif
 
 static inline uint64_t ld64(const uint8_t *p) {
@@ -360,6 +366,13 @@ static inline uint64_t match_len(const uint8_t *a, uint64_t na, const uint8_t *b
     return i;
 }
 
+/* Do a[0..BSI_GOOD_WIN) and b[0..BSI_GOOD_WIN) agree in at least BSI_GOOD_MIN bytes? */
+static inline int good_alignment(const uint8_t *a, const uint8_t *b) {
+    int m = 0;
+    for (int i = 0; i < BSI_GOOD_WIN; i++) m += a[i] == b[i];
+    return m >= BSI_GOOD_MIN;
+}
+
 /* Longest match of s[0..slen) among the suffixes of the index; *pos gets its offset. */
 static uint64_t sa_search(const sa_ctx *c, const uint8_t *s, uint64_t slen, uint64_t *pos) {
     uint64_t lo = 0, hi = c->n - 1, llo, lhi, plo, phi;
@@ -443,16 +456,24 @@ BSI_API int64_t bsi_diff_search(const uint8_t *idx, uint64_t idx_size, const int
         int64_t oldscore = 0, scsc;
         for (scsc = scan += len; scan < e; scan++) {
             uint64_t p;
-            /* While the current alignment keeps matching for at least BSI_ALIGN_SKIP
-             * bytes, take it without a suffix-array lookup. Measured on libcrypto
-             * 3.0.20 -> 3.0.22: ~4% less CPU, patch 7 bytes smaller. */
+            /* Suffix-array lookups are the search's main cost (cache misses). Skip
+             * them where the current alignment is evidently right: when it matches at
+             * scan (take that exact match), and at a mismatch when the alignment keeps
+             * matching at least BSI_GOOD_MIN of the next BSI_GOOD_WIN bytes (a changed
+             * displacement or constant inside unchanged code: take no match here, so
+             * the stretch stays one ADD). A better alignment is still found at the
+             * first position where the current one fails. */
             {
                 int64_t ao = scan + lastoffset, al = 0;
-                if (BSI_ALIGN_SKIP > 0 && ao >= 0 && ao < oldsize)
+                if (ao >= 0 && ao < oldsize)
                     al = (int64_t)match_len(idx + ao, (uint64_t)(oldsize - ao), nw + scan,
                                             (uint64_t)(e - scan), 0);
-                if (BSI_ALIGN_SKIP > 0 && al >= BSI_ALIGN_SKIP) {
+                if (al >= BSI_ALIGN_SKIP) {
                     len = al;
+                    pos = ao;
+                } else if (ao >= 0 && ao + BSI_GOOD_WIN <= oldsize && scan + BSI_GOOD_WIN <= e &&
+                           good_alignment(idx + ao, nw + scan)) {
+                    len = 0;
                     pos = ao;
                 } else {
                     len = (int64_t)sa_search(&c, nw + scan, (uint64_t)(e - scan), &p);
