@@ -48,6 +48,8 @@ BS = lib.BSI_BLOCK_SIZE
 #: bytes) and a smaller index, so by default nothing is indexed whole.
 FULL_INDEX_LIMIT = 0
 SEARCH_OPS_CAP = 1 << 13
+#: Indexes of at least this many bytes per thread are suffix-sorted in parallel parts.
+SA_PART_MIN = 1 << 20
 #: Default and largest output bytes per segment (patchfmt checks the same limit).
 DEFAULT_SEGMENT_SIZE = 64 << 20
 MAX_SEGMENT_SIZE = 256 << 20
@@ -323,33 +325,44 @@ def compute_ops(
             del mv
             _drop_pages(old)
         wide = idx_size >= (1 << 31) - 2
-        sa_buf = _anon(idx_size * (8 if wide else 4))
-        if idx_size:
-            ws_size = lib.bsi_sais_workspace_size(idx_size, 1 if wide else 0)
-            ws = _anon(ws_size)
-            if wide:
-                rc = lib.bsi_sais64(
-                    ffi.from_buffer(idx),
-                    ffi.cast("int64_t *", ffi.from_buffer(sa_buf)),
-                    idx_size,
-                    ffi.from_buffer(ws),
-                    ws_size,
-                )
-            else:
-                rc = lib.bsi_sais32(
-                    ffi.from_buffer(idx),
-                    ffi.cast("int32_t *", ffi.from_buffer(sa_buf)),
-                    idx_size,
-                    ffi.from_buffer(ws),
-                    ws_size,
-                )
-            check(rc, "suffix sort")
-            ws.close()
-        sa32 = ffi.cast("int32_t *", ffi.from_buffer(sa_buf)) if idx_size and not wide else ffi.NULL
-        sa64 = ffi.cast("int64_t *", ffi.from_buffer(sa_buf)) if idx_size and wide else ffi.NULL
+        isz = 8 if wide else 4
+        sa_buf = _anon(idx_size * isz)
+        # The index is sorted in parts, one per thread, in parallel: a lookup then
+        # searches every part (matches stop at a part's end; their extension does not).
+        nparts = max(1, min(threads, lib.BSI_MAX_SA_PARTS, idx_size // SA_PART_MIN))
+        bounds = [idx_size * k // nparts for k in range(nparts + 1)]
+        parts = ffi.new("bsi_sa_part[]", nparts)
         pidx = ffi.from_buffer(idx) if idx_size else ffi.NULL
-        bkt = ffi.new("uint64_t[]", 65537)
-        check(lib.bsi_sa_buckets(pidx, idx_size, bkt), "suffix buckets")
+        psa = ffi.from_buffer(sa_buf)
+        bkts = []
+
+        def sort_part(k: int) -> None:
+            off, n = bounds[k], bounds[k + 1] - bounds[k]
+            sa = psa + off * isz
+            text = pidx + off if n else ffi.NULL
+            parts[k].off, parts[k].len = off, n
+            bkt = ffi.new("uint64_t[]", 65537)
+            bkts.append(bkt)
+            parts[k].bkt = bkt
+            if wide:
+                parts[k].sa64 = ffi.cast("int64_t *", sa)
+            else:
+                parts[k].sa32 = ffi.cast("int32_t *", sa)
+            if n:
+                ws_size = lib.bsi_sais_workspace_size(n, 1 if wide else 0)
+                ws = _anon(ws_size)
+                sort = lib.bsi_sais64 if wide else lib.bsi_sais32
+                out = parts[k].sa64 if wide else parts[k].sa32
+                check(sort(text, out, n, ffi.from_buffer(ws), ws_size), "suffix sort")
+                ws.close()
+            check(lib.bsi_sa_buckets(text, n, bkt), "suffix buckets")
+
+        if nparts == 1:
+            sort_part(0)
+        else:
+            with cf.ThreadPoolExecutor(max_workers=nparts) as pool:
+                for f in [pool.submit(sort_part, k) for k in range(nparts)]:
+                    f.result()
 
         # regions: gaps, big ones cut so all threads have work
         chunk = max(1 << 20, gap_total // (threads * 4) + 1)
@@ -375,12 +388,11 @@ def compute_ops(
                 buf = local.buf = ffi.new("bsi_op[]", SEARCH_OPS_CAP)
             while s < e:
                 n = check(
-                    lib.bsi_diff_search(
+                    lib.bsi_diff_search_parts(
                         pidx,
                         idx_size,
-                        sa32,
-                        sa64,
-                        bkt,
+                        parts,
+                        nparts,
                         pnew,
                         nn,
                         s,

@@ -429,11 +429,39 @@ static int emit(bsi_op *ops, uint64_t *n, uint64_t cap, uint32_t kind, uint64_t 
     return 0;
 }
 
+/* Longest match of s[0..slen) over all parts; *pos gets its index offset. */
+static uint64_t parts_search(const sa_ctx *cs, uint64_t nc, const uint64_t *offs, const uint8_t *s,
+                             uint64_t slen, uint64_t *pos) {
+    uint64_t best = 0, k, p;
+    *pos = 0;
+    for (k = 0; k < nc; k++) {
+        uint64_t l;
+        if (cs[k].n == 0) continue;
+        l = sa_search(&cs[k], s, slen, &p);
+        if (l > best || k == 0) {
+            best = l;
+            *pos = offs[k] + p;
+        }
+    }
+    return best;
+}
+
 BSI_API int64_t bsi_diff_search(const uint8_t *idx, uint64_t idx_size, const int32_t *sa32,
                                 const int64_t *sa64, const uint64_t *bkt, const uint8_t *nw,
                                 uint64_t new_size, uint64_t start, uint64_t end, bsi_op *ops,
                                 uint64_t ops_cap, uint64_t *stopped) {
-    sa_ctx c = {idx, idx_size, sa32, sa64, bkt};
+    bsi_sa_part part = {0, idx_size, sa32, sa64, bkt};
+    return bsi_diff_search_parts(idx, idx_size, &part, 1, nw, new_size, start, end, ops, ops_cap,
+                                 stopped);
+}
+
+BSI_API int64_t bsi_diff_search_parts(const uint8_t *idx, uint64_t idx_size,
+                                      const bsi_sa_part *parts, uint64_t n_parts,
+                                      const uint8_t *nw, uint64_t new_size, uint64_t start,
+                                      uint64_t end, bsi_op *ops, uint64_t ops_cap,
+                                      uint64_t *stopped) {
+    sa_ctx cs[BSI_MAX_SA_PARTS];
+    uint64_t offs[BSI_MAX_SA_PARTS], k;
     uint64_t n = 0;
     int64_t scan, len = 0, pos = 0, lastscan, lastpos = 0, lastoffset = 0;
     const int64_t oldsize = (int64_t)idx_size, e = (int64_t)end;
@@ -441,7 +469,20 @@ BSI_API int64_t bsi_diff_search(const uint8_t *idx, uint64_t idx_size, const int
 
     if (!stopped || !ops || ops_cap < 4 || start > end || end > new_size || (end && !nw))
         return BSI_E_INVAL;
-    if (idx_size > 0 && (!idx || (!sa32 == !sa64))) return BSI_E_INVAL;
+    if (idx_size > 0 && (!idx || !parts || n_parts == 0 || n_parts > BSI_MAX_SA_PARTS))
+        return BSI_E_INVAL;
+    for (k = 0; idx_size > 0 && k < n_parts; k++) {
+        const bsi_sa_part *pt = &parts[k];
+        if (!bsi_range_ok(pt->off, pt->len, idx_size) || (pt->len && !pt->sa32 == !pt->sa64) ||
+            (pt->sa32 && pt->len > (uint64_t)INT32_MAX))
+            return BSI_E_INVAL;
+        cs[k].idx = idx + pt->off;
+        cs[k].n = pt->len;
+        cs[k].sa32 = pt->sa32;
+        cs[k].sa64 = pt->sa64;
+        cs[k].bkt = pt->bkt;
+        offs[k] = pt->off;
+    }
     *stopped = start;
     if (start == end) return 0;
     if (idx_size == 0) {
@@ -476,7 +517,8 @@ BSI_API int64_t bsi_diff_search(const uint8_t *idx, uint64_t idx_size, const int
                     len = 0;
                     pos = ao;
                 } else {
-                    len = (int64_t)sa_search(&c, nw + scan, (uint64_t)(e - scan), &p);
+                    len = (int64_t)parts_search(cs, n_parts, offs, nw + scan,
+                                                (uint64_t)(e - scan), &p);
                     pos = (int64_t)p;
                 }
             }
