@@ -59,6 +59,9 @@ PREPASS_CHUNK = 64 << 20
 PAGE_DROP_ABOVE = 256 << 20
 #: Inputs larger than this (old + new) are hashed while the pre-pass runs.
 EARLY_HASH_ABOVE = 64 << 20
+#: A segment payload whose buffered sections and diff section are both at least this
+#: long is written as two zstd frames, compressed in parallel (docs/patch-format.md).
+FRAME_SPLIT_MIN = 64 << 10
 #: File holes at least this long are taken as zeros without reading them.
 HOLE_MIN = 1 << 20
 OP_SIZE = ffi.sizeof("bsi_op")
@@ -628,11 +631,23 @@ def write_bsipatch(
     segs: list[SegmentHeader] = []
     digests: list[bytes] = []
 
-    def compress(item: tuple[int, int, bytes, tuple[int, ...], int]) -> tuple[bytes, bytes]:
+    def frame(data: bytes | memoryview) -> bytes:
+        cctx = zstandard.ZstdCompressor(compression_params=zstd_params(level, len(data)))
+        return cctx.compress(data)
+
+    def digest(off: int, n: int, kinds: tuple[int, ...]) -> bytes:
+        return zero_digest(n) if kinds[lib.BSI_OP_ZERO] == n else _sha256_range(new, off, n)
+
+    def submit(item: tuple[int, int, bytes, tuple[int, ...], int]) -> list[Any]:
+        # two frames (buffered sections | diff section) compress on two threads
         off, n, payload, kinds, _ = item
-        cctx = zstandard.ZstdCompressor(compression_params=zstd_params(level, len(payload)))
-        digest = zero_digest(n) if kinds[lib.BSI_OP_ZERO] == n else _sha256_range(new, off, n)
-        return cctx.compress(payload), digest
+        cut = len(payload) - int.from_bytes(payload[48:56], "little")
+        if min(cut, len(payload) - cut) >= FRAME_SPLIT_MIN:
+            mv = memoryview(payload)
+            parts = [pool.submit(frame, mv[:cut]), pool.submit(frame, mv[cut:])]
+        else:
+            parts = [pool.submit(frame, payload)]
+        return [*parts, pool.submit(digest, off, n, kinds)]
 
     with cf.ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         pending: list[tuple[Any, Any]] = []
@@ -640,8 +655,9 @@ def write_bsipatch(
         def drain(limit: int) -> None:
             nonlocal written
             while len(pending) > limit:
-                item, fut = pending.pop(0)
-                comp, out_sha = fut.result()
+                item, futs = pending.pop(0)
+                comp = b"".join(f.result() for f in futs[:-1])
+                out_sha = futs[-1].result()
                 off, n, payload, kinds, n_ops = item
                 seg = SegmentHeader(
                     len(segs), off, n, len(payload), len(comp), n_ops, kinds, out_sha
@@ -664,7 +680,7 @@ def write_bsipatch(
                     progress(off + n, len(new))
 
         for item in iter_segments(ops, old, new, segment_size):
-            pending.append((item, pool.submit(compress, item)))
+            pending.append((item, submit(item)))
             drain(max(1, threads))
         drain(0)
     trailer = patchfmt.pack_trailer(header, digests)
