@@ -50,6 +50,8 @@ FULL_INDEX_LIMIT = 0
 SEARCH_OPS_CAP = 1 << 13
 #: Indexes of at least this many bytes per thread are suffix-sorted in parallel parts.
 SA_PART_MIN = 1 << 20
+#: Gaps are searched in regions of at least this many bytes (about 8 per thread).
+SEARCH_CHUNK_MIN = 512 << 10
 #: Default and largest output bytes per segment (patchfmt checks the same limit).
 DEFAULT_SEGMENT_SIZE = 64 << 20
 MAX_SEGMENT_SIZE = 256 << 20
@@ -368,7 +370,7 @@ def compute_ops(
                     f.result()
 
         # regions: gaps, big ones cut so all threads have work
-        chunk = max(1 << 20, gap_total // (threads * 4) + 1)
+        chunk = max(SEARCH_CHUNK_MIN, gap_total // (threads * 8) + 1)
         regions: list[tuple[int, int, int]] = []
         for gi, (s, e) in enumerate(gaps):
             while e - s > chunk * 3 // 2:
