@@ -380,9 +380,15 @@ static inline int good_alignment(const uint8_t *a, const uint8_t *b) {
     return m >= BSI_GOOD_MIN;
 }
 
-/* Longest match of s[0..slen) among the suffixes of the index; *pos gets its offset. */
-static uint64_t sa_search(const sa_ctx *c, const uint8_t *s, uint64_t slen, uint64_t *pos) {
-    uint64_t lo = 0, hi = c->n - 1, llo, lhi, plo, phi;
+/* One binary search for the longest match of s[0..slen) among the suffixes of one
+ * part: [lo, hi] brackets the place of s in the suffix order, llo / lhi are the
+ * match lengths of the suffixes at lo and hi. */
+typedef struct {
+    uint64_t lo, hi, llo, lhi;
+} sa_range;
+
+static inline void sa_range_init(const sa_ctx *c, const uint8_t *s, uint64_t slen, sa_range *r) {
+    uint64_t lo = 0, hi = c->n - 1, plo, phi;
     if (c->bkt && slen >= 2) {
         unsigned k = ((unsigned)s[0] << 8) | s[1];
         uint64_t b0 = c->bkt[k], b1 = k == 65535 ? c->n : c->bkt[k + 1];
@@ -397,31 +403,50 @@ static uint64_t sa_search(const sa_ctx *c, const uint8_t *s, uint64_t slen, uint
     }
     plo = sa_at(c, lo);
     phi = sa_at(c, hi);
-    llo = match_len(c->idx + plo, c->n - plo, s, slen, 0);
-    lhi = match_len(c->idx + phi, c->n - phi, s, slen, 0);
-    while (hi - lo >= 2) {
-        uint64_t mid = lo + (hi - lo) / 2, pm = sa_at(c, mid);
-        uint64_t skip = llo < lhi ? llo : lhi;
-        uint64_t l = match_len(c->idx + pm, c->n - pm, s, slen, skip);
-        /* suffix < s when it differs with a smaller byte or is a proper prefix of s */
-        int less;
-        if (l == slen) less = 0;
-        else if (l == c->n - pm) less = 1;
-        else less = c->idx[pm + l] < s[l];
-        if (less) {
-            lo = mid;
-            llo = l;
-        } else {
-            hi = mid;
-            lhi = l;
-        }
+    r->lo = lo;
+    r->hi = hi;
+    r->llo = match_len(c->idx + plo, c->n - plo, s, slen, 0);
+    r->lhi = match_len(c->idx + phi, c->n - phi, s, slen, 0);
+}
+
+static inline void sa_prefetch(const sa_ctx *c, uint64_t i) {
+    if (c->sa32) __builtin_prefetch(&c->sa32[i]);
+    else __builtin_prefetch(&c->sa64[i]);
+}
+
+/* One halving step; 0 when the range is already down to two neighbours. */
+static inline int sa_range_step(const sa_ctx *c, const uint8_t *s, uint64_t slen, sa_range *r) {
+    uint64_t mid, pm, skip, l;
+    int less;
+    if (r->hi - r->lo < 2) return 0;
+    mid = r->lo + (r->hi - r->lo) / 2;
+    /* both possible next midpoints: their SA entries load while this step compares */
+    sa_prefetch(c, mid + (r->hi - mid) / 2);
+    sa_prefetch(c, r->lo + (mid - r->lo) / 2);
+    pm = sa_at(c, mid);
+    skip = r->llo < r->lhi ? r->llo : r->lhi;
+    l = match_len(c->idx + pm, c->n - pm, s, slen, skip);
+    /* suffix < s when it differs with a smaller byte or is a proper prefix of s */
+    if (l == slen) less = 0;
+    else if (l == c->n - pm) less = 1;
+    else less = c->idx[pm + l] < s[l];
+    if (less) {
+        r->lo = mid;
+        r->llo = l;
+    } else {
+        r->hi = mid;
+        r->lhi = l;
     }
-    if (llo >= lhi) {
-        *pos = sa_at(c, lo);
-        return llo;
+    return 1;
+}
+
+static inline uint64_t sa_range_result(const sa_ctx *c, const sa_range *r, uint64_t *pos) {
+    if (r->llo >= r->lhi) {
+        *pos = sa_at(c, r->lo);
+        return r->llo;
     }
-    *pos = sa_at(c, hi);
-    return lhi;
+    *pos = sa_at(c, r->hi);
+    return r->lhi;
 }
 
 static int emit(bsi_op *ops, uint64_t *n, uint64_t cap, uint32_t kind, uint64_t len,
@@ -436,15 +461,25 @@ static int emit(bsi_op *ops, uint64_t *n, uint64_t cap, uint32_t kind, uint64_t 
     return 0;
 }
 
-/* Longest match of s[0..slen) over all parts; *pos gets its index offset. */
+/* Longest match of s[0..slen) over all parts; *pos gets its index offset. The
+ * parts' binary searches advance in lockstep, so that their cache misses overlap. */
 static uint64_t parts_search(const sa_ctx *cs, uint64_t nc, const uint64_t *offs, const uint8_t *s,
                              uint64_t slen, uint64_t *pos) {
+    sa_range r[BSI_MAX_SA_PARTS];
     uint64_t best = 0, k, p;
+    int more;
+    for (k = 0; k < nc; k++)
+        if (cs[k].n) sa_range_init(&cs[k], s, slen, &r[k]);
+    do {
+        more = 0;
+        for (k = 0; k < nc; k++)
+            if (cs[k].n) more |= sa_range_step(&cs[k], s, slen, &r[k]);
+    } while (more);
     *pos = 0;
     for (k = 0; k < nc; k++) {
         uint64_t l;
         if (cs[k].n == 0) continue;
-        l = sa_search(&cs[k], s, slen, &p);
+        l = sa_range_result(&cs[k], &r[k], &p);
         if (l > best || k == 0) {
             best = l;
             *pos = offs[k] + p;
