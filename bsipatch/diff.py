@@ -187,11 +187,18 @@ def sha256_buffer(buf: Buffer) -> bytes:
     return h.digest()
 
 
-def _drop_pages(buf: Buffer) -> None:
-    """Release the resident pages of a mapped file (re-read on demand later)."""
+def _drop_pages(buf: Buffer, start: int = 0, end: int | None = None) -> None:
+    """Release the resident pages of a mapped file (re-read on demand later), all of
+    them or those wholly inside ``[start, end)``."""
     if isinstance(buf, mmap.mmap):
         with contextlib.suppress(OSError, ValueError):  # best effort
-            buf.madvise(mmap.MADV_DONTNEED)
+            if start == 0 and end is None:
+                buf.madvise(mmap.MADV_DONTNEED)
+                return
+            a = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+            b = min(len(buf) if end is None else end, len(buf)) // mmap.PAGESIZE * mmap.PAGESIZE
+            if b > a:
+                buf.madvise(mmap.MADV_DONTNEED, a, b - a)
 
 
 def _ptr(buf: Buffer) -> Any:
@@ -307,6 +314,9 @@ def compute_ops(
     scan_to(nn)
     npre = check(lib.bsi_prepass_finish(st, pold, on, pnew, nn, pre, max_ops), "block pre-pass")
     table.close()
+    # new is not read again until the search, which reads only its gaps: release its
+    # pages so the suffix sort (the memory peak) does not carry them
+    _drop_pages(new)
     gaps: list[tuple[int, int]] = []
     pos = 0
     for i in range(npre):
@@ -427,6 +437,8 @@ def compute_ops(
                     ffi.memmove(keep, buf, n * OP_SIZE)
                     out.append((keep, n))
                 s = stopped[0]
+            # the search phase is the diff's memory peak: release this region of new
+            _drop_pages(new, region[1], region[2])
             return out
 
         with cf.ThreadPoolExecutor(max_workers=threads) as pool:
