@@ -187,6 +187,13 @@ def sha256_buffer(buf: Buffer) -> bytes:
     return h.digest()
 
 
+def native_sha256(buf: Buffer) -> bytes:
+    """SHA-256 of a buffer with the native core (GIL released, no OpenSSL)."""
+    out = ffi.new("uint8_t[32]")
+    lib.bsi_sha256(_ptr(buf), len(buf), out)
+    return bytes(ffi.buffer(out))
+
+
 def _drop_pages(buf: Buffer, start: int = 0, end: int | None = None) -> None:
     """Release the resident pages of a mapped file (re-read on demand later), all of
     them or those wholly inside ``[start, end)``."""
@@ -654,6 +661,8 @@ def write_bsipatch(
         return cctx.compress(data)
 
     def digest(off: int, n: int, kinds: tuple[int, ...]) -> bytes:
+        if off == 0 and n == len(new):
+            return new_sha256  # one segment: its output is the new image
         return zero_digest(n) if kinds[lib.BSI_OP_ZERO] == n else _sha256_range(new, off, n)
 
     def submit(item: tuple[int, int, bytes, tuple[int, ...], int]) -> list[Any]:
@@ -784,21 +793,20 @@ def diff(
             if progress:
                 progress(search_total[0] + done, search_total[0] + total)
 
-        # Large images: hash on a side thread while the (mostly single-threaded)
-        # pre-pass and suffix sort run. Small files: hash after the search, when the
-        # suffix array is gone, so OpenSSL's pages do not add to the peak.
+        # Hash on a side thread while the (single-threaded) pre-pass runs. Large
+        # images: hashlib with plain reads that skip holes. Small files: the native
+        # SHA-256 over the maps the pre-pass reads anyway (no OpenSSL pages at the
+        # suffix-sort peak).
         early = None
-        if format == "bsipatch" and len(old_buf) + n_new > EARLY_HASH_ABOVE:
+        if format == "bsipatch":
             hasher = stack.enter_context(cf.ThreadPoolExecutor(max_workers=1))
-            early = hasher.submit(lambda: (sha256_buffer(old_buf), sha256_buffer(new_buf)))
+            if len(old_buf) + n_new > EARLY_HASH_ABOVE:
+                early = hasher.submit(lambda: (sha256_buffer(old_buf), sha256_buffer(new_buf)))
+            else:
+                early = hasher.submit(lambda: (native_sha256(old_buf), native_sha256(new_buf)))
         ops = compute_ops(old_buf, new_buf, threads=nthreads, progress=on_search)
         if early is not None:
             old_sha, new_sha = early.result()
-        elif format == "bsipatch":
-            with cf.ThreadPoolExecutor(max_workers=2) as pool:
-                f_old = pool.submit(sha256_buffer, old_buf)
-                new_sha = sha256_buffer(new_buf)
-                old_sha = f_old.result()
         from ._io import atomic_write
 
         out: BinaryIO = (
