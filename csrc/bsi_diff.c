@@ -62,9 +62,13 @@ static int is_zero(const uint8_t *p, size_t n) {
     return acc == 0;
 }
 
+/* At least twice the blocks; small tables are made sparser (up to 16 slots per
+ * block, at most 512 KiB) so that a lookup of a window that matches nothing (most
+ * of them) usually meets an empty first slot: a branch the CPU predicts. */
 BSI_API uint64_t bsi_prepass_table_slots(uint64_t old_size) {
     uint64_t blocks = old_size / BS, slots = 16;
     while (slots < blocks * 2) slots <<= 1;
+    while (slots < blocks * 16 && slots < ((uint64_t)64 << 10)) slots <<= 1;
     return slots;
 }
 
