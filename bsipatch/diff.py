@@ -1,9 +1,11 @@
 """Making patches: compute the operations from old to new and write them as a patch.
 
-The pipeline: block pre-pass (C) -> suffix array of the old regions still needed
-(C, SA-IS) -> bsdiff-style search of the unmatched regions of new, several at once
-on threads (C, GIL released) -> segment encoding (C) -> zstd compression of the
-segments on threads -> the bsipatch stream (or BSDIFF40 via bsdiff40.py).
+The pipeline: block pre-pass (C; old and new hashed meanwhile on a side thread)
+-> suffix arrays of the old regions still needed, one part per thread (C, SA-IS)
+-> bsdiff-style search of the unmatched regions of new, several at once on threads
+(C, GIL released) -> segment encoding (C) -> zstd compression of the segments,
+each in up to two frames, on threads -> the bsipatch stream (or BSDIFF40 via
+bsdiff40.py).
 This module does the orchestration and the file I/O; it does not apply patches.
 """
 

@@ -13,8 +13,12 @@
  * than 8 bytes, then extend the previous match forward and the new one backward
  * while at least half of the bytes agree (the 50% rule), and resolve overlap.
  * Matched stretches become ADD ops (byte-wise difference against old), the rest
- * INSERT ops. Regions are independent, so Python searches several in parallel
- * against one shared index (every call here releases the GIL).
+ * INSERT ops. Lookups are skipped where the current alignment evidently holds
+ * (see BSI_ALIGN_SKIP / BSI_GOOD_MIN). The index may be sorted in parts (one
+ * suffix array each, built in parallel); a lookup takes the longest match of any
+ * part, their binary searches running in lockstep. Regions are independent, so
+ * Python searches several in parallel against one shared index (every call here
+ * releases the GIL).
  *
  * Encoding: ops are cut into segments whose sections (control, diff runs,
  * literals, non-zero diff bytes) are laid out apart so that like data stays
