@@ -251,7 +251,8 @@ def compute_ops(
     Args:
         old: the old image bytes.
         new: the new image bytes.
-        threads: search threads (default: all CPUs).
+        threads: threads for suffix sorting (one index part each) and search
+            (default: all CPUs).
         progress: ``(done, total)`` callback over bytes of new searched.
 
     Returns:
@@ -756,7 +757,8 @@ def diff(
         patch: output path (written atomically) or writable binary file.
         format: ``"bsipatch"`` (default) or ``"bsdiff40"`` (classic bsdiff).
         level: zstd compression level for bsipatch (1..22, default 18).
-        threads: threads for search and compression (default: all CPUs).
+        threads: threads for suffix sorting (one index part each), search and
+            compression (default: all CPUs; 1 gives one index part).
         segment_size: largest output bytes per segment (default 64 MiB, at most 256 MiB);
             a segment also ends when its literal or difference section reaches 8 MiB.
         progress: ``(done, total)`` callback.
