@@ -563,7 +563,7 @@ BSI_API int64_t bsi_diff_search_parts(const uint8_t *idx, uint64_t idx_size,
                     pos = ao;
                 } else if (ao >= 0 && ao + BSI_GOOD_WIN <= oldsize &&
                            scan + BSI_GOOD_WIN <= e && good_alignment(idx + ao, nw + scan)) {
-                    len = 0;
+                    len = al; /* 0 at a mismatch: no match here */
                     pos = ao;
                 } else {
                     len = (int64_t)parts_search(cs, n_parts, offs, nw + scan,
