@@ -452,7 +452,9 @@ def compute_ops(
             return out
 
         with cf.ThreadPoolExecutor(max_workers=threads) as pool:
-            futs = {pool.submit(search, r): r for r in regions}
+            # largest regions first, so that no long one starts last
+            order = sorted(regions, key=lambda r: r[1] - r[2])
+            futs = {pool.submit(search, r): r for r in order}
             for fut in cf.as_completed(futs):
                 gi, s, e = futs[fut]
                 results.setdefault(gi, []).append((s, fut.result()))
@@ -638,24 +640,34 @@ def write_bsipatch(
     from . import patchfmt
     from .patchfmt import Header, PatchInfo, SegmentHeader
 
-    header = Header(
-        patchfmt.VERSION,
-        segment_size,
-        len(old),
-        old_sha256,
-        len(new),
-        new_sha256,
-        patchfmt.CTRL_CAP + 2 * patchfmt.RUNS_CAP + patchfmt.LIT_CAP,
-        patchfmt.PAYLOAD_HEADER_SIZE
-        + patchfmt.CTRL_CAP
-        + 2 * patchfmt.RUNS_CAP
-        + patchfmt.LIT_CAP
-        + patchfmt.DIFF_CAP,
-    )
-    hbytes = header.pack()
-    header = Header.unpack(hbytes)
-    out.write(hbytes)
-    written = len(hbytes)
+    written = 0
+    made: list[Header] = []
+
+    def start() -> Header:
+        # written when the first segment is: packing it (hashlib's import, two
+        # digests) then overlaps the first segment's compression
+        nonlocal written
+        if not made:
+            header = Header(
+                patchfmt.VERSION,
+                segment_size,
+                len(old),
+                old_sha256,
+                len(new),
+                new_sha256,
+                patchfmt.CTRL_CAP + 2 * patchfmt.RUNS_CAP + patchfmt.LIT_CAP,
+                patchfmt.PAYLOAD_HEADER_SIZE
+                + patchfmt.CTRL_CAP
+                + 2 * patchfmt.RUNS_CAP
+                + patchfmt.LIT_CAP
+                + patchfmt.DIFF_CAP,
+            )
+            hbytes = header.pack()
+            made.append(Header.unpack(hbytes))
+            out.write(hbytes)
+            written += len(hbytes)
+        return made[0]
+
     segs: list[SegmentHeader] = []
     digests: list[bytes] = []
 
@@ -685,6 +697,7 @@ def write_bsipatch(
         def drain(limit: int) -> None:
             nonlocal written
             while len(pending) > limit:
+                header = start()
                 item, futs = pending.pop(0)
                 comp = b"".join(f.result() for f in futs[:-1])
                 out_sha = futs[-1].result()
@@ -713,6 +726,7 @@ def write_bsipatch(
             pending.append((item, submit(item)))
             drain(max(1, threads))
         drain(0)
+    header = start()
     trailer = patchfmt.pack_trailer(header, digests)
     out.write(trailer)
     written += len(trailer)
