@@ -154,7 +154,7 @@ class Header:
 
 @dataclass(frozen=True)
 class SegmentHeader:
-    """The fixed 112-byte header in front of each segment's zstd frame."""
+    """The fixed 112-byte header in front of each segment's zstd data."""
 
     index: int
     out_offset: int

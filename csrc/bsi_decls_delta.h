@@ -74,6 +74,27 @@ int64_t bsi_diff_search(const uint8_t *idx, uint64_t idx_size, const int32_t *sa
                         uint64_t start, uint64_t end, bsi_op *ops, uint64_t ops_cap,
                         uint64_t *stopped);
 
+/* A suffix array over part of the index, so that parts can be sorted in parallel:
+ * the suffixes of idx[off .. off+len) (positions relative to off, in sa32 or sa64,
+ * the other NULL) and optionally its bsi_sa_buckets table (bkt, or NULL). */
+typedef struct {
+    uint64_t off;
+    uint64_t len;
+    const int32_t *sa32;
+    const int64_t *sa64;
+    const uint64_t *bkt;
+} bsi_sa_part;
+
+#define BSI_MAX_SA_PARTS 16
+
+/* bsi_diff_search over an index sorted in n_parts (1..BSI_MAX_SA_PARTS) parts: a
+ * lookup takes the longest match of any part (matches do not cross a part's end;
+ * the approximate extension around them does). Same ops, results and errors. */
+int64_t bsi_diff_search_parts(const uint8_t *idx, uint64_t idx_size, const bsi_sa_part *parts,
+                              uint64_t n_parts, const uint8_t *new_, uint64_t new_size,
+                              uint64_t start, uint64_t end, bsi_op *ops, uint64_t ops_cap,
+                              uint64_t *stopped);
+
 /* Map old offsets of ADD ops from index coordinates to old coordinates. The index
  * is the concatenation of old ranges [map_old[i], map_old[i]+map_len[i]). Ops
  * crossing a range boundary are split. Writes to out (cap out_cap); returns count. */

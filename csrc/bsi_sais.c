@@ -43,6 +43,10 @@ static void *arena_take(sais_arena *a, size_t bytes) {
         else (t)[(i) >> 3] &= (uint8_t) ~(1u << ((i)&7));                           \
     } while (0)
 
+#ifndef SAIS_PF
+#define SAIS_PF 32 /* induce: prefetch distance in SA entries */
+#endif
+
 #define BSI_SAIS_TEMPLATE 1
 #define IDX int32_t
 #define SFX(name) name##_32
@@ -120,23 +124,53 @@ static void SFX(induce)(const void *s, IDX *sa, IDX n, IDX *bkt, IDX k, int cs,
     sa[bkt[SFX(sym)(s, n - 1, cs)]++] = n - 1;
     if (cs == 1) {
         const uint8_t *b = (const uint8_t *)s;
+        /* The text and type bits of the suffix SAIS_PF entries ahead are fetched
+         * early (an entry not written yet just makes a useless prefetch). */
         for (i = 0; i < n; i++) {
+            if (i + SAIS_PF < n) {
+                IDX q = sa[i + SAIS_PF] - 1;
+                if (q >= 0) {
+                    __builtin_prefetch(&b[q]);
+                    __builtin_prefetch(&t[q >> 3]);
+                }
+            }
             j = sa[i] - 1;
             if (sa[i] > 0 && !TGET(t, j)) sa[bkt[b[j]]++] = j;
         }
         SFX(get_buckets)(s, n, bkt, k, cs, 1);
         for (i = n - 1; i >= 0; i--) {
+            if (i >= SAIS_PF) {
+                IDX q = sa[i - SAIS_PF] - 1;
+                if (q >= 0) {
+                    __builtin_prefetch(&b[q]);
+                    __builtin_prefetch(&t[q >> 3]);
+                }
+            }
             j = sa[i] - 1;
             if (sa[i] > 0 && TGET(t, j)) sa[--bkt[b[j]]] = j;
         }
     } else {
         const IDX *w = (const IDX *)s;
         for (i = 0; i < n; i++) {
+            if (i + SAIS_PF < n) {
+                IDX q = sa[i + SAIS_PF] - 1;
+                if (q >= 0) {
+                    __builtin_prefetch(&w[q]);
+                    __builtin_prefetch(&t[q >> 3]);
+                }
+            }
             j = sa[i] - 1;
             if (sa[i] > 0 && !TGET(t, j)) sa[bkt[w[j]]++] = j;
         }
         SFX(get_buckets)(s, n, bkt, k, cs, 1);
         for (i = n - 1; i >= 0; i--) {
+            if (i >= SAIS_PF) {
+                IDX q = sa[i - SAIS_PF] - 1;
+                if (q >= 0) {
+                    __builtin_prefetch(&w[q]);
+                    __builtin_prefetch(&t[q >> 3]);
+                }
+            }
             j = sa[i] - 1;
             if (sa[i] > 0 && TGET(t, j)) sa[--bkt[w[j]]] = j;
         }

@@ -295,3 +295,51 @@ def test_segments_cut_when_sections_fill(monkeypatch) -> None:
     info = read_patch_info(patch)
     assert len(info.segments) > 5
     assert info.stats["insert_bytes"] >= 30_000
+
+
+@pytest.mark.parametrize("threads", [2, 3, 5])
+def test_index_sorted_in_parts_roundtrips_and_finds_matches_in_every_part(
+    monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    """With several threads the index is suffix-sorted in parts; a lookup searches
+    them all, so data moved from any part of old is still found."""
+    import bsipatch.diff
+
+    rnd = random.Random(21)
+    old = rnd.randbytes(120_000)
+    new = bytearray()
+    for start in (100_000, 3_000, 60_000, 30_000, 90_000):  # pieces from every part
+        piece = bytearray(old[start : start + 12_000])
+        for _ in range(20):  # not block-aligned copies: the search must find them
+            piece[rnd.randrange(len(piece))] ^= 0x10
+        new += rnd.randbytes(7) + piece
+    one = len(roundtrip(old, bytes(new), threads=1, level=3))
+    monkeypatch.setattr(bsipatch.diff, "SA_PART_MIN", 4096)
+    parts = len(roundtrip(old, bytes(new), threads=threads, level=3))
+    assert parts < one + 300  # no match lost to the split
+
+
+def test_search_parts_checks_its_arguments() -> None:
+    idx = bytes(range(256)) * 4
+    sa = ffi.new("int32_t[]", len(idx))
+    ws_size = lib.bsi_sais_workspace_size(len(idx), 0)
+    ws = ffi.new("uint8_t[]", ws_size)
+    assert lib.bsi_sais32(idx, sa, len(idx), ws, ws_size) == 0
+    ops = ffi.new("bsi_op[]", 64)
+    stopped = ffi.new("uint64_t *")
+    new = idx[100:400]
+
+    def run(parts: list[tuple[int, int]], n_parts: int | None = None) -> int:
+        arr = ffi.new("bsi_sa_part[]", max(len(parts), 1))
+        for i, (off, n) in enumerate(parts):
+            arr[i].off, arr[i].len, arr[i].sa32 = off, n, sa
+        count = len(parts) if n_parts is None else n_parts
+        return lib.bsi_diff_search_parts(
+            idx, len(idx), arr, count, new, len(new), 0, len(new), ops, 64, stopped
+        )
+
+    assert run([(0, len(idx))]) > 0 and stopped[0] == len(new)
+    assert run([(0, len(idx))], n_parts=0) == lib.BSI_E_INVAL
+    assert run([(0, len(idx))], n_parts=lib.BSI_MAX_SA_PARTS + 1) == lib.BSI_E_INVAL
+    assert run([(0, len(idx) + 1)]) == lib.BSI_E_INVAL
+    assert run([(len(idx), 1)]) == lib.BSI_E_INVAL

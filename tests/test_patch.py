@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import os
 import random
 import struct
@@ -16,6 +17,7 @@ from bsipatch.apply import apply, iter_apply
 from bsipatch.diff import compute_ops, diff, iter_segments
 from bsipatch.errors import (
     CorruptPatch,
+    OutputMismatch,
     PatchError,
     PatchTooLarge,
     TruncatedPatch,
@@ -151,8 +153,14 @@ def _forge(
     *,
     declared_new: int,
     max_buffered: int = 1 << 20,
+    cuts: tuple[int, ...] = (),
+    junk: bytes = b"",
 ) -> bytes:
-    """A patch with valid digests around hand-made payloads (an attacker can do this)."""
+    """A patch with valid digests around hand-made payloads (an attacker can do this).
+
+    Each payload is compressed as one zstd frame, or one frame per piece between
+    ``cuts``; ``junk`` is appended to every segment's compressed bytes.
+    """
     import hashlib
 
     import zstandard
@@ -172,7 +180,11 @@ def _forge(
     digests = []
     off = 0
     for payload, out_len in segs:
-        comp = zstandard.ZstdCompressor().compress(payload)
+        edges = [0, *cuts, len(payload)]
+        comp = b"".join(
+            zstandard.ZstdCompressor().compress(payload[a:b]) for a, b in itertools.pairwise(edges)
+        )
+        comp += junk
         seg = patchfmt.SegmentHeader(
             len(digests),
             off,
@@ -236,6 +248,43 @@ def test_oversized_buffer_declaration_is_refused() -> None:
     old = bytes(1024)
     p = _forge(old, 10, [], declared_new=0, max_buffered=200 << 20)
     with pytest.raises(UnsupportedPatch):
+        apply(old, p, io.BytesIO())
+
+
+def test_segment_split_into_frames_applies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer may cut a payload into two zstd frames (compressed in parallel);
+    the reader takes the concatenated contents as the payload."""
+    import zstandard
+
+    import bsipatch.diff
+
+    monkeypatch.setattr(bsipatch.diff, "FRAME_SPLIT_MIN", 16)
+    old, new = _pair()
+    p = _make(old, new, threads=2)
+    info = read_patch_info(io.BytesIO(p))
+    start = patchfmt.HEADER_SIZE + patchfmt.SEG_SIZE
+    comp = p[start : start + info.segments[0].comp_len]
+    d = zstandard.ZstdDecompressor().decompressobj()
+    first = d.decompress(comp)
+    assert d.unused_data  # a second frame follows
+    rest = zstandard.ZstdDecompressor().decompress(d.unused_data)
+    assert len(first) + len(rest) == info.segments[0].payload_len
+    assert struct.unpack_from("<Q", first, 48)[0] == len(rest)  # the cut is at the diff section
+    out = io.BytesIO()
+    apply(old, p, out)
+    assert out.getvalue() == new
+
+
+def test_forged_frames_read_as_one_payload_and_junk_after_them_is_refused() -> None:
+    old = bytes(1024)
+    v = 100 << 2 | 3  # ZERO 100
+    ctrl = bytes([v & 0x7F | 0x80, v >> 7])
+    payload = _payload(100, ctrl)
+    p = _forge(old, 100, [(payload, 100)], declared_new=100, cuts=(5, 56))
+    with pytest.raises(OutputMismatch):  # the payload decoded; only the forged digest fails
+        apply(old, p, io.BytesIO())
+    p = _forge(old, 100, [(payload, 100)], declared_new=100, junk=b"\0junk")
+    with pytest.raises(CorruptPatch):
         apply(old, p, io.BytesIO())
 
 

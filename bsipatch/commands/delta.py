@@ -131,7 +131,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="bsipatch",
         help="bsipatch (default: segmented, zstd, SHA-256 checked) or classic BSDIFF40",
     )
-    p.add_argument("--level", type=int, default=19, help="zstd level 1..22 (default 19)")
+    p.add_argument("--level", type=int, default=18, help="zstd level 1..22 (default 18)")
     p.add_argument("--threads", type=int, default=None, help="threads (default: all CPUs)")
     p.add_argument(
         "--segment-size",
