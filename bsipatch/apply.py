@@ -338,6 +338,39 @@ def _open_patch(stack: ExitStack, patch: PatchSource) -> tuple[BinaryIO, bytes]:
     return f, magic
 
 
+def _pipeline(
+    reader: PatchReader,
+    threads: int,
+    start: Callable[[cf.ThreadPoolExecutor, SegmentHeader, bytes], cf.Future[None] | None],
+    finish: Callable[[SegmentHeader, cf.Future[None] | None], None],
+) -> None:
+    """Segments in order: ``start`` each (a future, or None when nothing is to do), at
+    most ``threads`` in flight, ``finish`` each in patch order; cancel the rest on error."""
+    pending: collections.deque[tuple[SegmentHeader, cf.Future[None] | None]] = collections.deque()
+    with cf.ThreadPoolExecutor(max_workers=threads) as pool:
+        try:
+            for seg, comp in reader:
+                pending.append((seg, start(pool, seg, comp)))
+                while len(pending) > threads:
+                    finish(*pending.popleft())
+            while pending:
+                finish(*pending.popleft())
+        finally:
+            for _, fut in pending:
+                if fut is not None:
+                    fut.cancel()
+
+
+def _hash_back(fd: int, off: int, end: int, h: Any) -> None:
+    """Feed ``fd[off:end)`` as written into ``h``; a short file is an OutputMismatch."""
+    while off < end:
+        data = os.pread(fd, min(OUT_CHUNK, end - off), off)
+        if not data:
+            raise OutputMismatch(f"output file is short at offset {off}")
+        h.update(data)
+        off += len(data)
+
+
 def _apply_to_fd(
     old: _Old,
     reader: PatchReader,
@@ -386,13 +419,21 @@ def _apply_to_fd(
             off += len(data)
         return h.digest()
 
-    pending: collections.deque[tuple[SegmentHeader, cf.Future[None] | None]] = collections.deque()
-
     whole: list[bytes] = []  # set when one verified segment is the whole image
 
-    def finish_one() -> None:
+    def start(pool: cf.ThreadPoolExecutor, seg: SegmentHeader, comp: bytes) -> Any:
+        nonlocal resumed
+        if (
+            existing
+            and seg.out_offset + seg.out_len <= existing
+            and hmac.compare_digest(hash_range(seg), seg.out_sha256)
+        ):
+            resumed += 1
+            return None
+        return pool.submit(work, seg, comp)
+
+    def finish_one(seg: SegmentHeader, fut: cf.Future[None] | None) -> None:
         nonlocal done
-        seg, fut = pending.popleft()
         if fut is not None:
             fut.result()
         off, end = seg.out_offset, seg.out_offset + seg.out_len
@@ -408,37 +449,13 @@ def _apply_to_fd(
                 k = min(OUT_CHUNK, end - off)
                 overall.update(zero[:k])
                 off += k
-        while off < end:
-            data = os.pread(fd, min(OUT_CHUNK, end - off), off)
-            if not data:
-                raise OutputMismatch(f"output file is short at offset {off}")
-            overall.update(data)
-            off += len(data)
+        _hash_back(fd, off, end, overall)
         done = end
         old.drop_pages()
         if progress:
             progress(done, header.new_size)
 
-    with cf.ThreadPoolExecutor(max_workers=threads) as pool:
-        try:
-            for seg, comp in reader:
-                if (
-                    existing
-                    and seg.out_offset + seg.out_len <= existing
-                    and hmac.compare_digest(hash_range(seg), seg.out_sha256)
-                ):
-                    resumed += 1
-                    pending.append((seg, None))
-                else:
-                    pending.append((seg, pool.submit(work, seg, comp)))
-                while len(pending) > threads:
-                    finish_one()
-            while pending:
-                finish_one()
-        finally:
-            for _, fut in pending:
-                if fut is not None:
-                    fut.cancel()
+    _pipeline(reader, threads, start, finish_one)
     if header.new_size == 0:
         done = 0
     if not verify_new:
@@ -786,38 +803,23 @@ def _apply_prov_to_fd(
 
     overall = hashlib.sha256() if verify_new else None
     whole: list[bytes] = []
-    pending: collections.deque[tuple[SegmentHeader, cf.Future[None]]] = collections.deque()
-
-    def finish_one() -> None:
-        seg, fut = pending.popleft()
+    def finish_one(seg: SegmentHeader, fut: cf.Future[None] | None) -> None:
+        assert fut is not None  # every segment is submitted
         fut.result()
         off, end = seg.out_offset, seg.out_offset + seg.out_len
         if overall is not None:
             if off == 0 and end == header.new_size:
                 whole.append(seg.out_sha256)
             else:
-                while off < end:
-                    data = os.pread(fd, min(OUT_CHUNK, end - off), off)
-                    if not data:
-                        raise OutputMismatch(f"output file is short at offset {off}")
-                    overall.update(data)
-                    off += len(data)
+                _hash_back(fd, off, end, overall)
         old.drop_pages()
         if progress:
             progress(end, header.new_size)
 
     try:
-        with cf.ThreadPoolExecutor(max_workers=threads) as pool:
-            try:
-                for seg, comp in reader:
-                    pending.append((seg, pool.submit(work, seg, comp)))
-                    while len(pending) > threads:
-                        finish_one()
-                while pending:
-                    finish_one()
-            finally:
-                for _, fut in pending:
-                    fut.cancel()
+        _pipeline(
+            reader, threads, lambda pool, seg, comp: pool.submit(work, seg, comp), finish_one
+        )
     finally:
         copier.close()
         if src_fd >= 0:

@@ -759,13 +759,15 @@ def verify_image(
         return
     root, _tree = _root_and_tree(leaves, salt_b, salt_after, threads)
     if not hmac.compare_digest(root, expect.root):
-        single = leaves.shape[0] == 1
-        raise SealMismatch(
-            ("data block 0 does not match the root hash" if single else
-             f"root hash mismatch: the image hashes to {root.hex()}, expected "
-             f"{expect.root.hex()} (image changed, or wrong root or salt)"),
-            block=0 if single else None, area="data" if single else "root",
-        )
+        raise _root_mismatch(leaves.shape[0], f"the image hashes to {root.hex()}, expected "
+                             f"{expect.root.hex()} (image changed, or wrong root or salt)")
+
+
+def _root_mismatch(n_leaves: int, detail: str) -> SealMismatch:
+    """The error for leaves whose root is not the seal's (one block: that block is bad)."""
+    if n_leaves == 1:
+        return SealMismatch("data block 0 does not match the root hash", block=0, area="data")
+    return SealMismatch(f"root hash mismatch: {detail}", block=None, area="root")
 
 
 # --- leaves ---------------------------------------------------------------------------
@@ -817,13 +819,8 @@ def check_leaves(leaves: np.ndarray, seal: Seal, *, threads: int | None = None) 
         )
     root = root_from_leaves(leaves, seal, threads=threads)
     if not hmac.compare_digest(root, seal.root_hash):
-        single = leaves.shape[0] == 1
-        raise SealMismatch(
-            ("data block 0 does not match the root hash" if single else
-             f"root hash mismatch: the image's leaves give {root.hex()}, expected "
-             f"{seal.root_hash.hex()}"),
-            block=0 if single else None, area="data" if single else "root",
-        )
+        raise _root_mismatch(leaves.shape[0], f"the image's leaves give {root.hex()}, "
+                             f"expected {seal.root_hash.hex()}")
 
 
 def verified_leaves(

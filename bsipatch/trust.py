@@ -507,6 +507,15 @@ class Verifier:
     def _check_root_fresh(self) -> None:
         _check_fresh(self._root.expires, self.now, f"trusted root version {self._root.version}")
 
+    def _open_signed(self, data: bytes, role: str, max_size: int, what: str) -> Any:
+        """The ``signed`` part of an envelope that a threshold of ``role`` signed, whose
+        ``_type`` is ``role``, under a trusted root that has not expired."""
+        self._check_root_fresh()
+        env = parse_envelope(data, max_size=max_size, what=what)
+        check_signatures(self._root, role, env, what)
+        _check_type(env, role, what)
+        return env.signed
+
     def verify_catalog(self, catalog_bytes: bytes, *, min_version: int = 0) -> Catalog:
         """Verify a catalog: signed by the catalog role, current, not rolled back.
 
@@ -522,11 +531,8 @@ class Verifier:
             FormatError / SignatureError / ThresholdError: not genuine.
             RollbackAttack: ``version < min_version``.
         """
-        self._check_root_fresh()
-        env = parse_envelope(catalog_bytes, max_size=MAX_CATALOG_SIZE, what="catalog")
-        check_signatures(self._root, "catalog", env, "catalog")
-        _check_type(env, "catalog", "catalog")
-        catalog = Catalog.from_dict(env.signed)
+        signed = self._open_signed(catalog_bytes, "catalog", MAX_CATALOG_SIZE, "catalog")
+        catalog = Catalog.from_dict(signed)
         _check_fresh(catalog.expires, self.now, f"catalog version {catalog.version}")
         if catalog.version < min_version:
             raise RollbackAttack(
@@ -623,11 +629,8 @@ class Verifier:
             WrongTarget: for another OS build, or patches a component the device lacks.
             RollbackAttack: ``sequence < min_sequence``.
         """
-        self._check_root_fresh()
-        env = parse_envelope(manifest_bytes, max_size=MAX_MANIFEST_SIZE, what="manifest")
-        check_signatures(self._root, "release", env, "manifest")
-        _check_type(env, "release", "manifest")
-        m = ReleaseManifest.from_dict(env.signed)
+        signed = self._open_signed(manifest_bytes, "release", MAX_MANIFEST_SIZE, "manifest")
+        m = ReleaseManifest.from_dict(signed)
         _check_fresh(m.expires, self.now, f"manifest of {m.release_id}")
         if device_build not in m.builds:
             raise WrongTarget(
