@@ -8,7 +8,7 @@ fresh child process so CPU time, peak RSS and I/O counters are its own):
 1. Generates a base image (``--size-mib``; by default 1 GiB): 30% zero blocks, 40%
    low-entropy blocks (4 random bits per byte, ~2x compressible), 30% random blocks.
    The new image replaces ``--change`` (1%) of the 4 KiB blocks with fresh random data.
-2. Vendor side: ``bsipatch.diff.diff`` makes the patch, ``bsipatch.seal.seal_image``
+2. Vendor side: ``bsipatch.delta.diff.diff`` makes the patch, ``bsipatch.seal.tree.seal_image``
    the seals, and ``zstd -T0 -<level>`` a compressed copy of the whole new image (the
    baseline's download).
 3. Device side, bsipatch: ``Preboot.create`` with the base image (untimed), then
@@ -121,9 +121,9 @@ def _vm_hwm_kib() -> int:
 
 def child_breakdown(work: Path) -> dict[str, Any]:
     """Where the install's CPU goes: each step of install_release measured alone."""
-    from bsipatch.apply import Provenance, apply
-    from bsipatch.install import load_manifest
-    from bsipatch.seal import check_leaves, verified_leaves, verify_image
+    from bsipatch.delta.apply import Provenance, apply
+    from bsipatch.device.install import load_manifest
+    from bsipatch.seal.tree import check_leaves, verified_leaves, verify_image
 
     meta = json.loads((work / "meta.json").read_text())
     comp = load_manifest(meta["manifest"]).components[0]
@@ -167,9 +167,10 @@ def child_install(work: Path) -> dict[str, Any]:
     # its modules: neither side's figure includes interpreter start-up or imports
     import zstandard  # noqa: F401
 
-    from bsipatch import apply, leafcache, seal  # noqa: F401
-    from bsipatch import install as inst
-    from bsipatch.preboot import Preboot
+    from bsipatch.delta import apply  # noqa: F401
+    from bsipatch.seal import leafcache, tree as seal  # noqa: F401
+    from bsipatch.device import install as inst
+    from bsipatch.device.preboot import Preboot
 
     meta = json.loads((work / "meta.json").read_text())
     manifest = inst.load_manifest(meta["manifest"])
@@ -188,7 +189,7 @@ def child_full(work: Path) -> dict[str, Any]:
     import zstandard
 
     from bsipatch._io import fsync_dir
-    from bsipatch.seal import Seal, verify_image
+    from bsipatch.seal.tree import Seal, verify_image
 
     meta = json.loads((work / "meta.json").read_text())
     t = meta["manifest"]["components"][0]["target"]
@@ -214,8 +215,8 @@ def child_full(work: Path) -> dict[str, Any]:
 
 
 def child_uninstall(work: Path) -> dict[str, Any]:
-    from bsipatch import install as inst
-    from bsipatch.preboot import Preboot
+    from bsipatch.device import install as inst
+    from bsipatch.device.preboot import Preboot
 
     return _measure(lambda: inst.uninstall(Preboot(work / "preboot")))
 
@@ -242,9 +243,9 @@ def run_child(what: str, work: Path) -> dict[str, Any]:
 
 
 def prepare(work: Path, size_mib: int, change: float, level: int, seed: int) -> dict[str, Any]:
-    from bsipatch.diff import diff
-    from bsipatch.preboot import Preboot
-    from bsipatch.seal import seal_image
+    from bsipatch.delta.diff import diff
+    from bsipatch.device.preboot import Preboot
+    from bsipatch.seal.tree import seal_image
 
     base, new = work / "base.img", work / "new.img"
     t0 = time.perf_counter()

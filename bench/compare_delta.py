@@ -15,7 +15,7 @@ bsdiff4, detools) are timed around the library call inside their process, so
 interpreter start-up is excluded, while their peak memory includes the
 interpreter and its imports (the baseline is reported).
 
-Run ``python bench/compare_delta.py --help``. If ``bsipatch.diff``/``apply`` are
+Run ``python bench/compare_delta.py --help``. If ``bsipatch.delta.diff``/``apply`` are
 not available yet, the script says so and runs the peers only. This module does
 not fetch or generate data (``data.py`` does) and asserts nothing (``tests/``).
 """
@@ -68,7 +68,7 @@ if tool.startswith("bsipatch"):
     raw = os.environ.get("BENCH_BSIPATCH_THREADS", "")
     threads = 1 if tool == "bsipatch-1t" else (int(raw) if raw else None)
     fmt = "bsdiff40" if tool == "bsipatch-bsdiff40" else "bsipatch"
-    diff, apply = bsipatch.diff, bsipatch.apply
+    diff, apply = bsipatch.delta.diff, bsipatch.delta.apply
     if op == "diff":
         run = lambda: diff(a, b, c, format=fmt, threads=threads)
     else:
@@ -694,12 +694,12 @@ def _machine() -> dict[str, Any]:
 
 
 def bsipatch_available() -> tuple[bool, str]:
-    """Whether ``bsipatch.diff`` and ``bsipatch.apply`` can be imported from the checkout."""
+    """Whether ``bsipatch.delta.diff`` and ``bsipatch.delta.apply`` can be imported from the checkout."""
     sys.path.insert(0, str(REPO_DIR))
     try:
         import bsipatch
 
-        _ = bsipatch.diff, bsipatch.apply
+        _ = bsipatch.delta.diff, bsipatch.delta.apply
     except (ImportError, AttributeError) as exc:
         return False, f"{type(exc).__name__}: {exc}"
     finally:
@@ -774,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
     have, why = bsipatch_available()
     if not have:
         print(
-            f"NOTE: bsipatch.diff/apply not available ({why}): running the peers only.",
+            f"NOTE: bsipatch.delta.diff/apply not available ({why}): running the peers only.",
             file=sys.stderr,
         )
         names = [t for t in names if t not in BSIPATCH_TOOLS]
@@ -854,7 +854,7 @@ def main(argv: list[str] | None = None) -> int:
         for g in goals:
             human.append(f"  {g.status:<7} {g.goal} [{g.data_set}]: {g.detail}")
     elif not have:
-        human.append("Goals: not checked (bsipatch.diff/apply not available).")
+        human.append("Goals: not checked (bsipatch.delta.diff/apply not available).")
     text = "\n".join(human)
 
     report = {

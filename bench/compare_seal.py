@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bsipatch import hashing  # noqa: E402
-from bsipatch.seal import seal_image, verify_image  # noqa: E402
+from bsipatch.seal.tree import seal_image, verify_image  # noqa: E402
 
 BLOCK = 4096
 

@@ -85,9 +85,9 @@ def bsipatch_delta() -> Any:
     try:
         import bsipatch
 
-        _ = bsipatch.diff, bsipatch.apply
+        _ = bsipatch.delta.diff, bsipatch.delta.apply
     except (ImportError, AttributeError) as exc:
-        pytest.skip(f"bsipatch.diff/apply not available: {exc}")
+        pytest.skip(f"bsipatch.delta.diff/apply not available: {exc}")
     return bsipatch
 
 

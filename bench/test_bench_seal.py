@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from bsipatch import hashing
-from bsipatch.seal import seal_image, verify_image
+from bsipatch.seal.tree import seal_image, verify_image
 
 BLOCK = 4096
 SALT = bytes(range(32))

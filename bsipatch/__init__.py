@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._version import __version__
+from bsipatch._version import __version__
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -17,26 +17,26 @@ _EXPORTS = {
     "sha256": "hashing",
     "hash_blocks": "hashing",
     # seal (dm-verity compatible hash tree)
-    "Seal": "seal",
-    "seal_image": "seal",
-    "verify_image": "seal",
-    "open_verified": "seal",
-    "VerifiedReader": "seal",
+    "Seal": "seal.tree",
+    "seal_image": "seal.tree",
+    "verify_image": "seal.tree",
+    "open_verified": "seal.tree",
+    "VerifiedReader": "seal.tree",
     # delta engine
-    "diff": "diff",
-    "apply": "apply",
-    "ApplyReader": "apply",
-    "iter_apply": "apply",
-    "PatchInfo": "patchfmt",
-    "read_patch_info": "patchfmt",
+    "diff": "delta.diff",
+    "apply": "delta.apply",
+    "ApplyReader": "delta.apply",
+    "iter_apply": "delta.apply",
+    "PatchInfo": "delta.patchformat",
+    "read_patch_info": "delta.patchformat",
     # signed metadata
-    "Verifier": "trust",
-    "ReleaseManifest": "manifest",
-    "Catalog": "catalog",
+    "Verifier": "trust.verify",
+    "ReleaseManifest": "trust.manifest",
+    "Catalog": "trust.catalog",
     # device
-    "Preboot": "preboot",
-    "Agent": "agent",
-    "Policy": "policy",
+    "Preboot": "device.preboot",
+    "Agent": "agent.agent",
+    "Policy": "agent.policy",
 }
 
 __all__ = ["__version__", "errors", *sorted(_EXPORTS)]

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, BinaryIO, Union
 
-from .errors import DiskFullError, ReadOnlyError, StagingError
+from bsipatch.errors import DiskFullError, ReadOnlyError, StagingError
 
 PathLike = Union[str, "os.PathLike[str]"]
 Source = Union[PathLike, bytes, bytearray, memoryview, BinaryIO]  # noqa: UP007

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 
-from ._version import __version__
-from .errors import NativeError
+from bsipatch._version import __version__
+from bsipatch.errors import NativeError
 
 try:
-    from ._bsi_native import ffi, lib
+    from bsipatch._bsi_native import ffi, lib
 except ImportError as exc:  # pragma: no cover - only on a broken install
     raise ImportError(
         "bsipatch's native extension is not built: install with `pip install .` "

@@ -4,7 +4,7 @@ This module is the Python face of ``csrc/bsi_sha256*.c``, ``csrc/bsi_blocks.c`` 
 ``csrc/bsi_verity.c``: one-shot SHA-256 (SHA-NI when the CPU has it, a portable
 FIPS 180-4 implementation otherwise), many equal blocks hashed per call into a
 numpy array without copies, over several threads, and the dm-verity tree levels.
-It does NO file I/O and makes no trust decisions: :mod:`bsipatch.seal` does.
+It does NO file I/O and makes no trust decisions: :mod:`bsipatch.seal.tree` does.
 
 The GIL is released during every native call (cffi does this), so Python threads
 calling these functions run in parallel. Inputs must not change during a call.
@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _native
-from ._native import ffi, lib
+from bsipatch import _native
+from bsipatch._native import ffi, lib
 
 DIGEST_SIZE = 32
 MAX_LEVELS = 63

@@ -18,7 +18,7 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from bsipatch.apply import apply
+    from bsipatch.delta.apply import apply
     from bsipatch.errors import PatchError
 
 OLD = bytes((i * 31 + (i >> 8)) & 0xFF for i in range(65536))
@@ -30,7 +30,7 @@ def test_one(data: bytes) -> None:
 
 
 def _seed_corpus() -> str:
-    from bsipatch.diff import diff
+    from bsipatch.delta.diff import diff
 
     seeds = Path(tempfile.mkdtemp(prefix="bsipatch-fuzz-"))
     new = bytearray(OLD)

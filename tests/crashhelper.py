@@ -1,9 +1,9 @@
 """Fixtures for the device tests, and the child process the crash tests kill.
 
 As a module: :func:`make_world` builds small base images, two releases (patches made
-with :func:`bsipatch.diff.diff`, seals with :func:`bsipatch.seal.seal_image`) and writes
+with :func:`bsipatch.delta.diff.diff`, seals with :func:`bsipatch.seal.tree.seal_image`) and writes
 a JSON description of them; :func:`load_manifest` turns that description back into a
-:class:`bsipatch.manifest.ReleaseManifest`.
+:class:`bsipatch.trust.manifest.ReleaseManifest`.
 
 As a script (``python tests/crashhelper.py OP PREBOOT WORLD [RELEASE]``) it runs one
 operation (install, rollback, uninstall, boot, recover, gc) on a preboot directory; the
@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bsipatch import install as inst  # noqa: E402
-from bsipatch.preboot import Preboot  # noqa: E402
+from bsipatch.device import install as inst  # noqa: E402
+from bsipatch.device.preboot import Preboot  # noqa: E402
 
 BLOCK = 4096
 SALT = bytes(range(32))
@@ -60,7 +60,7 @@ def _mutate(data: bytearray, rng: random.Random, blocks: int = 3) -> bytearray:
 
 def seal_ref(path: Path) -> dict[str, Any]:
     """Manifest seal reference of an image (fixed salt, so fixtures are reproducible)."""
-    from bsipatch.seal import seal_image
+    from bsipatch.seal.tree import seal_image
 
     s = seal_image(path, salt=SALT)
     return {"root_hash": s.root_hash.hex(), "salt": s.salt.hex(), "size": s.data_size}
@@ -74,7 +74,7 @@ def make_world(directory: Path, seed: int = 1) -> dict[str, Any]:
         {"os_version", "build", "images": {name: path}, "activation": {name: act},
          "releases": {release_id: manifest dict}, "sha256": {release_id|"base": {name: hex}}}
     """
-    from bsipatch.diff import diff
+    from bsipatch.delta.diff import diff
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -149,14 +149,14 @@ def make_world(directory: Path, seed: int = 1) -> dict[str, Any]:
 
 def load_manifest(d: dict[str, Any]) -> Any:
     """The ReleaseManifest of a :func:`make_world` release description (strict parse)."""
-    from bsipatch.manifest import ReleaseManifest
+    from bsipatch.trust.manifest import ReleaseManifest
 
     return ReleaseManifest.from_dict(d)
 
 
 def _manifest_dict(d: dict[str, Any]) -> dict[str, Any]:
     """Build the manifest from plain fields and return its canonical ``signed`` dict."""
-    from bsipatch import manifest as m
+    from bsipatch.trust import manifest as m
 
     comps = tuple(
         m.ComponentRelease(

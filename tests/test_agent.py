@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from httpserver import Fault, serve
 
-from bsipatch import keys as keymod
-from bsipatch.agent import Agent, AgentStore
-from bsipatch.cli import main as cli_main
-from bsipatch.demo import _code_like, _security_fix
+from bsipatch.trust import keys as keymod
+from bsipatch.agent.agent import Agent, AgentStore
+from bsipatch.cli.main import main as cli_main
+from bsipatch.cli.demo_run import _code_like, _security_fix
 from bsipatch.errors import (
     BsipatchError,
     FetchError,
@@ -25,11 +25,11 @@ from bsipatch.errors import (
     RollbackAttack,
     StateError,
 )
-from bsipatch.manifest import Cve
-from bsipatch.preboot import Preboot
-from bsipatch.publish import ComponentInput, build_release, init_repository, withdraw
-from bsipatch.status import device_report
-from bsipatch.trust import ROLES
+from bsipatch.trust.manifest import Cve
+from bsipatch.device.preboot import Preboot
+from bsipatch.trust.publish import ComponentInput, build_release, init_repository, withdraw
+from bsipatch.agent.status import device_report
+from bsipatch.trust.verify import ROLES
 
 NOW = datetime(2026, 11, 28, 9, 0, 0, tzinfo=timezone.utc)
 LATER = NOW + timedelta(hours=1)
@@ -487,7 +487,7 @@ def test_cli_os_update(device, vendor, capsys):
 
 def test_root_rotation_is_followed_and_old_catalog_key_refused(device, vendor, tmp_path):
     from bsipatch.errors import SignatureError
-    from bsipatch.publish import resign, rotate_root
+    from bsipatch.trust.publish import resign, rotate_root
 
     repo = tmp_path / "repo-rot"
     shutil.copytree(vendor["snap"]["A"], repo)
@@ -515,7 +515,7 @@ def test_root_rotation_is_followed_and_old_catalog_key_refused(device, vendor, t
 
 def test_second_agent_run_while_locked_is_refused(device, vendor):
     from bsipatch.errors import LockedError
-    from bsipatch.preboot import Preboot
+    from bsipatch.device.preboot import Preboot
 
     other = Preboot(device.path)
     with other.lock(), pytest.raises(LockedError):
@@ -524,7 +524,7 @@ def test_second_agent_run_while_locked_is_refused(device, vendor):
 
 
 def test_status_helpers_and_human_report(device, vendor):
-    from bsipatch.status import extra_version, format_report
+    from bsipatch.agent.status import extra_version, format_report
 
     assert extra_version("26.1 (a)") == "(a)"
     assert extra_version("26.1 (ab)") == "(ab)"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bsipatch.apply import PARTIAL_SUFFIX, ApplyReader, apply, iter_apply
-from bsipatch.cli import main
-from bsipatch.diff import diff
+from bsipatch.delta.apply import PARTIAL_SUFFIX, ApplyReader, apply, iter_apply
+from bsipatch.cli.main import main
+from bsipatch.delta.diff import diff
 from bsipatch.errors import CorruptPatch, OutputMismatch, TruncatedPatch, WrongBaseImage
 
 SEG = 8192
@@ -161,7 +161,7 @@ def test_iter_apply_withholds_unverified_end(files) -> None:
 def test_output_mismatch_detected(files, tmp_path: Path, single_segment: bool) -> None:
     import hashlib
 
-    from bsipatch import patchfmt
+    from bsipatch.delta import patchformat as patchfmt
 
     op, _np, pp, _new = files
     # re-sign a patch whose header declares another new digest: segments still verify
@@ -312,8 +312,8 @@ def _blocky_pair(seed: int, nblocks: int = 96, tail: int = 777) -> tuple[bytes, 
 def test_provenance_leaves_equal_a_fresh_seal(
     tmp_path: Path, seed: int, segment_size: int, verify_new: bool
 ) -> None:
-    from bsipatch.apply import Provenance
-    from bsipatch.seal import check_leaves, image_leaves, seal_image
+    from bsipatch.delta.apply import Provenance
+    from bsipatch.seal.tree import check_leaves, image_leaves, seal_image
 
     old, new = _blocky_pair(seed)
     op, pp, out = tmp_path / "old.img", tmp_path / "p", tmp_path / "out.img"
@@ -334,8 +334,8 @@ def test_provenance_leaves_equal_a_fresh_seal(
 
 
 def test_provenance_from_a_buffer_copies_with_pwrite(tmp_path: Path) -> None:
-    from bsipatch.apply import Provenance
-    from bsipatch.seal import image_leaves
+    from bsipatch.delta.apply import Provenance
+    from bsipatch.seal.tree import image_leaves
 
     old, new = _blocky_pair(4)
     pp, out = tmp_path / "p", tmp_path / "out.img"
@@ -352,9 +352,9 @@ def test_provenance_copy_falls_back_when_the_kernel_refuses(
 ) -> None:
     import errno
 
-    import bsipatch.apply as apply_mod
-    from bsipatch.apply import Provenance
-    from bsipatch.seal import image_leaves
+    import bsipatch.delta.apply as apply_mod
+    from bsipatch.delta.apply import Provenance
+    from bsipatch.seal.tree import image_leaves
 
     def refuse(*_a: object) -> int:
         raise OSError(errno.EXDEV, "cross-device")
@@ -371,8 +371,8 @@ def test_provenance_copy_falls_back_when_the_kernel_refuses(
 
 
 def test_provenance_does_not_hide_a_bad_patch(files, tmp_path: Path) -> None:
-    from bsipatch.apply import Provenance
-    from bsipatch.seal import image_leaves
+    from bsipatch.delta.apply import Provenance
+    from bsipatch.seal.tree import image_leaves
 
     op, _np, pp, _new = files
     data = bytearray(pp.read_bytes())
@@ -386,8 +386,8 @@ def test_provenance_does_not_hide_a_bad_patch(files, tmp_path: Path) -> None:
 
 
 def test_provenance_needs_a_path_output_and_matching_old_leaves(files, tmp_path: Path) -> None:
-    from bsipatch.apply import Provenance
-    from bsipatch.seal import image_leaves
+    from bsipatch.delta.apply import Provenance
+    from bsipatch.seal.tree import image_leaves
 
     op, _np, pp, _new = files
     prov = Provenance(image_leaves(op, b""), b"")
@@ -423,8 +423,8 @@ def test_verify_old_false_skips_only_the_digest(files, tmp_path: Path) -> None:
     "methods", [(), ("direct",), ("copy_file_range",), ("reflink",), ("reflink", "direct")]
 )
 def test_every_copy_method_writes_the_same_image(tmp_path: Path, methods: tuple) -> None:
-    from bsipatch.apply import Provenance
-    from bsipatch.seal import image_leaves
+    from bsipatch.delta.apply import Provenance
+    from bsipatch.seal.tree import image_leaves
 
     old, new = _blocky_pair(6, nblocks=300)
     op, pp, out = tmp_path / "old.img", tmp_path / "p", tmp_path / "out.img"
@@ -439,8 +439,8 @@ def test_every_copy_method_writes_the_same_image(tmp_path: Path, methods: tuple)
 
 
 def test_provenance_of_a_bsdiff40_patch_hashes_the_output(tmp_path: Path) -> None:
-    from bsipatch.apply import Provenance
-    from bsipatch.seal import image_leaves
+    from bsipatch.delta.apply import Provenance
+    from bsipatch.seal.tree import image_leaves
 
     old, new = _blocky_pair(7, nblocks=20)
     pp, out = tmp_path / "p.bsdiff", tmp_path / "out.img"

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from conftest import require_tool
 
-from bsipatch.apply import apply
-from bsipatch.bsdiff40 import offtin, offtout
-from bsipatch.diff import diff
+from bsipatch.delta.apply import apply
+from bsipatch.delta.bsdiff40 import offtin, offtout
+from bsipatch.delta.diff import diff
 from bsipatch.errors import CorruptPatch, PatchError, TruncatedPatch
-from bsipatch.patchfmt import read_patch_info
+from bsipatch.delta.patchformat import read_patch_info
 
 
 def _pair() -> tuple[bytes, bytes]:
@@ -142,7 +142,7 @@ def test_export_first_op_away_from_old_start(tmp_path: Path) -> None:
 
 
 def test_iter_apply_and_reader_stream_bsdiff40() -> None:
-    from bsipatch.apply import ApplyReader, iter_apply
+    from bsipatch.delta.apply import ApplyReader, iter_apply
 
     old, new = _pair()
     p = io.BytesIO()

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bsipatch.canonical import decode, encode
+from bsipatch.trust.canonical import decode, encode
 from bsipatch.errors import FormatError
 
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from bsipatch.catalog import Catalog, CatalogEntry
+from bsipatch.trust.catalog import Catalog, CatalogEntry
 from bsipatch.errors import FormatError
 
 

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import bsipatch
-from bsipatch.cli import main
+from bsipatch.cli.main import main
 
 
 def test_python_m_version():

@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import crashhelper as ch
 
-from bsipatch import install as inst
-from bsipatch import journal
-from bsipatch.preboot import Preboot
+from bsipatch.device import install as inst
+from bsipatch.device import journal
+from bsipatch.device.preboot import Preboot
 
 pytestmark = pytest.mark.crash
 
@@ -124,8 +124,8 @@ def copy_preboot(src: Path, dst: Path) -> Path:
 
 def verify_dir(pb: Preboot, directory: Path) -> dict[str, str]:
     """Check every image in a base/release directory against its stored seal."""
-    from bsipatch.preboot import seal_from_record
-    from bsipatch.seal import verify_image
+    from bsipatch.device.preboot import seal_from_record
+    from bsipatch.seal.tree import verify_image
 
     out = {}
     for name in sorted(pb.components()):
@@ -138,8 +138,8 @@ def verify_dir(pb: Preboot, directory: Path) -> dict[str, str]:
 
 def snapshot(pb: Preboot) -> dict[str, str]:
     """SHA-256 of what a new open of each component gets; checks each against its seal."""
-    from bsipatch.preboot import seal_from_record
-    from bsipatch.seal import verify_image
+    from bsipatch.device.preboot import seal_from_record
+    from bsipatch.seal.tree import verify_image
 
     out = {}
     for name in sorted(pb.components()):

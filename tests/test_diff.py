@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bsipatch._native import ffi, lib
-from bsipatch.apply import apply
-from bsipatch.diff import compute_ops, diff
-from bsipatch.patchfmt import read_patch_info
+from bsipatch.delta.apply import apply
+from bsipatch.delta.diff import compute_ops, diff
+from bsipatch.delta.patchformat import read_patch_info
 
 
 def roundtrip(old: bytes, new: bytes, **kw) -> bytes:
@@ -217,7 +217,7 @@ def test_sparse_image_over_4gib_roundtrip(tmp_path: Path) -> None:
 
 def test_sparse_files_and_chunked_prepass(tmp_path: Path, monkeypatch) -> None:
     """Holes are taken as zeros without reading; the pre-pass works in chunks."""
-    import bsipatch.diff as D
+    import bsipatch.delta.diff as D
 
     monkeypatch.setattr(D, "PREPASS_CHUNK", 1 << 20)
     monkeypatch.setattr(D, "PAGE_DROP_ABOVE", 0)
@@ -276,7 +276,7 @@ def test_index_of_many_small_ranges_remaps_ops() -> None:
 
 def test_segments_cut_when_sections_fill(monkeypatch) -> None:
     """A segment ends when its literal, difference, control or runs section fills."""
-    from bsipatch import patchfmt
+    from bsipatch.delta import patchformat as patchfmt
 
     for name, value in (
         ("LIT_CAP", 5000),
@@ -303,7 +303,7 @@ def test_index_sorted_in_parts_roundtrips_and_finds_matches_in_every_part(
 ) -> None:
     """With several threads the index is suffix-sorted in parts; a lookup searches
     them all, so data moved from any part of old is still found."""
-    import bsipatch.diff
+    import bsipatch.delta.diff
 
     rnd = random.Random(21)
     old = rnd.randbytes(120_000)
@@ -314,7 +314,7 @@ def test_index_sorted_in_parts_roundtrips_and_finds_matches_in_every_part(
             piece[rnd.randrange(len(piece))] ^= 0x10
         new += rnd.randbytes(7) + piece
     one = len(roundtrip(old, bytes(new), threads=1, level=3))
-    monkeypatch.setattr(bsipatch.diff, "SA_PART_MIN", 4096)
+    monkeypatch.setattr(bsipatch.delta.diff, "SA_PART_MIN", 4096)
     parts = len(roundtrip(old, bytes(new), threads=threads, level=3))
     assert parts < one + 300  # no match lost to the split
 

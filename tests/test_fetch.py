@@ -14,7 +14,7 @@ import pytest
 from httpserver import Fault, serve
 
 from bsipatch.errors import FetchError, PatchTooLarge, TargetMismatch
-from bsipatch.fetch import (
+from bsipatch.agent.download import (
     DirectoryRepository,
     HttpRepository,
     PatchStream,
@@ -260,11 +260,11 @@ def test_unsupported_scheme_refused():
 
 
 def test_stream_feeds_apply_directly_across_a_dropped_connection(tmp_path):
-    """The patch goes from the socket into bsipatch.apply with no file in between, and a
+    """The patch goes from the socket into bsipatch.delta.apply with no file in between, and a
     drop in the middle is resumed with Range without apply noticing."""
-    from bsipatch.apply import apply
-    from bsipatch.demo import _code_like, _security_fix
-    from bsipatch.diff import diff
+    from bsipatch.delta.apply import apply
+    from bsipatch.cli.demo_run import _code_like, _security_fix
+    from bsipatch.delta.diff import diff
 
     old = _code_like(7, 400_000)
     new = _security_fix({"x": old}, 3)["x"]

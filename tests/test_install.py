@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import crashhelper as ch
 
-from bsipatch import install as inst
-from bsipatch.cli import main as cli_main
+from bsipatch.device import install as inst
+from bsipatch.cli.main import main as cli_main
 from bsipatch.errors import (
     DiskFullError,
     LockedError,
@@ -37,7 +37,7 @@ from bsipatch.errors import (
     WrongBaseImage,
     WrongTarget,
 )
-from bsipatch.preboot import Preboot
+from bsipatch.device.preboot import Preboot
 
 A, B, C = "26.1 (a)", "26.1 (b)", "26.1 (c)"
 
@@ -98,7 +98,7 @@ def test_install_activates_relaunch_now_and_reboot_at_boot(pb: Preboot, world: d
 
 def test_patch_against_the_active_release_image(pb: Preboot, world: dict, tmp_path: Path) -> None:
     """A release whose patch was made against the active release's image (not the base)."""
-    from bsipatch.diff import diff
+    from bsipatch.delta.diff import diff
 
     ch.install(world, pb, A)
     a_img = Path(world["dir"]) / "releases" / "26.1-a" / "webkit.new.img"
@@ -482,7 +482,7 @@ def test_disk_filling_up_during_install_is_a_typed_error(world: dict, tmp_path: 
         with untouched(pb), pytest.raises((DiskFullError, PatchError)) as info:
             inst.install_release(pb, manifest(world, A), fill_then_open)
         # a short write must never pass as success; DiskFullError is the precise answer
-        # (bsipatch.apply currently reports a short pwrite as OutputMismatch)
+        # (bsipatch.delta.apply currently reports a short pwrite as OutputMismatch)
         assert isinstance(info.value, (DiskFullError, PatchError))
         (mnt / "filler").unlink()
         ch.install(world, pb, A)  # and it works once there is room again
@@ -491,7 +491,7 @@ def test_disk_filling_up_during_install_is_a_typed_error(world: dict, tmp_path: 
 def test_injected_enospc_is_a_typed_error(
     pb: Preboot, world: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bsipatch.install as install_mod
+    import bsipatch.device.install as install_mod
 
     def full(*_a: object, **_k: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -567,7 +567,7 @@ def test_cli_install_checks_signatures_against_the_given_root(
 ) -> None:
     from datetime import datetime, timezone
 
-    from bsipatch import canonical, keys, publish
+    from bsipatch.trust import canonical, keys, publish
 
     pre = str(tmp_path / "pb")
     images = [f"--image={n}={p}:{world['activation'][n]}" for n, p in world["images"].items()]
@@ -662,7 +662,7 @@ def test_preboot_copy_tool_keeps_hard_links(pb: Preboot, world: dict, tmp_path: 
 @pytest.fixture
 def base_hashing(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Names of the images install hashes in full to verify them (and learn their leaves)."""
-    import bsipatch.seal as seal_mod
+    import bsipatch.seal.tree as seal_mod
 
     calls: list[str] = []
     real = seal_mod.verified_leaves
@@ -746,8 +746,8 @@ def test_tampered_base_with_a_matching_forged_leaf_cache_is_refused(
 ) -> None:
     """The attacker changes the base AND rewrites the cache entry to fit it (leaves of the
     changed image, its new identity): the leaves no longer build the signed base root."""
-    from bsipatch import leafcache
-    from bsipatch.seal import image_leaves
+    from bsipatch.seal import leafcache
+    from bsipatch.seal.tree import image_leaves
 
     ch.install(world, pb, A)
     inst.boot(pb)
@@ -778,7 +778,7 @@ def test_release_sealed_with_a_new_salt_is_verified_in_full(
     rel = json.loads(json.dumps(world["releases"][A]))
     for c in rel["components"]:
         new_img = Path(world["dir"]) / "releases" / "26.1-a" / f"{c['name']}.new.img"
-        from bsipatch.seal import seal_image
+        from bsipatch.seal.tree import seal_image
 
         s = seal_image(new_img, salt=b"another salt")
         c["target"] = {"root_hash": s.root_hash.hex(), "salt": s.salt.hex(), "size": s.data_size}
@@ -796,7 +796,7 @@ def test_new_salt_release_still_catches_a_base_changed_behind_verified_json(
     pb: Preboot, world: dict
 ) -> None:
     """verified.json (inode, mtime, size) vouches for the base; the apply still hashes it."""
-    from bsipatch.seal import seal_image
+    from bsipatch.seal.tree import seal_image
 
     rel = json.loads(json.dumps(world["releases"][A]))
     for c in rel["components"]:

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from bsipatch import canonical, keys
+from bsipatch.trust import canonical, keys
 from bsipatch.errors import FormatError, KeyFileError
 
 # RFC 8032, section 7.1, TEST 1 (empty message)

@@ -5,9 +5,9 @@ import hashlib
 
 import pytest
 
-from bsipatch import canonical
+from bsipatch.trust import canonical
 from bsipatch.errors import FormatError, WrongTarget
-from bsipatch.manifest import (
+from bsipatch.trust.manifest import (
     ComponentRelease,
     Cve,
     PatchRef,
@@ -172,7 +172,7 @@ def test_time_helpers_round_trip_and_refuse_naive():
 
 
 def test_sealref_to_seal_gives_the_seal_of_the_seal_module():
-    seal_mod = pytest.importorskip("bsipatch.seal")
+    seal_mod = pytest.importorskip("bsipatch.seal.tree")
     ref = SealRef(root_hash=h("r"), salt=h("s"), size=12345)
     seal = ref.to_seal()
     assert isinstance(seal, seal_mod.Seal)

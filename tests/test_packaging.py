@@ -49,7 +49,7 @@ def test_wheel_installs_into_fresh_venv_and_imports_without_source(tmp_path):
     assert out[0].startswith(site), out
     assert out[1] == __import__("bsipatch").__version__
     cli = subprocess.run(
-        [str(py), "-c", f"import sys; sys.path.append({deps!r}); from bsipatch.cli import main; "
+        [str(py), "-c", f"import sys; sys.path.append({deps!r}); from bsipatch.cli.main import main; "
          "sys.exit(main(['--version']))"],
         capture_output=True, text=True, cwd=tmp_path, env=env,
     )

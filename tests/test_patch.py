@@ -11,10 +11,10 @@ import struct
 
 import pytest
 
-from bsipatch import patchfmt
+from bsipatch.delta import patchformat as patchfmt
 from bsipatch._native import ffi, lib
-from bsipatch.apply import apply, iter_apply
-from bsipatch.diff import compute_ops, diff, iter_segments
+from bsipatch.delta.apply import apply, iter_apply
+from bsipatch.delta.diff import compute_ops, diff, iter_segments
 from bsipatch.errors import (
     CorruptPatch,
     OutputMismatch,
@@ -23,7 +23,7 @@ from bsipatch.errors import (
     TruncatedPatch,
     UnsupportedPatch,
 )
-from bsipatch.patchfmt import read_patch_info
+from bsipatch.delta.patchformat import read_patch_info
 
 
 def _pair(seed: int = 1, size: int = 60_000) -> tuple[bytes, bytes]:
@@ -256,9 +256,9 @@ def test_segment_split_into_frames_applies(monkeypatch: pytest.MonkeyPatch) -> N
     the reader takes the concatenated contents as the payload."""
     import zstandard
 
-    import bsipatch.diff
+    import bsipatch.delta.diff
 
-    monkeypatch.setattr(bsipatch.diff, "FRAME_SPLIT_MIN", 16)
+    monkeypatch.setattr(bsipatch.delta.diff, "FRAME_SPLIT_MIN", 16)
     old, new = _pair()
     p = _make(old, new, threads=2)
     info = read_patch_info(io.BytesIO(p))

@@ -1,8 +1,8 @@
 """The publisher: init, release, withdraw, rotate + re-sign, and the CLI, each checked by
-verifying the repository's bytes the way a device does (bsipatch.trust.Verifier).
+verifying the repository's bytes the way a device does (bsipatch.trust.verify.Verifier).
 
-The end-to-end tests (real seals and real patches) need bsipatch.seal and
-bsipatch.diff and are skipped until those modules exist.
+The end-to-end tests (real seals and real patches) need bsipatch.seal.tree and
+bsipatch.delta.diff and are skipped until those modules exist.
 """
 
 import hashlib
@@ -13,8 +13,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from bsipatch import keys, publish
-from bsipatch.cli import main
+from bsipatch.trust import keys, publish
+from bsipatch.cli.main import main
 from bsipatch.errors import (
     FormatError,
     KeyFileError,
@@ -23,9 +23,9 @@ from bsipatch.errors import (
     ThresholdError,
     WithdrawnRelease,
 )
-from bsipatch.manifest import ComponentRelease, Cve, PatchRef, SealRef
-from bsipatch.repository import Repository, patch_relpath
-from bsipatch.trust import Verifier
+from bsipatch.trust.manifest import ComponentRelease, Cve, PatchRef, SealRef
+from bsipatch.trust.repository import Repository, patch_relpath
+from bsipatch.trust.verify import Verifier
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=timezone.utc)
 NOW_TEXT = "2026-11-28T12:00:00Z"
@@ -342,7 +342,7 @@ def test_cli_bad_component_spec_is_a_clean_error(tmp_path, capsys):
 
 
 def test_parse_component_with_cves(tmp_path):
-    from bsipatch.commands.release import parse_component
+    from bsipatch.cli.release import parse_component
 
     (tmp_path / "a.img").write_bytes(b"a")
     (tmp_path / "b.img").write_bytes(b"b")
@@ -378,9 +378,9 @@ def make_images(tmp_path, name: str, size: int, seed: int):
 
 @pytest.fixture
 def real_modules():
-    seal = pytest.importorskip("bsipatch.seal")
-    pytest.importorskip("bsipatch.diff")
-    apply = pytest.importorskip("bsipatch.apply")
+    seal = pytest.importorskip("bsipatch.seal.tree")
+    pytest.importorskip("bsipatch.delta.diff")
+    apply = pytest.importorskip("bsipatch.delta.apply")
     return seal, apply
 
 

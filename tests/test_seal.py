@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from bsipatch import cli, hashing
 from bsipatch.errors import SealError, SealFormatError, SealMismatch
-from bsipatch.seal import (
+from bsipatch.seal.tree import (
     BLOCK_SIZE,
     Seal,
     Superblock,

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bsipatch import canonical, keys
-from bsipatch.catalog import Catalog, CatalogEntry
+from bsipatch.trust import canonical, keys
+from bsipatch.trust.catalog import Catalog, CatalogEntry
 from bsipatch.errors import (
     ExpiredMetadata,
     FormatError,
@@ -25,7 +25,7 @@ from bsipatch.errors import (
     WithdrawnRelease,
     WrongTarget,
 )
-from bsipatch.manifest import (
+from bsipatch.trust.manifest import (
     ComponentRelease,
     Cve,
     PatchRef,
@@ -33,8 +33,8 @@ from bsipatch.manifest import (
     SealRef,
     format_time,
 )
-from bsipatch.repository import manifest_relpath, patch_relpath
-from bsipatch.trust import MAX_CATALOG_SIZE, ROLES, Root, Verifier, check_image, check_patch
+from bsipatch.trust.repository import manifest_relpath, patch_relpath
+from bsipatch.trust.verify import MAX_CATALOG_SIZE, ROLES, Root, Verifier, check_image, check_patch
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=timezone.utc)
 

@@ -1,0 +1,256 @@
+"""CLI commands of the update agent: ``bsipatch agent ...`` and ``bsipatch os-update``.
+
+Thin: parse arguments, call :mod:`bsipatch.agent.agent` / :mod:`bsipatch.agent.status`, print.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from bsipatch.cli.progress import Progress
+from bsipatch.errors import PolicyError
+from bsipatch.cli._common import add_command, emit, progress_enabled
+
+
+def _add_device_args(p: argparse.ArgumentParser, *, repo: bool) -> None:
+    p.add_argument("--preboot", required=True, metavar="DIR", help="the device's preboot directory")
+    if repo:
+        p.add_argument(
+            "--repo", required=True, metavar="URL|DIR", help="vendor repository (http(s) or dir)"
+        )
+        p.add_argument(
+            "--root",
+            metavar="FILE",
+            help="vendor root.json to trust on first use (stored in the preboot's agent/ dir)",
+        )
+        p.add_argument(
+            "--timeout", type=float, default=15.0, help="seconds before a stalled download retries"
+        )
+        p.add_argument("--retries", type=int, default=4, help="retries per file")
+        p.add_argument(
+            "--cafile", metavar="PEM", help="CA certificates to trust for https (default: system)"
+        )
+
+
+def _agent(args: argparse.Namespace, progress: Any = None) -> Any:
+    from bsipatch.agent.agent import Agent
+
+    root = Path(args.root).read_bytes() if getattr(args, "root", None) else None
+    return Agent(
+        args.preboot,
+        args.repo,
+        trusted_root=root,
+        timeout=args.timeout,
+        retries=args.retries,
+        progress=progress,
+        cafile=args.cafile,
+    )
+
+
+def _decision_lines(check: dict[str, Any]) -> list[str]:
+    lines = [
+        f"device: OS {check['os_version']} ({check['build']}), active release: "
+        f"{check['active_release'] or 'none (base images)'}; catalog version "
+        f"{check['catalog_version']}",
+        f"automatic install: {'on' if check['auto_install']['enabled'] else 'off'} "
+        f"({check['auto_install']['reason']})",
+    ]
+    if not check["decisions"]:
+        lines.append("the catalog lists no releases")
+    for d in check["decisions"]:
+        lines.append(f"  {d['release_id']:<12} {d['action']:<9} {d['reason']}")
+    return lines
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    agent = _agent(args)
+    agent.check()
+    data = agent.last_check.to_dict()
+    emit(args, data, _decision_lines(data))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    with Progress("installing", enabled=progress_enabled(args)) as bar:
+        agent = _agent(args, bar.callback)
+        report = agent.run()
+    lines = _decision_lines(report["check"])
+    inst = report["installed"]
+    if inst:
+        lines.append(
+            f"installed {inst['release']}: downloaded {inst['downloaded_patch_bytes']:,} bytes "
+            f"of patches for {inst['full_image_bytes']:,} bytes of images"
+        )
+        if inst.get("activated"):
+            lines.append(f"  active for new launches: {', '.join(inst['activated'])}")
+        if inst.get("pending"):
+            lines.append(f"  active after restart: {', '.join(inst['pending'])}")
+    sb = report["step_back"]
+    if sb:
+        lines.append(
+            f"stepped back from withdrawn {sb['from']} to {sb['to'] or 'the base images'} "
+            f"({sb['how']})"
+        )
+    if not inst and not sb:
+        lines.append("nothing to install")
+    emit(args, report, lines)
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    from bsipatch.agent.agent import AgentStore
+    from bsipatch.agent.policy import decide_auto_install
+    from bsipatch.device.preboot import Preboot
+
+    store = AgentStore(Preboot(args.preboot).path)
+    if args.auto_install is not None:
+        from bsipatch.agent.agent import Settings
+
+        store.save_settings(Settings(auto_install=args.auto_install == "on"))
+    settings = store.settings()
+    decision = decide_auto_install(store.policy(), settings.auto_install)
+    data = {"auto_install": settings.auto_install, "effective": decision.to_dict()}
+    emit(
+        args,
+        data,
+        [
+            f"user setting: automatic install {'on' if settings.auto_install else 'off'}",
+            f"effective: {'on' if decision.enabled else 'off'} ({decision.reason})",
+        ],
+    )
+    return 0
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    from bsipatch.agent.agent import AgentStore
+    from bsipatch.device.preboot import Preboot
+
+    store = AgentStore(Preboot(args.preboot).path)
+    if args.clear:
+        store.clear_policy()
+    elif args.file:
+        try:
+            data = Path(args.file).read_bytes()
+        except OSError as exc:
+            raise PolicyError(f"cannot read policy {args.file}: {exc.strerror or exc}") from exc
+        store.save_policy(data)
+    policy = store.policy()
+    d = policy.to_dict()
+    p = d["Payload"]
+    emit(
+        args,
+        d,
+        [
+            f"policy {'applied' if policy.present else 'none (user settings decide)'}",
+            f"  RapidSecurityResponse.Enable = {p['RapidSecurityResponse']['Enable']}",
+            f"  RapidSecurityResponse.EnableRollback = "
+            f"{p['RapidSecurityResponse']['EnableRollback']}",
+            f"  AutomaticActions.InstallSecurityUpdate = "
+            f"{p['AutomaticActions']['InstallSecurityUpdate']}",
+            f"  PinnedRelease = {p.get('PinnedRelease')}",
+        ],
+    )
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from bsipatch.device.preboot import Preboot
+    from bsipatch.agent.status import device_report, format_report
+
+    report = device_report(Preboot(args.preboot))
+    emit(args, report, format_report(report))
+    return 0
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    from bsipatch.agent.agent import Agent
+
+    out = Agent(args.preboot, None).uninstall()
+    emit(args, out, [f"removed {', '.join(out.get('removed') or []) or 'nothing'}; on base images"])
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from bsipatch.agent.agent import Agent
+
+    out = Agent(args.preboot, None).rollback()
+    emit(args, out, [f"rolled back from {out['from']} to {out['to'] or 'the base images'}"])
+    return 0
+
+
+def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values or []:
+        name, sep, val = v.partition("=")
+        if not sep or not name or not val:
+            raise SystemExit(f"bsipatch: error: {what} must be NAME=VALUE, got {v!r}")
+        out[name] = val
+    return out
+
+
+def cmd_os_update(args: argparse.Namespace) -> int:
+    from bsipatch.agent.agent import Agent
+
+    images = _pairs(args.image, "--image")
+    activation = _pairs(args.activation, "--activation") or None
+    with Progress("os update", enabled=progress_enabled(args)) as bar:
+        agent = Agent(args.preboot, None, progress=bar.callback)
+        out = agent.os_update(
+            os_version=args.os_version, build=args.build, images=images, activation=activation
+        )
+    retired = ", ".join(r for r in out["retired"] if r) or "none"
+    emit(
+        args,
+        out,
+        [f"OS {out['os_version']} ({out['build']}) installed", f"retired releases: {retired}"],
+    )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``agent ...`` and ``os-update``."""
+    agent = sub.add_parser(
+        "agent",
+        help="update agent: check, install, settings, MDM policy, status",
+        description="The on-device update agent.",
+    )
+    agent.set_defaults(func=lambda _args: (agent.print_help(), 2)[1])
+    asub = agent.add_subparsers(dest="agent_command", metavar="ACTION")
+
+    p = add_command(asub, "check", "what applies now, and why not for the rest", cmd_check)
+    _add_device_args(p, repo=True)
+    p = add_command(asub, "run", "install what applies (or step back from a withdrawal)", cmd_run)
+    _add_device_args(p, repo=True)
+
+    p = add_command(asub, "settings", "show or set the automatic-install switch", cmd_settings)
+    _add_device_args(p, repo=False)
+    p.add_argument("--auto-install", choices=("on", "off"), help="the user's switch")
+
+    p = add_command(asub, "policy", "apply (or show) a device-management policy", cmd_policy)
+    _add_device_args(p, repo=False)
+    p.add_argument("file", nargs="?", metavar="FILE.json", help="policy document to apply")
+    p.add_argument("--clear", action="store_true", help="remove the policy")
+
+    p = add_command(asub, "status", "the MDM status report", cmd_status)
+    _add_device_args(p, repo=False)
+
+    p = add_command(
+        asub, "uninstall", "remove installed releases (if policy allows)", cmd_uninstall
+    )
+    _add_device_args(p, repo=False)
+
+    p = add_command(asub, "rollback", "go back one release (if policy allows)", cmd_rollback)
+    _add_device_args(p, repo=False)
+
+    p = add_command(sub, "os-update", "install base images of a new OS version", cmd_os_update)
+    _add_device_args(p, repo=False)
+    p.add_argument("--os-version", required=True, help="e.g. 26.2")
+    p.add_argument("--build", required=True, help="e.g. 23C55")
+    p.add_argument(
+        "--image", action="append", required=True, metavar="NAME=PATH", help="new base image"
+    )
+    p.add_argument(
+        "--activation", action="append", metavar="NAME=relaunch|reboot", help="default: current"
+    )

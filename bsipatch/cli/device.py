@@ -1,0 +1,251 @@
+"""CLI commands of the device side: preboot init/os-update, install, status, rollback,
+uninstall, boot, gc, recover.
+
+Thin: parse arguments, call :mod:`bsipatch.device.preboot` / :mod:`bsipatch.device.install`, print.
+``install`` checks the manifest's signatures against a trust root given with
+``--root`` (no catalog: withdrawal is the agent's business); ``--unverified`` skips
+that for a manifest the caller built and trusts itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from bsipatch.cli.progress import Progress
+from bsipatch.cli._common import add_command, emit, progress_enabled
+
+PREBOOT_ENV = "BSIPATCH_PREBOOT"
+
+
+def _add_preboot_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--preboot",
+        metavar="DIR",
+        default=os.environ.get(PREBOOT_ENV),
+        help=f"the preboot directory (default: ${PREBOOT_ENV})",
+    )
+
+
+def _preboot(args: argparse.Namespace) -> Any:
+    from bsipatch.errors import StateError
+    from bsipatch.device.preboot import Preboot
+
+    if not args.preboot:
+        raise StateError(f"no preboot directory: give --preboot DIR or set ${PREBOOT_ENV}")
+    return Preboot(args.preboot)
+
+
+def _parse_images(specs: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    images: dict[str, str] = {}
+    activation: dict[str, str] = {}
+    for spec in specs:
+        name, sep, rest = spec.partition("=")
+        path, sep2, act = rest.rpartition(":")
+        if not sep or not sep2 or not name or not path:
+            raise SystemExit(
+                f"bsipatch: error: bad --image {spec!r}: expected NAME=PATH:relaunch|reboot"
+            )
+        images[name] = path
+        activation[name] = act
+    return images, activation
+
+
+def _status_lines(st: dict[str, Any]) -> list[str]:
+    lines = [
+        f"preboot:   {st['preboot']}",
+        f"OS:        {st['os_version']} ({st['build']})",
+        f"active:    {st['active_release'] or 'none (base images)'}",
+        f"previous:  {st['previous_release'] or 'none (base images)'}",
+        "components:",
+    ]
+    for name, c in sorted(st["components"].items()):
+        rel = c["release"] or "base"
+        extra = f"  -> {c['pending_release'] or 'base'} at next boot" if c["pending"] else ""
+        lines.append(f"  {name:<16} {c['activation']:<9} {rel}{extra}")
+    if st["recovery_needed"]:
+        lines.append("an interrupted operation will be recovered at the next change or boot")
+    if st["history"]:
+        lines.append("history:")
+        for h in st["history"][-10:]:
+            what = h.get("release") or h.get("os_version") or ""
+            lines.append(f"  {h['time']}  {h['op']:<10} {what or ''}".rstrip())
+    return lines
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from bsipatch.device.preboot import Preboot
+
+    images, activation = _parse_images(args.image or [])
+    with Progress("copying base images", enabled=progress_enabled(args)) as bar:
+        pb = Preboot.create(
+            args.dir,
+            os_version=args.os_version,
+            build=args.build,
+            images=images,
+            activation=activation,
+            progress=bar.callback,
+        )
+    st = pb.status()
+    emit(args, st, [f"created {args.dir}: {args.os_version} ({args.build}), {len(images)} images"])
+    return 0
+
+
+def _cmd_os_update(args: argparse.Namespace) -> int:
+    from bsipatch.device.install import os_update
+
+    images, activation = _parse_images(args.image or [])
+    with Progress("installing OS images", enabled=progress_enabled(args)) as bar:
+        result = os_update(
+            _preboot(args),
+            os_version=args.os_version,
+            build=args.build,
+            images=images,
+            activation=activation,
+            progress=bar.callback,
+        )
+    retired = ", ".join(r for r in result["retired"] if r) or "none"
+    emit(args, result, [f"now {args.os_version} ({args.build}); retired releases: {retired}"])
+    return 0
+
+
+def _cmd_install(args: argparse.Namespace) -> int:
+    from bsipatch.device.install import install_release, load_manifest, open_patch_in
+
+    pb = _preboot(args)
+    data = Path(args.manifest).read_bytes()
+    if args.root:
+        from datetime import datetime, timezone
+
+        from bsipatch.trust.verify import Verifier
+
+        st = pb.status()
+        verifier = Verifier(Path(args.root).read_bytes(), now=datetime.now(timezone.utc))
+        manifest = verifier.verify_signed_manifest(
+            data, device_build=st["build"], device_components=st["components"]
+        )
+    elif args.unverified:
+        manifest = load_manifest(data)
+    else:
+        from bsipatch.errors import SignatureError
+
+        raise SignatureError(
+            "give --root ROOT_JSON to check the manifest's signatures "
+            "(or --unverified for a manifest you made and trust yourself)"
+        )
+    patches = args.patches or str(Path(args.manifest).parent)
+    with Progress(f"installing {manifest.release_id}", enabled=progress_enabled(args)) as bar:
+        result = install_release(pb, manifest, open_patch_in(patches), progress=bar.callback)
+    lines = [f"installed {result['release']}: {', '.join(result['changed'])}"]
+    if result["activated"]:
+        lines.append(f"active now (reopen the app): {', '.join(result['activated'])}")
+    if result["pending"]:
+        lines.append(f"active after restart: {', '.join(result['pending'])}")
+    emit(args, result, lines)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    st = _preboot(args).status()
+    emit(args, st, _status_lines(st))
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from bsipatch.device.install import rollback
+
+    r = rollback(_preboot(args))
+    emit(args, r, [f"rolled back from {r['from']} to {r['to'] or 'the base images'}"])
+    return 0
+
+
+def _cmd_uninstall(args: argparse.Namespace) -> int:
+    from bsipatch.device.install import uninstall
+
+    r = uninstall(_preboot(args))
+    removed = ", ".join(x for x in r["removed"] if x) or "nothing"
+    emit(args, r, [f"back to the base images; removed {removed}"])
+    return 0
+
+
+def _cmd_boot(args: argparse.Namespace) -> int:
+    from bsipatch.device.install import boot
+
+    r = boot(_preboot(args))
+    lines = [f"recovered: {x['op']} {x['outcome']}" for x in r["recovered"]]
+    lines.append(
+        f"booted {r['release'] or 'base images'}"
+        + (f"; activated {', '.join(r['activated'])}" if r["activated"] else "")
+    )
+    emit(args, r, lines)
+    return 0
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from bsipatch.device.install import gc
+
+    r = gc(_preboot(args))
+    emit(args, r, [f"removed {len(r['removed'])} directories"])
+    return 0
+
+
+def _cmd_recover(args: argparse.Namespace) -> int:
+    r = _preboot(args).recover()
+    emit(args, {"recovered": r}, [f"{x['op']}: {x['outcome']}" for x in r] or ["nothing to do"])
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this module's subcommands to the CLI."""
+    p = add_command(sub, "preboot", "create or update a preboot directory", None)
+    psub = p.add_subparsers(dest="preboot_command", metavar="ACTION", required=True)
+    init = add_command(psub, "init", "create a preboot directory with base images", _cmd_init)
+    init.add_argument("dir", metavar="DIR")
+    for q in (
+        init,
+        add_command(psub, "os-update", "install a new OS version's base images", _cmd_os_update),
+    ):
+        q.add_argument("--os-version", required=True)
+        q.add_argument("--build", required=True)
+        q.add_argument(
+            "--image",
+            action="append",
+            required=True,
+            metavar="NAME=PATH:ACTIVATION",
+            help="a base image and its activation (relaunch or reboot); repeatable",
+        )
+        if q is not init:
+            _add_preboot_arg(q)
+
+    p = add_command(sub, "install", "install and activate a release from a manifest", _cmd_install)
+    _add_preboot_arg(p)
+    p.add_argument("manifest", metavar="MANIFEST_JSON")
+    p.add_argument(
+        "--patches", metavar="DIR", help="repository root or directory holding the patches"
+    )
+    trust = p.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--root", metavar="ROOT_JSON", help="trusted root: the manifest must be signed by it"
+    )
+    trust.add_argument(
+        "--unverified", action="store_true", help="install without checking signatures"
+    )
+    for name, helptext, func in (
+        (
+            "status",
+            "show the OS version, active release per component, pending, history",
+            _cmd_status,
+        ),
+        ("rollback", "go back to the previously active release", _cmd_rollback),
+        ("uninstall", "go back to the OS version's base images, removing releases", _cmd_uninstall),
+        (
+            "boot",
+            "start-up: recover, activate pending reboot components, collect garbage",
+            _cmd_boot,
+        ),
+        ("gc", "remove releases other than the active and previous one", _cmd_gc),
+        ("recover", "finish or undo an interrupted operation", _cmd_recover),
+    ):
+        _add_preboot_arg(add_command(sub, name, helptext, func))

@@ -1,0 +1,461 @@
+"""The bsipatch patch format: byte layout of header, segment headers and trailer.
+
+This module packs and parses the framing described in docs/patch-format.md, checks
+every field (sizes, limits, digests) and reads a patch strictly sequentially from
+any binary stream. It does not decompress or apply segments (see apply.py) and
+does not search for differences (see diff.py).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from bsipatch._io import Source, open_source, read_exact
+from bsipatch.errors import CorruptPatch, PatchTooLarge, TruncatedPatch, UnsupportedPatch
+
+# hashlib and hmac load OpenSSL (several MB resident): they are imported where used,
+# so that a process which only makes patches does not carry them through its
+# suffix-sort peak.
+
+
+def _sha256(*parts: bytes | memoryview) -> bytes:
+    import hashlib
+
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part)
+    return h.digest()
+
+
+def _same(a: bytes, b: bytes) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a, b)
+
+
+MAGIC = b"BSIPATCH"
+BSDIFF40_MAGIC = b"BSDIFF40"
+VERSION = 1
+
+HEADER_FMT = "<8sHHIQ32sQ32sIIQ"  # up to (not including) the header digest
+HEADER_SIZE = struct.calcsize(HEADER_FMT) + 32  # 144
+SEG_MAGIC = b"BSEG"
+SEG_FMT = "<4sIQIIII4I32s"  # up to (not including) the segment digest
+SEG_SIZE = struct.calcsize(SEG_FMT) + 32  # 112
+TRAILER_MAGIC = b"BEND"
+TRAILER_FMT = "<4sIQ"
+TRAILER_SIZE = struct.calcsize(TRAILER_FMT) + 32  # 48
+PAYLOAD_HEADER_SIZE = 56  # seven little-endian u64 at the start of each decompressed payload
+
+#: Largest output of one segment this applier accepts (resume/parallelism granularity;
+#: output is streamed, so it does not cost memory).
+MAX_SEGMENT_SIZE = 256 << 20
+#: Default output bytes per segment: segments are cut earlier when their payload fills.
+DEFAULT_SEGMENT_SIZE = 64 << 20
+#: Section capacities of the writer: control, zero runs, non-zero runs, literals, diff.
+CTRL_CAP = 1 << 20
+RUNS_CAP = 1 << 20
+LIT_CAP = 8 << 20
+DIFF_CAP = 8 << 20
+#: Largest buffered sections (control + runs + literals) and decompressed payload of
+#: one segment this applier accepts: these are what apply memory depends on.
+MAX_BUFFERED = 16 << 20
+MAX_PAYLOAD = 32 << 20
+
+KIND_NAMES = ("copy", "add", "insert", "zero")
+
+
+@dataclass(frozen=True)
+class Header:
+    """The fixed 144-byte patch header."""
+
+    version: int
+    segment_size: int
+    old_size: int
+    old_sha256: bytes
+    new_size: int
+    new_sha256: bytes
+    max_buffered: int
+    max_payload: int = MAX_PAYLOAD
+    digest: bytes = b""
+
+    def pack(self) -> bytes:
+        """The header bytes, digest included."""
+        body = struct.pack(
+            HEADER_FMT,
+            MAGIC,
+            self.version,
+            0,
+            self.segment_size,
+            self.old_size,
+            self.old_sha256,
+            self.new_size,
+            self.new_sha256,
+            self.max_buffered,
+            self.max_payload,
+            0,
+        )
+        return body + _sha256(body)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> Header:
+        """Parse and check a header.
+
+        Raises:
+            UnsupportedPatch: wrong magic or version, or limits beyond this applier.
+            TruncatedPatch: fewer than 144 bytes.
+            CorruptPatch: the header digest or a field is wrong.
+        """
+        if len(data) >= 8 and data[:8] != MAGIC:
+            raise UnsupportedPatch(f"not a bsipatch patch: magic {data[:8]!r}, expected {MAGIC!r}")
+        if len(data) < HEADER_SIZE:
+            raise TruncatedPatch(f"patch header is {len(data)} bytes, expected {HEADER_SIZE}")
+        body, digest = data[: HEADER_SIZE - 32], data[HEADER_SIZE - 32 : HEADER_SIZE]
+        (
+            _,
+            version,
+            flags,
+            seg_size,
+            old_size,
+            old_sha,
+            new_size,
+            new_sha,
+            max_buf,
+            max_pay,
+            _r2,
+        ) = struct.unpack(HEADER_FMT, body)
+        if version != VERSION:
+            raise UnsupportedPatch(f"patch format version {version}, this bsipatch reads {VERSION}")
+        if not _same(_sha256(body), digest):
+            raise CorruptPatch("patch header digest mismatch")
+        if flags != 0 or _r2 != 0:
+            raise UnsupportedPatch(f"unknown patch header flags {flags:#x}")
+        if not 0 < seg_size <= MAX_SEGMENT_SIZE:
+            raise UnsupportedPatch(
+                f"segment size {seg_size} outside 1..{MAX_SEGMENT_SIZE} supported by this applier"
+            )
+        if not PAYLOAD_HEADER_SIZE <= max_pay <= MAX_PAYLOAD:
+            raise UnsupportedPatch(
+                f"patch declares segment payloads up to {max_pay} bytes, this applier accepts "
+                f"{PAYLOAD_HEADER_SIZE}..{MAX_PAYLOAD}"
+            )
+        if max_buf > min(MAX_BUFFERED, max_pay):
+            raise UnsupportedPatch(
+                f"patch needs {max_buf} buffered bytes per segment, "
+                f"limit {min(MAX_BUFFERED, max_pay)}"
+            )
+        return cls(
+            version, seg_size, old_size, old_sha, new_size, new_sha, max_buf, max_pay, digest
+        )
+
+
+@dataclass(frozen=True)
+class SegmentHeader:
+    """The fixed 112-byte header in front of each segment's zstd data."""
+
+    index: int
+    out_offset: int
+    out_len: int
+    payload_len: int
+    comp_len: int
+    n_ops: int
+    kind_bytes: tuple[int, int, int, int]
+    out_sha256: bytes
+    digest: bytes = b""
+
+    def body(self) -> bytes:
+        """The header bytes without the trailing digest."""
+        return struct.pack(
+            SEG_FMT,
+            SEG_MAGIC,
+            self.index,
+            self.out_offset,
+            self.out_len,
+            self.payload_len,
+            self.comp_len,
+            self.n_ops,
+            *self.kind_bytes,
+            self.out_sha256,
+        )
+
+    @staticmethod
+    def compute_digest(header_digest: bytes, body: bytes, comp: bytes | memoryview) -> bytes:
+        """SHA-256 over the patch header digest, this header's body and the compressed bytes."""
+        return _sha256(header_digest, body, comp)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {
+            "index": self.index,
+            "out_offset": self.out_offset,
+            "out_len": self.out_len,
+            "payload_len": self.payload_len,
+            "comp_len": self.comp_len,
+            "n_ops": self.n_ops,
+            "bytes": dict(zip(KIND_NAMES, self.kind_bytes, strict=True)),
+            "out_sha256": self.out_sha256.hex(),
+        }
+
+
+def payload_limit(header: Header) -> int:
+    """Largest decompressed payload a segment of this patch may declare."""
+    return header.max_payload
+
+
+def comp_limit(header: Header) -> int:
+    """Largest compressed segment this patch may carry (zstd's worst-case bound)."""
+    n = payload_limit(header)
+    return n + (n >> 7) + (1 << 17)
+
+
+def parse_segment_header(data: bytes, header: Header, index: int, out_offset: int) -> SegmentHeader:
+    """Parse and range-check a segment header (its digest is checked with the payload).
+
+    Raises:
+        CorruptPatch: a field is out of range or out of sequence.
+        PatchTooLarge: the segment declares more output than the header allows.
+    """
+    body = data[: SEG_SIZE - 32]
+    (magic, idx, off, out_len, payload_len, comp_len, n_ops, b0, b1, b2, b3, out_sha) = (
+        struct.unpack(SEG_FMT, body)
+    )
+    if magic != SEG_MAGIC:
+        raise CorruptPatch(f"segment {index}: bad marker {magic!r}, expected {SEG_MAGIC!r}")
+    if idx != index or off != out_offset:
+        raise CorruptPatch(
+            f"segment {index}: says index {idx} at output offset {off}, "
+            f"expected {index} at {out_offset}"
+        )
+    if out_len == 0 or out_len > header.segment_size:
+        raise CorruptPatch(
+            f"segment {index}: output length {out_len} outside 1..{header.segment_size}"
+        )
+    if off + out_len > header.new_size:
+        raise PatchTooLarge(
+            f"segment {index} ends at {off + out_len}, "
+            f"beyond the declared new size {header.new_size}"
+        )
+    if payload_len > payload_limit(header) or payload_len < PAYLOAD_HEADER_SIZE:
+        raise CorruptPatch(f"segment {index}: payload length {payload_len} out of range")
+    if comp_len > comp_limit(header) or comp_len == 0:
+        raise CorruptPatch(f"segment {index}: compressed length {comp_len} out of range")
+    if b0 + b1 + b2 + b3 != out_len:
+        raise CorruptPatch(f"segment {index}: op statistics do not add up to its length")
+    return SegmentHeader(
+        idx,
+        off,
+        out_len,
+        payload_len,
+        comp_len,
+        n_ops,
+        (b0, b1, b2, b3),
+        out_sha,
+        data[SEG_SIZE - 32 : SEG_SIZE],
+    )
+
+
+def trailer_digest(header_digest: bytes, seg_digests: list[bytes], body: bytes) -> bytes:
+    """SHA-256 chaining the header, every segment digest in order, and the trailer body."""
+    return _sha256(header_digest, *seg_digests, body)
+
+
+def pack_trailer(header: Header, seg_digests: list[bytes]) -> bytes:
+    """The 48-byte trailer."""
+    body = struct.pack(TRAILER_FMT, TRAILER_MAGIC, len(seg_digests), header.new_size)
+    return body + trailer_digest(header.digest, seg_digests, body)
+
+
+class _CountingReader:
+    """Reads exactly from a stream, counting bytes and enforcing ``limit``."""
+
+    def __init__(self, f: BinaryIO, limit: int | None, already: int = 0) -> None:
+        self.f = f
+        self.limit = limit
+        self.count = already
+
+    def read(self, n: int) -> bytes:
+        if self.limit is not None and self.count + n > self.limit:
+            raise PatchTooLarge(f"patch is larger than the allowed {self.limit} bytes")
+        data = read_exact(self.f, n)
+        self.count += len(data)
+        return data
+
+    def at_eof(self) -> bool:
+        extra = self.f.read(1)
+        return not extra
+
+
+class PatchReader:
+    """Sequential reader of a bsipatch stream: header, then verified segments, then trailer.
+
+    The stream is never seeked. Each segment's compressed bytes are returned only
+    after its digest (bound to the header) checks out; the trailer must chain all of
+    them and be followed by end of stream.
+
+    Args:
+        f: binary stream positioned at the start of the patch (or after ``prefix``).
+        prefix: bytes already read from the stream (e.g. the magic, when sniffing).
+        max_patch_size: refuse patches longer than this many bytes.
+    """
+
+    def __init__(self, f: BinaryIO, *, prefix: bytes = b"", max_patch_size: int | None = None):
+        self._r = _CountingReader(f, max_patch_size, len(prefix))
+        data = prefix + self._r.read(HEADER_SIZE - len(prefix))
+        self.header = Header.unpack(data)
+        self.seg_digests: list[bytes] = []
+        self.segments: list[SegmentHeader] = []
+        self.done = False
+
+    @property
+    def bytes_read(self) -> int:
+        """Patch bytes consumed so far."""
+        return self._r.count
+
+    def __iter__(self) -> Iterator[tuple[SegmentHeader, bytes]]:
+        h = self.header
+        out_offset = 0
+        while True:
+            marker = self._r.read(4)
+            if len(marker) < 4:
+                raise TruncatedPatch(
+                    f"patch ended after {self._r.count} bytes and "
+                    f"{out_offset} of {h.new_size} output bytes"
+                )
+            if marker == TRAILER_MAGIC:
+                self._finish(marker, out_offset)
+                return
+            rest = self._r.read(SEG_SIZE - 4)
+            if len(rest) < SEG_SIZE - 4:
+                raise TruncatedPatch(f"patch ended inside segment header {len(self.segments)}")
+            seg = parse_segment_header(marker + rest, h, len(self.segments), out_offset)
+            comp = self._r.read(seg.comp_len)
+            if len(comp) < seg.comp_len:
+                raise TruncatedPatch(
+                    f"patch ended inside segment {seg.index} ({len(comp)} of {seg.comp_len} bytes)"
+                )
+            digest = SegmentHeader.compute_digest(h.digest, seg.body(), comp)
+            if not _same(digest, seg.digest):
+                raise CorruptPatch(f"segment {seg.index}: digest mismatch (patch damaged)")
+            self.seg_digests.append(digest)
+            self.segments.append(seg)
+            out_offset += seg.out_len
+            yield seg, comp
+
+    def _finish(self, marker: bytes, out_offset: int) -> None:
+        h = self.header
+        rest = self._r.read(TRAILER_SIZE - 4)
+        if len(rest) < TRAILER_SIZE - 4:
+            raise TruncatedPatch("patch ended inside its trailer")
+        data = marker + rest
+        body = data[: TRAILER_SIZE - 32]
+        _, nseg, new_size = struct.unpack(TRAILER_FMT, body)
+        if nseg != len(self.seg_digests) or new_size != h.new_size:
+            raise CorruptPatch(
+                f"trailer declares {nseg} segments / {new_size} bytes, "
+                f"read {len(self.seg_digests)} / {h.new_size}"
+            )
+        if not _same(trailer_digest(h.digest, self.seg_digests, body), data[TRAILER_SIZE - 32 :]):
+            raise CorruptPatch("trailer digest mismatch")
+        if out_offset != h.new_size:
+            raise TruncatedPatch(
+                f"segments produce {out_offset} bytes, header declares {h.new_size}"
+            )
+        if not self._r.at_eof():
+            raise CorruptPatch("unexpected data after the patch trailer")
+        self.done = True
+
+
+@dataclass
+class PatchInfo:
+    """What a patch is: format, the images it connects, its segments and op statistics."""
+
+    format: str
+    version: int
+    old_size: int
+    old_sha256: bytes
+    new_size: int
+    new_sha256: bytes
+    patch_size: int | None
+    segments: list = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (digests as hex)."""
+        return {
+            "format": self.format,
+            "version": self.version,
+            "old_size": self.old_size,
+            "old_sha256": self.old_sha256.hex(),
+            "new_size": self.new_size,
+            "new_sha256": self.new_sha256.hex(),
+            "patch_size": self.patch_size,
+            "segments": [s.to_dict() if hasattr(s, "to_dict") else s for s in self.segments],
+            "stats": dict(self.stats),
+        }
+
+
+def info_from_reader(reader: PatchReader, extra: dict | None = None) -> PatchInfo:
+    """Summarise a fully read :class:`PatchReader`."""
+    h = reader.header
+    kinds = [0, 0, 0, 0]
+    n_ops = 0
+    for s in reader.segments:
+        n_ops += s.n_ops
+        for i in range(4):
+            kinds[i] += s.kind_bytes[i]
+    stats: dict[str, Any] = {
+        "segment_size": h.segment_size,
+        "n_segments": len(reader.segments),
+        "n_ops": n_ops,
+        **{f"{k}_bytes": v for k, v in zip(KIND_NAMES, kinds, strict=True)},
+        "compressed_bytes": sum(s.comp_len for s in reader.segments),
+    }
+    if extra:
+        stats.update(extra)
+    return PatchInfo(
+        "bsipatch",
+        h.version,
+        h.old_size,
+        h.old_sha256,
+        h.new_size,
+        h.new_sha256,
+        reader.bytes_read,
+        list(reader.segments),
+        stats,
+    )
+
+
+def read_patch_info(patch: Source) -> PatchInfo:
+    """Read a patch's header, segment table and op statistics (bsipatch or BSDIFF40).
+
+    The whole patch is read once, sequentially; segment digests and the trailer are
+    checked, but nothing is decompressed.
+
+    Args:
+        patch: path, bytes-like, or readable binary stream.
+
+    Returns:
+        The :class:`PatchInfo`.
+
+    Raises:
+        UnsupportedPatch, CorruptPatch, TruncatedPatch: as for apply.
+
+    Example:
+        >>> info = read_patch_info("update.bsipatch")  # doctest: +SKIP
+        >>> info.new_size, len(info.segments)  # doctest: +SKIP
+    """
+    with open_source(patch) as f:
+        magic = read_exact(f, 8)
+        if magic == BSDIFF40_MAGIC:
+            from bsipatch.delta.bsdiff40 import read_info
+
+            return read_info(f, prefix=magic)
+        if len(magic) < 8 and MAGIC.startswith(magic):
+            raise TruncatedPatch(f"patch is only {len(magic)} bytes long")
+        reader = PatchReader(f, prefix=magic)
+        for _ in reader:
+            pass
+        return info_from_reader(reader)

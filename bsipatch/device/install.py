@@ -1,0 +1,743 @@
+"""Install, roll back, uninstall, boot and garbage-collect releases on a preboot volume.
+
+Every operation holds the preboot lock, runs recovery first, writes its intent to the
+journal, prepares everything it needs under names nothing refers to (fsynced), and then
+commits with ONE atomic replacement of ``state.json``. A crash before that replacement
+leaves the previous state (recovery removes the leftovers); a crash after it leaves the
+new state (recovery finishes the clean-up).
+
+install streams each component's patch through :func:`bsipatch.delta.apply.apply` into a
+staging directory, checks the patch bytes against the manifest (size, SHA-256) and the
+produced image against the manifest's target seal (:func:`bsipatch.seal.tree.verify_image`),
+and only then renames the staging directory into ``releases/`` and switches state.
+
+This module does not decide whether a release is genuine, current or allowed (that is
+:mod:`bsipatch.trust.verify` and the agent's policy): it is handed a verified
+:class:`~bsipatch.trust.manifest.ReleaseManifest`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import io
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from bsipatch._io import PathLike, atomic_write, fsync_dir, os_error_to_staging
+from bsipatch.errors import (
+    BsipatchError,
+    DiskFullError,
+    PatchTooLarge,
+    RollbackFailed,
+    SealError,
+    StateError,
+    TargetMismatch,
+    WrongBaseImage,
+    WrongTarget,
+)
+from bsipatch.device.journal import crashpoint
+from bsipatch.device.preboot import (
+    Preboot,
+    build_base,
+    fsync_file,
+    json_bytes,
+    release_slug,
+    seal_record_dict,
+    write_durable,
+)
+
+__all__ = [
+    "boot",
+    "gc",
+    "install_release",
+    "load_manifest",
+    "open_patch_in",
+    "os_update",
+    "rollback",
+    "uninstall",
+]
+
+Progress = Callable[[int, int], None]
+
+
+class _CheckedPatch(io.RawIOBase):
+    """A reader over a patch stream that counts and hashes what passes through it.
+
+    Refuses (PatchTooLarge) to deliver more bytes than the manifest declares, so an
+    endless stream cannot fill the disk or run forever.
+    """
+
+    def __init__(self, raw: BinaryIO, limit: int, name: str) -> None:
+        super().__init__()
+        self.raw = raw
+        self.limit = limit
+        self.name_ = name
+        self.size = 0
+        self.hash = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        want = min(len(view), self.limit - self.size + 1)
+        if want <= 0:
+            want = 1
+        data = self.raw.read(want)
+        if not data:
+            return 0
+        n = len(data)
+        self.size += n
+        if self.size > self.limit:
+            raise PatchTooLarge(
+                f"patch of {self.name_} is longer than the {self.limit} bytes the manifest declares"
+            )
+        view[:n] = data
+        self.hash.update(data)
+        return n
+
+    def drain(self) -> None:
+        """Read to the end of the stream (bounded by the limit)."""
+        while self.read(1 << 16):
+            pass
+
+
+def _now_entry(pb: Preboot, op: str, **data: Any) -> dict[str, Any]:
+    entry = {"time": pb.clock(), "op": op}
+    entry.update(data)
+    return entry
+
+
+def _verified_key(pb: Preboot, image: Path) -> str:
+    st = image.stat()
+    return f"{image.relative_to(pb.path)}@{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+
+
+def _ref_key(ref: Any) -> str:
+    return f"{ref.root_hash.lower()}:{ref.salt.lower()}:{int(ref.size)}"
+
+
+def _load_verified(pb: Preboot) -> dict[str, list[str]]:
+    try:
+        data = json.loads((pb.path / "verified.json").read_bytes())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _lineage(comp: Any) -> bool:
+    """True when the manifest seals base and target with one salt (see leafcache)."""
+    return str(comp.base.salt).lower() == str(comp.target.salt).lower()
+
+
+def _find_source(
+    pb: Preboot, state: dict[str, Any], comp: Any, cache: dict[str, list[str]]
+) -> tuple[Path, Any, bool]:
+    """The installed image of ``comp.name`` that matches the manifest's base seal.
+
+    Returns ``(image, leaves, verified_now)``. For a lineage-salt component ``leaves``
+    are the image's trusted leaves under the base seal (from :mod:`bsipatch.seal.leafcache`,
+    else computed while verifying the image, then stored); otherwise ``None``.
+    ``verified_now`` is false when only ``verified.json`` vouched for the image.
+    """
+    from bsipatch.seal import leafcache
+    from bsipatch.seal.tree import verified_leaves, verify_image
+
+    want_leaves = _lineage(comp)
+
+    candidates: list[Path] = [pb.path / state["os"]["base"] / f"{comp.name}.img"]
+    if state["chain"]:
+        candidates.append(pb.releases_dir / state["chain"][-1] / f"{comp.name}.img")
+    seen: set[int] = set()
+    base_seal = comp.base.to_seal()
+    for image in candidates:
+        try:
+            st = image.stat()
+        except FileNotFoundError:
+            continue
+        if st.st_ino in seen:
+            continue
+        seen.add(st.st_ino)
+        if st.st_size != int(comp.base.size):
+            continue
+        key = _verified_key(pb, image)
+        if want_leaves:
+            leaves = leafcache.load(pb.path, image, base_seal)
+            if leaves is not None:
+                return image, leaves, True
+            ident = leafcache.identity(image)
+            try:
+                leaves = verified_leaves(image, base_seal)
+            except SealError:
+                continue
+            if _ref_key(comp.base) not in cache.get(key, []):
+                cache.setdefault(key, []).append(_ref_key(comp.base))
+            leafcache.store(pb.path, image, base_seal, leaves, ident)
+            return image, leaves, True
+        if _ref_key(comp.base) in cache.get(key, []):
+            return image, None, False
+        try:
+            verify_image(image, base_seal)
+        except SealError:
+            continue
+        cache.setdefault(key, []).append(_ref_key(comp.base))
+        return image, None, True
+    raise WrongBaseImage(
+        f"no installed image of {comp.name} matches the patch's base seal "
+        f"(root {comp.base.root_hash[:16]}..., {comp.base.size} bytes): "
+        "the patch is for another base"
+    )
+
+
+def _check_space(pb: Preboot, needed: int) -> None:
+    """Refuse up front (DiskFullError) when the volume cannot hold the new images."""
+    try:
+        st = os.statvfs(pb.path)
+    except OSError as exc:
+        raise os_error_to_staging(exc, f"checking free space on {pb.path}") from exc
+    free = st.f_bavail * st.f_frsize
+    if free < needed:
+        raise DiskFullError(
+            f"{pb.path}: no space left for the new images: they need {needed} bytes, "
+            f"{free} bytes are free"
+        )
+
+
+def _check_applicable(pb: Preboot, state: dict[str, Any], manifest: Any) -> dict[str, str]:
+    comps = pb.components(state)
+    osv, build = state["os"]["version"], state["os"]["build"]
+    if manifest.os_version != osv or build not in tuple(manifest.builds):
+        raise WrongTarget(
+            f"release {manifest.release_id} is for {manifest.os_version} builds "
+            f"{', '.join(manifest.builds)}; this device runs {osv} {build}"
+        )
+    names = [c.name for c in manifest.components]
+    if len(set(names)) != len(names):
+        raise WrongTarget(f"release {manifest.release_id} lists a component twice: {names}")
+    for c in manifest.components:
+        if c.name not in comps:
+            raise WrongTarget(
+                f"release {manifest.release_id} patches {c.name!r}, which this device "
+                f"does not have (has {', '.join(sorted(comps))})"
+            )
+    if not names:
+        raise WrongTarget(f"release {manifest.release_id} changes no component")
+    return comps
+
+
+def _stage_component(
+    pb: Preboot,
+    state: dict[str, Any],
+    comp: Any,
+    stage: Path,
+    open_patch: Callable[[Any], BinaryIO],
+    cache: dict[str, list[str]],
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """Patch one component into ``stage`` and verify it; return how it was verified."""
+    from bsipatch.delta.apply import Provenance, apply
+    from bsipatch.seal.tree import check_leaves, verify_image
+
+    source, leaves, verified_now = _find_source(pb, state, comp, cache)
+    seal = comp.target.to_seal()
+    prov = Provenance(leaves, salt=seal.salt) if leaves is not None else None
+    out = stage / f"{comp.name}.img"
+    raw = open_patch(comp)
+    try:
+        reader = _CheckedPatch(raw, int(comp.patch.size), comp.name)
+        # the result is checked against the target seal below, and the source against
+        # the base seal (now, or through the leaf cache): the patch's whole-image digests
+        # would only repeat that. A source that only verified.json vouches for is still
+        # hashed, so a base changed since reads as WrongBaseImage, as it always did.
+        apply(
+            source,
+            reader,
+            out,
+            max_patch_size=int(comp.patch.size),
+            progress=progress,
+            verify_old=not verified_now,
+            verify_new=False,
+            provenance=prov,
+        )
+        reader.drain()
+    finally:
+        close = getattr(raw, "close", None)
+        if close is not None:
+            close()
+    if reader.size != int(comp.patch.size) or not hmac.compare_digest(
+        reader.hash.hexdigest(), comp.patch.sha256.lower()
+    ):
+        raise TargetMismatch(
+            f"patch of {comp.name}: got {reader.size} bytes with SHA-256 "
+            f"{reader.hash.hexdigest()}, manifest says {comp.patch.size} bytes with "
+            f"{comp.patch.sha256}"
+        )
+    out.chmod(0o444)
+    fsync_file(out)
+    crashpoint("install.applied")
+    if prov is not None:
+        # copied blocks' leaves are the verified base's, the others were hashed as made
+        check_leaves(prov.leaves, seal)
+        how: dict[str, Any] = {
+            "seal_check": "leaves",
+            "copied_blocks": prov.copied_blocks,
+            "zero_blocks": prov.zero_blocks,
+            "hashed_blocks": prov.hashed_blocks,
+            "copy_method": prov.copy_method,
+        }
+    else:
+        verify_image(out, seal)
+        how = {"seal_check": "full"}
+    write_durable(stage / f"{comp.name}.seal.json", json_bytes(seal_record_dict(seal)))
+    crashpoint("install.component-staged")
+    return how
+
+
+def install_release(
+    preboot: Preboot,
+    manifest: Any,
+    open_patch: Callable[[Any], BinaryIO],
+    *,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Install and activate a release atomically.
+
+    Every component the manifest lists is patched from the installed image matching
+    its base seal into a staging directory; the patch stream is checked against the
+    manifest's size and SHA-256 and the produced image against the target seal.
+    Components the manifest does not list are hard-linked from the base images.
+    Only when every component verified is the release renamed into place and made
+    active in one atomic state switch: ``relaunch`` components at once, ``reboot``
+    components at the next :func:`boot`. Then :func:`gc` runs.
+
+    Args:
+        preboot: the device's preboot volume.
+        manifest: a verified :class:`bsipatch.trust.manifest.ReleaseManifest`.
+        open_patch: returns a readable binary stream (need not be seekable) of the
+            patch of a :class:`~bsipatch.trust.manifest.ComponentRelease`; it is closed here.
+        progress: ``(done, total)`` output-bytes callback.
+
+    Returns:
+        ``{"release", "slug", "changed", "activated", "pending", "bytes_written",
+        "patch_bytes", "verification"}``; ``verification`` says per changed component
+        how its image was checked against the target seal: ``{"seal_check": "full"}``
+        (rehashed) or ``{"seal_check": "leaves", "copied_blocks", "zero_blocks",
+        "hashed_blocks", "copy_method"}`` (lineage salt, see :mod:`bsipatch.seal.leafcache`).
+
+    Raises:
+        LockedError: another process is changing the volume.
+        WrongTarget: the release is for another OS build or unknown components.
+        WrongBaseImage: no installed image matches a component's base seal.
+        PatchError: the patch is corrupt, truncated or too large.
+        TargetMismatch: patch bytes differ from the manifest's size/SHA-256.
+        SealMismatch: a produced image fails its target seal.
+        StateError: the release is already installed.
+        StagingError: disk full, read-only volume or another I/O error.
+
+    In every error case the active release is unchanged and no staged file is kept.
+
+    Example:
+        >>> pb = Preboot("/preboot")  # doctest: +SKIP
+        >>> install_release(pb, manifest, open_patch_in("/repo"))  # doctest: +SKIP
+    """
+    pb = preboot
+    with pb.lock():
+        pb.recover()
+        state = pb.read_state()
+        comps = _check_applicable(pb, state, manifest)
+        slug = release_slug(manifest.release_id)
+        if (pb.releases_dir / slug).exists():
+            raise StateError(
+                f"release {manifest.release_id} is already installed "
+                f"({'active' if state['chain'][-1:] == [slug] else 'kept for rollback'})"
+            )
+        total = sum(int(c.target.size) for c in manifest.components)
+        done_before = 0
+
+        def comp_progress(done: int, _total: int) -> None:
+            if progress is not None:
+                progress(done_before + done, total)
+
+        _check_space(pb, total)
+        cache = _load_verified(pb)
+        try:
+            tx = pb.journal.begin("install", release=slug)
+        except OSError as exc:
+            raise os_error_to_staging(exc, f"installing {manifest.release_id}") from exc
+        stage = pb.staging_dir / tx
+        try:
+            stage.mkdir()
+            fsync_dir(pb.staging_dir)
+            crashpoint("install.staging-created")
+            changed = {c.name for c in manifest.components}
+            verification = {}
+            for comp in manifest.components:
+                verification[comp.name] = _stage_component(
+                    pb, state, comp, stage, open_patch, cache, comp_progress
+                )
+                done_before += int(comp.target.size)
+            base_dir = pb.path / state["os"]["base"]
+            for name in sorted(set(comps) - changed):
+                (stage / f"{name}.img").hardlink_to(base_dir / f"{name}.img")
+                (stage / f"{name}.seal.json").hardlink_to(base_dir / f"{name}.seal.json")
+            crashpoint("install.linked")
+            info = {
+                "release_id": manifest.release_id,
+                "os_version": manifest.os_version,
+                "builds": list(manifest.builds),
+                "supplemental_build": getattr(manifest, "supplemental_build", None),
+                "published": getattr(manifest, "published", None),
+                "sequence": getattr(manifest, "sequence", None),
+                "installed": pb.clock(),
+                "base": state["os"]["base"],
+                "components": {
+                    name: {
+                        "activation": comps[name],
+                        "changed": name in changed,
+                        **(
+                            {
+                                "cves": [c.id for c in manifest.component(name).cves],
+                                "patch_sha256": manifest.component(name).patch.sha256,
+                                "patch_size": int(manifest.component(name).patch.size),
+                            }
+                            if name in changed
+                            else {}
+                        ),
+                    }
+                    for name in sorted(comps)
+                },
+            }
+            write_durable(stage / "release.json", json_bytes(info))
+            fsync_dir(stage)
+            crashpoint("install.staged")
+            with atomic_write(pb.path / "verified.json") as f:
+                f.write(json_bytes(cache))
+            stage.rename(pb.releases_dir / slug)
+            crashpoint("install.renamed")
+            fsync_dir(pb.releases_dir)
+            fsync_dir(pb.staging_dir)
+            crashpoint("install.moved")
+            new_state = dict(state)
+            new_state["chain"] = [*state["chain"], slug]
+            new_state["last_tx"] = tx
+            new_state["history"] = [
+                *state.get("history", []),
+                _now_entry(
+                    pb,
+                    "install",
+                    release=manifest.release_id,
+                    previous=pb.release_id_of(state["chain"][-1]) if state["chain"] else None,
+                    components=sorted(changed),
+                ),
+            ]
+            pb.write_state(new_state)
+            crashpoint("install.committed")
+            pb.journal.end(tx)
+            crashpoint("install.ended")
+        except BaseException as exc:
+            _abort(pb)
+            if isinstance(exc, OSError) and not isinstance(exc, BsipatchError):
+                raise os_error_to_staging(exc, f"installing {manifest.release_id}") from exc
+            raise
+        pb.journal.compact()
+        gc(pb)
+        pending = sorted(n for n in changed if comps[n] == "reboot")
+        return {
+            "release": manifest.release_id,
+            "slug": slug,
+            "changed": sorted(changed),
+            "activated": sorted(n for n in changed if comps[n] == "relaunch"),
+            "pending": pending,
+            "bytes_written": total,
+            "patch_bytes": sum(int(c.patch.size) for c in manifest.components),
+            "verification": verification,
+        }
+
+
+def _abort(pb: Preboot) -> None:
+    """Best-effort undo after an error; a failure here is left to the next recovery."""
+    # the original error matters more; the next operation's recovery runs again
+    with contextlib.suppress(Exception):
+        pb.recover_locked()
+
+
+def _switch(
+    pb: Preboot, op: str, mutate: Callable[[dict[str, Any]], dict[str, Any]]
+) -> dict[str, Any]:
+    """Journal ``op``, commit ``mutate(state)`` atomically, end, clean up. Lock held."""
+    state = pb.read_state()
+    try:
+        tx = pb.journal.begin(op)
+    except OSError as exc:
+        raise os_error_to_staging(exc, op) from exc
+    try:
+        new_state = mutate(dict(state))
+        new_state["last_tx"] = tx
+        pb.write_state(new_state)
+        crashpoint(f"{op}.committed")
+        pb.journal.end(tx)
+        crashpoint(f"{op}.ended")
+        pb.journal.compact()
+    except BaseException as exc:
+        _abort(pb)
+        if isinstance(exc, OSError) and not isinstance(exc, BsipatchError):
+            raise os_error_to_staging(exc, op) from exc
+        raise
+    return new_state
+
+
+def rollback(preboot: Preboot) -> dict[str, Any]:
+    """Go back to the release that was active before the current one (or the base).
+
+    The images of the release rolled back to are verified against their seals first.
+
+    Returns:
+        ``{"from": release id, "to": release id or None (base images)}``.
+
+    Raises:
+        StateError: no release is installed.
+        RollbackFailed: the earlier images do not verify (the device stays as it is).
+        LockedError, StagingError: as for install.
+    """
+    pb = preboot
+    with pb.lock():
+        pb.recover()
+        state = pb.read_state()
+        chain = state["chain"]
+        if not chain:
+            raise StateError("no release is installed: nothing to roll back")
+        target = chain[-2] if len(chain) > 1 else None
+        from_id, to_id = pb.release_id_of(chain[-1]), pb.release_id_of(target)
+        try:
+            pb.verify_selection(state["os"]["base"], target, exact=target is None)
+        except (SealError, OSError, BsipatchError) as exc:
+            raise RollbackFailed(
+                f"cannot roll back to {to_id or 'the base images'}: {exc}; staying on {from_id}"
+            ) from exc
+
+        def mutate(s: dict[str, Any]) -> dict[str, Any]:
+            s["chain"] = chain[:-1]
+            s["history"] = [
+                *s.get("history", []),
+                _now_entry(pb, "rollback", release=to_id, previous=from_id),
+            ]
+            return s
+
+        _switch(pb, "rollback", mutate)
+        gc(pb)
+        return {"from": from_id, "to": to_id}
+
+
+def uninstall(preboot: Preboot) -> dict[str, Any]:
+    """Return to the base images of the installed OS version and remove every release.
+
+    The base images are checked byte for byte (seal and the SHA-256 recorded when they
+    were installed) before anything changes. ``reboot`` components keep running the
+    booted release until the next :func:`boot`.
+
+    Returns:
+        ``{"removed": [release ids], "previous": release id or None}``.
+
+    Raises:
+        RollbackFailed: a base image does not verify (the device stays as it is).
+        LockedError, StagingError: as for install.
+    """
+    pb = preboot
+    with pb.lock():
+        pb.recover()
+        state = pb.read_state()
+        chain = state["chain"]
+        removed = [pb.release_id_of(s) for s in chain]
+        previous = pb.release_id_of(chain[-1]) if chain else None
+        try:
+            pb.verify_selection(state["os"]["base"], None, exact=True)
+        except (SealError, OSError, BsipatchError) as exc:
+            raise RollbackFailed(
+                f"cannot uninstall: base images do not verify: {exc}; staying on "
+                f"{previous or 'the base images'}"
+            ) from exc
+        if chain:
+
+            def mutate(s: dict[str, Any]) -> dict[str, Any]:
+                s["chain"] = []
+                s["history"] = [
+                    *s.get("history", []),
+                    _now_entry(pb, "uninstall", previous=previous, removed=removed),
+                ]
+                return s
+
+            _switch(pb, "uninstall", mutate)
+        gc(pb)
+        return {"removed": removed, "previous": previous}
+
+
+def boot(preboot: Preboot) -> dict[str, Any]:
+    """What the device does at start: recover, activate pending ``reboot`` components, gc.
+
+    Returns:
+        ``{"recovered": [...], "activated": [component names], "release": id or None}``.
+
+    Raises:
+        LockedError, StagingError: as for install.
+    """
+    pb = preboot
+    with pb.lock():
+        recovered = pb.recover()
+        state = pb.read_state()
+        active = state["chain"][-1] if state["chain"] else None
+        wanted = {"base": state["os"]["base"], "release": active}
+        activated = [p["component"] for p in pb.status()["pending"]]
+        if state["booted"] != wanted:
+
+            def mutate(s: dict[str, Any]) -> dict[str, Any]:
+                s["booted"] = wanted
+                s["history"] = [
+                    *s.get("history", []),
+                    _now_entry(pb, "boot", release=pb.release_id_of(active), activated=activated),
+                ]
+                return s
+
+            _switch(pb, "boot", mutate)
+        gc(pb)
+        return {"recovered": recovered, "activated": activated, "release": pb.release_id_of(active)}
+
+
+def gc(preboot: Preboot) -> dict[str, Any]:
+    """Keep the base images, the active and the previous release (and the booted one).
+
+    Older entries of the rollback chain are dropped (one atomic state switch), then
+    every release or base directory nothing refers to is removed. Readers that have
+    an image open keep reading it (the inode lives until they close it).
+
+    Returns:
+        ``{"removed": [relative paths]}``.
+
+    Raises:
+        LockedError, StagingError: as for install.
+    """
+    pb = preboot
+    with pb.lock():
+        try:
+            state = pb.read_state()
+            if len(state["chain"]) > 2:
+                keep = state["chain"][-2:]
+
+                def mutate(s: dict[str, Any]) -> dict[str, Any]:
+                    s["chain"] = keep
+                    return s
+
+                state = _switch(pb, "gc", mutate)
+            removed = pb.sweep(state)
+        except OSError as exc:
+            raise os_error_to_staging(exc, f"collecting garbage in {pb.path}") from exc
+        from bsipatch.seal import leafcache
+
+        with contextlib.suppress(OSError):  # entries of removed images: only a cache
+            leafcache.prune(pb.path)
+        return {"removed": removed}
+
+
+def os_update(
+    preboot: Preboot,
+    *,
+    os_version: str,
+    build: str,
+    images: dict[str, PathLike],
+    activation: dict[str, str],
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Install the base images of a new OS version and retire every installed release.
+
+    The new base is built in staging, sealed, renamed into ``base/`` and made current in
+    one atomic state switch. Releases of the old OS are removed; the old base stays
+    while a ``reboot`` component still runs from it (until the next :func:`boot`).
+
+    Returns:
+        ``{"os_version", "build", "retired": [release ids]}``.
+
+    Raises:
+        StateError: that OS version and build is already installed.
+        ValueError: bad component names or activation values.
+        LockedError, StagingError: as for install.
+    """
+    pb = preboot
+    with pb.lock():
+        pb.recover()
+        state = pb.read_state()
+        retired = [pb.release_id_of(s) for s in state["chain"]]
+        try:
+            tx = pb.journal.begin("os_update", os_version=os_version, build=build)
+        except OSError as exc:
+            raise os_error_to_staging(exc, "os update") from exc
+        try:
+            base_rel = build_base(
+                pb.path, "staging", tx, os_version, build, images, activation, progress
+            )
+            new_state = dict(state)
+            new_state["os"] = {"version": os_version, "build": build, "base": base_rel}
+            new_state["chain"] = []
+            new_state["last_tx"] = tx
+            new_state["history"] = [
+                *state.get("history", []),
+                _now_entry(pb, "os_update", os_version=os_version, build=build, retired=retired),
+            ]
+            pb.write_state(new_state)
+            crashpoint("os_update.committed")
+            pb.journal.end(tx)
+        except BaseException as exc:
+            _abort(pb)
+            if isinstance(exc, OSError) and not isinstance(exc, BsipatchError):
+                raise os_error_to_staging(exc, "os update") from exc
+            raise
+        pb.journal.compact()
+        gc(pb)
+        return {"os_version": os_version, "build": build, "retired": retired}
+
+
+# --- helpers for the CLI and tests -------------------------------------------------------
+
+
+def load_manifest(data: bytes | dict[str, Any]) -> Any:
+    """Parse a release manifest (a signed envelope or its ``signed`` part) WITHOUT trust checks.
+
+    For the low-level ``bsipatch install`` command and tests: the agent verifies
+    signatures with :class:`bsipatch.trust.verify.Verifier` instead.
+
+    Raises:
+        FormatError: not a manifest.
+    """
+    from bsipatch.trust import manifest as m
+    from bsipatch.errors import FormatError
+
+    try:
+        obj = json.loads(data) if isinstance(data, (bytes, bytearray, str)) else data
+        if isinstance(obj, dict) and "signed" in obj:
+            obj = obj["signed"]
+        return m.ReleaseManifest.from_dict(obj)
+    except (ValueError, TypeError) as exc:  # not JSON at all (FormatError passes through)
+        raise FormatError(f"not a release manifest: {exc}") from exc
+
+
+def open_patch_in(directory: PathLike) -> Callable[[Any], BinaryIO]:
+    """An ``open_patch`` for :func:`install_release` that reads patches from a directory.
+
+    The patch of a component is ``directory / component.patch.path`` (the repository
+    layout) or, if that does not exist, ``directory / basename(path)``.
+    """
+    root = Path(directory)
+
+    def _open(comp: Any) -> BinaryIO:
+        rel = Path(comp.patch.path)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise WrongTarget(f"patch path {comp.patch.path!r} leaves the patch directory")
+        for candidate in (root / rel, root / rel.name):
+            if candidate.is_file():
+                return open(candidate, "rb")
+        raise StateError(f"patch of {comp.name} not found: looked for {root / rel}")
+
+    return _open
