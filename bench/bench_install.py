@@ -168,9 +168,9 @@ def child_install(work: Path) -> dict[str, Any]:
     import zstandard  # noqa: F401
 
     from bsipatch.delta import apply  # noqa: F401
-    from bsipatch.seal import leafcache, tree as seal  # noqa: F401
     from bsipatch.device import install as inst
     from bsipatch.device.preboot import Preboot
+    from bsipatch.seal import leafcache  # noqa: F401
 
     meta = json.loads((work / "meta.json").read_text())
     manifest = inst.load_manifest(meta["manifest"])

@@ -12,13 +12,13 @@ calling these functions run in parallel. Inputs must not change during a call.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 
 from bsipatch import _native
 from bsipatch._native import ffi, lib
+from bsipatch._threads import default_threads
 
 DIGEST_SIZE = 32
 MAX_LEVELS = 63
@@ -52,11 +52,6 @@ def use_simd(enabled: bool) -> bool:
 def implementation() -> str:
     """Name of the SHA-256 code in use: ``"sha-ni"`` or ``"portable"``."""
     return ffi.string(lib.bsi_sha256_impl()).decode("ascii")
-
-
-def default_threads() -> int:
-    """Threads used when ``threads=None``: ``os.cpu_count()``."""
-    return os.cpu_count() or 1
 
 
 def resolve_threads(threads: int | None) -> int:

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from httpserver import Fault, serve
 
-from bsipatch.trust import keys as keymod
 from bsipatch.agent.agent import Agent, AgentStore
-from bsipatch.cli.main import main as cli_main
+from bsipatch.agent.status import device_report
 from bsipatch.cli.demo_run import _code_like, _security_fix
+from bsipatch.cli.main import main as cli_main
+from bsipatch.device.preboot import Preboot
 from bsipatch.errors import (
     BsipatchError,
     FetchError,
@@ -25,10 +26,9 @@ from bsipatch.errors import (
     RollbackAttack,
     StateError,
 )
+from bsipatch.trust import keys as keymod
 from bsipatch.trust.manifest import Cve
-from bsipatch.device.preboot import Preboot
 from bsipatch.trust.publish import ComponentInput, build_release, init_repository, withdraw
-from bsipatch.agent.status import device_report
 from bsipatch.trust.verify import ROLES
 
 NOW = datetime(2026, 11, 28, 9, 0, 0, tzinfo=timezone.utc)
@@ -514,8 +514,8 @@ def test_root_rotation_is_followed_and_old_catalog_key_refused(device, vendor, t
 
 
 def test_second_agent_run_while_locked_is_refused(device, vendor):
-    from bsipatch.errors import LockedError
     from bsipatch.device.preboot import Preboot
+    from bsipatch.errors import LockedError
 
     other = Preboot(device.path)
     with other.lock(), pytest.raises(LockedError):

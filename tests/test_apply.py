@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bsipatch.delta.apply import PARTIAL_SUFFIX, ApplyReader, apply, iter_apply
 from bsipatch.cli.main import main
+from bsipatch.delta.apply import PARTIAL_SUFFIX, ApplyReader, apply, iter_apply
 from bsipatch.delta.diff import diff
 from bsipatch.errors import CorruptPatch, OutputMismatch, TruncatedPatch, WrongBaseImage
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bsipatch.trust.canonical import decode, encode
 from bsipatch.errors import FormatError
+from bsipatch.trust.canonical import decode, encode
 
 
 def test_known_answer_sorted_keys_no_whitespace():

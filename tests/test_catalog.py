@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from bsipatch.trust.catalog import Catalog, CatalogEntry
 from bsipatch.errors import FormatError
+from bsipatch.trust.catalog import Catalog, CatalogEntry
 
 
 def entry(rid: str, seq: int, published: str, builds=("23B85",), withdrawn=False) -> CatalogEntry:

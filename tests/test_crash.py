@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import crashhelper as ch
 
+from bsipatch import _crashpoints
 from bsipatch.device import install as inst
-from bsipatch.device import journal
 from bsipatch.device.preboot import Preboot
 
 pytestmark = pytest.mark.crash
@@ -102,7 +102,7 @@ def run_child(op: list[str], env_extra: dict[str, str]) -> Result:
             os.environ.pop("BSIPATCH_CRASH_AT", None)
             os.environ.pop("BSIPATCH_CRASH_TRACE", None)
             os.environ.update(env_extra)
-            journal._hits.clear()
+            _crashpoints._hits.clear()
             code = ch.main(op)
         except BaseException:
             with open(errpath, "w") as err:

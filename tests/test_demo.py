@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bsipatch.cli.main import main as cli_main
 from bsipatch.cli.demo_run import build_image, run_demo
+from bsipatch.cli.main import main as cli_main
 
 
 def _check(summary: dict) -> None:

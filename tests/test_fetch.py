@@ -13,7 +13,6 @@ import time
 import pytest
 from httpserver import Fault, serve
 
-from bsipatch.errors import FetchError, PatchTooLarge, TargetMismatch
 from bsipatch.agent.download import (
     DirectoryRepository,
     HttpRepository,
@@ -21,6 +20,7 @@ from bsipatch.agent.download import (
     check_relpath,
     open_repository,
 )
+from bsipatch.errors import FetchError, PatchTooLarge, TargetMismatch
 
 SIZE = 300_000
 REL = "releases/26.1-a/webkit.bsipatch"
@@ -262,8 +262,8 @@ def test_unsupported_scheme_refused():
 def test_stream_feeds_apply_directly_across_a_dropped_connection(tmp_path):
     """The patch goes from the socket into bsipatch.delta.apply with no file in between, and a
     drop in the middle is resumed with Range without apply noticing."""
-    from bsipatch.delta.apply import apply
     from bsipatch.cli.demo_run import _code_like, _security_fix
+    from bsipatch.delta.apply import apply
     from bsipatch.delta.diff import diff
 
     old = _code_like(7, 400_000)

@@ -20,8 +20,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import crashhelper as ch
 
-from bsipatch.device import install as inst
 from bsipatch.cli.main import main as cli_main
+from bsipatch.device import install as inst
+from bsipatch.device.preboot import Preboot
 from bsipatch.errors import (
     DiskFullError,
     LockedError,
@@ -37,7 +38,6 @@ from bsipatch.errors import (
     WrongBaseImage,
     WrongTarget,
 )
-from bsipatch.device.preboot import Preboot
 
 A, B, C = "26.1 (a)", "26.1 (b)", "26.1 (c)"
 

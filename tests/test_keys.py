@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from bsipatch.trust import canonical, keys
 from bsipatch.errors import FormatError, KeyFileError
+from bsipatch.trust import canonical, keys
 
 # RFC 8032, section 7.1, TEST 1 (empty message)
 RFC8032_SECRET = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")

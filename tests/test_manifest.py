@@ -5,8 +5,8 @@ import hashlib
 
 import pytest
 
-from bsipatch.trust import canonical
 from bsipatch.errors import FormatError, WrongTarget
+from bsipatch.trust import canonical
 from bsipatch.trust.manifest import (
     ComponentRelease,
     Cve,

@@ -11,10 +11,11 @@ import struct
 
 import pytest
 
-from bsipatch.delta import patchformat as patchfmt
 from bsipatch._native import ffi, lib
+from bsipatch.delta import patchformat as patchfmt
 from bsipatch.delta.apply import apply, iter_apply
 from bsipatch.delta.diff import compute_ops, diff, iter_segments
+from bsipatch.delta.patchformat import read_patch_info
 from bsipatch.errors import (
     CorruptPatch,
     OutputMismatch,
@@ -23,7 +24,6 @@ from bsipatch.errors import (
     TruncatedPatch,
     UnsupportedPatch,
 )
-from bsipatch.delta.patchformat import read_patch_info
 
 
 def _pair(seed: int = 1, size: int = 60_000) -> tuple[bytes, bytes]:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from bsipatch.errors import PolicyError
 from bsipatch.agent.policy import DECLARATION_TYPE, Policy, decide_auto_install
+from bsipatch.errors import PolicyError
 
 
 def test_empty_policy_keeps_defaults_and_user_decides():

@@ -17,9 +17,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import crashhelper as ch
 
-from bsipatch.errors import LockedError, SealMismatch, StateError
-from bsipatch.device.journal import Journal, crashpoint
+from bsipatch._crashpoints import crashpoint
+from bsipatch.device.journal import Journal
 from bsipatch.device.preboot import Preboot, release_slug
+from bsipatch.errors import LockedError, SealMismatch, StateError
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +168,7 @@ def test_journal_ignores_damaged_record_and_everything_after(tmp_path: Path) -> 
 def test_crashpoint_traces_and_kills(tmp_path: Path) -> None:
     trace = tmp_path / "trace"
     code = (
-        "from bsipatch.device.journal import crashpoint\n"
+        "from bsipatch._crashpoints import crashpoint\n"
         "crashpoint('a'); crashpoint('b'); crashpoint('b'); print('survived')\n"
     )
     env = dict(os.environ, BSIPATCH_CRASH_TRACE=str(trace), BSIPATCH_CRASH_AT="b#2")

@@ -13,7 +13,6 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from bsipatch.trust import keys, publish
 from bsipatch.cli.main import main
 from bsipatch.errors import (
     FormatError,
@@ -23,6 +22,7 @@ from bsipatch.errors import (
     ThresholdError,
     WithdrawnRelease,
 )
+from bsipatch.trust import keys, publish
 from bsipatch.trust.manifest import ComponentRelease, Cve, PatchRef, SealRef
 from bsipatch.trust.repository import Repository, patch_relpath
 from bsipatch.trust.verify import Verifier

@@ -12,8 +12,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bsipatch.trust import canonical, keys
-from bsipatch.trust.catalog import Catalog, CatalogEntry
 from bsipatch.errors import (
     ExpiredMetadata,
     FormatError,
@@ -25,6 +23,8 @@ from bsipatch.errors import (
     WithdrawnRelease,
     WrongTarget,
 )
+from bsipatch.trust import canonical, keys
+from bsipatch.trust.catalog import Catalog, CatalogEntry
 from bsipatch.trust.manifest import (
     ComponentRelease,
     Cve,

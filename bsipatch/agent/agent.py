@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from bsipatch._io import PathLike, atomic_write, os_error_to_staging
+from bsipatch.agent.download import FetchStats, PatchStream, Repository, open_repository
+from bsipatch.agent.policy import AutoInstallDecision, Policy, decide_auto_install
 from bsipatch.errors import (
     BsipatchError,
     MetadataError,
@@ -37,8 +39,6 @@ from bsipatch.errors import (
     PolicyError,
     StateError,
 )
-from bsipatch.agent.download import FetchStats, PatchStream, Repository, open_repository
-from bsipatch.agent.policy import AutoInstallDecision, Policy, decide_auto_install
 
 AGENT_DIR = "agent"
 MAX_ROOT_CHAIN = 64  # root rotations fetched in one check, at most

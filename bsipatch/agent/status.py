@@ -14,8 +14,8 @@ import re
 from typing import Any
 
 from bsipatch.agent.agent import AgentStore, format_time, utc_now
-from bsipatch.errors import BsipatchError
 from bsipatch.agent.policy import decide_auto_install
+from bsipatch.errors import BsipatchError
 
 REPORT_FORMAT = 1
 _EXTRA = re.compile(r"\(([a-z]{1,3})\)\s*$")

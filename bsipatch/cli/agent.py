@@ -9,9 +9,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from bsipatch.cli._common import add_command, emit, progress_enabled
 from bsipatch.cli.progress import Progress
 from bsipatch.errors import PolicyError
-from bsipatch.cli._common import add_command, emit, progress_enabled
 
 
 def _add_device_args(p: argparse.ArgumentParser, *, repo: bool) -> None:
@@ -156,8 +156,8 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from bsipatch.device.preboot import Preboot
     from bsipatch.agent.status import device_report, format_report
+    from bsipatch.device.preboot import Preboot
 
     report = device_report(Preboot(args.preboot))
     emit(args, report, format_report(report))

@@ -11,8 +11,8 @@ import sys
 from typing import Any
 
 from bsipatch._io import os_error_to_staging
-from bsipatch.cli.progress import Progress
 from bsipatch.cli._common import add_command, emit, progress_enabled
+from bsipatch.cli.progress import Progress
 
 
 def _human_size(n: int | None) -> str:

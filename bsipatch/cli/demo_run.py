@@ -361,14 +361,14 @@ def run_demo(
 
 
 def _run(root: Path, out: Out, scale: str, use_mke2fs: bool | None, keep: bool) -> dict[str, Any]:
-    from bsipatch.trust import keys as keymod
     from bsipatch.agent.agent import Agent
-    from bsipatch.errors import BsipatchError
-    from bsipatch.device.install import boot
-    from bsipatch.trust.manifest import Cve
-    from bsipatch.device.preboot import Preboot
-    from bsipatch.trust.publish import ComponentInput, build_release, init_repository, withdraw
     from bsipatch.agent.status import device_report
+    from bsipatch.device.install import boot
+    from bsipatch.device.preboot import Preboot
+    from bsipatch.errors import BsipatchError
+    from bsipatch.trust import keys as keymod
+    from bsipatch.trust.manifest import Cve
+    from bsipatch.trust.publish import ComponentInput, build_release, init_repository, withdraw
     from bsipatch.trust.verify import ROLES
 
     t_start = time.monotonic()

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bsipatch.cli.progress import Progress
 from bsipatch.cli._common import add_command, emit, progress_enabled
+from bsipatch.cli.progress import Progress
 
 PREBOOT_ENV = "BSIPATCH_PREBOOT"
 
@@ -30,8 +30,8 @@ def _add_preboot_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _preboot(args: argparse.Namespace) -> Any:
-    from bsipatch.errors import StateError
     from bsipatch.device.preboot import Preboot
+    from bsipatch.errors import StateError
 
     if not args.preboot:
         raise StateError(f"no preboot directory: give --preboot DIR or set ${PREBOOT_ENV}")

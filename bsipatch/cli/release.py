@@ -18,14 +18,20 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from bsipatch.trust import publish
+from bsipatch.cli._common import add_command, emit, progress_enabled
 from bsipatch.cli.progress import Progress
 from bsipatch.errors import FormatError, KeyFileError, MetadataError
+from bsipatch.trust import publish
 from bsipatch.trust.keys import KINDS
 from bsipatch.trust.manifest import Cve, ReleaseManifest, parse_time
 from bsipatch.trust.repository import Repository
-from bsipatch.trust.verify import MAX_MANIFEST_SIZE, ROLES, Verifier, check_signatures, parse_envelope
-from bsipatch.cli._common import add_command, emit, progress_enabled
+from bsipatch.trust.verify import (
+    MAX_MANIFEST_SIZE,
+    ROLES,
+    Verifier,
+    check_signatures,
+    parse_envelope,
+)
 
 _CVE_SPLIT = re.compile(r",(?=CVE-\d{4}-\d+=)")
 

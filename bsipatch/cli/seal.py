@@ -9,9 +9,9 @@ import argparse
 import sys
 import time
 
+from bsipatch.cli._common import add_command, emit, progress_enabled
 from bsipatch.cli.progress import Progress
 from bsipatch.errors import SealFormatError
-from bsipatch.cli._common import add_command, emit, progress_enabled
 
 
 def _hex(value: str) -> bytes:

@@ -36,10 +36,17 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import zstandard
 
-from bsipatch.delta import patchformat as patchfmt
-from bsipatch._io import fsync_dir, open_source, read_exact
+from bsipatch._buffers import open_buffer, sha256_buffer, zero_digest
+from bsipatch._io import fsync_dir, is_pathlike, open_source, read_exact
 from bsipatch._native import error_name, ffi, lib
-from bsipatch.delta.diff import default_threads, is_pathlike, open_buffer, sha256_buffer, zero_digest
+from bsipatch._threads import default_threads
+from bsipatch.delta import patchformat as patchfmt
+
+# hashlib and hmac (they load OpenSSL: several MB resident, ~3 ms) are imported
+# inside the functions that use them, so that importing this module (as a diff-only
+# process may) adds little to a diff's peak memory; the rest is loaded here so that
+# the first apply does not pay for imports.
+from bsipatch.delta.patchformat import PatchReader
 from bsipatch.errors import (
     CorruptPatch,
     OutputMismatch,
@@ -49,15 +56,9 @@ from bsipatch.errors import (
     WrongBaseImage,
 )
 
-# hashlib and hmac (they load OpenSSL: several MB resident, ~3 ms) are imported
-# inside the functions that use them, so that importing this module (as a diff-only
-# process may) adds little to a diff's peak memory; the rest is loaded here so that
-# the first apply does not pay for imports.
-from bsipatch.delta.patchformat import PatchReader
-
 if TYPE_CHECKING:
+    from bsipatch._buffers import Buffer
     from bsipatch._io import PathLike
-    from bsipatch.delta.diff import Buffer
     from bsipatch.delta.patchformat import Header, PatchInfo, SegmentHeader
 
     PatchSource = PathLike | bytes | bytearray | memoryview | BinaryIO
@@ -937,7 +938,7 @@ def _apply_to_path(
             keep = resume and isinstance(exc, (TruncatedPatch, OSError))
             raise
         base_ok()
-        from bsipatch.device.journal import crashpoint  # lazy: it loads hashlib (see the imports above)
+        from bsipatch._crashpoints import crashpoint
 
         crashpoint("apply.written")
         os.fsync(fd)

@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from bsipatch._io import PathLike, fsync_dir, is_pathlike
-from bsipatch.errors import CorruptPatch, PatchTooLarge, TruncatedPatch, UnsupportedPatch
 from bsipatch.delta.patchformat import BSDIFF40_MAGIC, PatchInfo
+from bsipatch.errors import CorruptPatch, PatchTooLarge, TruncatedPatch, UnsupportedPatch
 
 if TYPE_CHECKING:
-    from bsipatch.delta.diff import Buffer, Ops
+    from bsipatch._buffers import Buffer
+    from bsipatch.delta.diff import Ops
 
 HEADER_SIZE = 32
 CHUNK = 1 << 20
@@ -240,7 +241,7 @@ def apply_bsdiff40(
 
     A path ``out`` is written through a temporary file renamed into place on success.
     """
-    from bsipatch.delta.diff import open_buffer
+    from bsipatch._buffers import open_buffer
 
     data = _read_all(f, prefix, max_patch_size)
     _parse(data)

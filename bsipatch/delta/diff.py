@@ -12,18 +12,25 @@ This module does the orchestration and the file I/O; it does not apply patches.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
-import errno
-import functools
 import mmap
-import os
 import re
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from bsipatch._buffers import ZEROS as _ZERO
+from bsipatch._buffers import (
+    Buffer,
+    drop_pages,
+    holes,
+    open_buffer,
+    sha256_buffer,
+    zero_digest,
+)
+from bsipatch._io import is_pathlike
 from bsipatch._native import check, ffi, lib
+from bsipatch._threads import default_threads
 
 # hashlib (OpenSSL), zstandard, the patch framing and the temp-file helpers are
 # imported where they are used, after the suffix-array phase: that phase is the
@@ -34,13 +41,7 @@ if TYPE_CHECKING:
     from bsipatch._io import PathLike
     from bsipatch.delta.patchformat import PatchInfo
 
-    Buffer = bytes | bytearray | memoryview | mmap.mmap
 ProgressFn = Callable[[int, int], None]
-
-
-def is_pathlike(obj: object) -> bool:
-    """True for ``str`` and ``os.PathLike`` objects."""
-    return isinstance(obj, (str, os.PathLike))
 
 
 BS = lib.BSI_BLOCK_SIZE
@@ -75,118 +76,9 @@ HOLE_MIN = 1 << 20
 OP_SIZE = ffi.sizeof("bsi_op")
 
 
-def default_threads() -> int:
-    """Threads used when ``threads=None``: the CPUs this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def _anon(size: int) -> mmap.mmap:
     """Lazily zeroed anonymous memory: untouched pages cost no resident memory."""
     return mmap.mmap(-1, max(size, 1))
-
-
-class MappedFile(mmap.mmap):
-    """A read-only map of a file that also knows the file's path and data extents."""
-
-    path: str
-    extents: list[tuple[int, int]]
-
-
-def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
-    """The file's data ranges from SEEK_DATA/SEEK_HOLE (everything else reads as zero).
-
-    Falls back to one range covering the file where the OS cannot tell.
-    """
-    if not hasattr(os, "SEEK_DATA"):  # pragma: no cover - non-Linux
-        return [(0, size)] if size else []
-    out: list[tuple[int, int]] = []
-    pos = 0
-    try:
-        while pos < size:
-            try:
-                d = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:  # only a hole remains
-                    break
-                raise
-            h = min(os.lseek(fd, d, os.SEEK_HOLE), size)
-            if d >= size:
-                break
-            out.append((d, h))
-            pos = h
-    except OSError:
-        return [(0, size)] if size else []
-    return out
-
-
-@contextmanager
-def open_buffer(src: PathLike | Buffer | BinaryIO) -> Iterator[Buffer]:
-    """Yield a read-only buffer over a path (a :class:`MappedFile`), bytes-like, or file."""
-    if is_pathlike(src):
-        with open(src, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size == 0:
-                yield b""
-                return
-            m = MappedFile(f.fileno(), 0, access=mmap.ACCESS_READ)
-            m.path = os.fspath(src)
-            m.extents = data_extents(f.fileno(), size)
-            try:
-                yield m
-            finally:
-                m.close()
-    elif isinstance(src, (bytes, bytearray, memoryview, mmap.mmap)):
-        yield src
-    elif hasattr(src, "read"):
-        yield src.read()
-    else:
-        raise TypeError(f"expected a path, bytes or a binary file, got {type(src).__name__}")
-
-
-def holes(buf: Buffer, min_len: int = 0) -> list[tuple[int, int]]:
-    """Ranges known to read as zero without looking (file holes), at least ``min_len`` long."""
-    if not isinstance(buf, MappedFile):
-        return []
-    out = []
-    pos = 0
-    for s, e in [*buf.extents, (len(buf), len(buf))]:
-        if s - pos >= max(min_len, 1):
-            out.append((pos, s))
-        pos = max(pos, e)
-    return out
-
-
-def sha256_buffer(buf: Buffer) -> bytes:
-    """SHA-256 of a buffer; a mapped file is read with plain reads, holes hashed as zeros."""
-    import hashlib
-
-    if not isinstance(buf, MappedFile):
-        return hashlib.sha256(buf).digest()
-    h = hashlib.sha256()
-    chunk = 1 << 20
-    zero = memoryview(bytes(chunk))
-    data = bytearray(chunk)
-    mv = memoryview(data)
-    size = len(buf)
-    pos = 0
-    with open(buf.path, "rb") as f:
-        for s, e in [*buf.extents, (size, size)]:
-            while pos < s:
-                n = min(chunk, s - pos)
-                h.update(zero[:n])
-                pos += n
-            f.seek(max(pos, s))
-            pos = max(pos, s)
-            while pos < e:
-                n = f.readinto(mv[: min(chunk, e - pos)])
-                if not n:
-                    raise OSError(f"{buf.path} changed while being read")
-                h.update(mv[:n])
-                pos += n
-    return h.digest()
 
 
 def native_sha256(buf: Buffer) -> bytes:
@@ -194,20 +86,6 @@ def native_sha256(buf: Buffer) -> bytes:
     out = ffi.new("uint8_t[32]")
     lib.bsi_sha256(_ptr(buf), len(buf), out)
     return bytes(ffi.buffer(out))
-
-
-def _drop_pages(buf: Buffer, start: int = 0, end: int | None = None) -> None:
-    """Release the resident pages of a mapped file (re-read on demand later), all of
-    them or those wholly inside ``[start, end)``."""
-    if isinstance(buf, mmap.mmap):
-        with contextlib.suppress(OSError, ValueError):  # best effort
-            if start == 0 and end is None:
-                buf.madvise(mmap.MADV_DONTNEED)
-                return
-            a = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
-            b = min(len(buf) if end is None else end, len(buf)) // mmap.PAGESIZE * mmap.PAGESIZE
-            if b > a:
-                buf.madvise(mmap.MADV_DONTNEED, a, b - a)
 
 
 def _ptr(buf: Buffer) -> Any:
@@ -288,7 +166,7 @@ def compute_ops(
                     "block index",
                 )
                 if big:
-                    _drop_pages(old)
+                    drop_pages(old)
             b = b1
     for c0 in range(b, nob, PREPASS_CHUNK // BS):
         check(
@@ -298,7 +176,7 @@ def compute_ops(
             "block index",
         )
         if big:
-            _drop_pages(old)
+            drop_pages(old)
 
     # scan new: holes become ZERO ops without reading them
     st = ffi.new("bsi_prepass_state *")
@@ -313,8 +191,8 @@ def compute_ops(
                 "block pre-pass",
             )
             if big:
-                _drop_pages(new)
-                _drop_pages(old)
+                drop_pages(new)
+                drop_pages(old)
             if st.pos >= nn:
                 break
 
@@ -326,7 +204,7 @@ def compute_ops(
     table.close()
     # new is not read again until the search, which reads only its gaps: release its
     # pages so the suffix sort (the memory peak) does not carry them
-    _drop_pages(new)
+    drop_pages(new)
     gaps: list[tuple[int, int]] = []
     pos = 0
     for i in range(npre):
@@ -352,7 +230,7 @@ def compute_ops(
                 idx[p : p + e - s] = mv[s:e]
                 p += e - s
             del mv
-            _drop_pages(old)
+            drop_pages(old)
         wide = idx_size >= (1 << 31) - 2
         isz = 8 if wide else 4
         sa_buf = _anon(idx_size * isz)
@@ -448,7 +326,7 @@ def compute_ops(
                     out.append((keep, n))
                 s = stopped[0]
             # the search phase is the diff's memory peak: release this region of new
-            _drop_pages(new, region[1], region[2])
+            drop_pages(new, region[1], region[2])
             return out
 
         with cf.ThreadPoolExecutor(max_workers=threads) as pool:
@@ -582,20 +460,7 @@ def _sha256_range(buf: Buffer, off: int, n: int) -> bytes:
     return h.digest()
 
 
-_ZERO = memoryview(bytes(1 << 20))
 
-
-@functools.lru_cache(maxsize=8)
-def zero_digest(n: int) -> bytes:
-    """SHA-256 of ``n`` zero bytes (cached: all-zero segments of sparse images repeat it)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    while n > 0:
-        k = min(n, len(_ZERO))
-        h.update(_ZERO[:k])
-        n -= k
-    return h.digest()
 
 
 def zstd_params(level: int, size: int) -> zstandard.ZstdCompressionParameters:
@@ -717,8 +582,8 @@ def write_bsipatch(
                 )  # type: ignore[arg-type]
                 digests.append(d)
                 if len(old) + len(new) > PAGE_DROP_ABOVE:
-                    _drop_pages(new)
-                    _drop_pages(old)
+                    drop_pages(new)
+                    drop_pages(old)
                 if progress:
                     progress(off + n, len(new))
 

@@ -28,7 +28,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from bsipatch._crashpoints import crashpoint
 from bsipatch._io import PathLike, atomic_write, fsync_dir, os_error_to_staging
+from bsipatch.device.preboot import (
+    Preboot,
+    build_base,
+    fsync_file,
+    json_bytes,
+    release_slug,
+    seal_record_dict,
+    write_durable,
+)
 from bsipatch.errors import (
     BsipatchError,
     DiskFullError,
@@ -39,16 +49,6 @@ from bsipatch.errors import (
     TargetMismatch,
     WrongBaseImage,
     WrongTarget,
-)
-from bsipatch.device.journal import crashpoint
-from bsipatch.device.preboot import (
-    Preboot,
-    build_base,
-    fsync_file,
-    json_bytes,
-    release_slug,
-    seal_record_dict,
-    write_durable,
 )
 
 __all__ = [
@@ -711,8 +711,8 @@ def load_manifest(data: bytes | dict[str, Any]) -> Any:
     Raises:
         FormatError: not a manifest.
     """
-    from bsipatch.trust import manifest as m
     from bsipatch.errors import FormatError
+    from bsipatch.trust import manifest as m
 
     try:
         obj = json.loads(data) if isinstance(data, (bytes, bytearray, str)) else data

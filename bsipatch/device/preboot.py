@@ -37,9 +37,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from bsipatch._crashpoints import crashpoint
 from bsipatch._io import PathLike, atomic_write, fsync_dir, os_error_to_staging
+from bsipatch.device.journal import Journal
 from bsipatch.errors import LockedError, SealMismatch, StateError
-from bsipatch.device.journal import Journal, crashpoint
 
 STATE_FORMAT = 1
 ACTIVATIONS = ("relaunch", "reboot")

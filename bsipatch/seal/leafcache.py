@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from bsipatch._crashpoints import crashpoint
 from bsipatch._io import atomic_write
 from bsipatch.errors import SealMismatch
-from bsipatch.device.journal import crashpoint
 from bsipatch.seal.tree import Seal, check_leaves
 
 CACHE_SUBDIR = Path("cache") / "leaves"

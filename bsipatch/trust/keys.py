@@ -32,9 +32,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from bsipatch.trust import canonical
 from bsipatch._io import atomic_write
 from bsipatch.errors import FormatError, KeyFileError
+from bsipatch.trust import canonical
 
 __all__ = [
     "KINDS",

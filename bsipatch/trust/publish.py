@@ -25,11 +25,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bsipatch._io import atomic_write
+from bsipatch.errors import FormatError, KeyFileError, MetadataError, SignatureError, ThresholdError
 from bsipatch.trust import canonical
 from bsipatch.trust import keys as keymod
-from bsipatch._io import atomic_write
 from bsipatch.trust.catalog import Catalog, CatalogEntry
-from bsipatch.errors import FormatError, KeyFileError, MetadataError, SignatureError, ThresholdError
 from bsipatch.trust.keys import PrivateKey, PublicKey
 from bsipatch.trust.manifest import (
     ACTIVATIONS,

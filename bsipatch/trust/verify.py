@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from bsipatch.trust import canonical, keys
-from bsipatch.trust.catalog import Catalog, CatalogEntry
 from bsipatch.errors import (
     ExpiredMetadata,
     FormatError,
@@ -36,6 +34,8 @@ from bsipatch.errors import (
     WithdrawnRelease,
     WrongTarget,
 )
+from bsipatch.trust import canonical, keys
+from bsipatch.trust.catalog import Catalog, CatalogEntry
 from bsipatch.trust.manifest import (
     SPEC_VERSION,
     ComponentRelease,

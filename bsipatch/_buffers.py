@@ -1,0 +1,154 @@
+"""Buffers over images: read-only maps of files (with their holes), bytes-likes and
+file objects as one ``Buffer``; SHA-256 of a buffer that skips file holes.
+
+Shared by the delta engine and the device layer. No format or policy here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import mmap
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, BinaryIO, Union
+
+from bsipatch._io import is_pathlike
+
+if TYPE_CHECKING:
+    from bsipatch._io import PathLike
+
+Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]  # noqa: UP007
+
+
+class MappedFile(mmap.mmap):
+    """A read-only map of a file that also knows the file's path and data extents."""
+
+    path: str
+    extents: list[tuple[int, int]]
+
+
+def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
+    """The file's data ranges from SEEK_DATA/SEEK_HOLE (everything else reads as zero).
+
+    Falls back to one range covering the file where the OS cannot tell.
+    """
+    if not hasattr(os, "SEEK_DATA"):  # pragma: no cover - non-Linux
+        return [(0, size)] if size else []
+    out: list[tuple[int, int]] = []
+    pos = 0
+    try:
+        while pos < size:
+            try:
+                d = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # only a hole remains
+                    break
+                raise
+            h = min(os.lseek(fd, d, os.SEEK_HOLE), size)
+            if d >= size:
+                break
+            out.append((d, h))
+            pos = h
+    except OSError:
+        return [(0, size)] if size else []
+    return out
+
+
+@contextmanager
+def open_buffer(src: PathLike | Buffer | BinaryIO) -> Iterator[Buffer]:
+    """Yield a read-only buffer over a path (a :class:`MappedFile`), bytes-like, or file."""
+    if is_pathlike(src):
+        with open(src, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                yield b""
+                return
+            m = MappedFile(f.fileno(), 0, access=mmap.ACCESS_READ)
+            m.path = os.fspath(src)
+            m.extents = data_extents(f.fileno(), size)
+            try:
+                yield m
+            finally:
+                m.close()
+    elif isinstance(src, (bytes, bytearray, memoryview, mmap.mmap)):
+        yield src
+    elif hasattr(src, "read"):
+        yield src.read()
+    else:
+        raise TypeError(f"expected a path, bytes or a binary file, got {type(src).__name__}")
+
+
+def holes(buf: Buffer, min_len: int = 0) -> list[tuple[int, int]]:
+    """Ranges known to read as zero without looking (file holes), at least ``min_len`` long."""
+    if not isinstance(buf, MappedFile):
+        return []
+    out = []
+    pos = 0
+    for s, e in [*buf.extents, (len(buf), len(buf))]:
+        if s - pos >= max(min_len, 1):
+            out.append((pos, s))
+        pos = max(pos, e)
+    return out
+
+
+def sha256_buffer(buf: Buffer) -> bytes:
+    """SHA-256 of a buffer; a mapped file is read with plain reads, holes hashed as zeros."""
+    import hashlib  # lazy: the diff's suffix-array phase runs without OpenSSL loaded
+
+    if not isinstance(buf, MappedFile):
+        return hashlib.sha256(buf).digest()
+    h = hashlib.sha256()
+    chunk = 1 << 20
+    zero = memoryview(bytes(chunk))
+    data = bytearray(chunk)
+    mv = memoryview(data)
+    size = len(buf)
+    pos = 0
+    with open(buf.path, "rb") as f:
+        for s, e in [*buf.extents, (size, size)]:
+            while pos < s:
+                n = min(chunk, s - pos)
+                h.update(zero[:n])
+                pos += n
+            f.seek(max(pos, s))
+            pos = max(pos, s)
+            while pos < e:
+                n = f.readinto(mv[: min(chunk, e - pos)])
+                if not n:
+                    raise OSError(f"{buf.path} changed while being read")
+                h.update(mv[:n])
+                pos += n
+    return h.digest()
+
+
+def drop_pages(buf: Buffer, start: int = 0, end: int | None = None) -> None:
+    """Release the resident pages of a mapped file (re-read on demand later), all of
+    them or those wholly inside ``[start, end)``."""
+    if isinstance(buf, mmap.mmap):
+        with contextlib.suppress(OSError, ValueError):  # best effort
+            if start == 0 and end is None:
+                buf.madvise(mmap.MADV_DONTNEED)
+                return
+            a = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+            b = min(len(buf) if end is None else end, len(buf)) // mmap.PAGESIZE * mmap.PAGESIZE
+            if b > a:
+                buf.madvise(mmap.MADV_DONTNEED, a, b - a)
+
+
+ZEROS = memoryview(bytes(1 << 20))
+
+
+@functools.lru_cache(maxsize=8)
+def zero_digest(n: int) -> bytes:
+    """SHA-256 of ``n`` zero bytes (cached: all-zero segments of sparse images repeat it)."""
+    import hashlib  # lazy: the diff's suffix-array phase runs without OpenSSL loaded
+
+    h = hashlib.sha256()
+    while n > 0:
+        k = min(n, len(ZEROS))
+        h.update(ZEROS[:k])
+        n -= k
+    return h.digest()
