@@ -91,12 +91,13 @@ def hashlib_pool(path: Path, salt: bytes, threads: int, chunk: int = 1 << 20) ->
     base = hashlib.sha256(salt)
     fd = os.open(path, os.O_RDONLY)
     try:
+
         def work(off: int) -> bytes:
             data = os.pread(fd, chunk, off)
             out = []
             for i in range(0, len(data), BLOCK):
                 h = base.copy()
-                h.update(data[i:i + BLOCK])
+                h.update(data[i : i + BLOCK])
                 out.append(h.digest())
             return b"".join(out)
 
@@ -110,7 +111,9 @@ def openssl_speed(seconds: int = 3) -> float:
     """Bytes per second of ``openssl speed -evp sha256`` on 4096-byte buffers (one core)."""
     res = subprocess.run(
         ["openssl", "speed", "-evp", "sha256", "-bytes", "4096", "-seconds", str(seconds)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     for line in res.stdout.splitlines():
         m = re.match(r"^sha256\s+([\d.]+)k\s*$", line.strip())
@@ -130,8 +133,11 @@ def mem_hash_rate(
         hashing.hash_blocks(data, salt=salt, threads=threads, out=out)
         walls.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
-    return (data.size / statistics.median(walls), data.size / statistics.median(cpus),
-            data.size / min(walls))
+    return (
+        data.size / statistics.median(walls),
+        data.size / statistics.median(cpus),
+        data.size / min(walls),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,28 +166,51 @@ def main(argv: list[str] | None = None) -> int:
         warm(img)
         py = [sys.executable, "-m", "bsipatch"]
         env_note = f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
-        print(f"image: {size >> 20} MiB random at {img} ({env_note}); "
-              f"SHA-256 code: {hashing.implementation()}", flush=True)
+        print(
+            f"image: {size >> 20} MiB random at {img} ({env_note}); "
+            f"SHA-256 code: {hashing.implementation()}",
+            flush=True,
+        )
         root_vs = root_bsi = None
         for r in range(args.repeat):
             w, c, seal = timed_call(lambda: seal_image(img, hash_file=tmp / "bsi.hash", salt=salt))
             add("bsipatch seal (library)", w, c)
             root_bsi = seal.root_hash
-            w, c, _ = timed_call(
-                lambda s=seal: verify_image(img, s, hash_file=tmp / "bsi.hash"))
+            w, c, _ = timed_call(lambda s=seal: verify_image(img, s, hash_file=tmp / "bsi.hash"))
             add("bsipatch verify (library)", w, c)
             w, c, out = timed_proc(
-                [vs, "format", str(img), str(tmp / "vs.hash"), "--salt", salt.hex()])
+                [vs, "format", str(img), str(tmp / "vs.hash"), "--salt", salt.hex()]
+            )
             add("veritysetup format", w, c)
             root_vs = bytes.fromhex(re.search(r"Root hash:\s+([0-9a-f]{64})", out).group(1))
             w, c, _ = timed_proc([vs, "verify", str(img), str(tmp / "vs.hash"), root_vs.hex()])
             add("veritysetup verify", w, c)
             os.environ["PYTHONPATH"] = str(ROOT)
-            w, c, _ = timed_proc([*py, "seal", str(img), "--hash-file", str(tmp / "cli.hash"),
-                                  "--salt", salt.hex(), "-q"])
+            w, c, _ = timed_proc(
+                [
+                    *py,
+                    "seal",
+                    str(img),
+                    "--hash-file",
+                    str(tmp / "cli.hash"),
+                    "--salt",
+                    salt.hex(),
+                    "-q",
+                ]
+            )
             add("bsipatch seal (CLI process)", w, c)
-            w, c, _ = timed_proc([*py, "verify", str(img), "--root", root_bsi.hex(),
-                                  "--hash-file", str(tmp / "cli.hash"), "-q"])
+            w, c, _ = timed_proc(
+                [
+                    *py,
+                    "verify",
+                    str(img),
+                    "--root",
+                    root_bsi.hex(),
+                    "--hash-file",
+                    str(tmp / "cli.hash"),
+                    "-q",
+                ]
+            )
             add("bsipatch verify (CLI process)", w, c)
             w, c, _ = timed_call(lambda: hashlib_pool(img, salt, 2))
             add("hashlib 4 KiB blocks, 2-thread pool", w, c)
@@ -205,23 +234,35 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    med = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
-           for k, v in rows.items()}
+    med = {
+        k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
+        for k, v in rows.items()
+    }
     print()
     best = {k: min(w for w, _ in v) for k, v in rows.items()}
     print(f"{'method':42s} {'median s':>9s} {'GB/s':>7s} {'CPU s':>7s} {'best s':>7s}  runs")
     for name, (w, c) in med.items():
-        print(f"{name:42s} {w:9.3f} {size / w / 1e9:7.2f} {c:7.2f} {best[name]:7.3f}  "
-              f"{len(rows[name])}")
-    print(f"{'bsipatch hash_blocks in memory, 1 thread':42s} {'':9s} {rate1[0] / 1e9:7.2f}"
-          f"  ({rate1[1] / 1e9:.2f} GB per CPU second, best run {rate1[2] / 1e9:.2f})")
-    print(f"{'bsipatch hash_blocks in memory, 2 threads':42s} {'':9s} {rate2[0] / 1e9:7.2f}"
-          f"  ({rate2[1] / 1e9:.2f} GB per CPU second, best run {rate2[2] / 1e9:.2f})")
+        print(
+            f"{name:42s} {w:9.3f} {size / w / 1e9:7.2f} {c:7.2f} {best[name]:7.3f}  "
+            f"{len(rows[name])}"
+        )
+    print(
+        f"{'bsipatch hash_blocks in memory, 1 thread':42s} {'':9s} {rate1[0] / 1e9:7.2f}"
+        f"  ({rate1[1] / 1e9:.2f} GB per CPU second, best run {rate1[2] / 1e9:.2f})"
+    )
+    print(
+        f"{'bsipatch hash_blocks in memory, 2 threads':42s} {'':9s} {rate2[0] / 1e9:7.2f}"
+        f"  ({rate2[1] / 1e9:.2f} GB per CPU second, best run {rate2[2] / 1e9:.2f})"
+    )
     print(f"{'bsipatch hash_blocks, portable, 1 thread':42s} {'':9s} {rate_portable / 1e9:7.2f}")
-    print(f"{'openssl speed -evp sha256 -bytes 4096':42s} {'':9s} {ossl / 1e9:7.2f}"
-          "  (openssl divides by user CPU time)")
-    print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
-          "(wall times are only comparable on an idle machine)")
+    print(
+        f"{'openssl speed -evp sha256 -bytes 4096':42s} {'':9s} {ossl / 1e9:7.2f}"
+        "  (openssl divides by user CPU time)"
+    )
+    print(
+        f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
+        "(wall times are only comparable on an idle machine)"
+    )
 
     def ratio(a: str, b: str) -> float:
         return med[b][0] / med[a][0]
@@ -232,36 +273,50 @@ def main(argv: list[str] | None = None) -> int:
         "2 threads vs 1 thread, wall (goal >= 1.8)": rate2[0] / rate1[0],
         "2 threads vs 1 thread, best runs": rate2[2] / rate1[2],
         "2 threads vs 1 thread, CPU efficiency (1.0 = perfect)": rate2[1] / rate1[1],
-        "seal build vs veritysetup format (goal >= 2)": ratio("bsipatch seal (library)",
-                                                              "veritysetup format"),
-        "verify vs veritysetup verify (goal >= 2)": ratio("bsipatch verify (library)",
-                                                          "veritysetup verify"),
+        "seal build vs veritysetup format (goal >= 2)": ratio(
+            "bsipatch seal (library)", "veritysetup format"
+        ),
+        "verify vs veritysetup verify (goal >= 2)": ratio(
+            "bsipatch verify (library)", "veritysetup verify"
+        ),
         "seal build vs veritysetup format, best runs": best["veritysetup format"]
         / best["bsipatch seal (library)"],
         "verify vs veritysetup verify, best runs": best["veritysetup verify"]
         / best["bsipatch verify (library)"],
         "seal build vs veritysetup format, CPU seconds": med["veritysetup format"][1]
         / med["bsipatch seal (library)"][1],
-        "seal CLI process vs veritysetup format": ratio("bsipatch seal (CLI process)",
-                                                        "veritysetup format"),
-        "verify CLI process vs veritysetup verify": ratio("bsipatch verify (CLI process)",
-                                                          "veritysetup verify"),
-        "seal build vs hashlib 2-thread pool": ratio("bsipatch seal (library)",
-                                                     "hashlib 4 KiB blocks, 2-thread pool"),
+        "seal CLI process vs veritysetup format": ratio(
+            "bsipatch seal (CLI process)", "veritysetup format"
+        ),
+        "verify CLI process vs veritysetup verify": ratio(
+            "bsipatch verify (CLI process)", "veritysetup verify"
+        ),
+        "seal build vs hashlib 2-thread pool": ratio(
+            "bsipatch seal (library)", "hashlib 4 KiB blocks, 2-thread pool"
+        ),
     }
     print()
     for name, value in ratios.items():
         print(f"{name:56s} {value:6.2f}x")
     if args.json:
-        print(json.dumps({
-            "size": size, "median_seconds": {k: v[0] for k, v in med.items()},
-            "median_cpu_seconds": {k: v[1] for k, v in med.items()},
-            "best_seconds": best,
-            "mem_rate_1": rate1[0], "mem_rate_2": rate2[0],
-            "mem_rate_1_cpu": rate1[1], "mem_rate_2_cpu": rate2[1],
-            "mem_rate_portable": rate_portable,
-            "openssl_rate": ossl, "ratios": ratios,
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "size": size,
+                    "median_seconds": {k: v[0] for k, v in med.items()},
+                    "median_cpu_seconds": {k: v[1] for k, v in med.items()},
+                    "best_seconds": best,
+                    "mem_rate_1": rate1[0],
+                    "mem_rate_2": rate2[0],
+                    "mem_rate_1_cpu": rate1[1],
+                    "mem_rate_2_cpu": rate2[1],
+                    "mem_rate_portable": rate_portable,
+                    "openssl_rate": ossl,
+                    "ratios": ratios,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

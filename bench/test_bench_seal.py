@@ -54,7 +54,7 @@ def _hashlib_blocks(buf: bytes, start: int = 0, end: int | None = None) -> bytes
     out = []
     for i in range(start, end, BLOCK):
         h = base.copy()
-        h.update(buf[i:i + BLOCK])
+        h.update(buf[i : i + BLOCK])
         out.append(h.digest())
     return b"".join(out)
 
@@ -88,8 +88,9 @@ def test_blocks_1thread_portable(benchmark, data):
     before = hashing.simd_active()
     hashing.use_simd(False)
     try:
-        benchmark.pedantic(hashing.hash_blocks, args=(data,),
-                           kwargs={"salt": SALT, "threads": 1}, rounds=3)
+        benchmark.pedantic(
+            hashing.hash_blocks, args=(data,), kwargs={"salt": SALT, "threads": 1}, rounds=3
+        )
     finally:
         hashing.use_simd(before)
 
@@ -126,23 +127,26 @@ def test_blocks_2threads_hashlib_pool_baseline(benchmark, data):
 
 @pytest.mark.benchmark(group="seal build 256 MiB")
 def test_seal_build_bsipatch(benchmark, image, tmp_path):
-    benchmark.pedantic(seal_image, args=(image,),
-                       kwargs={"hash_file": tmp_path / "h", "salt": SALT}, rounds=5)
+    benchmark.pedantic(
+        seal_image, args=(image,), kwargs={"hash_file": tmp_path / "h", "salt": SALT}, rounds=5
+    )
 
 
 @pytest.mark.benchmark(group="seal build 256 MiB")
 def test_seal_build_veritysetup_baseline(benchmark, image, tmp_path):
     tool = _veritysetup()
     argv = [tool, "format", str(image), str(tmp_path / "h"), "--salt", SALT.hex()]
-    benchmark.pedantic(subprocess.run, args=(argv,), kwargs={"check": True,
-                       "capture_output": True}, rounds=5)
+    benchmark.pedantic(
+        subprocess.run, args=(argv,), kwargs={"check": True, "capture_output": True}, rounds=5
+    )
 
 
 @pytest.mark.benchmark(group="seal verify 256 MiB")
 def test_seal_verify_bsipatch(benchmark, image, tmp_path):
     seal = seal_image(image, hash_file=tmp_path / "h", salt=SALT)
-    benchmark.pedantic(verify_image, args=(image, seal), kwargs={"hash_file": tmp_path / "h"},
-                       rounds=5)
+    benchmark.pedantic(
+        verify_image, args=(image, seal), kwargs={"hash_file": tmp_path / "h"}, rounds=5
+    )
 
 
 @pytest.mark.benchmark(group="seal verify 256 MiB")
@@ -150,5 +154,6 @@ def test_seal_verify_veritysetup_baseline(benchmark, image, tmp_path):
     tool = _veritysetup()
     seal = seal_image(image, hash_file=tmp_path / "h", salt=SALT)
     argv = [tool, "verify", str(image), str(tmp_path / "h"), seal.root_hash.hex()]
-    benchmark.pedantic(subprocess.run, args=(argv,), kwargs={"check": True,
-                       "capture_output": True}, rounds=5)
+    benchmark.pedantic(
+        subprocess.run, args=(argv,), kwargs={"check": True, "capture_output": True}, rounds=5
+    )

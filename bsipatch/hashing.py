@@ -185,8 +185,14 @@ def hash_blocks(
     salt = bytes(salt)
     if n:
         rc = lib.bsi_hash_blocks(
-            buf, n, block_size, salt, len(salt), 1 if salt_after else 0,
-            ffi.from_buffer("uint8_t[]", out), resolve_threads(threads),
+            buf,
+            n,
+            block_size,
+            salt,
+            len(salt),
+            1 if salt_after else 0,
+            ffi.from_buffer("uint8_t[]", out),
+            resolve_threads(threads),
         )
         _native.check(rc, "bsi_hash_blocks")
     return out
@@ -206,8 +212,9 @@ def verity_levels(data_blocks: int, hash_block_size: int = 4096) -> list[int]:
     if data_blocks < 0:
         raise ValueError("data_blocks must be >= 0")
     counts = ffi.new("uint64_t[]", MAX_LEVELS)
-    levels = _native.check(lib.bsi_verity_levels(data_blocks, hash_block_size, counts),
-                           "bsi_verity_levels")
+    levels = _native.check(
+        lib.bsi_verity_levels(data_blocks, hash_block_size, counts), "bsi_verity_levels"
+    )
     return [int(counts[i]) for i in range(levels)]
 
 
@@ -241,8 +248,16 @@ def verity_build(
     root = ffi.new("uint8_t[32]")
     salt = bytes(salt)
     rc = lib.bsi_verity_build(
-        ffi.from_buffer("uint8_t[]", tree), tree.size, ffi.from_buffer("uint8_t[]", leaves), n,
-        hash_block_size, salt, len(salt), 1 if salt_after else 0, root, resolve_threads(threads),
+        ffi.from_buffer("uint8_t[]", tree),
+        tree.size,
+        ffi.from_buffer("uint8_t[]", leaves),
+        n,
+        hash_block_size,
+        salt,
+        len(salt),
+        1 if salt_after else 0,
+        root,
+        resolve_threads(threads),
     )
     _native.check(rc, "bsi_verity_build")
     return bytes(ffi.buffer(root)), tree

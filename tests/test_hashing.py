@@ -64,8 +64,12 @@ def code_path(request):
 
 @pytest.mark.parametrize(("spec", "digest"), _load_vectors())
 def test_nist_known_answers(code_path, spec, digest):
-    if (code_path == "portable" and hashing.simd_available() and spec.startswith("repeat")
-            and int(spec.split(":")[2]) > BIG):
+    if (
+        code_path == "portable"
+        and hashing.simd_available()
+        and spec.startswith("repeat")
+        and int(spec.split(":")[2]) > BIG
+    ):
         # The long messages test the 64-bit length in the shared padding code; the
         # portable compression is covered by every short vector. Saves ~25 s.
         pytest.skip("long message: checked on the SHA-NI path")
@@ -101,8 +105,8 @@ def test_streaming_agrees_with_hashlib_on_random_splits(code_path):
         pos = 0
         while pos < len(data):
             step = rng.randrange(1, 200)
-            h.update(data[pos:pos + step])
-            ref.update(data[pos:pos + step])
+            h.update(data[pos : pos + step])
+            ref.update(data[pos : pos + step])
             pos += step
             if rng.random() < 0.2:
                 assert h.copy().digest() == ref.copy().digest()
@@ -121,8 +125,14 @@ def test_accepts_any_contiguous_buffer(code_path):
 
 def _ref_blocks(data, bs, salt, after):
     return np.array(
-        [list(hashlib.sha256(data[i:i + bs] + salt if after else salt + data[i:i + bs]).digest())
-         for i in range(0, len(data), bs)],
+        [
+            list(
+                hashlib.sha256(
+                    data[i : i + bs] + salt if after else salt + data[i : i + bs]
+                ).digest()
+            )
+            for i in range(0, len(data), bs)
+        ],
         dtype=np.uint8,
     ).reshape(-1, 32)
 
@@ -155,7 +165,7 @@ def test_hash_blocks_large_input_uses_threads_and_agrees(code_path):
     got = hashing.hash_blocks(data, salt=salt, threads=4)
     raw = data.tobytes()
     for i in (0, 1, 1000, 2047):
-        assert got[i].tobytes() == hashlib.sha256(salt + raw[i * 4096:(i + 1) * 4096]).digest()
+        assert got[i].tobytes() == hashlib.sha256(salt + raw[i * 4096 : (i + 1) * 4096]).digest()
 
 
 def test_hash_blocks_writes_into_given_array_without_copy():
@@ -219,8 +229,10 @@ def test_verity_build_matches_a_python_model():
         while count > 1:
             packed = cur + bytes(-len(cur) % 4096)
             levels.append(packed)
-            cur = b"".join(hashlib.sha256(salt + packed[i:i + 4096]).digest()
-                           for i in range(0, len(packed), 4096))
+            cur = b"".join(
+                hashlib.sha256(salt + packed[i : i + 4096]).digest()
+                for i in range(0, len(packed), 4096)
+            )
             count = len(packed) // 4096
         assert root == (cur if n > 1 else leaves[0].tobytes())
         assert tree.tobytes() == b"".join(reversed(levels))

@@ -816,7 +816,10 @@ def test_leaf_cache_entries_of_removed_images_are_pruned(pb: Preboot, world: dic
     inst.boot(pb)
     (pb.path / "cache" / "leaves" / ".junk.tmp").write_bytes(b"x")
     inst.os_update(
-        pb, os_version="26.2", build="23C10", images=world["images"],
+        pb,
+        os_version="26.2",
+        build="23C10",
+        images=world["images"],
         activation=world["activation"],
     )
     assert len(_cache_entries(pb)) == 2  # the old base is still booted

@@ -17,9 +17,20 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_wheel_installs_into_fresh_venv_and_imports_without_source(tmp_path):
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "-w", str(wheels), str(ROOT)],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(wheels),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     (wheel,) = wheels.glob("bsipatch-*.whl")
     venv = tmp_path / "venv"
@@ -27,13 +38,26 @@ def test_wheel_installs_into_fresh_venv_and_imports_without_source(tmp_path):
     py = venv / "bin" / "python"
     site = subprocess.run(
         [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     # install the wheel alone (no network): pip from this interpreter, targeting the venv
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", site,
-         str(wheel)],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--target",
+            site,
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     # runtime dependencies come from this environment's site-packages, appended after the
     # venv's own, so the bsipatch imported is the wheel's
@@ -49,8 +73,15 @@ def test_wheel_installs_into_fresh_venv_and_imports_without_source(tmp_path):
     assert out[0].startswith(site), out
     assert out[1] == __import__("bsipatch").__version__
     cli = subprocess.run(
-        [str(py), "-c", f"import sys; sys.path.append({deps!r}); from bsipatch.cli.main import main; "
-         "sys.exit(main(['--version']))"],
-        capture_output=True, text=True, cwd=tmp_path, env=env,
+        [
+            str(py),
+            "-c",
+            f"import sys; sys.path.append({deps!r}); from bsipatch.cli.main import main; "
+            "sys.exit(main(['--version']))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
     )
     assert cli.returncode == 0 and cli.stdout.startswith("bsipatch ")

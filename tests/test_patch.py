@@ -434,7 +434,7 @@ def test_provenance_of_segments_that_start_inside_a_block(skip: bool) -> None:
     rnd = random.Random(8)
     old = b"".join(bytes(4096) if i % 6 == 0 else rnd.randbytes(4096) for i in range(30))
     new = old[:50_000] + rnd.randbytes(300) + old[50_000:] + b"end"
-    new = new[:4096 * 20] + old[4096 * 3 : 4096 * 9] + new[4096 * 20 :]  # aligned again
+    new = new[: 4096 * 20] + old[4096 * 3 : 4096 * 9] + new[4096 * 20 :]  # aligned again
     ops = compute_ops(old, new, threads=1)
     reported = 0
     for off, n, payload, _, _ in iter_segments(ops, old, new, 10_000):

@@ -41,7 +41,9 @@ def _vs_format(image, hash_file, salt: bytes, *extra) -> bytes:
     tool = require_tool("veritysetup")
     res = subprocess.run(
         [tool, "format", str(image), str(hash_file), "--salt", salt.hex() or "-", *extra],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert res.returncode == 0, res.stderr
     roots = [line.split()[-1] for line in res.stdout.splitlines() if line.startswith("Root hash")]
@@ -50,8 +52,12 @@ def _vs_format(image, hash_file, salt: bytes, *extra) -> bytes:
 
 def _vs_verify(image, hash_file, root: bytes) -> subprocess.CompletedProcess:
     tool = require_tool("veritysetup")
-    return subprocess.run([tool, "verify", str(image), str(hash_file), root.hex()],
-                          capture_output=True, text=True, check=False)
+    return subprocess.run(
+        [tool, "verify", str(image), str(hash_file), root.hex()],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def _flip(path, offset, bit=0):
@@ -124,8 +130,12 @@ def test_empty_image_refused_by_veritysetup_sealed_by_bsipatch(tmp_path):
     img = tmp_path / "empty"
     img.write_bytes(b"")
     tool = require_tool("veritysetup")
-    res = subprocess.run([tool, "format", str(img), str(tmp_path / "vs.hash")],
-                         capture_output=True, text=True, check=False)
+    res = subprocess.run(
+        [tool, "format", str(img), str(tmp_path / "vs.hash")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert res.returncode != 0  # "device ... is too small"
     seal = seal_image(img, hash_file=tmp_path / "e.hash", salt=b"salt")
     assert seal.data_size == 0 and seal.data_blocks == 0
@@ -341,9 +351,17 @@ def test_seal_dict_round_trip_and_bad_dicts():
     d = seal.to_dict()
     assert d["size"] == 15000 and d["salt"] == "0102" and d["hash_algorithm"] == "sha256"
     assert Seal.from_dict(json.loads(json.dumps(d))) == seal
-    for bad in ({}, {"root_hash": "00", "salt": "", "size": 1}, {**d, "size": -1},
-                {**d, "salt": "zz"}, {**d, "size": "5"}, {**d, "salt": "00" * 257},
-                {**d, "data_block_size": 512}, {**d, "hash_algorithm": "sha1"}, []):
+    for bad in (
+        {},
+        {"root_hash": "00", "salt": "", "size": 1},
+        {**d, "size": -1},
+        {**d, "salt": "zz"},
+        {**d, "size": "5"},
+        {**d, "salt": "00" * 257},
+        {**d, "data_block_size": 512},
+        {**d, "hash_algorithm": "sha1"},
+        [],
+    ):
         with pytest.raises(SealFormatError):
             Seal.from_dict(bad)
 
@@ -456,7 +474,7 @@ def test_verified_reader_reads_and_seeks(sealed, with_hash_file):
             pos = rng.randrange(len(data))
             n = rng.randrange(1, 3 * BLOCK_SIZE)
             r.seek(pos)
-            assert r.read(n) == data[pos:pos + n]
+            assert r.read(n) == data[pos : pos + n]
         assert r.seek(-10, io.SEEK_END) == len(data) - 10
         assert r.read() == data[-10:]
         assert r.read() == b""
@@ -470,7 +488,7 @@ def test_verified_reader_with_root_and_hash_file_and_tail(tmp_path):
         assert r.read() == data
     with open_verified(data, seal) as r:
         r.seek(10 * BLOCK_SIZE)
-        assert r.read() == data[10 * BLOCK_SIZE:]
+        assert r.read() == data[10 * BLOCK_SIZE :]
 
 
 def test_verified_reader_catches_a_bad_block_on_read(sealed):
@@ -479,7 +497,7 @@ def test_verified_reader_catches_a_bad_block_on_read(sealed):
         _flip(img, 200 * BLOCK_SIZE + 5)  # changed after opening, as an attacker could
         assert r.read(BLOCK_SIZE) == data[:BLOCK_SIZE]
         r.seek(199 * BLOCK_SIZE)
-        assert r.read(BLOCK_SIZE) == data[199 * BLOCK_SIZE:200 * BLOCK_SIZE]
+        assert r.read(BLOCK_SIZE) == data[199 * BLOCK_SIZE : 200 * BLOCK_SIZE]
         with pytest.raises(SealMismatch) as info:
             r.read(10)
         assert info.value.block == 200
@@ -488,7 +506,7 @@ def test_verified_reader_catches_a_bad_block_on_read(sealed):
             r.read(100 * BLOCK_SIZE)  # spans the bad block: nothing returned
         assert info.value.block == 200
         r.seek(201 * BLOCK_SIZE)
-        assert r.read() == data[201 * BLOCK_SIZE:]
+        assert r.read() == data[201 * BLOCK_SIZE :]
 
 
 def test_verified_reader_small_reads_hash_each_block_once(sealed):
@@ -591,11 +609,30 @@ def test_cli_seal_and_verify(tmp_path, capsys):
     root = out["root_hash"]
     assert cli.main(["verify", str(img), "--root", root, "--hash-file", str(hf)]) == 0
     assert "OK" in capsys.readouterr().out
-    assert cli.main(["verify", str(img), "--root", root, "--salt", "abcd",
-                     "--size", str(len(data)), "--json", "-q"]) == 0
+    assert (
+        cli.main(
+            [
+                "verify",
+                str(img),
+                "--root",
+                root,
+                "--salt",
+                "abcd",
+                "--size",
+                str(len(data)),
+                "--json",
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["ok"] is True
-    assert cli.main(["verify", str(img), "--root", root, "--hash-file", str(hf),
-                     "--size", str(len(data))]) == 0
+    assert (
+        cli.main(
+            ["verify", str(img), "--root", root, "--hash-file", str(hf), "--size", str(len(data))]
+        )
+        == 0
+    )
     capsys.readouterr()
 
     _flip(img, 7 * BLOCK_SIZE + 1)
@@ -606,11 +643,16 @@ def test_cli_seal_and_verify(tmp_path, capsys):
     assert cli.main(["verify", str(img), "--root", root]) == 3
     assert "--salt" in capsys.readouterr().err
     (tmp_path / "trunc").write_bytes(hf.read_bytes()[:5000])
-    assert cli.main(["verify", str(img), "--root", root, "--hash-file",
-                     str(tmp_path / "trunc")]) == 3
+    assert (
+        cli.main(["verify", str(img), "--root", root, "--hash-file", str(tmp_path / "trunc")]) == 3
+    )
     assert "truncated" in capsys.readouterr().err
-    for bad in (["--root", "xyz", "--salt", "-"], ["--root", root, "--threads", "0"],
-                ["--root", root, "--salt", "00" * 257], ["--root", root, "--size", "-1"]):
+    for bad in (
+        ["--root", "xyz", "--salt", "-"],
+        ["--root", root, "--threads", "0"],
+        ["--root", root, "--salt", "00" * 257],
+        ["--root", root, "--size", "-1"],
+    ):
         with pytest.raises(SystemExit) as info:
             cli.main(["verify", str(img), *bad])
         assert info.value.code == 2
@@ -644,13 +686,17 @@ def _model_root(data: bytes, salt: bytes) -> bytes:
     if not data:
         return hashlib.sha256(salt).digest()
     padded = data + bytes(-len(data) % BLOCK_SIZE)
-    digests = [hashlib.sha256(salt + padded[i:i + BLOCK_SIZE]).digest()
-               for i in range(0, len(padded), BLOCK_SIZE)]
+    digests = [
+        hashlib.sha256(salt + padded[i : i + BLOCK_SIZE]).digest()
+        for i in range(0, len(padded), BLOCK_SIZE)
+    ]
     while len(digests) > 1:
         level = b"".join(digests)
         level += bytes(-len(level) % BLOCK_SIZE)
-        digests = [hashlib.sha256(salt + level[i:i + BLOCK_SIZE]).digest()
-                   for i in range(0, len(level), BLOCK_SIZE)]
+        digests = [
+            hashlib.sha256(salt + level[i : i + BLOCK_SIZE]).digest()
+            for i in range(0, len(level), BLOCK_SIZE)
+        ]
     return digests[0]
 
 
@@ -663,17 +709,28 @@ def _model_root(data: bytes, salt: bytes) -> bytes:
     threads=st.integers(1, 4),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_seal_matches_python_model(tmp_path_factory, blocks, tail, salt, chunk_blocks, threads,
-                                   seed):
+def test_seal_matches_python_model(
+    tmp_path_factory, blocks, tail, salt, chunk_blocks, threads, seed
+):
     size = blocks * BLOCK_SIZE + (tail if blocks < 300 else 0)
     data = random.Random(seed).randbytes(size)
     path = tmp_path_factory.mktemp("p") / "img"
     path.write_bytes(data)
-    seal = seal_image(path, salt=salt, threads=threads, chunk_size=chunk_blocks * BLOCK_SIZE,
-                      hash_file=path.with_suffix(".hash"))
+    seal = seal_image(
+        path,
+        salt=salt,
+        threads=threads,
+        chunk_size=chunk_blocks * BLOCK_SIZE,
+        hash_file=path.with_suffix(".hash"),
+    )
     assert seal.root_hash == _model_root(data, salt)
     assert seal.data_size == size
-    verify_image(path, seal, hash_file=path.with_suffix(".hash"), threads=threads,
-                 chunk_size=chunk_blocks * BLOCK_SIZE)
+    verify_image(
+        path,
+        seal,
+        hash_file=path.with_suffix(".hash"),
+        threads=threads,
+        chunk_size=chunk_blocks * BLOCK_SIZE,
+    )
     with open_verified(path, seal, hash_file=path.with_suffix(".hash")) as r:
         assert r.read() == data

@@ -82,11 +82,21 @@ def _seal(args: argparse.Namespace) -> int:
 
     start = time.monotonic()
     with Progress("seal", enabled=progress_enabled(args)) as bar:
-        seal = seal_image(args.image, hash_file=args.hash_file, salt=args.salt,
-                          threads=args.threads, progress=bar.callback)
+        seal = seal_image(
+            args.image,
+            hash_file=args.hash_file,
+            salt=args.salt,
+            threads=args.threads,
+            progress=bar.callback,
+        )
     seconds = time.monotonic() - start
-    data = {**seal.to_dict(), "image": args.image, "hash_file": args.hash_file,
-            "data_blocks": seal.data_blocks, "seconds": round(seconds, 3)}
+    data = {
+        **seal.to_dict(),
+        "image": args.image,
+        "hash_file": args.hash_file,
+        "data_blocks": seal.data_blocks,
+        "seconds": round(seconds, 3),
+    }
     human = [
         f"root hash:   {seal.root_hash.hex()}",
         f"salt:        {seal.salt.hex() or '-'}",
@@ -114,37 +124,80 @@ def _verify(args: argparse.Namespace) -> int:
         salt = None
     start = time.monotonic()
     with Progress("verify", enabled=progress_enabled(args)) as bar:
-        verify_image(args.image, target, salt=salt, hash_file=args.hash_file,
-                     threads=args.threads, progress=bar.callback)
+        verify_image(
+            args.image,
+            target,
+            salt=salt,
+            hash_file=args.hash_file,
+            threads=args.threads,
+            progress=bar.callback,
+        )
     seconds = time.monotonic() - start
-    emit(args, {"ok": True, "image": args.image, "root_hash": args.root.hex(),
-                "hash_file": args.hash_file, "seconds": round(seconds, 3)},
-         f"OK: {args.image} matches root hash {args.root.hex()}")
+    emit(
+        args,
+        {
+            "ok": True,
+            "image": args.image,
+            "root_hash": args.root.hex(),
+            "hash_file": args.hash_file,
+            "seconds": round(seconds, 3),
+        },
+        f"OK: {args.image} matches root hash {args.root.hex()}",
+    )
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``seal`` and ``verify`` to the CLI."""
-    p = add_command(sub, "seal", "build a dm-verity compatible seal (hash tree) of an image",
-                    cmd_seal)
+    p = add_command(
+        sub, "seal", "build a dm-verity compatible seal (hash tree) of an image", cmd_seal
+    )
     p.add_argument("image", help="image file to seal")
-    p.add_argument("--hash-file", metavar="F",
-                   help="write the superblock and hash tree here (veritysetup format)")
-    p.add_argument("--salt", type=_salt, metavar="HEX",
-                   help="salt in hex ('-' for none); default: 32 random bytes")
-    p.add_argument("--threads", type=_threads, default=None, metavar="N",
-                   help="hashing threads (default: all cores)")
+    p.add_argument(
+        "--hash-file",
+        metavar="F",
+        help="write the superblock and hash tree here (veritysetup format)",
+    )
+    p.add_argument(
+        "--salt",
+        type=_salt,
+        metavar="HEX",
+        help="salt in hex ('-' for none); default: 32 random bytes",
+    )
+    p.add_argument(
+        "--threads",
+        type=_threads,
+        default=None,
+        metavar="N",
+        help="hashing threads (default: all cores)",
+    )
 
-    p = add_command(sub, "verify", "verify an image against its seal, naming the first bad block",
-                    cmd_verify)
+    p = add_command(
+        sub, "verify", "verify an image against its seal, naming the first bad block", cmd_verify
+    )
     p.add_argument("image", help="image file to verify")
-    p.add_argument("--root", type=_root, required=True, metavar="HEX",
-                   help="root hash (64 hex digits)")
-    p.add_argument("--hash-file", metavar="F",
-                   help="hash file (superblock + tree) to check against")
-    p.add_argument("--salt", type=_salt, metavar="HEX",
-                   help="salt in hex ('-' for none); taken from the hash file when omitted")
-    p.add_argument("--size", type=_positive, metavar="N",
-                   help="exact image size in bytes the seal was made for")
-    p.add_argument("--threads", type=_threads, default=None, metavar="N",
-                   help="hashing threads (default: all cores)")
+    p.add_argument(
+        "--root", type=_root, required=True, metavar="HEX", help="root hash (64 hex digits)"
+    )
+    p.add_argument(
+        "--hash-file", metavar="F", help="hash file (superblock + tree) to check against"
+    )
+    p.add_argument(
+        "--salt",
+        type=_salt,
+        metavar="HEX",
+        help="salt in hex ('-' for none); taken from the hash file when omitted",
+    )
+    p.add_argument(
+        "--size",
+        type=_positive,
+        metavar="N",
+        help="exact image size in bytes the seal was made for",
+    )
+    p.add_argument(
+        "--threads",
+        type=_threads,
+        default=None,
+        metavar="N",
+        help="hashing threads (default: all cores)",
+    )

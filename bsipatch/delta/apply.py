@@ -472,10 +472,24 @@ def _apply_to_fd(
 BLOCK = 4096
 #: ``FICLONERANGE`` = _IOW(0x94, 13, struct file_clone_range): share extents (reflink).
 FICLONERANGE = 0x4020940D
-_NO_CLONE = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS,
-             errno.EBADF, errno.EPERM, errno.ETXTBSY}
-_NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF,
-                  errno.ETXTBSY}
+_NO_CLONE = {
+    errno.EOPNOTSUPP,
+    errno.ENOTTY,
+    errno.EXDEV,
+    errno.EINVAL,
+    errno.ENOSYS,
+    errno.EBADF,
+    errno.EPERM,
+    errno.ETXTBSY,
+}
+_NO_COPY_RANGE = {
+    errno.EXDEV,
+    errno.ENOSYS,
+    errno.EINVAL,
+    errno.EOPNOTSUPP,
+    errno.EBADF,
+    errno.ETXTBSY,
+}
 _NO_DIRECT = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EFAULT}
 #: Bytes per O_DIRECT write (the old image's pages are released after each).
 DIRECT_CHUNK = 8 << 20
@@ -543,7 +557,11 @@ class _Copier:
     """
 
     def __init__(
-        self, old: _Old, src_fd: int, dst_fd: int, dst_path: PathLike | None,
+        self,
+        old: _Old,
+        src_fd: int,
+        dst_fd: int,
+        dst_path: PathLike | None,
         methods: tuple[str, ...],
     ) -> None:
         self.old = old
@@ -552,9 +570,12 @@ class _Copier:
         mapped = isinstance(old.buf, mmap.mmap)
         self.ok = {
             "reflink": "reflink" in methods and src_fd >= 0,
-            "direct": "direct" in methods and mapped and dst_path is not None
+            "direct": "direct" in methods
+            and mapped
+            and dst_path is not None
             and hasattr(os, "O_DIRECT"),
-            "copy_file_range": "copy_file_range" in methods and src_fd >= 0
+            "copy_file_range": "copy_file_range" in methods
+            and src_fd >= 0
             and hasattr(os, "copy_file_range"),
         }
         self.dst_path = dst_path
@@ -710,8 +731,9 @@ def _apply_prov_to_fd(
         )
     leaves = np.empty((nblocks, 32), dtype=np.uint8)
     need_hash = np.zeros(nblocks, dtype=bool)
-    zero_leaf = hashing.hash_blocks(bytes(BLOCK), salt=prov.salt, salt_after=prov.salt_after,
-                                    threads=1)[0]
+    zero_leaf = hashing.hash_blocks(
+        bytes(BLOCK), salt=prov.salt, salt_after=prov.salt_after, threads=1
+    )[0]
     skip = not verify_new
     src_fd = -1
     if old.path is not None:
@@ -759,8 +781,7 @@ def _apply_prov_to_fd(
         pv = np.zeros((seg.out_offset % BLOCK + seg.out_len) // BLOCK, dtype=np.uint64)
         hashed = 0
         c0 = seg.out_offset  # image offset of the chunk
-        for chunk in segment_chunks(old, header, seg, comp, verify=verify_new, prov=pv,
-                                    skip=skip):
+        for chunk in segment_chunks(old, header, seg, comp, verify=verify_new, prov=pv, skip=skip):
             n = len(chunk)
             first, last = -(-c0 // BLOCK), (c0 + n) // BLOCK  # whole blocks in the chunk
             if not skip:
@@ -788,8 +809,9 @@ def _apply_prov_to_fd(
                 piece = chunk[head + a * BLOCK : head + b * BLOCK]
                 if skip:
                     _pwrite_all(fd, piece, (first + a) * BLOCK)
-                hashing.hash_blocks(piece, salt=salt, salt_after=after, threads=1,
-                                    out=leaves[first + a : first + b])
+                hashing.hash_blocks(
+                    piece, salt=salt, salt_after=after, threads=1, out=leaves[first + a : first + b]
+                )
                 hashed += b - a
             c0 += n
         zeros = np.flatnonzero(pv == lib.BSI_PROV_ZERO)
@@ -804,6 +826,7 @@ def _apply_prov_to_fd(
 
     overall = hashlib.sha256() if verify_new else None
     whole: list[bytes] = []
+
     def finish_one(seg: SegmentHeader, fut: cf.Future[None] | None) -> None:
         assert fut is not None  # every segment is submitted
         fut.result()
@@ -818,9 +841,7 @@ def _apply_prov_to_fd(
             progress(end, header.new_size)
 
     try:
-        _pipeline(
-            reader, threads, lambda pool, seg, comp: pool.submit(work, seg, comp), finish_one
-        )
+        _pipeline(reader, threads, lambda pool, seg, comp: pool.submit(work, seg, comp), finish_one)
     finally:
         copier.close()
         if src_fd >= 0:
@@ -843,8 +864,9 @@ def _apply_prov_to_fd(
             if k <= 0:
                 raise OutputMismatch(f"output file is short at offset {start + got}")
             got += k
-        hashing.hash_blocks(buf, salt=prov.salt, salt_after=prov.salt_after, threads=1,
-                            out=leaves[a:b])
+        hashing.hash_blocks(
+            buf, salt=prov.salt, salt_after=prov.salt_after, threads=1, out=leaves[a:b]
+        )
         counts["hashed"] += b - a
     if counts["copied"] + counts["zero"] + counts["hashed"] != nblocks:  # pragma: no cover
         # every block is exactly one of the three; anything else would leave a leaf unset
@@ -854,10 +876,14 @@ def _apply_prov_to_fd(
     prov.zero_blocks = counts["zero"]
     prov.hashed_blocks = counts["hashed"]
     prov.copy_method = "+".join(m for m in COPY_METHODS if m in copier.used)
-    return {"provenance": {"copied_blocks": prov.copied_blocks,
-                           "zero_blocks": prov.zero_blocks,
-                           "hashed_blocks": prov.hashed_blocks,
-                           "copy_method": prov.copy_method}}
+    return {
+        "provenance": {
+            "copied_blocks": prov.copied_blocks,
+            "zero_blocks": prov.zero_blocks,
+            "hashed_blocks": prov.hashed_blocks,
+            "copy_method": prov.copy_method,
+        }
+    }
 
 
 def _pwrite_all(fd: int, data: memoryview, pos: int) -> None:
@@ -922,12 +948,23 @@ def _apply_to_path(
         try:
             if provenance is not None:
                 stats = _apply_prov_to_fd(
-                    old, reader, fd, provenance, threads=threads, verify_new=verify_new,
-                    progress=progress, path=tmp,
+                    old,
+                    reader,
+                    fd,
+                    provenance,
+                    threads=threads,
+                    verify_new=verify_new,
+                    progress=progress,
+                    path=tmp,
                 )
             else:
                 stats = _apply_to_fd(
-                    old, reader, fd, threads=threads, existing=existing, progress=progress,
+                    old,
+                    reader,
+                    fd,
+                    threads=threads,
+                    existing=existing,
+                    progress=progress,
                     verify_new=verify_new,
                 )
         except KeyboardInterrupt:
@@ -1049,8 +1086,11 @@ def apply(
             if provenance is not None:  # no operations to learn from: hash the output
                 from bsipatch.seal.tree import image_leaves
 
-                provenance.leaves = image_leaves(out, provenance.salt,  # type: ignore[arg-type]
-                                                 salt_after=provenance.salt_after)
+                provenance.leaves = image_leaves(
+                    out,
+                    provenance.salt,  # type: ignore[arg-type]
+                    salt_after=provenance.salt_after,
+                )
                 provenance.hashed_blocks = len(provenance.leaves)
             return info
         reader = PatchReader(f, prefix=magic, max_patch_size=max_patch_size)

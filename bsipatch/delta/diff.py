@@ -460,9 +460,6 @@ def _sha256_range(buf: Buffer, off: int, n: int) -> bytes:
     return h.digest()
 
 
-
-
-
 def zstd_params(level: int, size: int) -> zstandard.ZstdCompressionParameters:
     """zstd parameters for one segment payload: the level's, with smaller match tables.
 

@@ -160,9 +160,19 @@ class Superblock:
     def pack(self) -> bytes:
         """The 512 superblock bytes, little-endian, as veritysetup writes them."""
         return struct.pack(
-            _SB_FORMAT, SUPERBLOCK_MAGIC, self.version, self.hash_type, self.uuid,
-            self.algorithm.encode("ascii"), self.data_block_size, self.hash_block_size,
-            self.data_blocks, len(self.salt), b"", self.salt, b"",
+            _SB_FORMAT,
+            SUPERBLOCK_MAGIC,
+            self.version,
+            self.hash_type,
+            self.uuid,
+            self.algorithm.encode("ascii"),
+            self.data_block_size,
+            self.hash_block_size,
+            self.data_blocks,
+            len(self.salt),
+            b"",
+            self.salt,
+            b"",
         )
 
     @classmethod
@@ -177,8 +187,9 @@ class Superblock:
             raise SealFormatError(
                 f"hash file is truncated: {len(raw)} bytes, a superblock needs {SUPERBLOCK_SIZE}"
             )
-        (magic, version, hash_type, uid, alg, dbs, hbs, blocks, salt_size, _pad1, salt,
-         _pad2) = struct.unpack(_SB_FORMAT, raw[:SUPERBLOCK_SIZE])
+        (magic, version, hash_type, uid, alg, dbs, hbs, blocks, salt_size, _pad1, salt, _pad2) = (
+            struct.unpack(_SB_FORMAT, raw[:SUPERBLOCK_SIZE])
+        )
         if magic != SUPERBLOCK_MAGIC:
             raise SealFormatError(
                 f"not a verity hash file: magic {magic!r}, expected {SUPERBLOCK_MAGIC!r}"
@@ -197,8 +208,14 @@ class Superblock:
         if salt_size > MAX_SALT:
             raise SealFormatError(f"superblock salt size {salt_size} exceeds {MAX_SALT}")
         return cls(
-            data_blocks=blocks, salt=salt[:salt_size], uuid=uid, hash_type=hash_type,
-            algorithm="sha256", data_block_size=dbs, hash_block_size=hbs, version=version,
+            data_blocks=blocks,
+            salt=salt[:salt_size],
+            uuid=uid,
+            hash_type=hash_type,
+            algorithm="sha256",
+            data_block_size=dbs,
+            hash_block_size=hbs,
+            version=version,
         )
 
 
@@ -219,7 +236,7 @@ class _Geometry:
 
     def level_offset(self, level: int) -> int:
         """Offset of ``level`` in hash blocks from the start of the tree (top level first)."""
-        return sum(self.levels[level + 1:])
+        return sum(self.levels[level + 1 :])
 
     @property
     def tree_start(self) -> int:
@@ -282,7 +299,7 @@ class _Image:
         want = len(buf)
         if self.mem is not None:
             got = max(0, min(want, self.mem.nbytes - offset))
-            buf[:got] = self.mem[offset:offset + got]
+            buf[:got] = self.mem[offset : offset + got]
             return got
         if self.fd is not None:
             done = 0
@@ -376,15 +393,21 @@ def _leaf_digests(
         whole = size // BLOCK_SIZE
         for a in range(0, whole, chunk_size // BLOCK_SIZE):
             b = min(whole, a + chunk_size // BLOCK_SIZE)
-            hashing.hash_blocks(img.mem[a * BLOCK_SIZE:b * BLOCK_SIZE], salt=salt,
-                                salt_after=salt_after, threads=nthreads, out=leaves[a:b])
+            hashing.hash_blocks(
+                img.mem[a * BLOCK_SIZE : b * BLOCK_SIZE],
+                salt=salt,
+                salt_after=salt_after,
+                threads=nthreads,
+                out=leaves[a:b],
+            )
             if progress:
                 progress(b * BLOCK_SIZE, size)
         if whole < nblocks:
             tail = bytearray(BLOCK_SIZE)
-            tail[:size - whole * BLOCK_SIZE] = img.mem[whole * BLOCK_SIZE:]
-            hashing.hash_blocks(tail, salt=salt, salt_after=salt_after, threads=1,
-                                out=leaves[whole:])
+            tail[: size - whole * BLOCK_SIZE] = img.mem[whole * BLOCK_SIZE :]
+            hashing.hash_blocks(
+                tail, salt=salt, salt_after=salt_after, threads=1, out=leaves[whole:]
+            )
             if progress:
                 progress(size, size)
         return leaves, size
@@ -414,13 +437,13 @@ def _leaf_digests(
         first = start // BLOCK_SIZE
         count = -(-(end - start) // BLOCK_SIZE)
         if in_hole(start, end):
-            leaves[first:first + count] = zero
+            leaves[first : first + count] = zero
             return end - start
         buf = getattr(local, "buf", None)
         if buf is None:
             # never larger than the (block-padded) image: small images stay cheap
             buf = local.buf = memoryview(bytearray(min(chunk_size, nblocks * BLOCK_SIZE)))
-        got = img.pread(buf[:end - start], start)
+        got = img.pread(buf[: end - start], start)
         if got != end - start:
             raise SealMismatch(
                 f"image shrank while reading: expected {size} bytes, ended at {start + got}",
@@ -429,8 +452,13 @@ def _leaf_digests(
         padded = count * BLOCK_SIZE
         if padded != got:
             buf[got:padded] = bytes(padded - got)
-        hashing.hash_blocks(buf[:padded], salt=salt, salt_after=salt_after, threads=1,
-                            out=leaves[first:first + count])
+        hashing.hash_blocks(
+            buf[:padded],
+            salt=salt,
+            salt_after=salt_after,
+            threads=1,
+            out=leaves[first : first + count],
+        )
         return end - start
 
     done = 0
@@ -449,7 +477,11 @@ def _leaf_digests(
 
 
 def _leaf_digests_stream(
-    img: _Image, salt: bytes, salt_after: bool, nthreads: int, progress: Progress | None,
+    img: _Image,
+    salt: bytes,
+    salt_after: bool,
+    nthreads: int,
+    progress: Progress | None,
     chunk_size: int,
 ) -> tuple[np.ndarray, int]:
     assert img.stream is not None
@@ -463,9 +495,12 @@ def _leaf_digests_stream(
         size += got
         count = -(-got // BLOCK_SIZE)
         if count * BLOCK_SIZE != got:
-            buf[got:count * BLOCK_SIZE] = bytes(count * BLOCK_SIZE - got)
-        parts.append(hashing.hash_blocks(buf[:count * BLOCK_SIZE], salt=salt,
-                                         salt_after=salt_after, threads=nthreads))
+            buf[got : count * BLOCK_SIZE] = bytes(count * BLOCK_SIZE - got)
+        parts.append(
+            hashing.hash_blocks(
+                buf[: count * BLOCK_SIZE], salt=salt, salt_after=salt_after, threads=nthreads
+            )
+        )
         if progress:
             progress(size, size)
         if got < chunk_size:
@@ -475,13 +510,15 @@ def _leaf_digests_stream(
     return np.concatenate(parts), size
 
 
-def _root_and_tree(leaves: np.ndarray, salt: bytes, salt_after: bool,
-                   threads: int | None) -> tuple[bytes, np.ndarray]:
+def _root_and_tree(
+    leaves: np.ndarray, salt: bytes, salt_after: bool, threads: int | None
+) -> tuple[bytes, np.ndarray]:
     if leaves.shape[0] == 0:
         # No blocks: the root of an empty image is sha256(salt) (hash type 1).
         return hashing.sha256(salt), np.empty(0, dtype=np.uint8)
-    return hashing.verity_build(leaves, hash_block_size=BLOCK_SIZE, salt=salt,
-                                salt_after=salt_after, threads=threads)
+    return hashing.verity_build(
+        leaves, hash_block_size=BLOCK_SIZE, salt=salt, salt_after=salt_after, threads=threads
+    )
 
 
 # --- sealing ----------------------------------------------------------------------------
@@ -528,8 +565,9 @@ def seal_image(
     salt_after = hash_type == 0
     img = _Image(image)
     try:
-        leaves, size = _leaf_digests(img, salt_b, salt_after, threads=threads,
-                                     progress=progress, chunk_size=chunk_size)
+        leaves, size = _leaf_digests(
+            img, salt_b, salt_after, threads=threads, progress=progress, chunk_size=chunk_size
+        )
     finally:
         img.close()
     root, tree = _root_and_tree(leaves, salt_b, salt_after, threads)
@@ -544,8 +582,12 @@ def write_hash_file(path: PathLike, seal: Seal, tree: np.ndarray) -> None:
     geo = _Geometry.of(seal.data_blocks)
     if tree.size != geo.tree_blocks * BLOCK_SIZE:
         raise ValueError("tree does not match the seal's geometry")
-    sb = Superblock(data_blocks=seal.data_blocks, salt=seal.salt, uuid=uuid.uuid4().bytes,
-                    hash_type=seal.hash_type)
+    sb = Superblock(
+        data_blocks=seal.data_blocks,
+        salt=seal.salt,
+        uuid=uuid.uuid4().bytes,
+        hash_type=seal.hash_type,
+    )
     header = sb.pack().ljust(geo.tree_start, b"\0")
     with atomic_write(path) as f:
         f.write(header)
@@ -591,7 +633,7 @@ class _LoadedTree:
         if not geo.levels:
             return np.empty((0, DIGEST_SIZE), dtype=np.uint8)
         off = geo.level_offset(0) * BLOCK_SIZE
-        return self.tree[off:off + geo.data_blocks * DIGEST_SIZE].reshape(-1, DIGEST_SIZE)
+        return self.tree[off : off + geo.data_blocks * DIGEST_SIZE].reshape(-1, DIGEST_SIZE)
 
 
 def read_superblock(hash_file: PathLike) -> Superblock:
@@ -656,29 +698,36 @@ def _check_tree(lt: _LoadedTree, root: bytes, threads: int | None) -> None:
         return  # 0 or 1 data block: the root is checked against the data directly
     top = len(geo.levels) - 1
     top_off = geo.level_offset(top) * hbs
-    got = hashing.hash_blocks(lt.tree[top_off:top_off + hbs], salt=salt, salt_after=salt_after,
-                              threads=1)[0].tobytes()
+    got = hashing.hash_blocks(
+        lt.tree[top_off : top_off + hbs], salt=salt, salt_after=salt_after, threads=1
+    )[0].tobytes()
     if not hmac.compare_digest(got, root):
         raise SealMismatch(
             f"root hash mismatch: the hash file's top block (hash block "
             f"{first_tree_block + geo.level_offset(top)}) hashes to {got.hex()}, expected "
             f"{root.hex()} (wrong root hash or salt, or a damaged hash file)",
-            block=first_tree_block + geo.level_offset(top), area="root",
+            block=first_tree_block + geo.level_offset(top),
+            area="root",
         )
     for level in range(top, 0, -1):
         parent_off = geo.level_offset(level) * hbs
         child_off = geo.level_offset(level - 1) * hbs
         nchild = geo.levels[level - 1]
-        stored = lt.tree[parent_off:parent_off + nchild * DIGEST_SIZE].reshape(-1, DIGEST_SIZE)
-        computed = hashing.hash_blocks(lt.tree[child_off:child_off + nchild * hbs], salt=salt,
-                                       salt_after=salt_after, threads=threads)
+        stored = lt.tree[parent_off : parent_off + nchild * DIGEST_SIZE].reshape(-1, DIGEST_SIZE)
+        computed = hashing.hash_blocks(
+            lt.tree[child_off : child_off + nchild * hbs],
+            salt=salt,
+            salt_after=salt_after,
+            threads=threads,
+        )
         bad = _first_mismatch(computed, stored)
         if bad is not None:
             block = first_tree_block + geo.level_offset(level - 1) + bad
             raise SealMismatch(
                 f"hash file block {block} (tree level {level - 1}, entry {bad}) does not match "
                 f"its digest in level {level}: the hash file is damaged",
-                block=block, area="hash",
+                block=block,
+                area="hash",
             )
 
 
@@ -726,7 +775,8 @@ def verify_image(
         if expect.size is not None and size is not None and size != expect.size:
             raise SealMismatch(
                 f"image is {size} bytes, the seal says {expect.size}",
-                block=min(size, expect.size) // BLOCK_SIZE, area="data",
+                block=min(size, expect.size) // BLOCK_SIZE,
+                area="data",
             )
         if hash_file is not None:
             if size is None:
@@ -741,26 +791,33 @@ def verify_image(
             lt = None
             salt_b = expect.salt
             salt_after = expect.hash_type == 0
-        leaves, got_size = _leaf_digests(img, salt_b, salt_after, threads=threads,
-                                         progress=progress, chunk_size=chunk_size)
+        leaves, got_size = _leaf_digests(
+            img, salt_b, salt_after, threads=threads, progress=progress, chunk_size=chunk_size
+        )
     finally:
         img.close()
     if expect.size is not None and got_size != expect.size:
-        raise SealMismatch(f"image is {got_size} bytes, the seal says {expect.size}",
-                           block=min(got_size, expect.size) // BLOCK_SIZE)
+        raise SealMismatch(
+            f"image is {got_size} bytes, the seal says {expect.size}",
+            block=min(got_size, expect.size) // BLOCK_SIZE,
+        )
     if lt is not None and lt.geometry.levels:
         bad = _first_mismatch(leaves, lt.leaves())
         if bad is not None:
             raise SealMismatch(
                 f"data block {bad} (bytes {bad * BLOCK_SIZE}.."
                 f"{min(got_size, (bad + 1) * BLOCK_SIZE) - 1}) does not match the seal",
-                block=bad, area="data",
+                block=bad,
+                area="data",
             )
         return
     root, _tree = _root_and_tree(leaves, salt_b, salt_after, threads)
     if not hmac.compare_digest(root, expect.root):
-        raise _root_mismatch(leaves.shape[0], f"the image hashes to {root.hex()}, expected "
-                             f"{expect.root.hex()} (image changed, or wrong root or salt)")
+        raise _root_mismatch(
+            leaves.shape[0],
+            f"the image hashes to {root.hex()}, expected "
+            f"{expect.root.hex()} (image changed, or wrong root or salt)",
+        )
 
 
 def _root_mismatch(n_leaves: int, detail: str) -> SealMismatch:
@@ -787,8 +844,9 @@ def image_leaves(
     """
     img = _Image(image)
     try:
-        leaves, _size = _leaf_digests(img, bytes(salt), salt_after, threads=threads,
-                                      progress=progress)
+        leaves, _size = _leaf_digests(
+            img, bytes(salt), salt_after, threads=threads, progress=progress
+        )
     finally:
         img.close()
     return leaves
@@ -796,8 +854,9 @@ def image_leaves(
 
 def root_from_leaves(leaves: np.ndarray, seal: Seal, *, threads: int | None = None) -> bytes:
     """The root hash that ``leaves`` give with the salt and hash type of ``seal``."""
-    root, _tree = _root_and_tree(np.ascontiguousarray(leaves, dtype=np.uint8), seal.salt,
-                                 seal.hash_type == 0, threads)
+    root, _tree = _root_and_tree(
+        np.ascontiguousarray(leaves, dtype=np.uint8), seal.salt, seal.hash_type == 0, threads
+    )
     return root
 
 
@@ -811,20 +870,29 @@ def check_leaves(leaves: np.ndarray, seal: Seal, *, threads: int | None = None) 
     Raises:
         SealMismatch: wrong number of leaves, or a different root.
     """
-    if leaves.ndim != 2 or leaves.shape[1:] != (DIGEST_SIZE,) or \
-            leaves.shape[0] != seal.data_blocks:
+    if (
+        leaves.ndim != 2
+        or leaves.shape[1:] != (DIGEST_SIZE,)
+        or leaves.shape[0] != seal.data_blocks
+    ):
         raise SealMismatch(
             f"{leaves.shape[0] if leaves.ndim == 2 else '?'} leaves for a seal of "
-            f"{seal.data_blocks} data blocks", area="data",
+            f"{seal.data_blocks} data blocks",
+            area="data",
         )
     root = root_from_leaves(leaves, seal, threads=threads)
     if not hmac.compare_digest(root, seal.root_hash):
-        raise _root_mismatch(leaves.shape[0], f"the image's leaves give {root.hex()}, "
-                             f"expected {seal.root_hash.hex()}")
+        raise _root_mismatch(
+            leaves.shape[0],
+            f"the image's leaves give {root.hex()}, expected {seal.root_hash.hex()}",
+        )
 
 
 def verified_leaves(
-    image: ImageSource, seal: Seal, *, threads: int | None = None,
+    image: ImageSource,
+    seal: Seal,
+    *,
+    threads: int | None = None,
     progress: Progress | None = None,
 ) -> np.ndarray:
     """Hash an image, check it against ``seal`` (as :func:`verify_image` without a hash
@@ -839,15 +907,19 @@ def verified_leaves(
         if size is not None and size != seal.data_size:
             raise SealMismatch(
                 f"image is {size} bytes, the seal says {seal.data_size}",
-                block=min(size, seal.data_size) // BLOCK_SIZE, area="data",
+                block=min(size, seal.data_size) // BLOCK_SIZE,
+                area="data",
             )
-        leaves, got = _leaf_digests(img, seal.salt, seal.hash_type == 0, threads=threads,
-                                    progress=progress)
+        leaves, got = _leaf_digests(
+            img, seal.salt, seal.hash_type == 0, threads=threads, progress=progress
+        )
     finally:
         img.close()
     if got != seal.data_size:
-        raise SealMismatch(f"image is {got} bytes, the seal says {seal.data_size}",
-                           block=min(got, seal.data_size) // BLOCK_SIZE)
+        raise SealMismatch(
+            f"image is {got} bytes, the seal says {seal.data_size}",
+            block=min(got, seal.data_size) // BLOCK_SIZE,
+        )
     check_leaves(leaves, seal, threads=threads)
     return leaves
 
@@ -868,8 +940,9 @@ class VerifiedReader(io.RawIOBase):
 
     MAX_READ = 8 << 20
 
-    def __init__(self, img: _Image, leaves: np.ndarray, size: int, salt: bytes,
-                 salt_after: bool) -> None:
+    def __init__(
+        self, img: _Image, leaves: np.ndarray, size: int, salt: bytes, salt_after: bool
+    ) -> None:
         super().__init__()
         self._img = img
         self._leaves = leaves
@@ -923,7 +996,7 @@ class VerifiedReader(io.RawIOBase):
         if cache is not None:
             start = self._pos - self._cache_first * BLOCK_SIZE
             if start >= 0 and start + n <= len(cache):
-                out[:n] = cache[start:start + n]
+                out[:n] = cache[start : start + n]
                 self._pos += n
                 return n
         first = self._pos // BLOCK_SIZE
@@ -937,16 +1010,17 @@ class VerifiedReader(io.RawIOBase):
                 f"image is truncated: data block {first + got // BLOCK_SIZE} is missing",
                 block=first + got // BLOCK_SIZE,
             )
-        digests = hashing.hash_blocks(buf, salt=self._salt, salt_after=self._salt_after,
-                                      threads=None if count >= 256 else 1)
-        bad = _first_mismatch(digests, self._leaves[first:last + 1])
+        digests = hashing.hash_blocks(
+            buf, salt=self._salt, salt_after=self._salt_after, threads=None if count >= 256 else 1
+        )
+        bad = _first_mismatch(digests, self._leaves[first : last + 1])
         self.blocks_checked += count
         if bad is not None:
             block = first + bad
             raise SealMismatch(f"data block {block} does not match the seal", block=block)
         self._cache_first, self._cache = first, buf[:want]
         skip = self._pos - first * BLOCK_SIZE
-        out[:n] = buf[skip:skip + n]
+        out[:n] = buf[skip : skip + n]
         self._pos += n
         return n
 
@@ -1006,8 +1080,10 @@ def open_verified(
         if size is None:
             raise ValueError("open_verified needs a seekable image")
         if expect.size is not None and size != expect.size:
-            raise SealMismatch(f"image is {size} bytes, the seal says {expect.size}",
-                               block=min(size, expect.size) // BLOCK_SIZE)
+            raise SealMismatch(
+                f"image is {size} bytes, the seal says {expect.size}",
+                block=min(size, expect.size) // BLOCK_SIZE,
+            )
         if hash_file is not None:
             lt = _load_tree(hash_file, expect, size)
             salt_b, salt_after = lt.superblock.salt, lt.superblock.hash_type == 0
@@ -1030,7 +1106,8 @@ def open_verified(
             if not hmac.compare_digest(root, expect.root):
                 raise SealMismatch(
                     f"root hash mismatch: the image hashes to {root.hex()}, expected "
-                    f"{expect.root.hex()}", area="root",
+                    f"{expect.root.hex()}",
+                    area="root",
                 )
     except BaseException:
         img.close()
@@ -1039,8 +1116,12 @@ def open_verified(
 
 
 def iter_verified(
-    image: ImageSource, seal_or_root: Seal | bytes | str, *, hash_file: PathLike | None = None,
-    salt: bytes | str | None = None, chunk_size: int = 1 << 20,
+    image: ImageSource,
+    seal_or_root: Seal | bytes | str,
+    *,
+    hash_file: PathLike | None = None,
+    salt: bytes | str | None = None,
+    chunk_size: int = 1 << 20,
 ) -> Iterator[bytes]:
     """Yield the image in verified chunks (the iterator shape of :func:`open_verified`)."""
     with open_verified(image, seal_or_root, hash_file=hash_file, salt=salt) as r:
