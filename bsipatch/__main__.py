@@ -1,7 +1,5 @@
 """``python -m bsipatch``: runs the CLI."""
 
-import sys
+from bsipatch.cli.main import entry
 
-from bsipatch.cli.main import main
-
-sys.exit(main())
+entry()

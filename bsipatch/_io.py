@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 from bsipatch.errors import DiskFullError, ReadOnlyError, StagingError
 
-PathLike = Union[str, "os.PathLike[str]"]
+PathLike = Union[str, os.PathLike[str]]  # noqa: UP007
 Source = Union[PathLike, bytes, bytearray, memoryview, BinaryIO]  # noqa: UP007
 
 

@@ -12,13 +12,17 @@ calling these functions run in parallel. Inputs must not change during a call.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 
 from bsipatch import _native
+from bsipatch._buffers import Buffer
 from bsipatch._native import ffi, lib
 from bsipatch._threads import default_threads
+
+#: What the hashing functions read: bytes-likes, memory maps and numpy arrays.
+BytesLike = Union[Buffer, np.ndarray]  # noqa: UP007
 
 DIGEST_SIZE = 32
 MAX_LEVELS = 63
@@ -76,7 +80,7 @@ def _buffer(data: Any, what: str) -> Any:
         raise TypeError(f"{what} must be a contiguous bytes-like object: {exc}") from exc
 
 
-def sha256(data: Any) -> bytes:
+def sha256(data: BytesLike) -> bytes:
     """SHA-256 digest of a bytes-like object.
 
     Args:
@@ -138,7 +142,7 @@ class Sha256:
 
 
 def hash_blocks(
-    data: Any,
+    data: BytesLike,
     *,
     block_size: int = 4096,
     salt: bytes = b"",

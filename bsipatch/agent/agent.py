@@ -32,6 +32,7 @@ from typing import Any, BinaryIO
 from bsipatch._io import PathLike, atomic_write, os_error_to_staging
 from bsipatch.agent.download import FetchStats, PatchStream, Repository, open_repository
 from bsipatch.agent.policy import AutoInstallDecision, Policy, decide_auto_install
+from bsipatch.device.preboot import Preboot
 from bsipatch.errors import (
     BsipatchError,
     MetadataError,
@@ -113,7 +114,7 @@ class AgentStore:
         preboot_dir: the preboot directory.
     """
 
-    def __init__(self, preboot_dir: PathLike):
+    def __init__(self, preboot_dir: PathLike) -> None:
         self.dir = Path(preboot_dir) / AGENT_DIR
 
     def _path(self, name: str) -> Path:
@@ -304,7 +305,7 @@ class Agent:
 
     def __init__(
         self,
-        preboot: Any,
+        preboot: Preboot | PathLike,
         repo: Repository | str | PathLike | None,
         *,
         now: datetime | None = None,
@@ -313,7 +314,7 @@ class Agent:
         retries: int = 4,
         progress: Callable[[int, int], None] | None = None,
         cafile: PathLike | None = None,
-    ):
+    ) -> None:
         from bsipatch.device.preboot import Preboot
 
         self.preboot = preboot if isinstance(preboot, Preboot) else Preboot(preboot)

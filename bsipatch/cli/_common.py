@@ -6,15 +6,125 @@ No library logic here: command modules parse arguments, call the library, print.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+
+class UsageError(Exception):
+    """A mistake in the command line: one line on stderr, exit code 2 (as argparse's own)."""
+
+
+def add_global_options(parser: argparse.ArgumentParser, default: object = False) -> None:
+    """``--json``, ``--debug`` and ``--quiet``, accepted before and after the subcommand.
+
+    The top-level parser gets them with ``default=False``; each subcommand with
+    ``default=SUPPRESS``, so that a subcommand that does not repeat an option keeps
+    the value given before it.
+    """
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=default,
+        help='print one JSON document on stdout (failures: {"ok": false, ...})',
+    )
+    parser.add_argument(
+        "--debug", action="store_true", default=default, help="show tracebacks on errors"
+    )
+    parser.add_argument(
+        "--quiet", "-q", action="store_true", default=default, help="no progress bars"
+    )
+
+
 COMMON = argparse.ArgumentParser(add_help=False)
-COMMON.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-COMMON.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-COMMON.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+add_global_options(COMMON, default=argparse.SUPPRESS)
+
+
+def refuse_same_file(output: str, inputs: dict[str, str]) -> None:
+    """Raise :class:`UsageError` when ``output`` is (or links to) one of the ``inputs``.
+
+    ``inputs`` maps each input's name in the usage line (``OLD``) to its path.
+    """
+    if output == "-":
+        return
+    out = Path(output)
+    for name, value in inputs.items():
+        if value == "-":
+            continue
+        same = Path(value).resolve() == out.resolve()
+        with contextlib.suppress(OSError):
+            same = same or out.samefile(value)
+        if same:
+            raise UsageError(
+                f"bsipatch: error: the output {output} is the input {name}; "
+                "write the result to another path"
+            )
+
+
+# --- argparse ``type=`` validators: a bad value is a usage error (exit 2), never a traceback ---
+
+
+def int_in(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    """A ``type=`` for integers in ``[low, high]`` (either bound optional).
+
+    Example: ``p.add_argument("--level", type=int_in(1, 22))``.
+    """
+
+    def parse(value: str) -> int:
+        try:
+            n = int(value, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+        if low is not None and high is not None and not low <= n <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {n}")
+        if low is not None and n < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {n}")
+        if high is not None and n > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {n}")
+        return n
+
+    parse.__name__ = "integer"  # argparse names the type in "invalid integer value"
+    return parse
+
+
+positive_int = int_in(1)
+"""``type=`` for integers >= 1 (counts, thread numbers, sizes, days)."""
+
+nonnegative_int = int_in(0)
+"""``type=`` for integers >= 0."""
+
+
+def positive_float(value: str) -> float:
+    """``type=`` for finite numbers > 0 (seconds)."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(x) or x <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number greater than 0, got {value}")
+    return x
+
+
+positive_float.__name__ = "number"
+
+
+def role_count(roles: Sequence[str]) -> Callable[[str], tuple[str, int]]:
+    """A ``type=`` for ``ROLE=N`` with ``ROLE`` in ``roles`` and ``N >= 1`` (``--threshold``)."""
+
+    def parse(value: str) -> tuple[str, int]:
+        role, sep, n = value.partition("=")
+        if not sep or role not in roles:
+            raise argparse.ArgumentTypeError(
+                f"expected ROLE=N with ROLE one of {', '.join(roles)}, got {value!r}"
+            )
+        return role, int_in(1)(n)
+
+    parse.__name__ = "ROLE=N"
+    return parse
 
 
 def add_command(

@@ -10,9 +10,17 @@ import argparse
 import sys
 from typing import Any
 
-from bsipatch._io import os_error_to_staging
-from bsipatch.cli._common import add_command, emit, progress_enabled
+from bsipatch.cli._common import (
+    add_command,
+    emit,
+    int_in,
+    positive_int,
+    progress_enabled,
+    refuse_same_file,
+)
 from bsipatch.cli.progress import Progress
+
+MAX_SEGMENT_SIZE = 256 << 20  # bsipatch.delta.diff.MAX_SEGMENT_SIZE (not imported: CLI start-up)
 
 
 def _human_size(n: int | None) -> str:
@@ -25,13 +33,26 @@ def _human_size(n: int | None) -> str:
     return str(n)  # pragma: no cover
 
 
+BSDIFF40_UNCHECKED = (
+    "BSDIFF40 carries no checksums: the patch's structure and sizes were checked, "
+    "the old and new images were not"
+)
+
+
 def _info_lines(d: dict[str, Any]) -> list[str]:
-    lines = [
-        f"format:      {d['format']} (version {d['version']})",
-        f"old image:   {d['old_size']} bytes  sha256 {d['old_sha256'] or '-'}",
-        f"new image:   {d['new_size']} bytes  sha256 {d['new_sha256'] or '-'}",
-        f"patch size:  {d['patch_size']} bytes ({_human_size(d['patch_size'])})",
-    ]
+    if d["format"] == "bsdiff40":
+        lines = [
+            "format:      BSDIFF40 (classic bsdiff; no checksums)",
+            "old image:   size and sha256 not recorded by BSDIFF40",
+            f"new image:   {d['new_size']} bytes  sha256 not recorded by BSDIFF40",
+        ]
+    else:
+        lines = [
+            f"format:      {d['format']} (version {d['version']})",
+            f"old image:   {d['old_size']} bytes  sha256 {d['old_sha256']}",
+            f"new image:   {d['new_size']} bytes  sha256 {d['new_sha256']}",
+        ]
+    lines.append(f"patch size:  {d['patch_size']} bytes ({_human_size(d['patch_size'])})")
     st = d.get("stats", {})
     if st:
         lines.append("stats:       " + ", ".join(f"{k}={v}" for k, v in sorted(st.items())))
@@ -49,20 +70,18 @@ def cmd_diff(args: argparse.Namespace) -> int:
     """bsipatch diff OLD NEW PATCH."""
     from bsipatch.delta.diff import diff
 
-    try:
-        with Progress("diff", enabled=progress_enabled(args)) as bar:
-            info = diff(
-                args.old,
-                args.new,
-                args.patch,
-                format=args.format,
-                level=args.level,
-                threads=args.threads,
-                segment_size=args.segment_size,
-                progress=bar.callback,
-            )
-    except OSError as exc:
-        raise os_error_to_staging(exc, f"diff {args.old} {args.new} -> {args.patch}") from exc
+    refuse_same_file(args.patch, {"OLD": args.old, "NEW": args.new})
+    with Progress("diff", enabled=progress_enabled(args)) as bar:
+        info = diff(
+            args.old,
+            args.new,
+            args.patch,
+            format=args.format,
+            level=args.level,
+            threads=args.threads,
+            segment_size=args.segment_size,
+            progress=bar.callback,
+        )
     d = info.to_dict()
     emit(
         args,
@@ -79,29 +98,29 @@ def cmd_apply(args: argparse.Namespace) -> int:
     """bsipatch apply OLD PATCH OUT."""
     from bsipatch.delta.apply import apply
 
+    refuse_same_file(args.out, {"OLD": args.old, "PATCH": args.patch})
     patch: Any = sys.stdin.buffer if args.patch == "-" else args.patch
-    try:
-        with Progress("apply", enabled=progress_enabled(args)) as bar:
-            info = apply(
-                args.old,
-                patch,
-                args.out,
-                threads=args.threads,
-                progress=bar.callback,
-                resume=args.resume,
-                max_patch_size=args.max_patch_size,
-            )
-    except OSError as exc:
-        raise os_error_to_staging(exc, f"apply to {args.out}") from exc
+    with Progress("apply", enabled=progress_enabled(args)) as bar:
+        info = apply(
+            args.old,
+            patch,
+            args.out,
+            threads=args.threads,
+            progress=bar.callback,
+            resume=args.resume,
+            max_patch_size=args.max_patch_size,
+        )
     d = info.to_dict()
-    emit(
-        args,
-        d,
-        [
-            f"wrote {args.out}: {info.new_size} bytes, verified"
-            + (" (sha256 " + info.new_sha256.hex() + ")" if info.new_sha256 else "")
-        ],
-    )
+    if info.format == "bsdiff40":
+        d["verified"] = False
+        human = [f"wrote {args.out}: {info.new_size} bytes; {BSDIFF40_UNCHECKED}"]
+    else:
+        d["verified"] = True
+        human = [
+            f"wrote {args.out}: {info.new_size} bytes; old image and output verified "
+            f"against the patch's SHA-256s (output sha256 {info.new_sha256.hex()})"
+        ]
+    emit(args, d, human)
     return 0
 
 
@@ -110,10 +129,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from bsipatch.delta.info import read_patch_info
 
     patch: Any = sys.stdin.buffer if args.patch == "-" else args.patch
-    try:
-        info = read_patch_info(patch)
-    except OSError as exc:
-        raise os_error_to_staging(exc, f"reading {args.patch}") from exc
+    info = read_patch_info(patch)
     d = info.to_dict()
     emit(args, d, _info_lines(d))
     return 0
@@ -131,13 +147,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="bsipatch",
         help="bsipatch (default: segmented, zstd, SHA-256 checked) or classic BSDIFF40",
     )
-    p.add_argument("--level", type=int, default=18, help="zstd level 1..22 (default 18)")
-    p.add_argument("--threads", type=int, default=None, help="threads (default: all CPUs)")
+    p.add_argument("--level", type=int_in(1, 22), default=18, help="zstd level 1..22 (default 18)")
+    p.add_argument("--threads", type=positive_int, default=None, help="threads (default: all CPUs)")
     p.add_argument(
         "--segment-size",
-        type=int,
+        type=int_in(4096, MAX_SEGMENT_SIZE),
         default=None,
-        help="largest output bytes per segment (default 64 MiB)",
+        metavar="BYTES",
+        help="largest output bytes per segment, 4096..256 MiB (default 64 MiB)",
     )
 
     p = add_command(
@@ -152,11 +169,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="keep a partial output on interruption and continue from it",
     )
     p.add_argument(
-        "--threads", type=int, default=None, help="segments applied at once (default: up to 3)"
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="segments applied at once (default: up to 3)",
     )
     p.add_argument(
         "--max-patch-size",
-        type=int,
+        type=positive_int,
+        metavar="BYTES",
         default=None,
         help="refuse patches longer than this many bytes",
     )

@@ -1,64 +1,143 @@
 """The ``bsipatch`` command line: argparse, ``main(argv=None) -> int``.
 
 Thin by design: each area's commands live in ``bsipatch/cli/<area>.py`` and
-call the library. Errors from :mod:`bsipatch.errors` become one clear line on
-stderr and the error family's exit code; ``--debug`` shows the traceback.
+call the library. Every failure is one line on stderr (and, with ``--json``, one
+``{"ok": false, ...}`` object on stdout) and an exit code: 2 for usage mistakes,
+the error family's code from :mod:`bsipatch.errors`, the command family's code for
+I/O errors, 130 for Ctrl-C. ``--debug`` adds the traceback. No library logic here.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 from bsipatch._version import __version__
 from bsipatch.cli import agent, delta, demo, device, release, seal
-from bsipatch.errors import BsipatchError
+from bsipatch.cli._common import UsageError, add_global_options
+from bsipatch.errors import (
+    BsipatchError,
+    MetadataError,
+    PatchError,
+    SealError,
+    StagingError,
+)
 
-COMMAND_MODULES = (seal, delta, release, device, agent, demo)
+# command module -> the exit code of its family, used for I/O errors (bsipatch.errors)
+COMMAND_MODULES: tuple[tuple[ModuleType, int], ...] = (
+    (seal, SealError.exit_code),
+    (delta, PatchError.exit_code),
+    (release, MetadataError.exit_code),
+    (device, StagingError.exit_code),
+    (agent, StagingError.exit_code),
+    (demo, BsipatchError.exit_code),
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors raise :class:`UsageError` instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise UsageError(f"{self.prog}: error: {message}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bsipatch",
         description="Small, signed, reversible security fixes for sealed OS images.",
     )
     parser.add_argument("--version", action="version", version=f"bsipatch {__version__}")
+    add_global_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in COMMAND_MODULES:
+    for module, code in COMMAND_MODULES:
+        before = set(sub.choices)
         module.register(sub)
+        for name in set(sub.choices) - before:
+            sub.choices[name].set_defaults(io_exit_code=code)
     return parser
+
+
+def _public_name(filename: str, args: argparse.Namespace) -> str:
+    """The user's path for ``filename``: an output's temporary file is named as the output."""
+    p = Path(filename)
+    for value in vars(args).values():
+        if isinstance(value, str) and value and value != "-":
+            out = Path(value)
+            if p.parent == out.parent and p.name.startswith(f".{out.name}."):
+                return value
+    return filename
+
+
+def _fail(args: argparse.Namespace | None, argv: Sequence[str], message: str, code: int) -> int:
+    """Print ``message`` as one line (and the JSON failure object with --json); return ``code``."""
+    print(message, file=sys.stderr)
+    wants_json = getattr(args, "json", False) if args is not None else "--json" in argv
+    if wants_json:
+        kind = sys.exc_info()[0]
+        obj = {"ok": False, "error": message, "code": code, "type": getattr(kind, "__name__", "")}
+        print(json.dumps(obj, sort_keys=True), flush=True)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
-    func = getattr(args, "func", None)
-    if func is None:
-        parser.print_help(sys.stderr)
-        return 2
+    args: argparse.Namespace | None = None
     try:
+        args = parser.parse_args(argv)
+        func = getattr(args, "func", None)
+        if func is None:
+            parser.print_help(sys.stderr)
+            return 2
         return int(func(args) or 0)
+    except UsageError as exc:
+        return _fail(args, argv, str(exc), 2)
     except BrokenPipeError:
         return 141
     except BsipatchError as exc:
         if getattr(args, "debug", False):
             traceback.print_exc()
-        print(f"bsipatch: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(args, argv, f"bsipatch: error: {exc}", exc.exit_code)
     except OSError as exc:
         if getattr(args, "debug", False):
             traceback.print_exc()
-        where = f": {exc.filename}" if exc.filename else ""
-        print(f"bsipatch: error: {exc.strerror or exc}{where}", file=sys.stderr)
-        return 1
+        where = f"{_public_name(str(exc.filename), args)}: " if exc.filename and args else ""
+        what = exc.strerror or str(exc)
+        return _fail(
+            args, argv, f"bsipatch: error: {where}{what}", getattr(args, "io_exit_code", 1)
+        )
     except KeyboardInterrupt:
-        print("bsipatch: interrupted", file=sys.stderr)
-        return 130
+        # a second Ctrl-C while the first one unwinds must not print a traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        return _fail(args, argv, "bsipatch: interrupted", 130)
+
+
+def entry() -> NoReturn:
+    """Console-script entry point: exit with :func:`main`'s code.
+
+    After Ctrl-C the process exits at once instead of waiting for worker threads to
+    finish work nobody wants any more (outputs were already removed while unwinding).
+    """
+    code = main()
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

@@ -32,12 +32,12 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import zstandard
 
-from bsipatch._buffers import open_buffer, sha256_buffer, zero_digest
-from bsipatch._io import fsync_dir, is_pathlike, open_source, read_exact
+from bsipatch._buffers import Buffer, open_buffer, sha256_buffer, zero_digest
+from bsipatch._io import PathLike, fsync_dir, is_pathlike, open_source, read_exact
 from bsipatch._native import error_name, ffi, lib
 from bsipatch._threads import default_threads
 from bsipatch.delta import patchformat as patchfmt
@@ -46,7 +46,7 @@ from bsipatch.delta import patchformat as patchfmt
 # inside the functions that use them, so that importing this module (as a diff-only
 # process may) adds little to a diff's peak memory; the rest is loaded here so that
 # the first apply does not pay for imports.
-from bsipatch.delta.patchformat import PatchReader
+from bsipatch.delta.patchformat import Header, PatchInfo, PatchReader, SegmentHeader
 from bsipatch.errors import (
     CorruptPatch,
     OutputMismatch,
@@ -56,12 +56,7 @@ from bsipatch.errors import (
     WrongBaseImage,
 )
 
-if TYPE_CHECKING:
-    from bsipatch._buffers import Buffer
-    from bsipatch._io import PathLike
-    from bsipatch.delta.patchformat import Header, PatchInfo, SegmentHeader
-
-    PatchSource = PathLike | bytes | bytearray | memoryview | BinaryIO
+PatchSource = PathLike | bytes | bytearray | memoryview | BinaryIO
 ProgressFn = Callable[[int, int], None]
 
 OUT_CHUNK = 1 << 20

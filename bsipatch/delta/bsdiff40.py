@@ -149,7 +149,7 @@ def read_info(f: BinaryIO, *, prefix: bytes = b"") -> PatchInfo:
         add += x
         extra += y
         pos += x + y
-    stats = {
+    stats: dict[str, int | dict[str, int | str]] = {
         "n_ops": triples,
         "add_bytes": add,
         "insert_bytes": extra,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from bsipatch._io import read_exact
+from bsipatch._reprs import hex_repr
 from bsipatch.errors import CorruptPatch, PatchTooLarge, TruncatedPatch, UnsupportedPatch
 
 # hashlib and hmac load OpenSSL (several MB resident): they are imported where used,
@@ -68,6 +69,7 @@ MAX_PAYLOAD = 32 << 20
 KIND_NAMES = ("copy", "add", "insert", "zero")
 
 
+@hex_repr
 @dataclass(frozen=True)
 class Header:
     """The fixed 144-byte patch header."""
@@ -152,6 +154,7 @@ class Header:
         )
 
 
+@hex_repr
 @dataclass(frozen=True)
 class SegmentHeader:
     """The fixed 112-byte header in front of each segment's zstd data."""
@@ -368,6 +371,7 @@ class PatchReader:
         self.done = True
 
 
+@hex_repr
 @dataclass
 class PatchInfo:
     """What a patch is: format, the images it connects, its segments and op statistics."""
@@ -379,8 +383,8 @@ class PatchInfo:
     new_size: int
     new_sha256: bytes
     patch_size: int | None
-    segments: list[Any] = field(default_factory=list)
-    stats: dict[str, Any] = field(default_factory=dict)
+    segments: list[SegmentHeader] = field(default_factory=list)
+    stats: dict[str, int | dict[str, int | str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (digests as hex)."""

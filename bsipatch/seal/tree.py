@@ -37,6 +37,7 @@ import numpy as np
 
 from bsipatch import hashing
 from bsipatch._io import PathLike, atomic_write, is_pathlike, read_exact
+from bsipatch._reprs import hex_repr
 from bsipatch.errors import SealFormatError, SealMismatch
 
 BLOCK_SIZE = 4096
@@ -58,6 +59,7 @@ ImageSource = Union[PathLike, bytes, bytearray, memoryview, BinaryIO]  # noqa: U
 # --- the seal ---------------------------------------------------------------------------
 
 
+@hex_repr
 @dataclass(frozen=True)
 class Seal:
     """What an image must hash to: root hash, salt, exact size and tree geometry.
@@ -144,6 +146,7 @@ class Seal:
 # --- the superblock ---------------------------------------------------------------------
 
 
+@hex_repr
 @dataclass(frozen=True)
 class Superblock:
     """The 512-byte veritysetup superblock at the start of a hash file (version 1)."""
