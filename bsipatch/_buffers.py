@@ -71,8 +71,14 @@ def open_buffer(src: PathLike | Buffer | BinaryIO) -> Iterator[Buffer]:
             m.extents = data_extents(f.fileno(), size)
             try:
                 yield m
-            finally:
-                m.close()
+            except BaseException:
+                # unwinding (an error, Ctrl-C): frames of the traceback may still hold
+                # pointers into the mapping; it is unmapped when they go, and this
+                # BufferError must not replace the exception in flight
+                with contextlib.suppress(BufferError):
+                    m.close()
+                raise
+            m.close()
     elif isinstance(src, (bytes, bytearray, memoryview, mmap.mmap)):
         yield src
     elif hasattr(src, "read"):

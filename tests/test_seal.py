@@ -672,9 +672,10 @@ def test_cli_seal_random_salt_and_empty_salt(tmp_path, capsys):
 
 
 def test_cli_missing_image_is_a_clear_error(tmp_path, capsys):
-    assert cli.main(["seal", str(tmp_path / "nope")]) == 1
-    assert "No such file" in capsys.readouterr().err
-    assert cli.main(["verify", str(tmp_path / "nope"), "--root", "00" * 32, "--salt", "-"]) == 1
+    # an I/O error carries the seal family's exit code (3) and names the file
+    assert cli.main(["seal", str(tmp_path / "nope")]) == 3
+    assert "nope: No such file" in capsys.readouterr().err
+    assert cli.main(["verify", str(tmp_path / "nope"), "--root", "00" * 32, "--salt", "-"]) == 3
     assert "nope" in capsys.readouterr().err
 
 

@@ -156,3 +156,30 @@ def progress_enabled(args: argparse.Namespace) -> bool | None:
     if getattr(args, "quiet", False) or getattr(args, "json", False):
         return False
     return None
+
+
+# Help for arguments that several commands share, filled in where a command gives none.
+SHARED_HELP = {
+    "repo": "the vendor repository directory",
+    "release_id": 'release id, e.g. "26.1 (a)"',
+    "dir": "the preboot directory to create",
+    "manifest": "a release manifest (signed JSON)",
+    "--os-version": "OS version of the base images, e.g. 26.1",
+    "--build": "OS build of the base images, e.g. 23B85",
+    "--threads": "threads to use (default: all CPUs)",
+    "--threshold": "signatures a role needs, as ROLE=N (repeatable)",
+    "--expires-days": "days until the release manifest expires",
+    "--root-expires-days": "days until the root metadata expires",
+    "--catalog-expires-days": "days until the catalog expires",
+}
+
+
+def fill_shared_help(parser: argparse.ArgumentParser) -> None:
+    """Give every argument of ``parser`` and its subcommands without help its shared help."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                fill_shared_help(sub)
+        elif action.help is None:
+            key = action.option_strings[0] if action.option_strings else action.dest
+            action.help = SHARED_HELP.get(key)

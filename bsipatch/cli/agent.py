@@ -9,7 +9,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bsipatch.cli._common import add_command, emit, progress_enabled
+from bsipatch.cli._common import (
+    add_command,
+    emit,
+    nonnegative_int,
+    positive_float,
+    progress_enabled,
+)
 from bsipatch.cli.progress import Progress
 from bsipatch.errors import PolicyError
 
@@ -26,9 +32,12 @@ def _add_device_args(p: argparse.ArgumentParser, *, repo: bool) -> None:
             help="vendor root.json to trust on first use (stored in the preboot's agent/ dir)",
         )
         p.add_argument(
-            "--timeout", type=float, default=15.0, help="seconds before a stalled download retries"
+            "--timeout",
+            type=positive_float,
+            default=15.0,
+            help="seconds before a stalled download retries (> 0)",
         )
-        p.add_argument("--retries", type=int, default=4, help="retries per file")
+        p.add_argument("--retries", type=nonnegative_int, default=4, help="retries per file")
         p.add_argument(
             "--cafile", metavar="PEM", help="CA certificates to trust for https (default: system)"
         )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import traceback
@@ -22,7 +21,7 @@ from typing import NoReturn
 
 from bsipatch._version import __version__
 from bsipatch.cli import agent, delta, demo, device, release, seal
-from bsipatch.cli._common import UsageError, add_global_options
+from bsipatch.cli._common import UsageError, add_global_options, fill_shared_help
 from bsipatch.errors import (
     BsipatchError,
     MetadataError,
@@ -64,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         module.register(sub)
         for name in set(sub.choices) - before:
             sub.choices[name].set_defaults(io_exit_code=code)
+    fill_shared_help(parser)
     return parser
 
 
@@ -102,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return int(func(args) or 0)
     except UsageError as exc:
-        return _fail(args, argv, str(exc), 2)
+        # as argparse does: usage mistakes leave through SystemExit(2), also in-process
+        raise SystemExit(_fail(args, argv, str(exc), 2)) from None
     except BrokenPipeError:
         return 141
     except BsipatchError as exc:
@@ -125,19 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, argv, "bsipatch: interrupted", 130)
 
 
-def entry() -> NoReturn:
-    """Console-script entry point: exit with :func:`main`'s code.
-
-    After Ctrl-C the process exits at once instead of waiting for worker threads to
-    finish work nobody wants any more (outputs were already removed while unwinding).
-    """
-    code = main()
-    if code == 130:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
-
-
 if __name__ == "__main__":  # pragma: no cover
+    from bsipatch.__main__ import entry
+
     entry()

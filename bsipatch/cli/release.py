@@ -8,23 +8,26 @@ contains key material: only key ids and file names.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import hmac
 import os
 import re
+import shutil
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from bsipatch.cli._common import add_command, emit, progress_enabled
+from bsipatch.cli._common import add_command, emit, positive_int, progress_enabled
 from bsipatch.cli.progress import Progress
 from bsipatch.errors import FormatError, KeyFileError, MetadataError
 from bsipatch.trust import publish
 from bsipatch.trust.keys import KINDS
 from bsipatch.trust.manifest import Cve, ReleaseManifest, parse_time
-from bsipatch.trust.repository import Repository
+from bsipatch.trust.repository import Repository, patch_relpath
 from bsipatch.trust.verify import (
     MAX_MANIFEST_SIZE,
     ROLES,
@@ -194,6 +197,31 @@ def cmd_repo_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _unpublished_release_removed(repo: str, release_id: str) -> Iterator[None]:
+    """On any failure or Ctrl-C, remove the release's new directory unless it was published.
+
+    ``release build`` writes the patches into ``releases/<slug>/`` before it signs the
+    manifest and the catalog; stopped half-way, it must not leave that directory behind.
+    """
+    release_dir = Path(repo) / Path(patch_relpath(release_id, "x")).parent
+    new_dirs = [d for d in (release_dir.parent, release_dir) if not d.exists()]
+    try:
+        yield
+    except BaseException:
+        if release_dir in new_dirs and release_dir.exists():
+            try:
+                listed = publish.load_catalog(repo).get(release_id) is not None
+            except Exception:
+                listed = False
+            if not listed:
+                shutil.rmtree(release_dir, ignore_errors=True)
+                if release_dir.parent in new_dirs:
+                    with contextlib.suppress(OSError):
+                        release_dir.parent.rmdir()  # only if empty
+        raise
+
+
 def cmd_release_build(args: argparse.Namespace) -> int:
     published = parse_time(args.published, "--published") if args.published else _now(args)
     components = [parse_component(s) for s in args.component]
@@ -215,22 +243,23 @@ def cmd_release_build(args: argparse.Namespace) -> int:
     keys = publish.load_keydir(args.keys, _passphrase(args))
     quiet = args.quiet or args.json
     bars = _Bars(progress_enabled(args))
-    m = publish.build_release(
-        args.repo,
-        release_id=args.id,
-        os_version=args.os_version,
-        builds=args.build,
-        supplemental_build=args.supplemental_build,
-        components=components,
-        keys=keys,
-        published=published,
-        expires=published + timedelta(days=args.expires_days),
-        catalog_expires=published + timedelta(days=args.catalog_expires_days),
-        store_base_images=not args.no_images,
-        threads=args.threads,
-        log=None if quiet else bars.log,
-        progress=bars.update,
-    )
+    with _unpublished_release_removed(args.repo, args.id):
+        m = publish.build_release(
+            args.repo,
+            release_id=args.id,
+            os_version=args.os_version,
+            builds=args.build,
+            supplemental_build=args.supplemental_build,
+            components=components,
+            keys=keys,
+            published=published,
+            expires=published + timedelta(days=args.expires_days),
+            catalog_expires=published + timedelta(days=args.catalog_expires_days),
+            store_base_images=not args.no_images,
+            threads=args.threads,
+            log=None if quiet else bars.log,
+            progress=bars.update,
+        )
     bars.close()
     lines = [f"published {m.release_id} (sequence {m.sequence}) for build(s) {', '.join(m.builds)}"]
     for c in m.components:
@@ -392,7 +421,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         choices=ROLES,
         help="role to make keys for (repeatable; default: root, release and catalog)",
     )
-    p.add_argument("--count", type=int, default=1, help="keys per role (default 1)")
+    p.add_argument("--count", type=positive_int, default=1, help="keys per role (default 1)")
     p.add_argument(
         "--passphrase-env", metavar="VAR", help="encrypt keys with the passphrase in env VAR"
     )
@@ -461,7 +490,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--expires-days", type=int, default=publish.DEFAULT_MANIFEST_DAYS)
     p.add_argument("--catalog-expires-days", type=int, default=publish.DEFAULT_CATALOG_DAYS)
     p.add_argument("--published", metavar="TIME", help="publication time (default now)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None, help="threads (default: all CPUs)")
     p.add_argument("--no-images", action="store_true", help="do not copy base images into images/")
     _add_now(p)
 

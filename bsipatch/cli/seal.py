@@ -6,10 +6,16 @@ Argument parsing and output only; the work is in :mod:`bsipatch.seal.tree`.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
-from bsipatch.cli._common import add_command, emit, progress_enabled
+from bsipatch.cli._common import (
+    add_command,
+    emit,
+    nonnegative_int,
+    positive_int,
+    progress_enabled,
+    refuse_same_file,
+)
 from bsipatch.cli.progress import Progress
 from bsipatch.errors import SealFormatError
 
@@ -37,48 +43,12 @@ def _root(value: str) -> bytes:
     return root
 
 
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from exc
-    if n < 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
-    return n
-
-
-def _os_error(exc: OSError) -> int:
-    """One clear line for a file that cannot be read or written; exit code 1."""
-    where = f" {exc.filename!r}" if exc.filename else ""
-    print(f"bsipatch: error: cannot access{where}: {exc.strerror or exc}", file=sys.stderr)
-    return 1
-
-
-def _threads(value: str) -> int:
-    n = _positive(value)
-    if n == 0:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return n
-
-
 def cmd_seal(args: argparse.Namespace) -> int:
     """``bsipatch seal IMAGE``: build the hash tree, print the root hash."""
-    try:
-        return _seal(args)
-    except OSError as exc:
-        return _os_error(exc)
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    """``bsipatch verify IMAGE --root HEX``: check every block, name the first bad one."""
-    try:
-        return _verify(args)
-    except OSError as exc:
-        return _os_error(exc)
-
-
-def _seal(args: argparse.Namespace) -> int:
     from bsipatch.seal.tree import seal_image
+
+    if args.hash_file:
+        refuse_same_file(args.hash_file, {"IMAGE": args.image})
 
     start = time.monotonic()
     with Progress("seal", enabled=progress_enabled(args)) as bar:
@@ -108,7 +78,8 @@ def _seal(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify(args: argparse.Namespace) -> int:
+def cmd_verify(args: argparse.Namespace) -> int:
+    """``bsipatch verify IMAGE --root HEX``: check every block, name the first bad one."""
     from bsipatch.seal.tree import Seal, read_superblock, verify_image
 
     salt = args.salt
@@ -166,7 +137,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--threads",
-        type=_threads,
+        type=positive_int,
         default=None,
         metavar="N",
         help="hashing threads (default: all cores)",
@@ -190,13 +161,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--size",
-        type=_positive,
+        type=nonnegative_int,
         metavar="N",
         help="exact image size in bytes the seal was made for",
     )
     p.add_argument(
         "--threads",
-        type=_threads,
+        type=positive_int,
         default=None,
         metavar="N",
         help="hashing threads (default: all cores)",
