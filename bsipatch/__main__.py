@@ -7,6 +7,7 @@ imported exits like one that arrives later, with one line and code 130.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import NoReturn
 
@@ -27,6 +28,7 @@ def entry() -> NoReturn:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     if code == 130:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: no traceback
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -229,6 +229,8 @@ def test_ctrl_c_in_process_leaves_no_output(files, capsys, monkeypatch) -> None:
     code, out, err = run(["--json", "diff", files / "old", files / "new", files / "p"], capsys)
     assert code == 130 and json.loads(out)["error"] == "bsipatch: interrupted"
     assert sorted(p.name for p in files.iterdir()) == ["new", "old"]
+    # main() as a library call leaves the process's Ctrl-C handling as it was
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_ctrl_c_during_a_real_diff(tmp_path: Path) -> None:

@@ -10,11 +10,13 @@ I/O errors, 130 for Ctrl-C. ``--debug`` adds the traceback. No library logic her
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
+import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
@@ -119,14 +121,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             args, argv, f"bsipatch: error: {where}{what}", getattr(args, "io_exit_code", 1)
         )
     except KeyboardInterrupt:
-        # a second Ctrl-C while the first one unwinds must not print a traceback
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if getattr(args, "debug", False):
-            traceback.print_exc()
-        return _fail(args, argv, "bsipatch: interrupted", 130)
+        with _sigint_ignored():  # a second Ctrl-C must not interrupt the report
+            if getattr(args, "debug", False):
+                traceback.print_exc()
+            return _fail(args, argv, "bsipatch: interrupted", 130)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT for the block (main thread only), then restore the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from bsipatch.__main__ import entry
-
-    entry()
+    sys.exit(main())
