@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -274,8 +275,8 @@ class MdmApp:
     async def login(self, request: Request) -> Response:
         if request.method == "GET":
             return HTMLResponse(page.login_page())
-        form = await request.form()
-        token = str(form.get("token", ""))
+        form = parse_qs((await _body(request, 4096)).decode("utf-8", "replace"))
+        token = (form.get("token") or [""])[0]
         if not await run_in_threadpool(self.store.check_admin, token):
             return HTMLResponse(page.login_page("wrong admin token"), status_code=401)
         resp = RedirectResponse("/", status_code=303)
