@@ -86,7 +86,7 @@ def bulk_devices(store, first: int, count: int, *, reported: bool) -> None:
             rows,
         )
         if hist:
-            ids = dict(db.execute(conn, "SELECT name, id FROM devices WHERE name LIKE 'dev%'"))
+            ids = dict(db.execute(conn, "SELECT name, id FROM devices"))
             db.executemany(
                 conn,
                 "INSERT INTO release_history (device_id, at, from_release, to_release) "
@@ -99,6 +99,33 @@ def bulk_devices(store, first: int, count: int, *, reported: bool) -> None:
             "WHERE install_state = 'deferred'",
             (now - 5 * 86400,),
         )
+
+
+def _cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and its direct children (the PostgreSQL postmaster's backends)."""
+    pids = [root]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == root:
+                pids.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+def cpu_seconds(server_pid: int, postmaster: int | None) -> dict:
+    out = {"server": _cpu(server_pid)}
+    if postmaster:
+        out["postgres"] = sum(_cpu(p) for p in _tree(postmaster))
+    return out
 
 
 def report_body(seq: int, dev: int) -> bytes:
@@ -141,16 +168,19 @@ async def _conn_loop(port, devices, deadline, warm_until, lat, counts):
         t1 = time.monotonic()
         if not status.startswith(b"HTTP/1.1 200"):
             counts["errors"] += 1
-        elif t0 >= warm_until:
-            lat.append(t1 - t0)
-            counts["ok"] += 1
+            continue
+        counts["all"] += 1
+        if t0 < warm_until:
+            continue
+        lat.append(t1 - t0)
+        counts["ok"] += 1
     writer.close()
 
 
 def _client_proc(port, devices, conns, seconds, warmup, out_q):
     async def main():
         start = time.monotonic()
-        lat, counts = [], {"ok": 0, "errors": 0}
+        lat, counts = [], {"ok": 0, "errors": 0, "all": 0}
         per = [devices[i::conns] for i in range(conns)]
         await asyncio.gather(
             *(
@@ -172,18 +202,20 @@ def run_load(port, ids, procs, conns, seconds, warmup):
     ]
     for p in ps:
         p.start()
-    lat, ok, errors = [], 0, 0
+    lat, ok, errors, every = [], 0, 0, 0
     for _ in ps:
         part, counts = q.get()
         lat += part
         ok += counts["ok"]
         errors += counts["errors"]
+        every += counts["all"]
     for p in ps:
         p.join()
     lat.sort()
     pick = lambda f: round(lat[min(len(lat) - 1, int(f * len(lat)))] * 1000, 2) if lat else None  # noqa: E731
     return {
         "reports": ok,
+        "all_reports": every,
         "errors": errors,
         "seconds": seconds,
         "reports_per_s": round(ok / seconds, 1),
@@ -207,6 +239,14 @@ def measure_fleet(store, port, token, repeat=3):
         resp.read()
         page.append(time.perf_counter() - t0)
         assert resp.status == 200, resp.status
+    parts = {}
+    for name in ("builds", "withdrawn", "deferred", "failed", "release_chart"):
+        t0 = time.perf_counter()
+        getattr(fleet, name)(store.db)
+        parts[name] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
+    fleet.not_seen(store.db, 7)
+    parts["not_seen"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
     fleet.device_history(store.db, "dev1")
     one = time.perf_counter() - t0
@@ -214,12 +254,13 @@ def measure_fleet(store, port, token, repeat=3):
         "fleet_queries_s": round(min(times), 3),
         "fleet_page_http_s": round(min(page), 3),
         "device_history_s": round(one, 4),
+        "parts_s": parts,
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--db", required=True)
+    ap.add_argument("--db", required=True, help="URL, or postgresql-temp for a private cluster")
     ap.add_argument("--devices", type=int, default=2000)
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--warmup", type=float, default=2)
@@ -229,6 +270,21 @@ def main() -> None:
     args = ap.parse_args()
     if args.devices > 100_000 or args.seconds > 600 or args.fleet > 1_000_000:
         raise SystemExit("bounded: at most 100,000 load devices, 600 s, 1,000,000 fleet devices")
+    cluster = None
+    if args.db == "postgresql-temp":  # a private cluster from Debian's postgresql package
+        from pgcluster import Cluster
+
+        cluster = Cluster()
+        args.db = cluster.new_database()
+        args.postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    try:
+        print(json.dumps(_run(args), indent=2))
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
+def _run(args) -> dict:
     store = open_store(args.db)
     token = store.new_admin_token()
     bulk_devices(store, 1, args.devices, reported=False)
@@ -236,13 +292,23 @@ def main() -> None:
     size0 = store.db.size_bytes()
     port = free_port()
     server = start_server(args.db, port)
+    postmaster = getattr(args, "postmaster", None)
     try:
+        cpu0 = cpu_seconds(server.pid, postmaster)
         out = {
             "db": store.db.dialect,
             "devices": args.devices,
             "load": os.getloadavg(),
             **run_load(port, ids, args.procs, args.conns, args.seconds, args.warmup),
         }
+        cpu1 = cpu_seconds(server.pid, postmaster)
+        total = out["all_reports"]
+        out["cpu_ms_per_report"] = {
+            k: round((cpu1[k] - cpu0[k]) * 1000 / max(1, total), 3) for k in cpu0
+        }
+        per = sum(out["cpu_ms_per_report"].values())
+        # what 2 otherwise idle cores could sustain if server + database had them alone
+        out["capacity_2_cores_per_s"] = round(2000 / per) if per else None
         out["load_after"] = os.getloadavg()
         stored = store.db.query("SELECT COUNT(*) FROM release_history")[0][0]
         out["history_rows"] = int(stored)
@@ -261,7 +327,7 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=30)
         store.db.close()
-    print(json.dumps(out, indent=2))
+    return out
 
 
 if __name__ == "__main__":

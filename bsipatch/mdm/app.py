@@ -41,6 +41,7 @@ from bsipatch.mdm.store import Store
 
 _COOKIE = "bsipatch_admin"
 _AUTH_TTL = 30.0
+PAGE_ROWS = 25  # rows per list on the fleet page (the JSON API gives 100)
 
 
 class HttpError(Exception):
@@ -294,7 +295,9 @@ class MdmApp:
         if (redirect := await self._page_admin(request)) is not None:
             return redirect
         days = self._days(request)
-        data = await run_in_threadpool(lambda: fleet.overview(self.store.db, stale_days=days))
+        data = await run_in_threadpool(
+            lambda: fleet.overview(self.store.db, stale_days=days, limit=PAGE_ROWS)
+        )
         return HTMLResponse(page.fleet_page(data))
 
     async def device_page(self, request: Request) -> Response:

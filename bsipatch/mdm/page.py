@@ -7,6 +7,7 @@ device's page. Every value is escaped. Queries nothing and serves nothing.
 
 from __future__ import annotations
 
+import json
 from html import escape
 from typing import Any
 from urllib.parse import quote
@@ -39,10 +40,11 @@ def _link(name: str) -> str:
 
 def _table(tid: str, heads: list[str], rows: list[list[str]], empty: str = "none") -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in heads)
+    thead = f"<thead><tr>{head}</tr></thead>" if any(heads) else ""
     if not rows:
         return f"<p id='{tid}' class='muted'>{escape(empty)}</p>"
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table id='{tid}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<table id='{tid}'>{thead}<tbody>{body}</tbody></table>"
 
 
 def _shown(section: dict[str, Any]) -> str:
@@ -174,12 +176,16 @@ def device_page(d: dict[str, Any]) -> str:
         for x in d["declarations"]
     ]
     items = [
-        [_cell(k), f"<code>{escape(repr(v['value']))}</code>", _cell(v["updated"])]
+        [
+            _cell(k),
+            f"<code>{escape(json.dumps(v['value'], sort_keys=True))}</code>",
+            _cell(v["updated"]),
+        ]
         for k, v in d["items"].items()
     ]
     body = (
         f"<p><a href='/'>fleet</a></p><h1 id='device'>{escape(d['name'])}</h1>"
-        + _table("summary", ["", ""], summary)
+        + _table("summary", ["", ""], [[f"<b>{k}</b>", v] for k, v in summary])
         + "<h2>Release history</h2>"
         + _table("history", ["at", "from", "to", "OS build", "supplemental build"], hist)
         + "<h2>Declarations</h2>"
