@@ -65,7 +65,7 @@ def os_error_to_staging(exc: OSError, what: str) -> StagingError:
     return StagingError(f"{what}: {exc.strerror or exc}")
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process umask, read without changing it (os.umask would race other threads)."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
@@ -77,6 +77,43 @@ def _umask() -> int:
     mask = os.umask(0o022)  # no /proc: fall back to the set-and-restore dance
     os.umask(mask)
     return mask
+
+
+def new_file_mode(mode: int = 0o666) -> int:
+    """``mode`` with the process umask applied: the mode a plain ``open(path, "w")`` gives."""
+    return mode & ~current_umask()
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """``os.write`` until every byte is written (a short write is retried, never dropped)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def fsync_file(path: PathLike) -> None:
+    """fsync a file's data and metadata by path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_new_file(path: PathLike, data: bytes, mode: int = 0o444) -> None:
+    """Create ``path`` (which must not exist, nor be a symlink) with ``data``, fsynced.
+
+    For files inside a staging directory that the caller fsyncs and renames into place
+    as a whole; a file that replaces another in place goes through :func:`atomic_write`.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        write_all(fd, data)
+        os.fchmod(fd, mode)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -93,7 +130,7 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[BinaryIO]:
     directory = target.parent
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, mode) as f:
             yield cast(BinaryIO, f)
             f.flush()

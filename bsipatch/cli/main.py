@@ -22,10 +22,11 @@ from types import ModuleType
 from typing import NoReturn
 
 from bsipatch._version import __version__
-from bsipatch.cli import agent, delta, demo, device, release, seal
+from bsipatch.cli import agent, delta, demo, device, mdm, release, seal
 from bsipatch.cli._common import UsageError, add_global_options, fill_shared_help
 from bsipatch.errors import (
     BsipatchError,
+    MdmError,
     MetadataError,
     PatchError,
     SealError,
@@ -40,6 +41,7 @@ COMMAND_MODULES: tuple[tuple[ModuleType, int], ...] = (
     (device, StagingError.exit_code),
     (agent, StagingError.exit_code),
     (demo, BsipatchError.exit_code),
+    (mdm, MdmError.exit_code),
 )
 
 

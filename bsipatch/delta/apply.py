@@ -37,7 +37,7 @@ from typing import Any, BinaryIO
 import zstandard
 
 from bsipatch._buffers import Buffer, open_buffer, sha256_buffer, zero_digest
-from bsipatch._io import PathLike, fsync_dir, is_pathlike, open_source, read_exact
+from bsipatch._io import PathLike, fsync_dir, is_pathlike, new_file_mode, open_source, read_exact
 from bsipatch._native import error_name, ffi, lib
 from bsipatch._threads import default_threads
 from bsipatch.delta import patchformat as patchfmt
@@ -902,12 +902,6 @@ def _write_all(out: BinaryIO, data: memoryview) -> None:
         data = data[n:]
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _apply_to_path(
     old: _Old,
     reader: PatchReader,
@@ -932,7 +926,7 @@ def _apply_to_path(
             prefix=f".{target.name}.", suffix=".bsipatch-tmp", dir=directory
         )
         tmp = Path(name)
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, new_file_mode())
     keep = False
     try:
         existing = os.fstat(fd).st_size if resume else 0

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
-from bsipatch._io import PathLike, fsync_dir, is_pathlike
+from bsipatch._io import PathLike, fsync_dir, is_pathlike, new_file_mode
 from bsipatch.delta.patchformat import BSDIFF40_MAGIC, PatchInfo
 from bsipatch.errors import CorruptPatch, PatchTooLarge, TruncatedPatch, UnsupportedPatch
 
@@ -262,9 +262,7 @@ def apply_bsdiff40(
                 prefix=f".{target.name}.", suffix=".bsipatch-tmp", dir=directory
             )
             try:
-                mask = os.umask(0)
-                os.umask(mask)
-                os.fchmod(fd, 0o666 & ~mask)
+                os.fchmod(fd, new_file_mode())
                 with os.fdopen(fd, "wb") as w:
                     new_size = apply_to(old_buf, data, w.write, progress)
                     w.flush()

@@ -29,15 +29,14 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from bsipatch._crashpoints import crashpoint
-from bsipatch._io import PathLike, atomic_write, fsync_dir, os_error_to_staging
+from bsipatch._io import PathLike, atomic_write, fsync_dir, fsync_file, os_error_to_staging
+from bsipatch._io import write_new_file as write_durable
 from bsipatch.device.preboot import (
     Preboot,
     build_base,
-    fsync_file,
     json_bytes,
     release_slug,
     seal_record_dict,
-    write_durable,
 )
 from bsipatch.errors import (
     BsipatchError,

@@ -38,7 +38,14 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from bsipatch._crashpoints import crashpoint
-from bsipatch._io import PathLike, atomic_write, fsync_dir, os_error_to_staging
+from bsipatch._io import (
+    PathLike,
+    atomic_write,
+    fsync_dir,
+    os_error_to_staging,
+    write_all,
+)
+from bsipatch._io import write_new_file as write_durable
 from bsipatch.device.journal import Journal
 from bsipatch.errors import LockedError, SealMismatch, StateError
 
@@ -79,33 +86,6 @@ def check_name(name: str, what: str = "component name") -> str:
     if not isinstance(name, str) or not _NAME_RE.match(name) or name in (".", ".."):
         raise ValueError(f"bad {what} {name!r}: use letters, digits, . _ + - (max 64)")
     return name
-
-
-def fsync_file(path: PathLike) -> None:
-    """fsync a file's data and metadata by path."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durable(path: Path, data: bytes, mode: int = 0o444) -> None:
-    """Create ``path`` (which must not exist) with ``data``, fsynced, with ``mode``.
-
-    Used inside staging directories only: the directory is fsynced by the caller
-    before it is renamed into place.
-    """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fchmod(fd, mode)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def json_bytes(obj: Any) -> bytes:
@@ -734,10 +714,7 @@ def copy_durable(src: PathLike, dst: Path, progress: Callable[[int], None] | Non
                 if not b:
                     break
                 h.update(b)
-                view = memoryview(b)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
+                write_all(fd, b)
                 if progress:
                     progress(len(b))
         os.fchmod(fd, 0o444)
