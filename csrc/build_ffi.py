@@ -2,7 +2,8 @@
 
 The cdef is the concatenation of the bare declaration headers ``csrc/bsi_decls*.h``
 (each valid cffi cdef as it stands); the sources are every ``csrc/bsi_*.c``.
-No I/O or policy lives in C: see DESIGN.md.
+No I/O or policy lives in C: it computes on memory the Python layers hand it
+(see docs/architecture.md).
 
 Environment switches read at build time:
 
