@@ -306,3 +306,52 @@ def test_ctrl_c_during_release_build_leaves_no_release_directory(tmp_path, capsy
     code, _, err = run(argv, capsys)
     assert code == 0, err
     assert (rd / "releases" / "26.1-a" / "a.bsipatch").is_file()
+
+
+def test_agent_download_retries_print_a_line_each(tmp_path: Path) -> None:
+    import http.server
+    import io
+    import logging
+    import threading
+
+    from bsipatch.agent.download import open_repository
+    from bsipatch.cli._common import show_retries
+
+    hits: list[str] = []
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            if len(hits) <= 2:  # two failures, then the file
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = b"catalog bytes"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    lines = io.StringIO()
+    show_retries(argparse.Namespace(quiet=False, json=False), stream=lines)
+    try:
+        repo = open_repository(
+            f"http://127.0.0.1:{server.server_address[1]}/", retries=3, backoff=0.01
+        )
+        assert repo.fetch("catalog.json", max_size=100) == b"catalog bytes"
+    finally:
+        server.shutdown()
+        server.server_close()
+        log = logging.getLogger("bsipatch.agent.download")
+        for h in [h for h in log.handlers if getattr(h, "_bsipatch_cli", False)]:
+            log.removeHandler(h)
+    got = lines.getvalue().splitlines()
+    assert len(got) == 2, got
+    assert all(ln.startswith("bsipatch: ") and "retry" in ln for ln in got), got
+    assert "retry 1 of 3" in got[0] and "retry 2 of 3" in got[1]

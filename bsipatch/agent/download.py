@@ -30,6 +30,7 @@ import hmac
 import http.client
 import io
 import ipaddress
+import logging
 import os
 import re
 import ssl
@@ -43,6 +44,9 @@ from typing import Any
 
 from bsipatch._version import __version__
 from bsipatch.errors import FetchError, PatchTooLarge, TargetMismatch
+
+#: One INFO line per retry (the CLI shows them on a terminal).
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 15.0
 DEFAULT_RETRIES = 4
@@ -378,7 +382,9 @@ class _HttpPatchStream(PatchStream):
                 f"{self._url}: download failed at byte {self.pos} of {self.size} after "
                 f"{self._reconnects} attempt(s): {why}"
             )
-        time.sleep(min(1.0, self._repo.backoff * (2 ** max(0, self._failures - 1))))
+        pause = min(1.0, self._repo.backoff * (2 ** max(0, self._failures - 1)))
+        log.info("%s: %s; retrying from byte %d in %.1f s", self._url, why, self.pos, pause)
+        time.sleep(pause)
         self.stats.resumes += 1
 
     def _read_raw(self, n: int) -> bytes:
@@ -606,7 +612,9 @@ class HttpRepository(Repository):
             failures += 1
             if failures > self.retries:
                 raise FetchError(f"{url}: failed after {failures} attempt(s): {why}")
-            time.sleep(min(1.0, self.backoff * (2 ** (failures - 1))))
+            pause = min(1.0, self.backoff * (2 ** (failures - 1)))
+            log.info("%s: %s; retry %d of %d in %.1f s", url, why, failures, self.retries, pause)
+            time.sleep(pause)
 
     def _read_small(
         self, resp: http.client.HTTPResponse, url: str, relpath: str, max_size: int
@@ -651,7 +659,11 @@ class HttpRepository(Repository):
                     raise FetchError(
                         f"{relpath}: failed after {failures} attempt(s): {exc}"
                     ) from None
-                time.sleep(min(1.0, self.backoff * (2 ** (failures - 1))))
+                pause = min(1.0, self.backoff * (2 ** (failures - 1)))
+                log.info(
+                    "%s: %s; retry %d of %d in %.1f s", relpath, exc, failures, self.retries, pause
+                )
+                time.sleep(pause)
 
 
 def _is_loopback(host: str) -> bool:

@@ -8,11 +8,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 
 class UsageError(Exception):
@@ -183,3 +184,22 @@ def fill_shared_help(parser: argparse.ArgumentParser) -> None:
         elif action.help is None:
             key = action.option_strings[0] if action.option_strings else action.dest
             action.help = SHARED_HELP.get(key)
+
+
+def show_retries(args: argparse.Namespace, stream: TextIO | None = None) -> None:
+    """Print a line per download retry (the agent's back-off waits) on a terminal.
+
+    Lines go to ``stream`` (default stderr) when it is a terminal and neither
+    ``--quiet`` nor ``--json`` is given; a ``stream`` passed in is always used.
+    """
+    out = stream if stream is not None else sys.stderr
+    if stream is None and (not out.isatty() or progress_enabled(args) is not None):
+        return
+    log = logging.getLogger("bsipatch.agent.download")
+    if any(getattr(h, "_bsipatch_cli", False) for h in log.handlers):
+        return
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("bsipatch: %(message)s"))
+    handler._bsipatch_cli = True  # type: ignore[attr-defined]
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)

@@ -16,6 +16,7 @@ from bsipatch.cli._common import (
     nonnegative_int,
     positive_float,
     progress_enabled,
+    show_retries,
 )
 from bsipatch.cli.progress import Progress
 from bsipatch.errors import PolicyError
@@ -48,6 +49,7 @@ def _agent(args: argparse.Namespace, progress: Any = None) -> Any:
     from bsipatch.agent.agent import Agent
 
     root = Path(args.root).read_bytes() if getattr(args, "root", None) else None
+    show_retries(args)
     return Agent(
         args.preboot,
         args.repo,
