@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import io
 import os
 import re
-import shutil
 import subprocess
 import sys
 import typing
@@ -159,7 +159,9 @@ def test_init_type_checking_imports_match_lazy_exports() -> None:
     assert imported == set(bsipatch.__all__) - {"__version__"}
 
 
-@pytest.mark.skipif(shutil.which("mypy") is None and not os.environ.get("CI"), reason="no mypy")
+@pytest.mark.skipif(
+    importlib.util.find_spec("mypy") is None and not os.environ.get("CI"), reason="no mypy"
+)
 def test_mypy_strict_catches_misuse_of_the_api(tmp_path: Path) -> None:
     good = tmp_path / "good.py"
     good.write_text(
