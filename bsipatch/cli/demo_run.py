@@ -366,10 +366,15 @@ def _run(root: Path, out: Out, scale: str, use_mke2fs: bool | None, keep: bool) 
     from bsipatch.device.install import boot
     from bsipatch.device.preboot import Preboot
     from bsipatch.errors import BsipatchError
-    from bsipatch.trust import keys as keymod
+    from bsipatch.trust import signers
     from bsipatch.trust.manifest import Cve
-    from bsipatch.trust.publish import ComponentInput, build_release, init_repository, withdraw
-    from bsipatch.trust.verify import ROLES
+    from bsipatch.trust.publish import ComponentInput, build_release, load_catalog, withdraw
+    from bsipatch.trust.tufrepo import init_repository, refresh
+
+    ROLES = signers.ROLES
+
+    def manifest_of(release: Any) -> Any:
+        return load_catalog(repo_dir).manifest(release)
 
     t_start = time.monotonic()
     outcomes: dict[str, Any] = {}
@@ -438,10 +443,13 @@ def _run(root: Path, out: Out, scale: str, use_mke2fs: bool | None, keep: bool) 
     outcomes["image_format"] = fmt
 
     now = datetime.now(timezone.utc).replace(microsecond=0)
-    keydir_keys = {role: keymod.generate("ed25519") for role in ROLES}
+    keydir_keys = signers.KeySet({role: [signers.generate("ed25519")] for role in ROLES})
     repo_dir = root / "vendor-repo"
     init_repository(repo_dir, keydir_keys, now=now)
-    say(f"vendor repository {repo_dir.name}/ created; signing keys for roles: {', '.join(ROLES)}")
+    say(f"vendor TUF repository {repo_dir.name}/ created; keys for roles: {', '.join(ROLES)}")
+    say(
+        "(root and targets keys stay offline; snapshot and timestamp keys only vouch for freshness)"
+    )
 
     # -- 2. the device ---------------------------------------------------------------------
     head("2. A device ships with those base images on its preboot volume")
@@ -456,57 +464,64 @@ def _run(root: Path, out: Out, scale: str, use_mke2fs: bool | None, keep: bool) 
     st = pb.status()
     for name, c in st["components"].items():
         say(f"{name:<10} sealed, root hash {str(c['root_hash'])[:16]}...")
-    say("the agent trusts the vendor's root.json (provisioned at the factory)")
+    say("the agent trusts the vendor's metadata/1.root.json (provisioned at the factory)")
 
     with serve_directory(repo_dir) as url:
-        agent = Agent(pb, url, trusted_root=(repo_dir / "root.json").read_bytes(), timeout=10)
+        agent = Agent(
+            pb, url, trusted_root=(repo_dir / "metadata" / "1.root.json").read_bytes(), timeout=10
+        )
         meter = _Meter(pb_dir, agent.repo)
         say(f"the vendor's repository is served at {url} (HTTP, this machine only)")
 
         # -- 3. release (a) ----------------------------------------------------------------
         head(f"3. The vendor publishes security release {OS_VERSION} (a)")
         t0 = time.monotonic()
-        m_a = build_release(
-            repo_dir,
-            release_id=f"{OS_VERSION} (a)",
-            os_version=OS_VERSION,
-            builds=(BUILD,),
-            supplemental_build=f"{BUILD}a",
-            components=[
-                ComponentInput(
-                    "webkit",
-                    "relaunch",
-                    img["base"]["webkit"],
-                    img["a"]["webkit"],
-                    (Cve("CVE-2026-43001", "Web content may lead to memory corruption"),),
-                ),
-                ComponentInput(
-                    "libsystem",
-                    "reboot",
-                    img["base"]["libsystem"],
-                    img["a"]["libsystem"],
-                    (Cve("CVE-2026-43002", "An app may be able to gain elevated privileges"),),
-                ),
-            ],
-            keys=keydir_keys,
-            published=now,
-            expires=now + timedelta(days=180),
+        m_a = manifest_of(
+            build_release(
+                repo_dir,
+                release_id=f"{OS_VERSION} (a)",
+                os_version=OS_VERSION,
+                builds=(BUILD,),
+                supplemental_build=f"{BUILD}a",
+                components=[
+                    ComponentInput(
+                        "webkit",
+                        "relaunch",
+                        img["base"]["webkit"],
+                        img["a"]["webkit"],
+                        (Cve("CVE-2026-43001", "Web content may lead to memory corruption"),),
+                    ),
+                    ComponentInput(
+                        "libsystem",
+                        "reboot",
+                        img["base"]["libsystem"],
+                        img["a"]["libsystem"],
+                        (Cve("CVE-2026-43002", "An app may be able to gain elevated privileges"),),
+                    ),
+                ],
+                keys=keydir_keys,
+                now=now,
+                published=now,
+            )
         )
         for c in m_a.components:
             say(
                 f"{c.name:<10} patch {human(c.patch.size):>9} for a {human(c.target.size)} image "
                 f"({pct(c.patch.size, c.target.size)}); fixes {', '.join(x.id for x in c.cves)}"
             )
-        say(f"signed manifest + catalog published {m_a.published} "
+        say(f"targets metadata (release + patches) signed and published {m_a.published} "
             f"(diff and seal took {time.monotonic() - t0:.1f} s at the vendor)")  # fmt: skip
 
+        refresh(repo_dir, keydir_keys.only(signers.ONLINE_ROLES), now=now)
+        say("repo refresh: timestamp re-signed with the online key only (no offline key)")
+
         # -- 4. check -----------------------------------------------------------------------
-        head("4. The device's agent checks the catalog")
+        head("4. The device's agent refreshes its TUF metadata")
         decisions = agent.check()
         for d in decisions:
             say(f"{d.release_id}: {d.action} -- {d.reason}")
-        say(f"trust: root, catalog and manifest signatures verified; catalog version "
-            f"{agent.last_check.catalog_version}")  # fmt: skip
+        say(f"trust: python-tuf verified root, timestamp, snapshot and targets; targets "
+            f"version {agent.last_check.metadata['targets']}")  # fmt: skip
 
         # -- 5. install (a) -------------------------------------------------------------------
         head(f"5. The agent installs {OS_VERSION} (a): patches stream from HTTP into the applier")
@@ -566,27 +581,34 @@ def _run(root: Path, out: Out, scale: str, use_mke2fs: bool | None, keep: bool) 
         # -- 8. release (b), first with automatic install off -------------------------------------
         head(f"8. The vendor publishes {OS_VERSION} (b); the user has automatic install off")
         later = now + timedelta(seconds=1)
-        m_b = build_release(
-            repo_dir,
-            release_id=f"{OS_VERSION} (b)",
-            os_version=OS_VERSION,
-            builds=(BUILD,),
-            supplemental_build=f"{BUILD}b",
-            components=[
-                ComponentInput(
-                    "webkit",
-                    "relaunch",
-                    img["base"]["webkit"],
-                    img["b"]["webkit"],
-                    (Cve("CVE-2026-43003", "A website may be able to bypass same-origin policy"),),
-                ),
-                ComponentInput(
-                    "libsystem", "reboot", img["base"]["libsystem"], img["b"]["libsystem"]
-                ),
-            ],
-            keys=keydir_keys,
-            published=later,
-            expires=now + timedelta(days=180),
+        m_b = manifest_of(
+            build_release(
+                repo_dir,
+                release_id=f"{OS_VERSION} (b)",
+                os_version=OS_VERSION,
+                builds=(BUILD,),
+                supplemental_build=f"{BUILD}b",
+                components=[
+                    ComponentInput(
+                        "webkit",
+                        "relaunch",
+                        img["base"]["webkit"],
+                        img["b"]["webkit"],
+                        (
+                            Cve(
+                                "CVE-2026-43003",
+                                "A website may be able to bypass same-origin policy",
+                            ),
+                        ),
+                    ),
+                    ComponentInput(
+                        "libsystem", "reboot", img["base"]["libsystem"], img["b"]["libsystem"]
+                    ),
+                ],
+                keys=keydir_keys,
+                now=now,
+                published=later,
+            )
         )
         agent.set_auto_install(False)
         for d in agent.check():
@@ -628,7 +650,7 @@ def _run(root: Path, out: Out, scale: str, use_mke2fs: bool | None, keep: bool) 
 
         # -- 9. withdrawal ----------------------------------------------------------------------
         head(f"10. The vendor withdraws {OS_VERSION} (b) (say it broke a web site)")
-        withdraw(repo_dir, f"{OS_VERSION} (b)", keydir_keys, later)
+        withdraw(repo_dir, f"{OS_VERSION} (b)", keydir_keys, now=later)
         with meter.measure("step back from withdrawn (b)") as cost:
             report = agent.run()
         sb = report["step_back"]
