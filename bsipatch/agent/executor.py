@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, BinaryIO
 
+from bsipatch._crashpoints import crashpoint
 from bsipatch._io import PathLike
 from bsipatch.agent.download import FetchStats, PatchStream, Repository, open_repository
 from bsipatch.agent.plan import (
@@ -220,6 +221,7 @@ class Agent:
             state.last_result = {"ok": False, "summary": "check failed", "error": str(exc)}
             self.store.save_state(state)
             raise
+        crashpoint("agent.check.verified")  # new metadata verified, not yet saved
         self.last_check = result
         rejected = [d for d in result.plan.decisions if d.code == "rejected"]
         state.last_check = result.time
