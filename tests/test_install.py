@@ -31,7 +31,6 @@ from bsipatch.errors import (
     ReadOnlyError,
     RollbackFailed,
     SealMismatch,
-    SignatureError,
     StateError,
     TargetMismatch,
     WrongBaseImage,
@@ -540,8 +539,8 @@ def test_cli_init_install_status_boot_rollback_uninstall(
     mfile.write_text(json.dumps({"signed": world["releases"][A], "signatures": []}))
     capsys.readouterr()
     install = ["install", "--preboot", pre, str(mfile), "--patches", world["dir"], "--json"]
-    assert cli_main(install) == SignatureError.exit_code  # no --root, no --unverified
-    assert "--root" in capsys.readouterr().err
+    assert cli_main(install) == StateError.exit_code  # no --repo, no --unverified
+    assert "--repo" in capsys.readouterr().err
     assert cli_main([*install, "--unverified"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["release"] == A and out["pending"] == ["libsys"]

@@ -17,7 +17,7 @@ about what applies; it orchestrates, and reads the clock.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, BinaryIO
@@ -446,8 +446,8 @@ class Agent:
         *,
         os_version: str,
         build: str,
-        images: dict[str, PathLike],
-        activation: dict[str, str] | None = None,
+        images: Mapping[str, PathLike],
+        activation: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """Install the base images of a new OS version; releases of the old one retire.
 
@@ -466,8 +466,8 @@ class Agent:
                 self.preboot,
                 os_version=os_version,
                 build=build,
-                images=images,
-                activation=activation,
+                images=dict(images),
+                activation=dict(activation),
                 progress=self.progress,
             )
         )

@@ -141,6 +141,31 @@ def _put_release(targets: Targets, repo: TufRepository, release: Release) -> Non
     targets.targets[tf.path] = tf
 
 
+def _add_patch_targets(
+    r: TufRepository,
+    targets: Targets,
+    components: Mapping[str, ComponentSpec],
+    by_comp: Mapping[str, Sequence[PatchInput]],
+) -> dict[str, ComponentSpec]:
+    """Store each component's patches as targets; the specs with their patch paths."""
+    given: dict[str, ComponentSpec] = {}
+    for name, spec in components.items():
+        paths = []
+        for p in by_comp.get(name, []):
+            if p.to_seal != spec.target:
+                raise FormatError(f"a patch of {name} does not produce its target image")
+            rel = patch_target_path(name, p.from_seal, p.to_seal)
+            tf = r.add_target_file(rel, p.path, PatchInfo.custom(name, p.from_seal, p.to_seal))
+            targets.targets[rel] = tf
+            paths.append(rel)
+        if not paths:
+            raise FormatError(f"component {name} has a new image but no patch")
+        given[name] = ComponentSpec(
+            spec.activation, spec.base, spec.target, tuple(paths), spec.cves
+        )
+    return given
+
+
 def add_release(
     repo: TufRepository | PathLike,
     *,
@@ -187,21 +212,7 @@ def add_release(
         catalog = Catalog.from_targets(targets)
         if catalog.get(release_id) is not None:
             raise MetadataError(f"release {release_id} is already published")
-        given: dict[str, ComponentSpec] = {}
-        for name, spec in components.items():
-            paths = []
-            for p in by_comp.get(name, []):
-                if p.to_seal != spec.target:
-                    raise FormatError(f"a patch of {name} does not produce its target image")
-                rel = patch_target_path(name, p.from_seal, p.to_seal)
-                tf = r.add_target_file(rel, p.path, PatchInfo.custom(name, p.from_seal, p.to_seal))
-                targets.targets[rel] = tf
-                paths.append(rel)
-            if not paths:
-                raise FormatError(f"component {name} has a new image but no patch")
-            given[name] = ComponentSpec(
-                spec.activation, spec.base, spec.target, tuple(paths), spec.cves
-            )
+        given = _add_patch_targets(r, targets, components, by_comp)
         prev = _release_base(catalog, builds)
         release = Release(
             release_id=release_id,
@@ -243,6 +254,37 @@ def _seal_pair(
     return SealRef.from_seal(base), SealRef.from_seal(new)
 
 
+def _make_patches(
+    components: Sequence[ComponentInput],
+    prev: Release | None,
+    tmp: Path,
+    threads: int | None,
+    say: Log,
+    progress: StepProgress | None,
+) -> tuple[dict[str, ComponentSpec], list[PatchInput]]:
+    """Seal each component's base and new image (lineage salt) and diff them into ``tmp``."""
+    from bsipatch.delta.diff import diff
+
+    specs: dict[str, ComponentSpec] = {}
+    patches: list[PatchInput] = []
+    for c in components:
+        old = prev.components.get(c.name) if prev else None
+        salt = bytes.fromhex(old.base.salt) if old else secrets.token_bytes(32)
+        say(f"{c.name}: sealing {c.base_image} and {c.new_image}")
+        base, target = _seal_pair(c, salt, threads, progress)
+        out = tmp / f"{c.name}.bsipatch"
+        say(f"{c.name}: making patch")
+        step = None if progress is None else (lambda d, t, n=c.name: progress(f"{n}: patch", d, t))
+        with open(out, "wb") as f:
+            diff(c.base_image, c.new_image, f, threads=threads, progress=step)
+            f.flush()
+            os.fsync(f.fileno())
+        specs[c.name] = ComponentSpec(c.activation, base, target, (), tuple(c.cves))
+        patches.append(PatchInput(c.name, out, base, target))
+        say(f"{c.name}: patch {out.stat().st_size} bytes")
+    return specs, patches
+
+
 def build_release(
     repo: TufRepository | PathLike,
     *,
@@ -274,8 +316,6 @@ def build_release(
         FormatError: bad names, activations or missing images.
         the errors of :func:`add_release`.
     """
-    from bsipatch.delta.diff import diff
-
     say = log or (lambda _m: None)
     r = repo if isinstance(repo, TufRepository) else TufRepository(repo)
     names = [c.name for c in components]
@@ -291,26 +331,8 @@ def build_release(
     if catalog.get(release_id) is not None:
         raise MetadataError(f"release {release_id} is already published")
     prev = _release_base(catalog, builds)
-    specs: dict[str, ComponentSpec] = {}
-    patches: list[PatchInput] = []
     with tempfile.TemporaryDirectory(prefix="bsipatch-build-") as tmp:
-        for c in components:
-            old = prev.components.get(c.name) if prev else None
-            salt = bytes.fromhex(old.base.salt) if old else secrets.token_bytes(32)
-            say(f"{c.name}: sealing {c.base_image} and {c.new_image}")
-            base, target = _seal_pair(c, salt, threads, progress)
-            out = Path(tmp) / f"{c.name}.bsipatch"
-            say(f"{c.name}: making patch")
-            step = (
-                None if progress is None else (lambda d, t, n=c.name: progress(f"{n}: patch", d, t))
-            )
-            with open(out, "wb") as f:
-                diff(c.base_image, c.new_image, f, threads=threads, progress=step)
-                f.flush()
-                os.fsync(f.fileno())
-            specs[c.name] = ComponentSpec(c.activation, base, target, (), tuple(c.cves))
-            patches.append(PatchInput(c.name, out, base, target))
-            say(f"{c.name}: patch {out.stat().st_size} bytes")
+        specs, patches = _make_patches(components, prev, Path(tmp), threads, say, progress)
         images = (
             {b: {c.name: c.base_image for c in components} for b in builds} if with_images else None
         )

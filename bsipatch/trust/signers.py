@@ -68,9 +68,7 @@ def private_pem(signer: CryptoSigner, passphrase: str | None = None) -> bytes:
     if passphrase:
         enc = serialization.BestAvailableEncryption(passphrase.encode())
     pkey = signer._private_key
-    return pkey.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc
-    )
+    return pkey.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
 
 
 def _existing(keydir: Path) -> list[Path]:
