@@ -39,9 +39,10 @@ if TYPE_CHECKING:
     from bsipatch.seal.tree import open_verified as open_verified
     from bsipatch.seal.tree import seal_image as seal_image
     from bsipatch.seal.tree import verify_image as verify_image
-    from bsipatch.trust.catalog import Catalog as Catalog
     from bsipatch.trust.manifest import ReleaseManifest as ReleaseManifest
-    from bsipatch.trust.verify import Verifier as Verifier
+    from bsipatch.trust.releases import Catalog as Catalog
+    from bsipatch.trust.releases import Release as Release
+    from bsipatch.trust.tufrepo import TufRepository as TufRepository
 
 # public name -> module that defines it ("" for a submodule of that name)
 _EXPORTS = {
@@ -64,9 +65,10 @@ _EXPORTS = {
     "PatchInfo": "delta.patchformat",
     "read_patch_info": "delta.info",
     # signed metadata
-    "Verifier": "trust.verify",
+    "TufRepository": "trust.tufrepo",
     "ReleaseManifest": "trust.manifest",
-    "Catalog": "trust.catalog",
+    "Release": "trust.releases",
+    "Catalog": "trust.releases",
     # device
     "Preboot": "device.preboot",
     "Agent": "agent.agent",

@@ -11,7 +11,7 @@ bound into the seal. This module is the seal layer's public face; the work is in
 - :mod:`bsipatch.seal.reader`: :class:`VerifiedReader`, :func:`open_verified`.
 
 It does NOT decide whether a root hash is trusted: the root comes from signed
-metadata (:mod:`bsipatch.trust.verify`). The hashing itself runs in the native core
+metadata (:mod:`bsipatch.trust.client`). The hashing itself runs in the native core
 (:mod:`bsipatch.hashing`).
 """
 
