@@ -189,6 +189,12 @@ def expat(cache: Path, arch: str, version: str) -> Path:
     return dest
 
 
+def cache_dir(request: pytest.FixtureRequest, tmp: pytest.TempPathFactory) -> Path:
+    """pytest's cache directory for downloads (a temporary one without the cache plugin)."""
+    cache = getattr(request.config, "cache", None)
+    return Path(cache.mkdir("exe-debs")) if cache is not None else tmp.mktemp("exe-debs")
+
+
 def expat_pairs(cache: Path) -> dict[str, tuple[Path, Path]]:
     """{arch: (old, new)} libexpat.so.1 of the two versions, amd64 and arm64."""
     return {

@@ -23,8 +23,10 @@ from bsipatch.errors import CorruptPatch, TruncatedPatch
 
 
 @pytest.fixture(scope="module")
-def expat_pairs(request: pytest.FixtureRequest) -> dict[str, tuple[Path, Path]]:
-    return exe_data.expat_pairs(request.config.cache.mkdir("exe-debs"))
+def expat_pairs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[Path, Path]]:
+    return exe_data.expat_pairs(exe_data.cache_dir(request, tmp_path_factory))
 
 
 @pytest.fixture(scope="module")
