@@ -115,14 +115,21 @@ def build_pair(tmp: Path, arch: str, **change: int) -> tuple[bytes, bytes]:
         return fa.result().read_bytes(), fb.result().read_bytes()
 
 
+_BUILT: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+
+
 def insert_pair(tmp: Path, arch: str) -> tuple[bytes, bytes]:
-    """A function inserted in the middle of a library."""
-    return build_pair(tmp, arch, insert_at=100)
+    """A function inserted in the middle of a library (built once per test process)."""
+    if (arch, "insert") not in _BUILT:
+        _BUILT[arch, "insert"] = build_pair(tmp, arch, insert_at=100)
+    return _BUILT[arch, "insert"]
 
 
 def change_pair(tmp: Path, arch: str) -> tuple[bytes, bytes]:
-    """One function of a library changed (it grows)."""
-    return build_pair(tmp, arch, change=100)
+    """One function of a library changed, it grows (built once per test process)."""
+    if (arch, "change") not in _BUILT:
+        _BUILT[arch, "change"] = build_pair(tmp, arch, change=100)
+    return _BUILT[arch, "change"]
 
 
 # (arch, version) -> (url, sha256)

@@ -17,7 +17,7 @@ import pytest
 
 from bsipatch._native import ffi, lib
 from bsipatch.delta import elf, exe
-from bsipatch.delta.diff import diff
+from bsipatch.delta.diff import compute_ops, diff
 from bsipatch.delta.exemap import build_map
 from bsipatch.errors import CorruptPatch, TruncatedPatch
 
@@ -71,7 +71,7 @@ def test_transform_predicts_moved_references(
     """After a function is inserted in the middle, the predicted old file agrees with the
     new one at many more mapped bytes than the old file does (references moved)."""
     old, new = x86_pair if arch == "x86" else a64_pair
-    prep = exe.prepare(old, new)
+    prep = exe.prepare(old, new, compute_ops)
     assert prep is not None
     assert prep.stats["rewritten"] > 300
     found = "x86_branch" if arch == "x86" else "a64_branch"
@@ -252,7 +252,7 @@ def test_build_map_keeps_order_and_falls_back_to_sections(x86_pair: tuple[bytes,
 
 def test_real_expat_transform(expat_pairs: dict[str, tuple[Path, Path]]) -> None:
     for arch, (old_p, new_p) in expat_pairs.items():
-        prep = exe.prepare(old_p.read_bytes(), new_p.read_bytes())
+        prep = exe.prepare(old_p.read_bytes(), new_p.read_bytes(), compute_ops)
         assert prep is not None, arch
         key = "x86_branch" if arch == "amd64" else "a64_branch"
         assert prep.stats[key] > 1000, (arch, prep.stats)

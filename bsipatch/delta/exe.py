@@ -269,18 +269,19 @@ def aligned_ranges(ops: Iterable[tuple[int, int, int]]) -> list[tuple[int, int, 
     return out
 
 
-def prepare(old: Buffer, new: Buffer, *, threads: int | None = None) -> Prepared | None:
-    """For two ELF files of one architecture: align them, plan and run the transform.
+def prepare(
+    old: Buffer, new: Buffer, align: Callable[[Buffer, Buffer], Iterable[tuple[int, int, int]]]
+) -> Prepared | None:
+    """For two ELF files of one architecture: align them with ``align(old, new)`` (the
+    diff's operations ``(kind, len, old_off)``), plan and run the transform.
 
     Returns None for anything else (the caller diffs as usual).
     """
     eo, en = elfmod.parse(old), elfmod.parse(new)
     if eo is None or en is None or eo.machine != en.machine:
         return None
-    from bsipatch.delta.diff import compute_ops
-
-    ops = compute_ops(old, new, threads=threads)
-    t = Transform(tuple(regions_of(eo)), tuple(build_map(eo, en, aligned_ranges(ops))[:MAX_MAP]))
+    aligned = aligned_ranges(align(old, new))
+    t = Transform(tuple(regions_of(eo)), tuple(build_map(eo, en, aligned)[:MAX_MAP]))
     predicted, stats = predicted_old(old, t)
     return Prepared(t, t.pack(), predicted, stats)
 
