@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 
 from bsipatch._io import PathLike, atomic_write, os_error_to_staging
 from bsipatch.agent.download import FetchStats, PatchStream, Repository, open_repository
+from bsipatch.agent.limits import DEFAULT_TIMEOUT, Limits
 from bsipatch.agent.policy import AutoInstallDecision, Policy, decide_auto_install
 from bsipatch.errors import (
     BsipatchError,
@@ -288,6 +289,10 @@ class Agent:
             (provisioning); ignored once the device has a trusted root.
         timeout: HTTP stall timeout in seconds.
         retries: HTTP retries per file.
+        limits: deadline and minimum average rate of every download
+            (:class:`bsipatch.agent.limits.Limits`; defaults fail a stalled or
+            trickling server within seconds).
+        on_retry: called with one line of text before each download retry.
         progress: ``(done, total)`` callback for installs.
         cafile: CA certificates (PEM) to trust for an ``https://`` repository.
 
@@ -309,10 +314,12 @@ class Agent:
         *,
         now: datetime | None = None,
         trusted_root: bytes | None = None,
-        timeout: float = 15.0,
+        timeout: float = DEFAULT_TIMEOUT,
         retries: int = 4,
         progress: Callable[[int, int], None] | None = None,
         cafile: PathLike | None = None,
+        limits: Limits | None = None,
+        on_retry: Callable[[str], None] | None = None,
     ):
         from bsipatch.device.preboot import Preboot
 
@@ -320,7 +327,14 @@ class Agent:
         self._repo: Repository | None = (
             repo
             if repo is None or isinstance(repo, Repository)
-            else open_repository(repo, timeout=timeout, retries=retries, cafile=cafile)
+            else open_repository(
+                repo,
+                timeout=timeout,
+                retries=retries,
+                cafile=cafile,
+                limits=limits,
+                on_retry=on_retry,
+            )
         )
         self._now = now
         self.progress = progress

@@ -17,7 +17,10 @@ Two kinds of reads:
 HTTP uses the standard library (``urllib.request`` over ``http.client``): the agent needs
 one GET with a Range header, timeouts and TLS certificate checking, which the standard
 library does, so the package gains no dependency. Loops are bounded (retries,
-reconnects) and every socket read has a timeout.
+reconnects), every socket read has a timeout, and every file has a deadline and a
+minimum average rate (:mod:`bsipatch.agent.limits`): a server that stalls or trickles
+fails with :class:`~bsipatch.errors.DownloadTooSlow` within seconds. Each retry can be
+reported through an ``on_retry`` callback (the CLI prints a line per retry on a terminal).
 
 This module does no trust decisions beyond size and digest bounds the caller passes in
 (signatures are :mod:`bsipatch.trust.verify`'s job) and writes nothing.
@@ -25,6 +28,7 @@ This module does no trust decisions beyond size and digest bounds the caller pas
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import http.client
@@ -33,18 +37,19 @@ import ipaddress
 import os
 import re
 import ssl
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bsipatch._version import __version__
+from bsipatch.agent.limits import DEFAULT_TIMEOUT, Budget, Limits, watched_handlers
 from bsipatch.errors import FetchError, PatchTooLarge, TargetMismatch
 
-DEFAULT_TIMEOUT = 15.0
+RetryHook = Callable[[str], None]
 DEFAULT_RETRIES = 4
 MAX_RECONNECTS = 32
 MIN_PROGRESS = 64 * 1024  # an attempt that delivers less counts as failed
@@ -264,6 +269,7 @@ class _HttpPatchStream(PatchStream):
         sha256: bytes | str,
         *,
         on_ignored_range: str,
+        budget: Budget,
     ):
         super().__init__(relpath, size, sha256, repo.stats)
         if on_ignored_range not in ("skip", "fail"):
@@ -276,6 +282,7 @@ class _HttpPatchStream(PatchStream):
         self._failures = 0  # consecutive attempts without real progress
         self._attempt_start = 0  # self.pos when the current connection was opened
         self._last_error = ""
+        self._budget = budget
         if size > 0:
             self._connect()
 
@@ -286,7 +293,7 @@ class _HttpPatchStream(PatchStream):
         if self.pos > 0:
             headers["Range"] = f"bytes={self.pos}-"
         self._attempt_start = self.pos
-        resp = self._repo._open(self._url, headers, self.relpath)
+        resp = self._repo._open(self._url, headers, self.relpath, self._budget)
         try:
             self._accept(resp)
         except BaseException:
@@ -370,6 +377,7 @@ class _HttpPatchStream(PatchStream):
         """
         self._drop()
         self._last_error = why
+        self._budget.check(self.pos, self.size)
         progressed = self.pos - self._attempt_start >= MIN_PROGRESS
         self._failures = 0 if progressed else self._failures + 1
         self._reconnects += 1
@@ -378,7 +386,13 @@ class _HttpPatchStream(PatchStream):
                 f"{self._url}: download failed at byte {self.pos} of {self.size} after "
                 f"{self._reconnects} attempt(s): {why}"
             )
-        time.sleep(min(1.0, self._repo.backoff * (2 ** max(0, self._failures - 1))))
+        pause = min(1.0, self._repo.backoff * (2 ** max(0, self._failures - 1)))
+        self._repo.report_retry(
+            f"{self.relpath}: {why}; resuming at byte {self.pos} in {pause:.1f} s "
+            f"(attempt {self._failures + 1} of {self._repo.retries + 1})"
+        )
+        self._budget.sleep(pause)
+        self._budget.check(self.pos, self.size)
         self.stats.resumes += 1
 
     def _read_raw(self, n: int) -> bytes:
@@ -404,6 +418,7 @@ class _HttpPatchStream(PatchStream):
                 raise
             if data:
                 self.stats.add(self.relpath, len(data))
+                self._budget.check(self.pos + len(data), self.size)
                 return data
             # EOF before the declared size: the connection dropped (http.client returns
             # b"" instead of raising when a Content-Length body ends early).
@@ -423,6 +438,7 @@ class _HttpPatchStream(PatchStream):
     def close(self) -> None:
         if not self.closed:
             self._drop()
+            self._budget.close()
         super().close()
 
 
@@ -525,6 +541,9 @@ class HttpRepository(Repository):
         cafile: PEM file of the certificate authorities to trust for ``https://``
             instead of the system's (a vendor pinning its own CA); certificates and
             host names are always checked.
+        limits: deadline and minimum average rate of every file (``timeout`` wins
+            over ``limits.timeout``); see :class:`bsipatch.agent.limits.Limits`.
+        on_retry: called with one line of text before each retry or resume.
     """
 
     def __init__(
@@ -535,39 +554,54 @@ class HttpRepository(Repository):
         retries: int = DEFAULT_RETRIES,
         backoff: float = 0.1,
         cafile: str | os.PathLike[str] | None = None,
+        limits: Limits | None = None,
+        on_retry: RetryHook | None = None,
     ):
         parsed = urllib.parse.urlsplit(base_url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise FetchError(f"repository URL must be http(s)://host/..., got {base_url!r}")
         self.base_url = base_url.rstrip("/") + "/"
         self.location = base_url
+        self.limits = dataclasses.replace(limits or Limits(), timeout=timeout)
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        self.on_retry = on_retry
         self.stats = FetchStats()
         handlers: list[urllib.request.BaseHandler] = []
         if _is_loopback(parsed.hostname):
             handlers.append(urllib.request.ProxyHandler({}))  # never proxy 127.0.0.1
+        context = None
         if cafile is not None:
             try:
                 context = ssl.create_default_context(cafile=os.fspath(cafile))
             except (OSError, ssl.SSLError) as exc:
                 raise FetchError(f"cannot load CA certificates from {cafile}: {exc}") from exc
-            handlers.append(urllib.request.HTTPSHandler(context=context))
+        handlers.extend(watched_handlers(context))
         self._opener = urllib.request.build_opener(*handlers)
+
+    def report_retry(self, line: str) -> None:
+        """Pass one line about a retry to ``on_retry`` (if any)."""
+        if self.on_retry is not None:
+            self.on_retry(line)
 
     def url_for(self, relpath: str) -> str:
         """The absolute URL of a repository-relative path."""
         return self.base_url + urllib.parse.quote(check_relpath(relpath))
 
-    def _open(self, url: str, headers: dict[str, str], relpath: str) -> http.client.HTTPResponse:
+    def _open(
+        self, url: str, headers: dict[str, str], relpath: str, budget: Budget
+    ) -> http.client.HTTPResponse:
         req = urllib.request.Request(  # noqa: S310 - scheme checked in __init__
             url,
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers},
         )
         self.stats.requests += 1
         try:
-            return self._opener.open(req, timeout=self.timeout)
+            with budget.watching():
+                resp: http.client.HTTPResponse = self._opener.open(
+                    req, timeout=budget.socket_timeout()
+                )
         except urllib.error.HTTPError as exc:
             exc.close()
             if exc.code == 404:
@@ -584,16 +618,30 @@ class HttpRepository(Repository):
                 ) from None
             raise _RetryableFetch(f"{url}: {exc.reason}") from None
         except (TimeoutError, OSError, http.client.HTTPException) as exc:
+            budget.check_deadline()
             raise _RetryableFetch(f"{url}: {type(exc).__name__}: {exc}") from None
+        try:
+            budget.check_deadline()  # headers cut short by the watchdog parse as complete
+        except BaseException:
+            resp.close()
+            raise
+        return resp
 
     def fetch_optional(self, relpath: str, *, max_size: int) -> bytes | None:
         url = self.url_for(relpath)
+        budget = Budget(relpath, self.limits)
+        try:
+            return self._fetch_small(url, relpath, max_size, budget)
+        finally:
+            budget.close()
+
+    def _fetch_small(self, url: str, relpath: str, max_size: int, budget: Budget) -> bytes | None:
         failures = 0
         while True:
             try:
-                resp = self._open(url, {}, relpath)
+                resp = self._open(url, {}, relpath, budget)
                 try:
-                    return self._read_small(resp, url, relpath, max_size)
+                    return self._read_small(resp, url, relpath, max_size, budget)
                 finally:
                     resp.close()
             except FetchError as exc:
@@ -602,13 +650,25 @@ class HttpRepository(Repository):
                 if not getattr(exc, "retryable", False):
                     raise
                 why = str(exc)
+            budget.check(0, None)
             failures += 1
             if failures > self.retries:
                 raise FetchError(f"{url}: failed after {failures} attempt(s): {why}")
-            time.sleep(min(1.0, self.backoff * (2 ** (failures - 1))))
+            pause = min(1.0, self.backoff * (2 ** (failures - 1)))
+            self.report_retry(
+                f"{relpath}: {why}; retrying in {pause:.1f} s "
+                f"(attempt {failures + 1} of {self.retries + 1})"
+            )
+            budget.sleep(pause)
+            budget.check(0, None)
 
     def _read_small(
-        self, resp: http.client.HTTPResponse, url: str, relpath: str, max_size: int
+        self,
+        resp: http.client.HTTPResponse,
+        url: str,
+        relpath: str,
+        max_size: int,
+        budget: Budget,
     ) -> bytes:
         if resp.status != 200:
             raise FetchError(f"{url}: HTTP {resp.status}; expected 200")
@@ -617,15 +677,19 @@ class HttpRepository(Repository):
             raise FetchError(f"{relpath}: server announces {length} bytes; limit {max_size}")
         chunks: list[bytes] = []
         got = 0
+        total = int(length) if length and length.strip().isdigit() else None
         try:
             while got <= max_size:
-                data = resp.read(min(CHUNK, max_size + 1 - got))
+                data = resp.read1(min(CHUNK, max_size + 1 - got))
                 if not data:
                     break
                 chunks.append(data)
                 got += len(data)
                 self.stats.add(relpath, len(data))
+                if total is None or got < total:
+                    budget.check(got, total)
         except (TimeoutError, OSError, http.client.HTTPException) as exc:
+            budget.check(got, None)
             raise _RetryableFetch(f"{url}: {type(exc).__name__}: {exc}") from None
         if got > max_size:
             raise FetchError(f"{relpath}: larger than the {max_size}-byte limit")
@@ -636,21 +700,38 @@ class HttpRepository(Repository):
     def open_patch(
         self, relpath: str, *, size: int, sha256: bytes | str, on_ignored_range: str = "skip"
     ) -> PatchStream:
+        budget = Budget(relpath, self.limits)
+        try:
+            return self._open_stream(relpath, size, sha256, on_ignored_range, budget)
+        except BaseException:
+            budget.close()
+            raise
+
+    def _open_stream(
+        self, relpath: str, size: int, sha256: bytes | str, on_ignored_range: str, budget: Budget
+    ) -> PatchStream:
         failures = 0
         while True:
             try:
                 return _HttpPatchStream(
-                    self, relpath, size, sha256, on_ignored_range=on_ignored_range
+                    self, relpath, size, sha256, on_ignored_range=on_ignored_range, budget=budget
                 )
             except FetchError as exc:
                 if not getattr(exc, "retryable", False):
                     raise
+                budget.check(0, size)
                 failures += 1
                 if failures > self.retries:
                     raise FetchError(
                         f"{relpath}: failed after {failures} attempt(s): {exc}"
                     ) from None
-                time.sleep(min(1.0, self.backoff * (2 ** (failures - 1))))
+                pause = min(1.0, self.backoff * (2 ** (failures - 1)))
+                self.report_retry(
+                    f"{relpath}: {exc}; retrying in {pause:.1f} s "
+                    f"(attempt {failures + 1} of {self.retries + 1})"
+                )
+                budget.sleep(pause)
+                budget.check(0, size)
 
 
 def _is_loopback(host: str) -> bool:
@@ -669,6 +750,8 @@ def open_repository(
     retries: int = DEFAULT_RETRIES,
     backoff: float = 0.1,
     cafile: str | os.PathLike[str] | None = None,
+    limits: Limits | None = None,
+    on_retry: RetryHook | None = None,
 ) -> Repository:
     """A :class:`Repository` for an ``http(s)://`` URL or a local directory.
 
@@ -678,6 +761,8 @@ def open_repository(
         retries: HTTP only: consecutive failures allowed before :class:`FetchError`.
         backoff: HTTP only: first pause between attempts in seconds.
         cafile: HTTPS only: CA certificates (PEM) to trust instead of the system's.
+        limits: HTTP only: deadline and minimum average rate per file.
+        on_retry: HTTP only: called with a line of text before each retry.
 
     Returns:
         The repository.
@@ -693,7 +778,13 @@ def open_repository(
     scheme = urllib.parse.urlsplit(text).scheme
     if scheme in ("http", "https"):
         return HttpRepository(
-            text, timeout=timeout, retries=retries, backoff=backoff, cafile=cafile
+            text,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            cafile=cafile,
+            limits=limits,
+            on_retry=on_retry,
         )
     if scheme == "file":
         return DirectoryRepository(urllib.request.url2pathname(urllib.parse.urlsplit(text).path))

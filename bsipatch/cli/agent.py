@@ -6,6 +6,7 @@ Thin: parse arguments, call :mod:`bsipatch.agent.agent` / :mod:`bsipatch.agent.s
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +26,63 @@ def _add_device_args(p: argparse.ArgumentParser, *, repo: bool) -> None:
             metavar="FILE",
             help="vendor root.json to trust on first use (stored in the preboot's agent/ dir)",
         )
-        p.add_argument(
-            "--timeout", type=float, default=15.0, help="seconds before a stalled download retries"
-        )
-        p.add_argument("--retries", type=int, default=4, help="retries per file")
+        _add_limit_args(p)
         p.add_argument(
             "--cafile", metavar="PEM", help="CA certificates to trust for https (default: system)"
         )
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
+def _add_limit_args(p: argparse.ArgumentParser) -> None:
+    from bsipatch.agent.limits import DEFAULT_DEADLINE, DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
+
+    p.add_argument(
+        "--timeout",
+        type=_positive,
+        default=DEFAULT_TIMEOUT,
+        help=f"seconds before a stalled connect or read retries (default {DEFAULT_TIMEOUT:g})",
+    )
+    p.add_argument("--retries", type=int, default=4, help="retries per file")
+    p.add_argument(
+        "--deadline",
+        type=_positive,
+        default=DEFAULT_DEADLINE,
+        metavar="SECONDS",
+        help=f"seconds one file may take in all (default {DEFAULT_DEADLINE:g})",
+    )
+    p.add_argument(
+        "--min-rate",
+        type=_positive,
+        default=DEFAULT_MIN_RATE,
+        metavar="BYTES_PER_S",
+        help="slowest average rate accepted after the first seconds of a file "
+        f"(default {DEFAULT_MIN_RATE:g})",
+    )
+
+
+def _retry_printer(args: argparse.Namespace) -> Any:
+    """One line per retry on stderr, when stderr is a terminal and not ``--quiet``."""
+    if getattr(args, "quiet", False) or not sys.stderr.isatty():
+        return None
+
+    def show(line: str) -> None:
+        print(f"bsipatch: {line}", file=sys.stderr, flush=True)
+
+    return show
+
+
 def _agent(args: argparse.Namespace, progress: Any = None) -> Any:
     from bsipatch.agent.agent import Agent
+    from bsipatch.agent.limits import Limits
 
     root = Path(args.root).read_bytes() if getattr(args, "root", None) else None
     return Agent(
@@ -46,6 +93,8 @@ def _agent(args: argparse.Namespace, progress: Any = None) -> Any:
         retries=args.retries,
         progress=progress,
         cafile=args.cafile,
+        limits=Limits(timeout=args.timeout, deadline=args.deadline, min_rate=args.min_rate),
+        on_retry=_retry_printer(args),
     )
 
 
