@@ -657,9 +657,15 @@ class Agent:
             MetadataError, FetchError, PatchError, SealError, StagingError: the device
             stays on its active (verified) images; the error is recorded as the last
             result.
-            LockedError: another process is changing the preboot volume.
+            LockedError: another agent run is in progress, or another process is
+                changing the preboot volume at the moment of activation.
+
+        Downloading and staging run without the preboot lock (rollback, boot and
+        uninstall stay available); it is taken only to activate.
         """
-        with self.preboot.lock():  # one agent at a time; install/rollback re-enter it
+        from bsipatch.agent.runlock import run_lock
+
+        with run_lock(self.store.dir):  # one agent run at a time
             return self._run()
 
     def _run(self) -> dict[str, Any]:
@@ -674,19 +680,23 @@ class Agent:
             "step_back": None,
         }
         state = self.store.state()
+        bsipatch_error = None
         try:
             if result.install is not None:
                 report["installed"] = self._install(result.install, state)
             elif result.step_back is not None:
                 report["step_back"] = self._step_back(result.step_back, state)
         except BsipatchError as exc:
+            bsipatch_error = exc
+        state.removed = self.store.state().removed  # the user may have removed one meanwhile
+        if bsipatch_error is not None:
             state.last_result = {
                 "ok": False,
                 "summary": f"install failed; still on {result.active_release or 'base images'}",
-                "error": str(exc),
+                "error": str(bsipatch_error),
             }
             self.store.save_state(state)
-            raise
+            raise bsipatch_error
         if report["installed"] is not None:
             r = report["installed"]
             state.last_result = {
