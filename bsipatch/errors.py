@@ -148,6 +148,10 @@ class ReadOnlyError(StagingError):
     """The preboot volume is read-only."""
 
 
+class UnsafeFile(StagingError):
+    """A temp or partial file path is a symlink, not a regular file, or not ours."""
+
+
 class LockedError(StagingError):
     """Another process holds the preboot lock."""
 

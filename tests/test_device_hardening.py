@@ -25,7 +25,6 @@ from bsipatch.agent.limits import Limits
 from bsipatch.cli.main import main as cli_main
 from bsipatch.device import install as inst
 from bsipatch.device.pending import PENDING, PendingDir
-from bsipatch.device.preboot import Preboot
 from bsipatch.errors import DownloadTooSlow, LockedError, StateError
 
 
@@ -52,7 +51,7 @@ def test_rollback_boot_and_status_work_while_a_download_trickles(device, vendor)
         def run() -> None:
             try:
                 agent.run()
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 errors.append(exc)
 
         t = threading.Thread(target=run)
@@ -193,3 +192,92 @@ def test_install_after_reboot_downloads_again(world, tmp_path):
     assert "reactivated" not in out
     assert pb.status()["active_release"] == "26.1 (a)"
     assert os.listdir(pb.path / PENDING) == []
+
+
+# --- one rollback, one uninstall, one os-update; --preboot everywhere ----------------------
+
+
+def test_top_level_rollback_honours_policy_and_keeps_agent_records(
+    device,  # noqa: F811
+    vendor,  # noqa: F811
+    capsys,
+):
+    from bsipatch.errors import PolicyDenied
+
+    _agent(device, vendor, vendor["snap"]["A"]).run()
+    _agent(device, vendor, vendor["snap"]["AB"]).run()
+    inst.boot(device)  # the system runs (b): its directory stays after a rollback
+    agent = Agent(device, None)
+    agent.apply_policy(b'{"RapidSecurityResponse": {"EnableRollback": false}}')
+    for cmd in ("rollback", "uninstall"):
+        assert cli_main([cmd, "--preboot", str(device.path)]) == PolicyDenied.exit_code
+        assert "EnableRollback" in capsys.readouterr().err
+    assert device.status()["active_release"] == "26.1 (b)"
+    agent.store.clear_policy()
+    assert cli_main(["rollback", "--preboot", str(device.path)]) == 0
+    assert device.status()["active_release"] == "26.1 (a)"
+    assert agent.store.state().removed == ["26.1 (b)"]
+    # the agent does not reinstall it, and does not fail with "already installed" either
+    for _ in range(2):
+        report = _agent(device, vendor, vendor["snap"]["AB"]).run()
+        d = {x["release_id"]: x for x in report["check"]["decisions"]}["26.1 (b)"]
+        assert report["installed"] is None and d["code"] == "removed"
+    # asked for again, it installs at once (kept on the volume: reactivated)
+    argv = ["agent", "run", "--preboot", str(device.path), "--repo", str(vendor["snap"]["AB"])]
+    assert cli_main([*argv, "--reinstall", "26.1 (b)", "--json"]) == 0
+    assert device.status()["active_release"] == "26.1 (b)"
+    assert agent.store.state().removed == []
+
+
+def test_every_device_command_takes_preboot_from_the_environment(
+    device,  # noqa: F811
+    vendor,  # noqa: F811
+    monkeypatch,
+    capsys,
+):
+    import json
+
+    monkeypatch.setenv("BSIPATCH_PREBOOT", str(device.path))  # read when the parser is built
+    root = vendor["snap"]["A"] / "root.json"
+    for argv in (
+        ["status"],
+        ["agent", "status"],
+        ["agent", "settings"],
+        ["agent", "policy"],
+        ["agent", "check", "--repo", str(vendor["snap"]["A"]), "--root", str(root)],
+        ["agent", "run", "--repo", str(vendor["snap"]["A"])],
+        ["uninstall"],
+        ["boot"],
+        ["gc"],
+        ["recover"],
+    ):
+        assert cli_main([*argv, "--json"]) == 0, argv
+        json.loads(capsys.readouterr().out)
+    monkeypatch.delenv("BSIPATCH_PREBOOT")
+    assert cli_main(["agent", "status"]) == StateError.exit_code
+    assert "--preboot DIR or set $BSIPATCH_PREBOOT" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv", [["agent", "rollback"], ["agent", "uninstall"], ["preboot", "os-update"]]
+)
+def test_one_spelling_of_each_device_command(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli_main([*argv, "--preboot", "/nonexistent"])
+    assert info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_os_update_keeps_activation_unless_given_and_clears_agent_records(
+    device,  # noqa: F811
+    vendor,  # noqa: F811
+):
+    _agent(device, vendor, vendor["snap"]["A"]).run()
+    new = vendor["images"]["new"]
+    argv = ["os-update", "--preboot", str(device.path), "--os-version", "26.2", "--build", "23C55"]
+    images = [f"--image=webkit={new['webkit']}:reboot", f"--image=libsystem={new['libsystem']}"]
+    assert cli_main([*argv, *images]) == 0
+    st = device.status()
+    assert (st["os_version"], st["active_release"]) == ("26.2", None)
+    assert device.components() == {"webkit": "reboot", "libsystem": "reboot"}
+    assert Agent(device, None).store.state().retired == ["26.1 (a)"]

@@ -264,6 +264,7 @@ def _stage_component(
             verify_old=not verified_now,
             verify_new=False,
             provenance=prov,
+            expected_size=int(comp.target.size),  # header bound to the signed target
         )
         reader.drain()
     finally:
