@@ -13,8 +13,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bsipatch.cli._common import add_command, emit, progress_enabled
-from bsipatch.cli.device import add_preboot_arg, preboot_dir
+from bsipatch.cli import agent_mdm
+from bsipatch.cli._common import (
+    add_command,
+    add_preboot_arg,
+    emit,
+    preboot_dir,
+    progress_enabled,
+)
 from bsipatch.cli.progress import Progress
 from bsipatch.errors import PolicyError
 
@@ -236,6 +242,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = add_command(asub, "check", "what applies now, and why not for the rest", cmd_check)
     _add_device_args(p, repo=True)
+    agent_mdm.attach(p, "check")
     p = add_command(asub, "run", "install what applies (or step back from a withdrawal)", cmd_run)
     _add_device_args(p, repo=True)
     p.add_argument(
@@ -244,6 +251,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="RELEASE_ID",
         help="a release you removed (rollback/uninstall) that may be installed again; repeatable",
     )
+    agent_mdm.attach(p, "run")
+    agent_mdm.register_sync(asub)
 
     p = add_command(asub, "settings", "show or set the automatic-install switch", cmd_settings)
     _add_device_args(p, repo=False)
@@ -253,6 +262,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _add_device_args(p, repo=False)
     p.add_argument("file", nargs="?", metavar="FILE.json", help="policy document to apply")
     p.add_argument("--clear", action="store_true", help="remove the policy")
+    agent_mdm.attach(p, "policy")
 
     p = add_command(asub, "status", "the MDM status report", cmd_status)
     _add_device_args(p, repo=False)

@@ -16,43 +16,23 @@ that for a manifest the caller built and trusts itself.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
-from bsipatch.cli._common import add_command, emit, progress_enabled
+from bsipatch.cli._common import (
+    add_command,
+    add_preboot_arg,
+    emit,
+    preboot_dir,
+    progress_enabled,
+)
 from bsipatch.cli.progress import Progress
-
-PREBOOT_ENV = "BSIPATCH_PREBOOT"
-
-
-def _add_preboot_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--preboot",
-        metavar="DIR",
-        default=os.environ.get(PREBOOT_ENV),
-        help=f"the preboot directory (default: ${PREBOOT_ENV})",
-    )
-
-
-def preboot_dir(args: argparse.Namespace) -> str:
-    """The ``--preboot`` directory, or StateError when neither it nor the variable is set."""
-    from bsipatch.errors import StateError
-
-    if not args.preboot:
-        raise StateError(f"no preboot directory: give --preboot DIR or set ${PREBOOT_ENV}")
-    return str(args.preboot)
 
 
 def _preboot(args: argparse.Namespace) -> Any:
     from bsipatch.device.preboot import Preboot
 
     return Preboot(preboot_dir(args))
-
-
-def add_preboot_arg(p: argparse.ArgumentParser) -> None:
-    """``--preboot DIR`` with the ``$BSIPATCH_PREBOOT`` default (for every device command)."""
-    _add_preboot_arg(p)
 
 
 def _parse_images(
@@ -235,7 +215,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     init = add_command(psub, "init", "create a preboot directory with base images", _cmd_init)
     init.add_argument("dir", metavar="DIR", help="the preboot directory to create")
     upd = add_command(sub, "os-update", "install a new OS version's base images", _cmd_os_update)
-    _add_preboot_arg(upd)
+    add_preboot_arg(upd)
     for q in (init, upd):
         q.add_argument("--os-version", required=True, help="e.g. 26.2")
         q.add_argument("--build", required=True, help="e.g. 23C55")
@@ -255,7 +235,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
 
     p = add_command(sub, "install", "install and activate a release from a manifest", _cmd_install)
-    _add_preboot_arg(p)
+    add_preboot_arg(p)
     p.add_argument("manifest", metavar="MANIFEST_JSON")
     p.add_argument(
         "--patches", metavar="DIR", help="repository root or directory holding the patches"
@@ -291,4 +271,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ("gc", "remove releases other than the active and previous one", _cmd_gc),
         ("recover", "finish or undo an interrupted operation", _cmd_recover),
     ):
-        _add_preboot_arg(add_command(sub, name, helptext, func))
+        q = add_command(sub, name, helptext, func)
+        add_preboot_arg(q)
+        if name in ("rollback", "uninstall"):
+            from bsipatch.cli import agent_mdm
+
+            agent_mdm.attach(q, name)
