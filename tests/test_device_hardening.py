@@ -234,11 +234,13 @@ def test_every_device_command_takes_preboot_from_the_environment(
     vendor,  # noqa: F811
     monkeypatch,
     capsys,
+    tmp_path,
 ):
     import json
 
     monkeypatch.setenv("BSIPATCH_PREBOOT", str(device.path))  # read when the parser is built
-    root = vendor["snap"]["A"] / "root.json"
+    root = tmp_path / "root.json"
+    root.write_bytes(vendor["root_json"])
     for argv in (
         ["status"],
         ["agent", "status"],

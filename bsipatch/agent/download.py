@@ -18,7 +18,7 @@ shared parts (:mod:`bsipatch.agent.streams`) and the HTTP reader
 :mod:`bsipatch.agent.limits`).
 
 No trust decisions beyond size and digest bounds the caller passes in (signatures
-are :mod:`bsipatch.trust.verify`'s job); nothing is written.
+are python-tuf's job, see :mod:`bsipatch.trust.client`); nothing is written.
 """
 
 from __future__ import annotations
