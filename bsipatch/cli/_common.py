@@ -8,12 +8,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 
 class UsageError(Exception):
@@ -186,20 +186,23 @@ def fill_shared_help(parser: argparse.ArgumentParser) -> None:
             action.help = SHARED_HELP.get(key)
 
 
-def show_retries(args: argparse.Namespace, stream: TextIO | None = None) -> None:
-    """Print a line per download retry (the agent's back-off waits) on a terminal.
+PREBOOT_ENV = "BSIPATCH_PREBOOT"
 
-    Lines go to ``stream`` (default stderr) when it is a terminal and neither
-    ``--quiet`` nor ``--json`` is given; a ``stream`` passed in is always used.
-    """
-    out = stream if stream is not None else sys.stderr
-    if stream is None and (not out.isatty() or progress_enabled(args) is not None):
-        return
-    log = logging.getLogger("bsipatch.agent.download")
-    if any(getattr(h, "_bsipatch_cli", False) for h in log.handlers):
-        return
-    handler = logging.StreamHandler(out)
-    handler.setFormatter(logging.Formatter("bsipatch: %(message)s"))
-    handler._bsipatch_cli = True  # type: ignore[attr-defined]
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
+
+def add_preboot_arg(p: argparse.ArgumentParser) -> None:
+    """``--preboot DIR`` with the ``$BSIPATCH_PREBOOT`` default (every device command)."""
+    p.add_argument(
+        "--preboot",
+        metavar="DIR",
+        default=os.environ.get(PREBOOT_ENV),
+        help=f"the preboot directory (default: ${PREBOOT_ENV})",
+    )
+
+
+def preboot_dir(args: argparse.Namespace) -> str:
+    """The ``--preboot`` directory, or StateError when neither it nor the variable is set."""
+    from bsipatch.errors import StateError
+
+    if not getattr(args, "preboot", None):
+        raise StateError(f"no preboot directory: give --preboot DIR or set ${PREBOOT_ENV}")
+    return str(args.preboot)
