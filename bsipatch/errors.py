@@ -182,3 +182,22 @@ class NativeError(BsipatchError):
     def __init__(self, message: str, *, code: int = 0) -> None:
         super().__init__(message)
         self.code = code
+
+
+class BuildError(BsipatchError):
+    """A vendor build (``release build --matrix``) failed; nothing was published."""
+
+    exit_code = 12
+
+
+class MatrixError(BuildError):
+    """A build matrix is invalid: every problem found is listed, one per line."""
+
+    def __init__(self, problems: list[str], source: str = "matrix") -> None:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{len(problems)} problem(s) in {source}:\n{lines}")
+        self.problems = list(problems)
+
+
+class BuildTaskError(BuildError):
+    """One task of a vendor build failed for good (e.g. a corrupt input image)."""

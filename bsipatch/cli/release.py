@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from bsipatch.cli import vendor as vendor_cli
 from bsipatch.cli._common import add_command, emit, progress_enabled
 from bsipatch.cli.progress import Progress
 from bsipatch.errors import FormatError, KeyFileError, MetadataError
@@ -193,7 +194,11 @@ def cmd_repo_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_release_build(args: argparse.Namespace) -> int:
+    vendor_cli.check_single(args)
     published = parse_time(args.published, "--published") if args.published else _now(args)
+    if args.matrix:
+        keys = publish.load_keydir(args.keys, _passphrase(args))
+        return vendor_cli.cmd_matrix_build(args, keys, published, vendor_cli.progress_line(args))
     components = [parse_component(s) for s in args.component]
     extra: dict[str, list[Cve]] = {}
     for spec in args.cve or ():
@@ -439,15 +444,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         lsub, "build", "seal, diff, sign and publish a release into a repository", cmd_release_build
     )
     p.add_argument("repo", metavar="REPO")
-    p.add_argument("--id", required=True, help='release id, e.g. "26.1 (a)"')
-    p.add_argument("--os-version", required=True, help="e.g. 26.1")
+    p.add_argument("--id", required=False, help='release id, e.g. "26.1 (a)"')
+    p.add_argument("--os-version", required=False, help="e.g. 26.1")
     p.add_argument(
-        "--build", required=True, action="append", help="base OS build it applies to (repeatable)"
+        "--build", action="append", help="base OS build it applies to (repeatable)"
     )
-    p.add_argument("--supplemental-build", required=True, help="build after install, e.g. 23B85a")
+    p.add_argument("--supplemental-build", required=False, help="build after install, e.g. 23B85a")
     p.add_argument(
         "--component",
-        required=True,
         action="append",
         metavar="NAME:ACTIVATION:BASE_IMG:NEW_IMG[:CVE-ID=desc,...]",
         help="a component to patch (repeatable); ACTIVATION is relaunch or reboot",
@@ -461,6 +465,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--published", metavar="TIME", help="publication time (default now)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-images", action="store_true", help="do not copy base images into images/")
+    vendor_cli.add_arguments(p)
     _add_now(p)
 
     p = add_command(

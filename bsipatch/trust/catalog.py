@@ -150,7 +150,7 @@ class CatalogEntry:
             manifest_sha256=manifest_sha256,
             manifest_size=manifest_size,
             withdrawn=False,
-            components=tuple(c.name for c in manifest.components),
+            components=tuple(dict.fromkeys(c.name for c in manifest.components)),
             cves=manifest.cves,
         )
 

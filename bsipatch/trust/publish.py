@@ -510,12 +510,15 @@ def add_release(
     expires: datetime,
     catalog_expires: datetime | None = None,
     log: Log | None = None,
+    supplemental_builds: Mapping[str, str] | None = None,
 ) -> ReleaseManifest:
     """Sign and list a release whose components (seals, patch files) already exist.
 
     The manifest gets the next sequence number and is signed by the release role;
     the catalog gets version + 1 and is signed by the catalog role, and is written
-    last. :func:`build_release` calls this after making seals and patches.
+    last. :func:`build_release` calls this after making seals and patches, and
+    :mod:`bsipatch.vendor.build` after a matrix build (per-build components,
+    ``supplemental_builds`` per device variant).
 
     Returns:
         The manifest.
@@ -541,6 +544,7 @@ def add_release(
         sequence=catalog.max_sequence + 1,
         expires=format_time(expires),
         components=tuple(components),
+        supplemental_builds=dict(supplemental_builds or {}),
     )
     data = keymod.sign_envelope(manifest.to_dict(), release_signers)
     mpath = r.write_manifest(release_id, data)

@@ -639,7 +639,8 @@ class Verifier:
             )
         if device_components is not None:
             have = set(device_components)
-            foreign = [c.name for c in m.components if c.name not in have]
+            mine = m.for_build(device_build).components
+            foreign = [c.name for c in mine if c.name not in have]
             if foreign:
                 raise WrongTarget(
                     f"release {m.release_id} patches component(s) {', '.join(foreign)} "
