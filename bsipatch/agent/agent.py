@@ -570,7 +570,7 @@ class Agent:
             device_build=build,
             min_sequence=min_sequence,
             device_components=comps,
-        )
+        ).for_build(build)  # a matrix release lists every variant: keep this device's
 
     def _plan_step_back(
         self,
@@ -706,8 +706,10 @@ class Agent:
         return open_patch
 
     def _install(self, manifest: Any, state: AgentState) -> dict[str, Any]:
+        from bsipatch.agent.sources import choose_patches
         from bsipatch.device.install import install_release
 
+        manifest, choices = choose_patches(manifest, self._active_roots())
         streams: list[PatchStream] = []
         try:
             out = install_release(
@@ -721,6 +723,20 @@ class Agent:
         out = dict(out)
         out["downloaded_patch_bytes"] = sum(s.pos for s in streams)
         out["full_image_bytes"] = sum(int(c.target.size) for c in manifest.components)
+        out["patch_sources"] = {c.component: c.to_dict() for c in choices}
+        out["saved_bytes"] = sum(c.base_patch_bytes - c.patch_bytes for c in choices)
+        return out
+
+    def _active_roots(self) -> dict[str, str]:
+        """Component -> seal root of the image the active release installed (verified then)."""
+        state = self.preboot.read_state()
+        directory = self.preboot.selection_dir(
+            state["os"]["base"], state["chain"][-1] if state["chain"] else None
+        )
+        out = {}
+        for name in self.preboot.components(state):
+            with contextlib.suppress(OSError, KeyError, ValueError):
+                out[name] = str(self.preboot.seal_record(directory, name)["seal"]["root_hash"])
         return out
 
     def _step_back(self, plan: dict[str, Any], state: AgentState) -> dict[str, Any]:
