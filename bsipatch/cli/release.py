@@ -448,9 +448,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("repo", metavar="REPO")
     p.add_argument("--id", required=False, help='release id, e.g. "26.1 (a)"')
     p.add_argument("--os-version", required=False, help="e.g. 26.1")
-    p.add_argument(
-        "--build", action="append", help="base OS build it applies to (repeatable)"
-    )
+    p.add_argument("--build", action="append", help="base OS build it applies to (repeatable)")
     p.add_argument("--supplemental-build", required=False, help="build after install, e.g. 23B85a")
     p.add_argument(
         "--component",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,10 +144,10 @@ def load_matrix(path: str | os.PathLike[str]) -> Matrix:
     try:
         raw = p.read_bytes()
         if p.suffix.lower() == ".toml":
-            try:
+            if sys.version_info >= (3, 11):
                 import tomllib
-            except ImportError:  # Python 3.10
-                import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
+            else:  # the vendor extra installs tomli on Python 3.10
+                import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
             doc = tomllib.loads(raw.decode("utf-8"))
         elif p.suffix.lower() == ".json":
             doc = json.loads(raw)

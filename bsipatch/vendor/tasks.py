@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any
 
 from bsipatch._io import atomic_write
 from bsipatch.errors import BuildTaskError
@@ -154,7 +154,7 @@ def _run(spec: TaskSpec, t0: float, c0: float) -> TaskResult:
             target = seal_image(new, salt=spec.salt, threads=spec.threads)
         with atomic_write(spec.out_path) as f:
             os.fchmod(f.fileno(), 0o644)
-            diff(src, new, cast(BinaryIO, f), threads=spec.threads)
+            diff(src, new, f, threads=spec.threads)
     size, digest = _sha256_file(spec.out_path)
     return TaskResult(
         key=spec.key,
