@@ -306,3 +306,18 @@ def test_fsspec_urls_are_read(world, tmp_path):
     mpath.write_text(json.dumps(doc))
     with pytest.raises(MatrixError, match=r"memory://vendor-test/nothing\.img does not exist"):
         _build(init_repo(tmp_path / "repo2", ks), load_matrix(mpath), ks, cluster="none")
+
+
+def test_cluster_choice_and_cli_option_rules(tmp_path, capsys):
+    from bsipatch.errors import BuildError
+    from bsipatch.vendor.execute import choose_cluster
+
+    assert choose_cluster(None, 1) == "none" and choose_cluster(None, 2) == "local"
+    assert choose_cluster("tcp://127.0.0.1:8786", 9) == "tcp://127.0.0.1:8786"
+    with pytest.raises(BuildError, match="--cluster must be none, local or tcp://HOST:PORT"):
+        choose_cluster("everywhere", 3)
+    base = ["release", "build", str(tmp_path), "--keys", str(tmp_path)]
+    assert main([*base, "--matrix", "m.json", "--id", "26.1 (a)"]) == 5
+    assert "--matrix replaces --id" in capsys.readouterr().err
+    assert main([*base, "--cluster", "local"]) == 5
+    assert "release build needs --id, --os-version" in capsys.readouterr().err

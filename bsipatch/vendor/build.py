@@ -70,6 +70,7 @@ class BuildReport:
     plan_seconds: float = 0.0
     run_seconds: float = 0.0
     publish_seconds: float = 0.0
+    cluster_timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no manifest signatures; those are in the repository)."""
@@ -252,10 +253,13 @@ def build_matrix(
         slug = release_slug(matrix.release_id)
         staging = r.path / STAGING / slug
         t1 = time.monotonic()
+        report_timings: dict[str, float] = {}
         emit(f"{len(plan.specs)} task(s) for {len(matrix.variants)} variant(s); cluster {mode}")
         try:
             _make_staging(staging, matrix)
-            results = run_tasks(plan.specs, cluster=mode, workers=workers, say=emit)
+            results = run_tasks(
+                plan.specs, cluster=mode, workers=workers, say=emit, timings=report_timings
+            )
             t2 = time.monotonic()
             manifest = _publish(r, matrix, results, staging, keys, published, expires,
                                 catalog_expires)  # fmt: skip
@@ -263,7 +267,7 @@ def build_matrix(
             _remove(staging)
             raise
         t3 = time.monotonic()
-    return BuildReport(manifest, results, t3 - t0, mode, t1 - t0, t2 - t1, t3 - t2)
+    return BuildReport(manifest, results, t3 - t0, mode, t1 - t0, t2 - t1, t3 - t2, report_timings)
 
 
 def _make_staging(staging: Path, m: Matrix) -> None:

@@ -16,6 +16,7 @@ import importlib.util
 import logging
 import os
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -54,6 +55,7 @@ def run_tasks(
     cluster: str,
     workers: int | None = None,
     say: Say | None = None,
+    timings: dict[str, float] | None = None,
 ) -> list[TaskResult]:
     """Run every task and return their results in the order of ``specs``.
 
@@ -64,6 +66,8 @@ def run_tasks(
             scheduler address such as ``tcp://10.0.0.5:8786``.
         workers: worker processes of a local cluster.
         say: receives one line per finished task (and the dashboard link).
+        timings: if given, receives ``startup_seconds`` (cluster start or connect) and
+            ``shutdown_seconds``.
 
     Raises:
         BuildTaskError: a task failed for good; it names the variant and component.
@@ -77,7 +81,7 @@ def run_tasks(
             emit(_line(r, i, len(specs)))
             out.append(r)
         return out
-    return _run_dask(specs, cluster, workers, emit)
+    return _run_dask(specs, cluster, workers, emit, {} if timings is None else timings)
 
 
 def _start(cluster: str, workers: int | None) -> tuple[Any, Any]:
@@ -109,11 +113,19 @@ def dashboard_link(client: Any) -> str | None:
 
 
 def _run_dask(
-    specs: Sequence[TaskSpec], cluster: str, workers: int | None, emit: Say
+    specs: Sequence[TaskSpec],
+    cluster: str,
+    workers: int | None,
+    emit: Say,
+    timings: dict[str, float],
 ) -> list[TaskResult]:
     from distributed import as_completed
 
+    t0 = time.monotonic()
     client, lc = _start(cluster, workers)
+    if lc is not None:
+        client.wait_for_workers(len(lc.workers))
+    timings["startup_seconds"] = time.monotonic() - t0
     try:
         link = dashboard_link(client)
         if link:
@@ -141,6 +153,8 @@ def _run_dask(
             emit(_line(r, done, len(specs)))
         return [results[s.key] for s in specs]
     finally:
+        t1 = time.monotonic()
         client.close()
         if lc is not None:
             lc.close()
+        timings["shutdown_seconds"] = time.monotonic() - t1
