@@ -184,10 +184,28 @@ class NativeError(BsipatchError):
         self.code = code
 
 
+# --- device-management server (bsipatch.mdm) -----------------------------------------
+
+
+class MdmError(BsipatchError):
+    """The device-management server or its database refused an operation."""
+
+    exit_code = 12
+
+
+class MdmSchemaError(MdmError):
+    """The database schema is newer than this server knows, or is not a bsipatch schema."""
+
+    exit_code = 12
+
+
+# --- vendor builds (bsipatch.vendor) ---------------------------------------------------
+
+
 class BuildError(BsipatchError):
     """A vendor build (``release build --matrix``) failed; nothing was published."""
 
-    exit_code = 12
+    exit_code = 13
 
 
 class MatrixError(BuildError):
