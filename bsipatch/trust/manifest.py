@@ -8,14 +8,14 @@ SHA-256, and the CVEs it fixes. ``from_dict``/``to_dict`` are strict: unknown,
 missing or mistyped fields raise :class:`~bsipatch.errors.FormatError`.
 
 Also the small shared helpers for metadata time stamps and field checks. No
-signatures and no I/O here (see :mod:`bsipatch.trust.verify` and :mod:`bsipatch.trust.repository`).
+signatures and no I/O here (TUF verifies; see :mod:`bsipatch.trust.client`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,6 @@ __all__ = [
     "PatchRef",
     "ReleaseManifest",
     "SealRef",
-    "SourcePatch",
     "format_time",
     "parse_time",
     "release_slug",
@@ -309,47 +308,6 @@ class Cve:
 
 
 @dataclass(frozen=True)
-class SourcePatch:
-    """A further patch to the same target, from the image an earlier release installed.
-
-    Attributes:
-        release_id: the earlier release whose image is the source (``"26.1 (a)"``).
-        base: seal of that source image (the earlier release's target seal).
-        patch: the patch file.
-    """
-
-    release_id: str
-    base: SealRef
-    patch: PatchRef
-
-    def __post_init__(self) -> None:
-        release_slug(self.release_id)  # validates the id
-
-    def to_dict(self) -> dict[str, Any]:
-        """The source patch as a JSON-ready dict."""
-        return {
-            "release_id": self.release_id,
-            "base": self.base.to_dict(),
-            "patch": self.patch.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: Any, what: str = "source") -> SourcePatch:
-        """Strict inverse of :meth:`to_dict`."""
-        check_fields(d, ("release_id", "base", "patch"), what)
-        return cls(
-            release_id=get_str(d, "release_id", what),
-            base=SealRef.from_dict(d["base"], f"{what}.base"),
-            patch=PatchRef.from_dict(d["patch"], f"{what}.patch"),
-        )
-
-
-def _optional_fields(d: Any, required: tuple[str, ...], optional: tuple[str, ...]) -> list[str]:
-    """``required`` plus those of ``optional`` that ``d`` has (for :func:`check_fields`)."""
-    return [*required, *(k for k in optional if isinstance(d, Mapping) and k in d)]
-
-
-@dataclass(frozen=True)
 class ComponentRelease:
     """One patched component of a release.
 
@@ -360,10 +318,6 @@ class ComponentRelease:
         target: seal of the image the patch produces.
         patch: the patch file.
         cves: the CVEs this component's fix addresses.
-        build: the one base build (device variant) this entry is for; ``None``: every
-            build of the release. Omitted from the dict when ``None``.
-        sources: further patches to the same target from images of earlier releases
-            (N->1); omitted from the dict when empty.
     """
 
     name: str
@@ -372,8 +326,6 @@ class ComponentRelease:
     target: SealRef
     patch: PatchRef
     cves: tuple[Cve, ...] = ()
-    build: str | None = None
-    sources: tuple[SourcePatch, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -387,12 +339,6 @@ class ComponentRelease:
         ids = [c.id for c in self.cves]
         if len(set(ids)) != len(ids):
             raise FormatError(f"component {self.name}: a CVE is listed twice")
-        if self.build is not None:
-            check_build(self.build, f"component {self.name}: build")
-        object.__setattr__(self, "sources", tuple(self.sources))
-        roots = [self.base.root_hash, *(s.base.root_hash for s in self.sources)]
-        if len(set(roots)) != len(roots):
-            raise FormatError(f"component {self.name}: two patches start from the same image")
 
     def to_dict(self) -> dict[str, Any]:
         """The component as a JSON-ready dict."""
@@ -403,20 +349,14 @@ class ComponentRelease:
             "target": self.target.to_dict(),
             "patch": self.patch.to_dict(),
             "cves": [c.to_dict() for c in self.cves],
-            **({} if self.build is None else {"build": self.build}),
-            **({"sources": [s.to_dict() for s in self.sources]} if self.sources else {}),
         }
 
     @classmethod
     def from_dict(cls, d: Any, what: str = "component") -> ComponentRelease:
         """Strict inverse of :meth:`to_dict`."""
-        required = ("name", "activation", "base", "target", "patch", "cves")
-        check_fields(d, _optional_fields(d, required, ("build", "sources")), what)
+        check_fields(d, ("name", "activation", "base", "target", "patch", "cves"), what)
         name = get_str(d, "name", what)
         what = f"component {name}"
-        sources = get_list(d, "sources", what) if "sources" in d else []
-        if "sources" in d and not sources:
-            raise FormatError(f"{what}.sources must not be empty when present")
         return cls(
             name=name,
             activation=get_str(d, "activation", what),
@@ -424,8 +364,6 @@ class ComponentRelease:
             target=SealRef.from_dict(d["target"], f"{what}.target"),
             patch=PatchRef.from_dict(d["patch"], f"{what}.patch"),
             cves=tuple(Cve.from_dict(c, f"{what}.cves[]") for c in get_list(d, "cves", what)),
-            build=get_str(d, "build", what) if "build" in d else None,
-            sources=tuple(SourcePatch.from_dict(x, f"{what}.sources[]") for x in sources),
         )
 
 
@@ -442,10 +380,7 @@ class ReleaseManifest:
         sequence: monotonic release number in this repository (>= 1); devices refuse
             to go below the highest one they installed.
         expires: ISO-8601 UTC expiry; expired manifests are refused.
-        components: the patched components (at least one; a name at most once per build).
-        supplemental_builds: base build -> the build a device of that build reports once
-            the release is installed, where it differs from ``supplemental_build``
-            (matrix releases, one entry per device variant); omitted when empty.
+        components: the patched components (at least one, distinct names).
     """
 
     release_id: str
@@ -456,7 +391,6 @@ class ReleaseManifest:
     sequence: int
     expires: str
     components: tuple[ComponentRelease, ...]
-    supplemental_builds: Mapping[str, str] = field(default_factory=dict)
 
     _FIELDS = (
         "_type",
@@ -494,29 +428,9 @@ class ReleaseManifest:
         object.__setattr__(self, "components", tuple(self.components))
         if not self.components:
             raise FormatError("a release must patch at least one component")
-        _check_variants(self)
-
-    def for_build(self, build: str) -> ReleaseManifest:
-        """The release as a device of base build ``build`` sees it: only its components.
-
-        Raises:
-            WrongTarget: the release does not apply to ``build``.
-        """
-        if build not in self.builds:
-            raise WrongTarget(
-                f"release {self.release_id} applies to build(s) {', '.join(self.builds)}, "
-                f"not to {build}"
-            )
-        return ReleaseManifest(
-            release_id=self.release_id,
-            os_version=self.os_version,
-            builds=(build,),
-            supplemental_build=self.supplemental_builds.get(build, self.supplemental_build),
-            published=self.published,
-            sequence=self.sequence,
-            expires=self.expires,
-            components=tuple(c for c in self.components if c.build in (None, build)),
-        )
+        names = [c.name for c in self.components]
+        if len(set(names)) != len(names):
+            raise FormatError("a component is listed twice")
 
     @property
     def extra_version(self) -> str:
@@ -570,11 +484,6 @@ class ReleaseManifest:
             "sequence": self.sequence,
             "expires": self.expires,
             "components": [c.to_dict() for c in self.components],
-            **(
-                {"supplemental_builds": dict(sorted(self.supplemental_builds.items()))}
-                if self.supplemental_builds
-                else {}
-            ),
         }
 
     @classmethod
@@ -586,7 +495,7 @@ class ReleaseManifest:
                 mistyped fields; invalid values.
         """
         what = "release manifest"
-        check_fields(d, _optional_fields(d, cls._FIELDS, ("supplemental_builds",)), what)
+        check_fields(d, cls._FIELDS, what)
         if d["_type"] != "release":
             raise FormatError(f"expected _type 'release', found {d['_type']!r}")
         if d["spec_version"] != SPEC_VERSION or isinstance(d["spec_version"], bool):
@@ -602,31 +511,4 @@ class ReleaseManifest:
             components=tuple(
                 ComponentRelease.from_dict(c) for c in get_list(d, "components", what)
             ),
-            supplemental_builds=_get_supplemental(d, what),
         )
-
-
-def _get_supplemental(d: Mapping[str, Any], what: str) -> dict[str, str]:
-    value = d.get("supplemental_builds", {})
-    if not isinstance(value, Mapping) or ("supplemental_builds" in d and not value):
-        raise FormatError(f"{what}.supplemental_builds must be a non-empty object")
-    return {check_build(k, what): check_build(v, what) for k, v in value.items()}
-
-
-def _check_variants(m: ReleaseManifest) -> None:
-    """Names distinct per build; per-build entries and supplemental builds for listed builds."""
-    object.__setattr__(m, "supplemental_builds", dict(m.supplemental_builds))
-    for b, s in m.supplemental_builds.items():
-        check_build(s, "supplemental_builds")
-        if b not in m.builds:
-            raise FormatError(f"supplemental_builds names build {b!r}, not one of the release's")
-    seen: dict[str, set[str | None]] = {}
-    for c in m.components:
-        if c.build is not None and c.build not in m.builds:
-            raise FormatError(
-                f"component {c.name} is for build {c.build}, not one of the release's"
-            )
-        builds = seen.setdefault(c.name, set())
-        if c.build in builds or None in builds or (c.build is None and builds):
-            raise FormatError(f"component {c.name} is listed twice for one build")
-        builds.add(c.build)
