@@ -15,44 +15,31 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from vendorhelp import NOW, images, init_repo, keyset, matrix
+from vendorhelp import NOW, NOW_TEXT, images, init_repo, keyset, matrix
 
 from bsipatch.cli.main import main
 from bsipatch.errors import BuildTaskError, MatrixError
 from bsipatch.trust import publish
-from bsipatch.trust.keys import save_private
-from bsipatch.trust.repository import Repository
 from bsipatch.vendor.build import build_matrix
 from bsipatch.vendor.matrix import load_matrix
 
 distributed = pytest.importorskip("distributed")
 
-EXPIRES = NOW + timedelta(days=90)
-
 
 def _files(root: Path) -> dict[str, bytes]:
-    """Every file of a repository except the (empty) lock file."""
+    """Every file of a repository."""
     return {
         p.relative_to(root).as_posix(): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != ".publish.lock"
+        if p.is_file()
     }
 
 
-def _keydir(path: Path, ks) -> Path:
-    path.mkdir()
-    for role, keys in ks.items():
-        for i, k in enumerate(keys, 1):
-            save_private(k, path / f"{role}-{i}.pem", None)
-    return path
-
-
 def _lock_free(repo: Path) -> bool:
-    fd = os.open(repo / ".publish.lock", os.O_RDWR | os.O_CREAT)
+    fd = os.open(repo, os.O_RDONLY | os.O_DIRECTORY)  # the publishers' lock is on the directory
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
@@ -66,7 +53,12 @@ def _lock_free(repo: Path) -> bool:
 def world(tmp_path_factory):
     """Images of 2 variants x 2 components (base, (a), (c)) and one key set."""
     root = tmp_path_factory.mktemp("vendor")
-    return {"root": root, "keys": keyset(), "imgs": images(root / "img", 2)}
+    return {
+        "root": root,
+        "keydir": root / "keys",
+        "keys": keyset(root / "keys"),
+        "imgs": images(root / "img", 2),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +76,7 @@ def cluster():
 
 
 def _build(repo, m, ks, **kw):
-    kw.setdefault("published", NOW)
-    return build_matrix(repo, m, keys=ks, expires=EXPIRES, **kw)
+    return build_matrix(repo, m, keys=ks, now=NOW, **kw)
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -174,15 +165,14 @@ def test_toml_matrix_is_the_same_matrix(world, tmp_path):
 
 def test_same_bytes_in_process_and_on_a_two_worker_local_cluster(world, tmp_path, capsys):
     imgs, ks = world["imgs"], world["keys"]
-    keydir = _keydir(tmp_path / "keys", ks)
+    keydir = world["keydir"]
     out = {}
     for mode in ("none", "local"):
         repo = init_repo(tmp_path / f"repo-{mode}", ks)
         for letter, prev in (("a", ""), ("c", "a")):
             m = matrix(tmp_path / f"{letter}.json", imgs, 2, letter, prev)
             argv = ["release", "build", str(repo), "--matrix", str(m), "--keys", str(keydir)]
-            argv += ["--cluster", mode, "--workers", "2", "--published", "2026-11-28T12:00:00Z"]
-            argv += ["--catalog-expires-days", "300"]
+            argv += ["--cluster", mode, "--workers", "2", "--now", NOW_TEXT]
             if prev:
                 argv += ["--from-previous", "1"]
             assert main(argv) == 0
@@ -218,11 +208,10 @@ def test_corrupt_input_fails_the_build_naming_it_and_publishes_nothing(world, tm
         msg = str(e.value)
         assert "variant family1, component libsystem (from 26.1 (a))" in msg
         assert "corrupt or wrong input" in msg
-        assert _files(repo) == before  # no patch, no manifest, same catalog
-        assert not (repo / "releases" / "26.1-c").exists()
+        assert _files(repo) == before  # no patch, no release, same metadata versions
         assert not any((repo / ".staging").iterdir())
         assert _lock_free(repo)
-    assert publish.load_catalog(Repository(repo)).get("26.1 (c)") is None
+    assert publish.load_catalog(repo).get("26.1 (c)") is None
 
 
 def test_worker_killed_mid_task_is_retried_and_the_release_completes(world, tmp_path, cluster):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
-from bsipatch.trust import keys, publish
+from bsipatch.trust import signers
+from bsipatch.trust.tufrepo import init_repository
 
-NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime.now(timezone.utc).replace(microsecond=0)  # TUF refuses already-expired metadata
+NOW_TEXT = NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
 COMPONENTS = {"webkit": "relaunch", "libsystem": "reboot"}
 
 
@@ -34,12 +36,14 @@ def edit(data: bytes, seed: int, n: int = 12) -> bytes:
     return bytes(b[: len(data)])
 
 
-def keyset() -> dict[str, list[keys.PrivateKey]]:
-    return {r: [keys.generate()] for r in ("root", "release", "catalog")}
+def keyset(keydir: Path) -> signers.KeySet:
+    """A key directory (for the CLI) and its signers (for the API)."""
+    signers.generate_keydir(keydir)
+    return signers.KeySet.from_dir(keydir)
 
 
-def init_repo(path: Path, ks) -> Path:
-    publish.init_repository(path, ks, now=NOW, catalog_expires=NOW + timedelta(days=300))
+def init_repo(path: Path, ks: signers.KeySet) -> Path:
+    init_repository(path, ks, now=NOW)
     return path
 
 

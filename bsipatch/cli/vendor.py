@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from bsipatch.cli._common import emit
 from bsipatch.errors import FormatError
 
-_SINGLE = ("id", "os_version", "build", "supplemental_build", "component", "cve")
+_SINGLE = ("id", "os_version", "build", "supplemental_build", "component", "cve", "back_to_base")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,7 +53,7 @@ def check_single(args: argparse.Namespace) -> None:
             opts = ", ".join("--" + o.replace("_", "-") for o in given)
             raise FormatError(f"--matrix replaces {opts}: give the release in the matrix file")
         return
-    missing = [o for o in _SINGLE[:-1] if not getattr(args, o, None)]
+    missing = [o for o in _SINGLE[:4] if not getattr(args, o, None)]
     if missing:
         opts = ", ".join("--" + o.replace("_", "-") for o in missing)
         raise FormatError(f"release build needs {opts} (or --matrix FILE)")
@@ -62,9 +62,9 @@ def check_single(args: argparse.Namespace) -> None:
 
 
 def cmd_matrix_build(
-    args: argparse.Namespace, keys: Any, published: datetime, say: Callable[[str], None]
+    args: argparse.Namespace, keys: Any, now: datetime, published: datetime, expiry: Any
 ) -> int:
-    """Run a matrix build (the keys and times come from the ``release build`` handler)."""
+    """Run a matrix build (keys, times and lifetimes come from the ``release build`` handler)."""
     from bsipatch.vendor.build import build_matrix
     from bsipatch.vendor.matrix import load_matrix
 
@@ -73,24 +73,24 @@ def cmd_matrix_build(
         args.repo,
         matrix,
         keys=keys,
+        now=now,
         published=published,
-        expires=published + timedelta(days=args.expires_days),
-        catalog_expires=published + timedelta(days=args.catalog_expires_days),
+        expiry=expiry,
         from_previous=args.from_previous,
         cluster=args.cluster,
         workers=args.workers,
         threads=args.threads or 1,
-        say=say,
+        say=progress_line(args),
     )
-    m = report.manifest
+    rel = report.release
     lines = [
-        f"published {m.release_id} (sequence {m.sequence}) for {len(matrix.variants)} "
+        f"published {rel.release_id} (sequence {rel.sequence}) for {len(matrix.variants)} "
         f"variant(s), {len(report.results)} patch(es) in {report.seconds:.1f} s "
         f"(cluster {report.cluster})"
     ]
-    for c in m.components:
-        extra = "".join(f", from {s.release_id}: {s.patch.size}" for s in c.sources)
-        lines.append(f"  {c.build} {c.name:12} patch {c.patch.size} bytes{extra}")
+    for r in report.results:
+        src = r.source_release or "base"
+        lines.append(f"  {r.build} {r.component:12} from {src:10} {r.patch_size} bytes")
     emit(args, report.to_dict(), lines)
     return 0
 

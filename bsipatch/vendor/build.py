@@ -9,12 +9,14 @@
    release is new, and that every image exists with the expected size;
 3. runs the tasks (:mod:`bsipatch.vendor.execute`); they write their patches into
    ``REPO/.staging/<slug>/`` and return small results;
-4. publishes: renames the staging directory to ``releases/<slug>/`` and hands the
-   results to :func:`bsipatch.trust.publish.add_release`, which signs the manifest
-   and the catalog here, on the publishing machine (keys never go to a worker).
+4. publishes: one new targets version (:func:`bsipatch.trust.tufrepo.publish_targets`)
+   with every patch as a target (``patches/<component>/<to>/from-<from>.bsipatch``)
+   and the release target, whose ``variants`` hold each build's components (see
+   :class:`bsipatch.trust.releases.Variant`); it is signed here, on the publishing
+   machine, after every task succeeded (keys never go to a worker).
 
-If anything fails, the staging directory (or the renamed release directory) is
-removed and the catalog is untouched: no partial release, and the lock is released.
+If anything fails, the staging directory is removed and the metadata is untouched:
+no partial release, and the lock is released.
 
 Salts: every image of one (OS version, variant build, component) is sealed with one
 lineage salt, taken from the first release of that build in the repository or, for
@@ -35,20 +37,22 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bsipatch._io import fsync_dir
-from bsipatch.errors import BuildError, MatrixError, MetadataError
+from bsipatch.errors import MatrixError, MetadataError
 from bsipatch.trust import publish
-from bsipatch.trust.keys import PrivateKey
-from bsipatch.trust.manifest import (
-    ComponentRelease,
-    PatchRef,
-    ReleaseManifest,
-    SealRef,
-    SourcePatch,
-    release_slug,
+from bsipatch.trust.manifest import SealRef, format_time, release_slug
+from bsipatch.trust.releases import (
+    CUSTOM_KEY,
+    Catalog,
+    ComponentSpec,
+    PatchInfo,
+    Release,
+    Variant,
+    check_cumulative,
+    patch_target_path,
+    release_target_path,
 )
-from bsipatch.trust.repository import Repository
-from bsipatch.trust.verify import MAX_MANIFEST_SIZE, check_signatures, parse_envelope
+from bsipatch.trust.signers import KeySet
+from bsipatch.trust.tufrepo import Expiry, TufRepository, publish_targets
 from bsipatch.vendor.execute import choose_cluster, run_tasks
 from bsipatch.vendor.matrix import ImageRef, Matrix, VariantSpec, check_images
 from bsipatch.vendor.tasks import TaskResult, TaskSpec
@@ -61,9 +65,9 @@ Say = Callable[[str], None]
 
 @dataclass
 class BuildReport:
-    """What a build did: the manifest, every task's result, wall time, the cluster used."""
+    """What a build did: the release, every task's result, wall time, the cluster used."""
 
-    manifest: ReleaseManifest
+    release: Release
     results: list[TaskResult]
     seconds: float
     cluster: str
@@ -75,8 +79,8 @@ class BuildReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no manifest signatures; those are in the repository)."""
         return {
-            "release": self.manifest.release_id,
-            "sequence": self.manifest.sequence,
+            "release": self.release.release_id,
+            "sequence": self.release.sequence,
             "cluster": self.cluster,
             "seconds": round(self.seconds, 3),
             "tasks": [
@@ -108,53 +112,49 @@ class _Plan:
     problems: list[str] = field(default_factory=list)
 
 
-def _earlier(
-    r: Repository, root: Any, catalog: Any, build: str
-) -> tuple[list[ReleaseManifest], list[ReleaseManifest]]:
-    """(every, not withdrawn) release for ``build`` in the repository, newest first."""
-    out: list[tuple[ReleaseManifest, bool]] = []
-    for e in sorted(catalog.for_build(build), key=lambda e: e.sequence, reverse=True):
-        data = r.read(e.manifest_path, max_size=MAX_MANIFEST_SIZE)
-        if len(data) != e.manifest_size or hashlib.sha256(data).hexdigest() != e.manifest_sha256:
-            raise MetadataError(f"manifest of {e.release_id} does not match the catalog entry")
-        env = parse_envelope(data, max_size=MAX_MANIFEST_SIZE, what="manifest")
-        check_signatures(root, "release", env, f"manifest of {e.release_id}")
-        m = ReleaseManifest.from_dict(env.signed).for_build(build)
-        out.append((m, e.withdrawn))
-    return [m for m, _ in out], [m for m, withdrawn in out if not withdrawn]
+def _history(catalog: Catalog, build: str) -> tuple[list[Release], list[Release]]:
+    """(every, not withdrawn) release for ``build``, newest first, as that build sees them."""
+    every = sorted(
+        (r.for_build(build) for r in catalog.for_build(build)),
+        key=lambda r: r.sequence,
+        reverse=True,
+    )
+    return every, [r for r in every if not r.withdrawn]
+
+
+def _target(r: Release, name: str) -> SealRef | None:
+    spec = r.components.get(name)
+    return None if spec is None else spec.target
 
 
 def _plan_variant(
     plan: _Plan,
     m: Matrix,
     v: VariantSpec,
-    history: tuple[list[ReleaseManifest], list[ReleaseManifest]],
+    history: tuple[list[Release], list[Release]],
     from_previous: int,
     staging: Path,
     threads: int,
 ) -> None:
     every, live = history
-    sources = live[:from_previous]
     for c in m.components:
         base, new = v.images[c.name]
-        firsts = [x.component(c.name) for x in reversed(every) if _has(x, c.name)]
+        firsts = [r.components[c.name] for r in reversed(every) if c.name in r.components]
         salt = firsts[0].base.salt if firsts else lineage_salt(m.os_version, v.build, c.name)
         base_size = firsts[-1].base.size if firsts else None
         label = f"variant {v.name}, component {c.name}"
-        plan.images += [
-            (f"{label}: base image", base, base_size),
-            (f"{label}: new image", new, None),
-        ]
+        plan.images.append((f"{label}: base image", base, base_size))
+        plan.images.append((f"{label}: new image", new, None))
         out = staging / v.build / f"{c.name}.bsipatch"
         plan.specs.append(
             TaskSpec(f"{v.name}/{c.name}/base", v.name, v.build, c.name, None, base.url,
                      new.url, salt, salt, None, str(out), threads)
         )  # fmt: skip
-        for earlier in sources:
-            if not _has(earlier, c.name):
+        for earlier in live[:from_previous]:
+            target = _target(earlier, c.name)
+            if target is None:
                 continue  # that release left the base image in place: the base patch applies
             rid = earlier.release_id
-            target = earlier.component(c.name).target
             ref = v.previous.get(rid, {}).get(c.name)
             if ref is None:
                 plan.problems.append(
@@ -170,49 +170,38 @@ def _plan_variant(
             )  # fmt: skip
 
 
-def _has(m: ReleaseManifest, name: str) -> bool:
-    return any(c.name == name for c in m.components)
-
-
-def _check_keys(root: Any, keys: publish.KeyMap) -> list[str]:
+def _check_keys(r: TufRepository, keys: KeySet) -> list[str]:
+    root = r.root().signed
     problems = []
-    for role in ("release", "catalog"):
-        value = keys.get(role) or []
-        given = [value] if isinstance(value, PrivateKey) else list(value)
+    for role in ("targets", "snapshot", "timestamp"):
         trusted = set(root.roles[role].keyids)
-        have = {k.keyid for k in given if k.keyid in trusted}
+        have = sum(1 for s in keys.get(role) if s.public_key.keyid in trusted)
         need = root.roles[role].threshold
-        if len(have) < need:
-            problems.append(f"signing needs {need} trusted {role} key(s); {len(have)} given")
+        if have < need:
+            problems.append(f"publishing needs {need} {role} key(s) the root trusts; {have} given")
     return problems
 
 
-def _plan(
-    r: Repository, m: Matrix, keys: publish.KeyMap, from_previous: int, threads: int
-) -> _Plan:
-    root = publish.load_root(r)
-    catalog = publish.load_catalog(r, root)
-    plan = _Plan(problems=_check_keys(root, keys))
+def _plan(r: TufRepository, m: Matrix, keys: KeySet, from_previous: int, threads: int) -> _Plan:
+    catalog = publish.load_catalog(r)
+    plan = _Plan(problems=_check_keys(r, keys))
     if catalog.get(m.release_id) is not None:
-        plan.problems.append(f"release {m.release_id} is already in the catalog")
-    slug = release_slug(m.release_id)
-    if (r.path / "releases" / slug).exists():
-        plan.problems.append(f"{r.path / 'releases' / slug} already exists")
-    staging = r.path / STAGING / slug
+        plan.problems.append(f"release {m.release_id} is already published")
+    staging = r.path / STAGING / release_slug(m.release_id)
     for v in m.variants:
-        history = _earlier(r, root, catalog, v.build)
+        history = _history(catalog, v.build)
         _plan_variant(plan, m, v, history, from_previous, staging, threads)
     return plan
 
 
 def build_matrix(
-    repo: Repository | str | os.PathLike[str],
+    repo: TufRepository | str | os.PathLike[str],
     matrix: Matrix,
     *,
-    keys: publish.KeyMap,
-    published: datetime,
-    expires: datetime,
-    catalog_expires: datetime | None = None,
+    keys: KeySet,
+    now: datetime,
+    published: datetime | None = None,
+    expiry: Expiry | None = None,
     from_previous: int = 0,
     cluster: str | None = None,
     workers: int | None = None,
@@ -224,8 +213,8 @@ def build_matrix(
     Args:
         repo: the repository (a local or shared-file-system directory workers can write).
         matrix: the validated matrix (:func:`bsipatch.vendor.matrix.load_matrix`).
-        keys: role -> private keys (release and catalog); they stay in this process.
-        published, expires, catalog_expires: as for :func:`bsipatch.trust.publish.add_release`.
+        keys: the targets (offline) and online signers; they stay in this process.
+        now, published, expiry: as for :func:`bsipatch.trust.publish.add_release`.
         from_previous: also patch from the images of the last K earlier releases of
             each variant (N->1).
         cluster: ``"none"``, ``"local"``, ``"tcp://HOST:PORT"``; default local when
@@ -243,31 +232,28 @@ def build_matrix(
         raise ValueError("from_previous must be >= 0 and threads >= 1")
     t0 = time.monotonic()
     emit = say or (lambda _line: None)
-    r = repo if isinstance(repo, Repository) else Repository(repo)
+    r = repo if isinstance(repo, TufRepository) else TufRepository(repo)
     with r.lock():
         plan = _plan(r, matrix, keys, from_previous, threads)
         if plan.problems:
             raise MatrixError(plan.problems, matrix.source)
         check_images(plan.images, matrix.source)
         mode = choose_cluster(cluster, len(plan.specs))
-        slug = release_slug(matrix.release_id)
-        staging = r.path / STAGING / slug
+        staging = r.path / STAGING / release_slug(matrix.release_id)
         t1 = time.monotonic()
-        report_timings: dict[str, float] = {}
+        timings: dict[str, float] = {}
         emit(f"{len(plan.specs)} task(s) for {len(matrix.variants)} variant(s); cluster {mode}")
         try:
             _make_staging(staging, matrix)
             results = run_tasks(
-                plan.specs, cluster=mode, workers=workers, say=emit, timings=report_timings
+                plan.specs, cluster=mode, workers=workers, say=emit, timings=timings
             )
             t2 = time.monotonic()
-            manifest = _publish(r, matrix, results, staging, keys, published, expires,
-                                catalog_expires)  # fmt: skip
-        except BaseException:
+            release = _publish(r, matrix, results, keys, now, published or now, expiry)
+        finally:
             _remove(staging)
-            raise
         t3 = time.monotonic()
-    return BuildReport(manifest, results, t3 - t0, mode, t1 - t0, t2 - t1, t3 - t2, report_timings)
+    return BuildReport(release, results, t3 - t0, mode, t1 - t0, t2 - t1, t3 - t2, timings)
 
 
 def _make_staging(staging: Path, m: Matrix) -> None:
@@ -290,79 +276,71 @@ def _remove(path: Path) -> None:
 
 
 def _publish(
-    r: Repository,
+    r: TufRepository,
     m: Matrix,
     results: Sequence[TaskResult],
-    staging: Path,
-    keys: publish.KeyMap,
+    keys: KeySet,
+    now: datetime,
     published: datetime,
-    expires: datetime,
-    catalog_expires: datetime | None,
-) -> ReleaseManifest:
-    slug = release_slug(m.release_id)
-    final = r.path / "releases" / slug
-    components = _components(m, results, staging, f"releases/{slug}")
-    expected = {Path(x.patch_path).relative_to(staging) for x in results}
-    for p in sorted(staging.rglob("*")):  # temp files of workers killed mid-write
-        if p.is_file() and p.relative_to(staging) not in expected:
-            p.unlink()
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging.rename(final)
-    fsync_dir(final.parent)
-    try:
-        return publish.add_release(
-            r,
+    expiry: Expiry | None,
+) -> Release:
+    """One new targets version: every patch, and the release with a variant per build."""
+
+    def change(targets: Any) -> Release:
+        catalog = Catalog.from_targets(targets)
+        if catalog.get(m.release_id) is not None:
+            raise MetadataError(f"release {m.release_id} is already published")
+        variants = {}
+        for v in m.variants:
+            comps = {}
+            for c in m.components:
+                tasks = [x for x in results if x.variant == v.name and x.component == c.name]
+                comps[c.name] = _component(r, targets, c.name, c.activation, c.cves, tasks)
+            variants[v.build] = Variant(v.supplemental_build, comps)
+        release = Release(
             release_id=m.release_id,
             os_version=m.os_version,
             builds=m.builds,
             supplemental_build=m.variants[0].supplemental_build,
-            supplemental_builds={v.build: v.supplemental_build for v in m.variants[1:]},
-            components=components,
-            keys=keys,
-            published=published,
-            expires=expires,
-            catalog_expires=catalog_expires,
+            published=format_time(published),
+            sequence=catalog.max_sequence + 1,
+            withdrawn=False,
+            variants=variants,
         )
-    except BaseException:
-        _remove(final)
-        raise
+        check_cumulative(catalog.releases, release)
+        tf = r.add_target_bytes(
+            release_target_path(release.release_id),
+            release.document(),
+            {CUSTOM_KEY: release.to_dict()},
+        )
+        targets.targets[tf.path] = tf
+        return release
+
+    _md, release = publish_targets(r, keys, change, now=now, expiry=expiry)
+    return release  # type: ignore[no-any-return]
 
 
-def _components(
-    m: Matrix, results: Sequence[TaskResult], staging: Path, prefix: str
-) -> list[ComponentRelease]:
-    by: dict[tuple[str, str], list[TaskResult]] = {}
-    for x in results:
-        by.setdefault((x.variant, x.component), []).append(x)
-    out = []
-    for v in m.variants:
-        for c in m.components:
-            tasks = by[(v.name, c.name)]
-            base = next(x for x in tasks if x.source_release is None)
-            assert base.target_seal is not None
-
-            def ref(x: TaskResult) -> PatchRef:
-                rel = Path(x.patch_path).relative_to(staging).as_posix()
-                size, digest = x.patch_size, x.patch_sha256
-                if (staging / rel).stat().st_size != size:
-                    raise BuildError(f"{x.key}: staged patch {rel} changed size after its task")
-                return PatchRef(path=f"{prefix}/{rel}", sha256=digest, size=size)
-
-            sources = tuple(
-                SourcePatch(str(x.source_release), SealRef(**x.source_seal), ref(x))
-                for x in tasks
-                if x.source_release is not None
-            )
-            out.append(
-                ComponentRelease(
-                    name=c.name,
-                    activation=c.activation,
-                    base=SealRef(**base.source_seal),
-                    target=SealRef(**base.target_seal),
-                    patch=ref(base),
-                    cves=c.cves,
-                    build=v.build,
-                    sources=sources,
-                )
-            )
-    return out
+def _component(
+    r: TufRepository,
+    targets: Any,
+    name: str,
+    activation: str,
+    cves: Any,
+    tasks: Sequence[TaskResult],
+) -> ComponentSpec:
+    """Store one component's patches as targets (base patch first); its spec."""
+    base = next(x for x in tasks if x.source_release is None)
+    assert base.target_seal is not None
+    to_seal = SealRef(**base.target_seal)
+    paths = []
+    for x in sorted(tasks, key=lambda x: (x.source_release is not None, x.source_release or "")):
+        from_seal = SealRef(**x.source_seal)
+        if Path(x.patch_path).stat().st_size != x.patch_size:
+            raise MetadataError(f"{x.key}: staged patch {x.patch_path} changed after its task")
+        rel = patch_target_path(name, from_seal, to_seal)
+        tf = r.add_target_file(rel, x.patch_path, PatchInfo.custom(name, from_seal, to_seal))
+        if tf.hashes.get("sha256") != x.patch_sha256:
+            raise MetadataError(f"{x.key}: staged patch {x.patch_path} changed after its task")
+        targets.targets[rel] = tf
+        paths.append(rel)
+    return ComponentSpec(activation, SealRef(**base.source_seal), to_seal, tuple(paths), cves)
