@@ -40,7 +40,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 from data import DATA_DIR, FAKE_TIME, FS_UUID, LIB_DIR  # noqa: E402
 
-NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime.now(timezone.utc).replace(microsecond=0)  # TUF refuses expired metadata
 COMPONENTS = (("webkit", "relaunch"), ("libsystem", "reboot"), ("kernelcache", "reboot"))
 LETTERS = "abc"
 
@@ -153,9 +153,8 @@ def timed_build(repo: Path, m, ks, cluster: str, workers: int | None) -> dict:
     from bsipatch.vendor.build import build_matrix
 
     c0, s0, t0 = _cpu_children(), _cpu_self(), time.monotonic()
-    rep = build_matrix(repo, m, keys=ks, published=NOW + timedelta(hours=2),
-                       expires=NOW + timedelta(days=90), from_previous=2, cluster=cluster,
-                       workers=workers)  # fmt: skip
+    rep = build_matrix(repo, m, keys=ks, now=NOW, published=NOW + timedelta(minutes=2),
+                       from_previous=2, cluster=cluster, workers=workers)  # fmt: skip
     wall = time.monotonic() - t0
     tasks = [r.seconds for r in rep.results]
     return {
@@ -249,7 +248,7 @@ def device_bytes(imgs: dict, repo_a: Path, repo_c: Path, root_json: bytes, tmp: 
         images={c: imgs[(0, c, "base")] for c, _ in COMPONENTS},
         activation=dict(COMPONENTS),
     )
-    later = NOW + timedelta(hours=3)
+    later = NOW + timedelta(minutes=30)
     Agent(dev, repo_a, now=later, trusted_root=root_json).run()
     rep = Agent(dev, repo_c, now=later, trusted_root=root_json).run()["installed"]
     with_n1 = rep["downloaded_patch_bytes"]
@@ -273,8 +272,8 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from bsipatch.trust import keys as keymod
-    from bsipatch.trust.publish import init_repository
+    from bsipatch.trust import signers
+    from bsipatch.trust.tufrepo import init_repository
     from bsipatch.vendor.build import build_matrix
     from bsipatch.vendor.matrix import parse_matrix
 
@@ -285,17 +284,17 @@ def run(args: argparse.Namespace) -> dict:
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    ks = {r: [keymod.generate()] for r in ("root", "release", "catalog")}
+    ks = signers.KeySet({r: [signers.generate()] for r in signers.ROLES})
     repo = work / "repo"
-    init_repository(repo, ks, now=NOW, catalog_expires=NOW + timedelta(days=300))
+    init_repository(repo, ks, now=NOW)
     mats = {
         x: parse_matrix(matrix_doc(imgs, args.variants, x), base_dir=work, source=x)
         for x in LETTERS
     }
     for i, letter in enumerate("ab"):
         t = time.monotonic()
-        build_matrix(repo, mats[letter], keys=ks, published=NOW + timedelta(minutes=i),
-                     expires=NOW + timedelta(days=90), from_previous=2, cluster="none")  # fmt: skip
+        build_matrix(repo, mats[letter], keys=ks, now=NOW, published=NOW + timedelta(seconds=i),
+                     from_previous=2, cluster="none")  # fmt: skip
         print(f"published 26.1 ({letter}) in {time.monotonic() - t:.0f} s", flush=True)
         if letter == "a":
             shutil.copytree(repo, work / "snap-a")
@@ -308,7 +307,7 @@ def run(args: argparse.Namespace) -> dict:
         runs.append((dest, r))
     ref = _files(runs[0][0])
     same = all(_files(d) == ref for d, _ in runs[1:])
-    root_json = (repo / "root.json").read_bytes()
+    root_json = (repo / "metadata" / "1.root.json").read_bytes()
     device = device_bytes(imgs, work / "snap-a", runs[2][0], root_json, work)
     return analyse(args, sizes, [r for _, r in runs], same, device)
 
