@@ -69,7 +69,9 @@ if tool.startswith("bsipatch"):
     threads = 1 if tool == "bsipatch-1t" else (int(raw) if raw else None)
     fmt = "bsdiff40" if tool == "bsipatch-bsdiff40" else "bsipatch"
     diff, apply = bsipatch.delta.diff, bsipatch.delta.apply
-    if op == "diff":
+    if op == "diff" and tool == "bsipatch-v1":  # without the executable transform
+        run = lambda: diff(a, b, c, threads=threads, exe=False)
+    elif op == "diff":
         run = lambda: diff(a, b, c, format=fmt, threads=threads)
     else:
         run = lambda: apply(a, b, c, threads=threads)
@@ -147,6 +149,19 @@ def _xdelta3_apply(o: str, p: str, out: str) -> list[str]:
     return ["xdelta3", "-d", "-f", "-s", o, p, out]
 
 
+#: HDiffPatch is not packaged in Debian: point these at a build (e.g. in /tmp) to include it.
+HDIFFZ = os.environ.get("BENCH_HDIFFZ", "hdiffz")
+HPATCHZ = os.environ.get("BENCH_HPATCHZ", "hpatchz")
+
+
+def _hdiff(o: str, n: str, p: str) -> list[str]:
+    return [HDIFFZ, "-f", "-m-6", "-c-zstd-21-24", o, n, p]
+
+
+def _hpatch(o: str, p: str, out: str) -> list[str]:
+    return [HPATCHZ, "-f", o, p, out]
+
+
 def _zstd_diff(o: str, n: str, p: str) -> list[str]:
     return ["zstd", "-q", "-f", "-19", "--long=31", f"--patch-from={o}", n, "-o", p]
 
@@ -161,14 +176,16 @@ TOOLS: dict[str, Tool] = {
         _py_tool("bsipatch", "bsipatch (all cores)"),
         _py_tool("bsipatch-1t", "bsipatch (threads=1)"),
         _py_tool("bsipatch-bsdiff40", "bsipatch --format bsdiff40"),
+        _py_tool("bsipatch-v1", "bsipatch, no executable transform"),
         Tool("bsdiff", "bsdiff/bspatch (Debian)", _bsdiff, _bspatch, slow=True),
         _py_tool("bsdiff4", "bsdiff4 (PyPI)", slow=True),
         _py_tool("detools", "detools (PyPI, lzma)", slow=True),
         Tool("xdelta3", "xdelta3 -9", _xdelta3_diff, _xdelta3_apply),
         Tool("zstd", "zstd -19 --long=31 --patch-from", _zstd_diff, _zstd_apply),
+        Tool("hdiffpatch", "HDiffPatch hdiffz -m-6 -c-zstd-21-24", _hdiff, _hpatch),
     )
 }
-BSIPATCH_TOOLS = ("bsipatch", "bsipatch-1t", "bsipatch-bsdiff40")
+BSIPATCH_TOOLS = ("bsipatch", "bsipatch-1t", "bsipatch-bsdiff40", "bsipatch-v1")
 DEFAULT_TOOLS = ("bsipatch", "bsipatch-1t", "bsdiff", "bsdiff4", "detools", "xdelta3", "zstd")
 
 

@@ -100,7 +100,23 @@ class _Old:
         self.buf: Buffer = self._stack.enter_context(open_buffer(src))
         self.size = len(self.buf)
         self.ptr = ffi.from_buffer(self.buf) if self.size else ffi.NULL
+        self.predicted: Buffer | None = None  # version 2: the old image, references predicted
         self._since_drop = 0
+
+    def use_transform(self, reader: PatchReader) -> bool:
+        """For a version 2 patch: apply segments against the old image with its references
+        predicted by the patch's transform (exe.py); the old image itself is still what is
+        hashed. Returns whether there was a transform."""
+        self.check_size(reader.header)
+        body = reader.load_transform()
+        if body is None:
+            return False
+        from bsipatch.delta import exe
+
+        t = exe.Transform.unpack(body, self.size)
+        self.predicted, _ = exe.predicted_old(self.buf, t, self.path)
+        self.ptr = ffi.from_buffer(self.predicted) if self.size else ffi.NULL
+        return True
 
     def check(self, header: Header) -> None:
         """Raise WrongBaseImage unless size and SHA-256 match the patch header."""
@@ -1124,6 +1140,9 @@ def apply(
         )
         o = _Old(old)
         stack.callback(o.close)
+        later = provenance if o.use_transform(reader) else None
+        if later is not None:  # copies come from the predicted old: hash the output instead
+            provenance = None
         if is_pathlike(out):
             # the old image is hashed while segments are applied into the temporary
             # file; nothing is renamed into place unless its digest matches
@@ -1150,6 +1169,11 @@ def apply(
             else:
                 o.check_size(reader.header)
             extra = _apply_to_stream(o, reader, out, progress)
+        if later is not None:
+            from bsipatch.seal.tree import image_leaves
+
+            later.leaves = image_leaves(out, later.salt, salt_after=later.salt_after)
+            later.hashed_blocks = len(later.leaves)
         return patchfmt.info_from_reader(reader, extra)
 
 
@@ -1194,6 +1218,7 @@ def iter_apply(
         reader = PatchReader(f, prefix=magic)
         o = _Old(old)
         stack.callback(o.close)
+        o.use_transform(reader)
         o.check(reader.header)
         overall = hashlib.sha256()
         # One chunk is always held back: a segment's last chunk is released only after

@@ -495,8 +495,12 @@ def write_bsipatch(
     old_sha256: bytes,
     new_sha256: bytes,
     progress: ProgressFn | None = None,
+    transform: bytes | None = None,
 ) -> PatchInfo:
-    """Write ops as a bsipatch stream to ``out``; return its :class:`PatchInfo`."""
+    """Write ops as a bsipatch stream to ``out``; return its :class:`PatchInfo`.
+
+    With ``transform`` (an executable transform's body, exe.py) the patch is version 2:
+    ``old`` is then the predicted old image the ops were computed against."""
     import zstandard
 
     from bsipatch.delta import patchformat as patchfmt
@@ -504,6 +508,7 @@ def write_bsipatch(
 
     written = 0
     made: list[Header] = []
+    chain: list[bytes] = []
 
     def start() -> Header:
         # written when the first segment is: packing it (hashlib's import, two
@@ -511,7 +516,7 @@ def write_bsipatch(
         nonlocal written
         if not made:
             header = Header(
-                patchfmt.VERSION,
+                patchfmt.VERSION_TRANSFORM if transform is not None else patchfmt.VERSION,
                 segment_size,
                 len(old),
                 old_sha256,
@@ -528,6 +533,13 @@ def write_bsipatch(
             made.append(Header.unpack(hbytes))
             out.write(hbytes)
             written += len(hbytes)
+            if transform is not None:
+                from bsipatch.delta.exe import pack_block
+
+                block, digest = pack_block(made[0].digest, transform)
+                chain.append(digest)
+                out.write(block)
+                written += len(block)
         return made[0]
 
     segs: list[SegmentHeader] = []
@@ -589,7 +601,7 @@ def write_bsipatch(
             drain(max(1, threads))
         drain(0)
     header = start()
-    trailer = patchfmt.pack_trailer(header, digests)
+    trailer = patchfmt.pack_trailer(header, digests, tuple(chain))
     out.write(trailer)
     written += len(trailer)
     kinds = [sum(s.kind_bytes[i] for s in segs) for i in range(4)]
@@ -601,9 +613,11 @@ def write_bsipatch(
         "compressed_bytes": sum(s.comp_len for s in segs),
         **ops.stats,
     }
+    if transform is not None:
+        stats["transform_bytes"] = len(transform)
     return PatchInfo(
         "bsipatch",
-        patchfmt.VERSION,
+        header.version,
         len(old),
         old_sha256,
         len(new),
@@ -624,6 +638,7 @@ def diff(
     threads: int | None = None,
     segment_size: int | None = None,
     progress: ProgressFn | None = None,
+    exe: bool = True,
 ) -> PatchInfo:
     """Make a patch that turns ``old`` into ``new``.
 
@@ -638,6 +653,8 @@ def diff(
         segment_size: largest output bytes per segment (default 64 MiB, at most 256 MiB);
             a segment also ends when its literal or difference section reaches 8 MiB.
         progress: ``(done, total)`` callback.
+        exe: for two ELF files (x86-64 or AArch64), make a reference-aware patch
+            (version 2, docs/patch-format.md "Executable transform"); False: never.
 
     Returns:
         The :class:`PatchInfo` of the written patch.
@@ -684,7 +701,13 @@ def diff(
                 early = hasher.submit(lambda: (sha256_buffer(old_buf), sha256_buffer(new_buf)))
             else:
                 early = hasher.submit(lambda: (native_sha256(old_buf), native_sha256(new_buf)))
-        ops = compute_ops(old_buf, new_buf, threads=nthreads, progress=on_search)
+        prep = None
+        if exe and format == "bsipatch":
+            from bsipatch.delta.exe import prepare
+
+            prep = prepare(old_buf, new_buf, lambda o, n: compute_ops(o, n, threads=nthreads))
+        base = prep.predicted if prep is not None else old_buf
+        ops = compute_ops(base, new_buf, threads=nthreads, progress=on_search)
         if early is not None:
             old_sha, new_sha = early.result()
         from bsipatch._io import atomic_write
@@ -695,7 +718,7 @@ def diff(
 
             return write_bsdiff40(old_buf, new_buf, ops, out)
         return write_bsipatch(
-            old_buf,
+            base,
             new_buf,
             ops,
             out,
@@ -705,4 +728,5 @@ def diff(
             old_sha256=old_sha,
             new_sha256=new_sha,
             progress=on_write,
+            transform=prep.block if prep is not None else None,
         )
