@@ -157,3 +157,13 @@ def test_non_elf_inputs_keep_version_1() -> None:
     elfish = b"\x7fELF" + old[4:]
     v, info = _diff(elfish, elfish[:100] + b"x" + elfish[101:])
     assert info.version == 1
+
+
+def test_concatenated_elf_files_keep_version_1(pairs: dict[str, tuple[bytes, bytes]]) -> None:
+    """Libraries glued together start with an ELF header but are not one ELF file:
+    they keep the version 1 path and its exact bytes."""
+    (a, b), (c, d) = pairs["x86-insert"], pairs["a64-change"]
+    old, new = a + c, b + d
+    v, info = _diff(old, new)
+    v1, _ = _diff(old, new, exe=False)
+    assert info.version == 1 and v == v1
