@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, BinaryIO, Union
 
 from bsipatch._io import is_pathlike
+from bsipatch.hashing import Sha256  # native SHA-256 (SHA-NI): no OpenSSL loaded
 
 if TYPE_CHECKING:
     from bsipatch._io import PathLike
@@ -96,11 +97,9 @@ def holes(buf: Buffer, min_len: int = 0) -> list[tuple[int, int]]:
 
 def sha256_buffer(buf: Buffer) -> bytes:
     """SHA-256 of a buffer; a mapped file is read with plain reads, holes hashed as zeros."""
-    import hashlib  # lazy: the diff's suffix-array phase runs without OpenSSL loaded
-
     if not isinstance(buf, MappedFile):
-        return hashlib.sha256(buf).digest()
-    h = hashlib.sha256()
+        return Sha256(buf).digest()
+    h = Sha256()
     chunk = 1 << 20
     zero = memoryview(bytes(chunk))
     data = bytearray(chunk)
@@ -144,9 +143,7 @@ ZEROS = memoryview(bytes(1 << 20))
 @functools.lru_cache(maxsize=8)
 def zero_digest(n: int) -> bytes:
     """SHA-256 of ``n`` zero bytes (cached: all-zero segments of sparse images repeat it)."""
-    import hashlib  # lazy: the diff's suffix-array phase runs without OpenSSL loaded
-
-    h = hashlib.sha256()
+    h = Sha256()
     while n > 0:
         k = min(n, len(ZEROS))
         h.update(ZEROS[:k])

@@ -11,9 +11,7 @@ import contextlib
 import errno
 import io
 import os
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import IO, BinaryIO, Union
 
 from bsipatch.errors import DiskFullError, ReadOnlyError, StagingError
@@ -86,6 +84,9 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[bytes]]:
         >>> with atomic_write("/tmp/x.bin") as f:  # doctest: +SKIP
         ...     f.write(b"data")
     """
+    import tempfile  # here, with pathlib: the apply path, which writes no other file, skips them
+    from pathlib import Path
+
     target = Path(path)
     directory = target.parent
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)

@@ -10,30 +10,32 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from bsipatch._io import Source, open_source, read_exact
+from bsipatch._native import ffi, lib
 from bsipatch.errors import CorruptPatch, PatchTooLarge, TruncatedPatch, UnsupportedPatch
+from bsipatch.hashing import Sha256
 
-# hashlib and hmac load OpenSSL (several MB resident): they are imported where used,
-# so that a process which only makes patches does not carry them through its
-# suffix-sort peak.
+# Digests use the native SHA-256 (SHA-NI where the CPU has it) and a native
+# constant-time comparison: applying a patch does not load OpenSSL (hashlib, hmac).
 
 
 def _sha256(*parts: bytes | memoryview) -> bytes:
-    import hashlib
-
-    h = hashlib.sha256()
+    h = Sha256()
     for part in parts:
         h.update(part)
     return h.digest()
 
 
-def _same(a: bytes, b: bytes) -> bool:
-    import hmac
+def same_digest(a: bytes, b: bytes) -> bool:
+    """Compare two digests in constant time (csrc/bsi_core.c: bsi_ct_equal)."""
+    if len(a) != len(b):
+        return False
+    return bool(lib.bsi_ct_equal(ffi.from_buffer(a), ffi.from_buffer(b), len(a))) if a else True
 
-    return hmac.compare_digest(a, b)
+
+_same = same_digest
 
 
 MAGIC = b"BSIPATCH"
@@ -68,8 +70,7 @@ MAX_PAYLOAD = 32 << 20
 KIND_NAMES = ("copy", "add", "insert", "zero")
 
 
-@dataclass(frozen=True)
-class Header:
+class Header(NamedTuple):
     """The fixed 144-byte patch header."""
 
     version: int
@@ -152,8 +153,7 @@ class Header:
         )
 
 
-@dataclass(frozen=True)
-class SegmentHeader:
+class SegmentHeader(NamedTuple):
     """The fixed 112-byte header in front of each segment's zstd data."""
 
     index: int
@@ -368,19 +368,39 @@ class PatchReader:
         self.done = True
 
 
-@dataclass
 class PatchInfo:
     """What a patch is: format, the images it connects, its segments and op statistics."""
 
-    format: str
-    version: int
-    old_size: int
-    old_sha256: bytes
-    new_size: int
-    new_sha256: bytes
-    patch_size: int | None
-    segments: list = field(default_factory=list)
-    stats: dict = field(default_factory=dict)
+    def __init__(
+        self,
+        format: str,
+        version: int,
+        old_size: int,
+        old_sha256: bytes,
+        new_size: int,
+        new_sha256: bytes,
+        patch_size: int | None,
+        segments: list[Any] | None = None,
+        stats: dict[str, Any] | None = None,
+    ) -> None:
+        self.format = format
+        self.version = version
+        self.old_size = old_size
+        self.old_sha256 = old_sha256
+        self.new_size = new_size
+        self.new_sha256 = new_sha256
+        self.patch_size = patch_size
+        self.segments: list[Any] = [] if segments is None else segments
+        self.stats: dict[str, Any] = {} if stats is None else stats
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"PatchInfo({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PatchInfo) and vars(self) == vars(other)
+
+    __hash__ = None  # type: ignore[assignment]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (digests as hex)."""
