@@ -15,7 +15,8 @@ from httpserver import Fault, serve
 
 from bsipatch.agent.agent import Agent, AgentStore
 from bsipatch.agent.status import device_report
-from bsipatch.cli.demo_run import _code_like, _security_fix
+from bsipatch.cli.demo_images import code_like as _code_like
+from bsipatch.cli.demo_images import security_fix as _security_fix
 from bsipatch.cli.main import main as cli_main
 from bsipatch.device.preboot import Preboot
 from bsipatch.errors import (

@@ -16,7 +16,7 @@ from bsipatch._version import __version__
 from bsipatch.errors import BsipatchError
 
 #: Command modules under bsipatch.cli, imported when the parser is built.
-COMMAND_MODULES = ("seal", "delta", "release", "device", "agent", "demo")
+COMMAND_MODULES = ("seal", "delta", "release", "device", "agent", "demo", "mdm")
 #: Commands whose module is the only one loaded for them: a device applying a patch
 #: (and a build host diffing) does not import the trust, release and agent layers.
 FAST_COMMANDS = {"diff": "delta", "apply": "delta", "info": "delta"}

@@ -37,14 +37,15 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from bsipatch._buffers import open_buffer, sha256_buffer
+from bsipatch._buffers import open_buffer
 from bsipatch._io import fsync_dir, is_pathlike, open_source, read_exact
 from bsipatch._native import ffi, lib
 from bsipatch._threads import default_threads
 from bsipatch.delta import patchformat as patchfmt
+from bsipatch.delta.oldimage import OldImage, no_check, pwrite_all, write_all
 from bsipatch.delta.patchformat import PatchReader, same_digest
-from bsipatch.delta.segment import OUT_CHUNK, OldImage, segment_chunks
-from bsipatch.errors import OutputMismatch, TruncatedPatch, UnsupportedPatch, WrongBaseImage
+from bsipatch.delta.segment import OUT_CHUNK, segment_chunks
+from bsipatch.errors import OutputMismatch, TruncatedPatch, UnsupportedPatch
 from bsipatch.hashing import Sha256
 
 # SHA-256 is the native one (no OpenSSL); zstandard, numpy and concurrent.futures are
@@ -54,8 +55,8 @@ from bsipatch.hashing import Sha256
 if TYPE_CHECKING:
     from bsipatch._buffers import Buffer
     from bsipatch._io import PathLike
-    from bsipatch.delta.patchformat import Header, PatchInfo, SegmentHeader
-    from bsipatch.delta.provenance import Provenance
+    from bsipatch.delta.patchformat import PatchInfo, SegmentHeader
+    from bsipatch.delta.provenance import Provenance as Provenance  # re-exported
 
     PatchSource = PathLike | bytes | bytearray | memoryview | BinaryIO
 ProgressFn = Callable[[int, int], None]
@@ -66,10 +67,6 @@ PARTIAL_SUFFIX = ".bsipatch-partial"
 MAX_DEFAULT_THREADS = 3
 #: Output buffers between the applier and the hashing thread (OUT_CHUNK bytes each).
 RING = 4
-#: Drop the old image's mapped pages every DROP_EVERY output bytes when it is larger
-#: than DROP_PAGES_ABOVE, so resident memory stays bounded whatever the image size.
-DROP_PAGES_ABOVE = 32 << 20
-DROP_EVERY = 16 << 20
 
 
 def __getattr__(name: str) -> Any:
@@ -81,82 +78,9 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class _Old(OldImage):
-    """The old image: a buffer for the applier and a way to hash it cheaply."""
-
-    def __init__(self, src: PathLike | Buffer) -> None:
-        self._stack = ExitStack()
-        self.path = src if is_pathlike(src) else None
-        self.buf: Buffer = self._stack.enter_context(open_buffer(src))  # type: ignore[arg-type]
-        self.size = len(self.buf)
-        self.ptr = ffi.from_buffer(self.buf) if self.size else ffi.NULL
-        self._since_drop = 0
-
-    def check(self, header: Header) -> None:
-        """Raise WrongBaseImage unless size and SHA-256 match the patch header."""
-        self.start_check(header)()
-
-    def check_size(self, header: Header) -> None:
-        """Raise WrongBaseImage unless the size matches the patch header."""
-        if self.size != header.old_size:
-            raise WrongBaseImage(
-                f"old image is {self.size} bytes, the patch was made for {header.old_size} bytes"
-            )
-
-    def start_check(self, header: Header) -> Callable[[], None]:
-        """Check the size now and start hashing on a thread; return the function that
-        waits for the digest and raises WrongBaseImage when it differs."""
-
-        self.check_size(header)
-        result: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                result["digest"] = sha256_buffer(self.buf)
-            except BaseException as exc:  # handed to the waiter
-                result["error"] = exc
-
-        t = threading.Thread(target=run, name="bsipatch-old-sha256", daemon=True)
-        t.start()
-
-        def wait() -> None:
-            t.join()
-            if "error" in result:
-                raise result["error"]
-            digest = result["digest"]
-            if not same_digest(digest, header.old_sha256):
-                raise WrongBaseImage(
-                    f"old image SHA-256 is {digest.hex()}, "
-                    f"the patch was made for {header.old_sha256.hex()}"
-                )
-
-        return wait
-
-    def note_output(self, n: int) -> None:
-        """Count output bytes made; every DROP_EVERY of them, release the old image's pages."""
-        self._since_drop += n
-        if self._since_drop >= DROP_EVERY:
-            self._since_drop = 0
-            self.drop_pages()
-
-    def drop_pages(self) -> None:
-        """Let go of the mapped pages of a large old image (they are re-read on demand)."""
-        if isinstance(self.buf, mmap.mmap) and self.size > DROP_PAGES_ABOVE:
-            with contextlib.suppress(OSError, ValueError):
-                self.buf.madvise(mmap.MADV_DONTNEED)
-
-    def close(self) -> None:
-        self.ptr = None
-        self._stack.close()
-
-
-def _no_check() -> None:
-    """The old image was verified by the caller (``verify_old=False``)."""
-
-
 def _open_patch(stack: ExitStack, patch: PatchSource) -> tuple[BinaryIO, bytes]:
 
-    f = stack.enter_context(open_source(patch))  # type: ignore[arg-type]
+    f = stack.enter_context(open_source(patch))
     magic = read_exact(f, 8)
     if len(magic) < 8:
         if patchfmt.MAGIC.startswith(magic) or patchfmt.BSDIFF40_MAGIC.startswith(magic):
@@ -254,7 +178,7 @@ def _resumed(fd: int, seg: SegmentHeader, existing: int, out: _OrderedOutput) ->
 
 
 def _apply_to_fd(
-    old: _Old,
+    old: OldImage,
     reader: PatchReader,
     fd: int,
     *,
@@ -300,27 +224,6 @@ def _apply_to_fd(
     return {"resumed_segments": resumed}
 
 
-def pwrite_all(fd: int, data: memoryview, pos: int) -> None:
-    """pwrite everything or raise: a short write (a full disk) must never pass silently."""
-    while len(data):
-        n = os.pwrite(fd, data, pos)
-        if n <= 0:
-            raise OSError(errno.ENOSPC, "No space left on device (short write)")
-        data = data[n:]
-        pos += n
-
-
-def _write_all(out: BinaryIO, data: memoryview) -> None:
-    """Write everything to a caller's stream, also when it is a raw (short-writing) one."""
-    while len(data):
-        n = out.write(data)
-        if n is None:  # a non-blocking raw stream that cannot take data now
-            raise OSError(errno.EAGAIN, "output stream would block")
-        if n <= 0:
-            raise OSError(errno.EIO, "output stream accepted no bytes")
-        data = data[n:]
-
-
 def _temp_file(directory: str, name: str) -> tuple[int, str]:
     """A new, empty temporary file beside the output (mode 0666 less the umask)."""
     from bsipatch._io import _umask
@@ -337,7 +240,7 @@ def _temp_file(directory: str, name: str) -> tuple[int, str]:
 
 
 def _apply_to_path(
-    old: _Old,
+    old: OldImage,
     reader: PatchReader,
     out: PathLike,
     *,
@@ -414,7 +317,7 @@ def _apply_to_path(
 
 
 def _apply_to_stream(
-    old: _Old, reader: PatchReader, out: BinaryIO, progress: ProgressFn | None
+    old: OldImage, reader: PatchReader, out: BinaryIO, progress: ProgressFn | None
 ) -> dict[str, Any]:
 
     header = reader.header
@@ -424,7 +327,7 @@ def _apply_to_stream(
         # bytes leave the process as they are made: each segment is verified on its own
         for chunk in segment_chunks(old, header, seg, comp):
             overall.update(chunk)
-            _write_all(out, chunk)
+            write_all(out, chunk)
         done += seg.out_len
         old.drop_pages()
         if progress:
@@ -505,13 +408,13 @@ def apply(
 
                 provenance.leaves = image_leaves(
                     out,
-                    provenance.salt,  # type: ignore[arg-type]
+                    provenance.salt,
                     salt_after=provenance.salt_after,
                 )
                 provenance.hashed_blocks = len(provenance.leaves)
             return info
         reader = PatchReader(f, prefix=magic, max_patch_size=max_patch_size)
-        o = _Old(old)
+        o = OldImage(old)
         stack.callback(o.close)
         if is_pathlike(out):
             # the old image is hashed while segments are applied into the temporary
@@ -520,13 +423,13 @@ def apply(
                 base_ok = o.start_check(reader.header)
             else:
                 o.check_size(reader.header)
-                base_ok = _no_check
+                base_ok = no_check
             nthreads = threads or min(default_threads(), MAX_DEFAULT_THREADS)
             extra = _apply_to_path(
                 o,
                 reader,
                 out,
-                threads=nthreads,  # type: ignore[arg-type]
+                threads=nthreads,
                 resume=resume,
                 progress=progress,
                 base_ok=base_ok,
@@ -538,7 +441,7 @@ def apply(
                 o.check(reader.header)
             else:
                 o.check_size(reader.header)
-            extra = _apply_to_stream(o, reader, out, progress)  # type: ignore[arg-type]
+            extra = _apply_to_stream(o, reader, out, progress)
         return patchfmt.info_from_reader(reader, extra)
 
 
@@ -573,13 +476,13 @@ def iter_apply(
             from bsipatch.delta.bsdiff40 import iter_bsdiff40, read_patch_bytes
 
             data = read_patch_bytes(f, prefix=magic)
-            old_buf = stack.enter_context(open_buffer(old))  # type: ignore[arg-type]
+            old_buf = stack.enter_context(open_buffer(old))
             for piece in iter_bsdiff40(old_buf, data):
                 for i in range(0, len(piece), chunk_size):
                     yield piece[i : i + chunk_size]
             return
         reader = PatchReader(f, prefix=magic)
-        o = _Old(old)
+        o = OldImage(old)
         stack.callback(o.close)
         o.check(reader.header)
         overall = Sha256()

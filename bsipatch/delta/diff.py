@@ -278,7 +278,7 @@ def write_bsipatch(
                 off, n, payload, kinds, n_ops = item
                 seg = SegmentHeader(
                     len(segs), off, n, len(payload), len(comp), n_ops, kinds, out_sha
-                )  # type: ignore[arg-type]
+                )
                 body = seg.body()
                 d = SegmentHeader.compute_digest(header.digest, body, comp)
                 out.write(body + d)
@@ -288,7 +288,7 @@ def write_bsipatch(
                     SegmentHeader(
                         seg.index, off, n, len(payload), len(comp), n_ops, kinds, out_sha, d
                     )
-                )  # type: ignore[arg-type]
+                )
                 digests.append(d)
                 if len(old) + len(new) > PAGE_DROP_ABOVE:
                     drop_pages(new)
@@ -399,11 +399,7 @@ def diff(
             old_sha, new_sha = early.result()
         from bsipatch._io import atomic_write
 
-        out: BinaryIO = (
-            stack.enter_context(atomic_write(patch))  # type: ignore[arg-type,assignment]
-            if is_pathlike(patch)
-            else patch
-        )
+        out: BinaryIO = stack.enter_context(atomic_write(patch)) if is_pathlike(patch) else patch
         if format == "bsdiff40":
             from bsipatch.delta.bsdiff40 import write_bsdiff40
 

@@ -12,7 +12,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any, BinaryIO, NamedTuple
 
-from bsipatch._io import Source, open_source, read_exact
+from bsipatch._io import read_exact
 from bsipatch._native import ffi, lib
 from bsipatch.errors import CorruptPatch, PatchTooLarge, TruncatedPatch, UnsupportedPatch
 from bsipatch.hashing import Sha256
@@ -153,18 +153,56 @@ class Header(NamedTuple):
         )
 
 
-class SegmentHeader(NamedTuple):
-    """The fixed 112-byte header in front of each segment's zstd data."""
+class SegmentHeader:
+    """The fixed 112-byte header in front of each segment's zstd data (read-only)."""
 
-    index: int
-    out_offset: int
-    out_len: int
-    payload_len: int
-    comp_len: int
-    n_ops: int
-    kind_bytes: tuple[int, int, int, int]
-    out_sha256: bytes
-    digest: bytes = b""
+    __slots__ = (
+        "comp_len",
+        "digest",
+        "index",
+        "kind_bytes",
+        "n_ops",
+        "out_len",
+        "out_offset",
+        "out_sha256",
+        "payload_len",
+    )
+
+    def __init__(
+        self,
+        index: int,
+        out_offset: int,
+        out_len: int,
+        payload_len: int,
+        comp_len: int,
+        n_ops: int,
+        kind_bytes: tuple[int, int, int, int],
+        out_sha256: bytes,
+        digest: bytes = b"",
+    ) -> None:
+        self.index = index
+        self.out_offset = out_offset
+        self.out_len = out_len
+        self.payload_len = payload_len
+        self.comp_len = comp_len
+        self.n_ops = n_ops
+        self.kind_bytes = kind_bytes
+        self.out_sha256 = out_sha256
+        self.digest = digest
+
+    def _fields(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, k) for k in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SegmentHeader) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (
+            "SegmentHeader(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
+        )
 
     def body(self) -> bytes:
         """The header bytes without the trailing digest."""
@@ -417,7 +455,7 @@ class PatchInfo:
         }
 
 
-def info_from_reader(reader: PatchReader, extra: dict | None = None) -> PatchInfo:
+def info_from_reader(reader: PatchReader, extra: dict[str, Any] | None = None) -> PatchInfo:
     """Summarise a fully read :class:`PatchReader`."""
     h = reader.header
     kinds = [0, 0, 0, 0]
@@ -446,36 +484,3 @@ def info_from_reader(reader: PatchReader, extra: dict | None = None) -> PatchInf
         list(reader.segments),
         stats,
     )
-
-
-def read_patch_info(patch: Source) -> PatchInfo:
-    """Read a patch's header, segment table and op statistics (bsipatch or BSDIFF40).
-
-    The whole patch is read once, sequentially; segment digests and the trailer are
-    checked, but nothing is decompressed.
-
-    Args:
-        patch: path, bytes-like, or readable binary stream.
-
-    Returns:
-        The :class:`PatchInfo`.
-
-    Raises:
-        UnsupportedPatch, CorruptPatch, TruncatedPatch: as for apply.
-
-    Example:
-        >>> info = read_patch_info("update.bsipatch")  # doctest: +SKIP
-        >>> info.new_size, len(info.segments)  # doctest: +SKIP
-    """
-    with open_source(patch) as f:
-        magic = read_exact(f, 8)
-        if magic == BSDIFF40_MAGIC:
-            from bsipatch.delta.bsdiff40 import read_info
-
-            return read_info(f, prefix=magic)
-        if len(magic) < 8 and MAGIC.startswith(magic):
-            raise TruncatedPatch(f"patch is only {len(magic)} bytes long")
-        reader = PatchReader(f, prefix=magic)
-        for _ in reader:
-            pass
-        return info_from_reader(reader)

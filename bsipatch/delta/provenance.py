@@ -24,9 +24,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from bsipatch._native import lib
-from bsipatch.delta.apply import OUT_CHUNK, ProgressFn, _Old, pwrite_all
-from bsipatch.delta.segment import segment_chunks
+from bsipatch.delta.oldimage import OldImage, pwrite_all
+from bsipatch.delta.segment import OUT_CHUNK, segment_chunks
 from bsipatch.errors import OutputMismatch
+
+ProgressFn = Callable[[int, int], None]
 
 if TYPE_CHECKING:
     from bsipatch._io import PathLike
@@ -145,7 +147,7 @@ class _Copier:
 
     def __init__(
         self,
-        old: _Old,
+        old: OldImage,
         src_fd: int,
         dst_fd: int,
         dst_path: PathLike | None,
@@ -305,7 +307,7 @@ class _ProvApply:
     """The state of one apply with provenance: leaves, blocks to hash later, counts."""
 
     def __init__(
-        self, old: _Old, header: Header, fd: int, prov: Provenance, verify_new: bool, path: Any
+        self, old: OldImage, header: Header, fd: int, prov: Provenance, verify_new: bool, path: Any
     ) -> None:
         import numpy as np
 
@@ -473,7 +475,7 @@ class _ProvApply:
 
 
 def apply_with_provenance(
-    old: _Old,
+    old: OldImage,
     reader: PatchReader,
     fd: int,
     prov: Provenance,

@@ -22,7 +22,7 @@ from bsipatch.errors import CorruptPatch, PatchTooLarge, TruncatedPatch
 from bsipatch.hashing import Sha256
 
 if TYPE_CHECKING:
-    from bsipatch._buffers import Buffer
+    from bsipatch.delta.oldimage import OldImage
     from bsipatch.delta.patchformat import Header, SegmentHeader
 
 OUT_CHUNK = 1 << 20
@@ -44,21 +44,6 @@ def native_error(rc: int, seg: SegmentHeader) -> Exception:
     """The error for a negative applier return code in segment ``seg``."""
     cls = _NATIVE_ERRORS.get(rc, CorruptPatch)
     return cls(f"segment {seg.index}: bad operations ({error_name(rc)})")
-
-
-class OldImage:
-    """What the applier needs of the old image: its bytes, size and a pointer to them.
-
-    ``note_output`` is called with the bytes of every chunk made (apply.py uses it to
-    release the old image's mapped pages now and then).
-    """
-
-    buf: Buffer
-    size: int
-    ptr: Any
-
-    def note_output(self, n: int) -> None:
-        """Count output bytes made (nothing by default)."""
 
 
 def is_zero_segment(seg: SegmentHeader) -> bool:
@@ -157,12 +142,7 @@ def segment_chunks(
 
     if skip and (prov is None or verify):
         raise ValueError("skip needs prov and verify=False")
-    hashing = verify and not is_zero_segment(seg)
-    if hashing:
-        h = Sha256()
-    pprov = ffi.cast("uint64_t *", prov.ctypes.data) if prov is not None else ffi.NULL
-    nprov = 0 if prov is None else len(prov)
-    flags = lib.BSI_PATCH_SKIP_REPORTED if skip else 0
+    h = Sha256() if verify and not is_zero_segment(seg) else None
     if buffers is None:
         # lazily zeroed pages: what the applier skips (reported blocks) is never touched
         fixed = mmap.mmap(-1, min(SKIP_OUT_CHUNK if skip else OUT_CHUNK, seg.out_len))
@@ -170,6 +150,28 @@ def segment_chunks(
         def buffers() -> Any:
             return fixed
 
+    flags = lib.BSI_PATCH_SKIP_REPORTED if skip else 0
+    for chunk in _applied(old, header, seg, comp, prov, flags, buffers):
+        if h is not None:
+            h.update(chunk)
+        yield chunk
+    if h is not None and not same_digest(h.digest(), seg.out_sha256):
+        raise CorruptPatch(f"segment {seg.index}: output SHA-256 mismatch")
+
+
+def _applied(
+    old: OldImage,
+    header: Header,
+    seg: SegmentHeader,
+    comp: bytes,
+    prov: Any,
+    flags: int,
+    buffers: Callable[[], Any],
+) -> Iterator[memoryview]:
+    """Drive the C applier over the segment's payload, yielding full output buffers;
+    check that the payload was complete and exact and matches its statistics."""
+    pprov = ffi.cast("uint64_t *", prov.ctypes.data) if prov is not None else ffi.NULL
+    nprov = 0 if prov is None else len(prov)
     st = ffi.new("bsi_patch_state *")
     ob = ffi.new("bsi_outbuf *")
     ib = ffi.new("bsi_inbuf *")
@@ -198,10 +200,7 @@ def segment_chunks(
             if rc < 0:
                 raise native_error(rc, seg)
             if out is not None and (ob.pos == ob.size or st.out_done == st.out_total):
-                chunk = memoryview(out)[: ob.pos]
-                if hashing:
-                    h.update(chunk)
-                yield chunk
+                yield memoryview(out)[: ob.pos]
                 old.note_output(ob.pos)
                 out = None
             if rc == 0:
@@ -213,5 +212,3 @@ def segment_chunks(
         raise native_error(rc, seg)
     if tuple(st.kind_bytes) != seg.kind_bytes:
         raise CorruptPatch(f"segment {seg.index}: operations differ from its statistics")
-    if hashing and not same_digest(h.digest(), seg.out_sha256):
-        raise CorruptPatch(f"segment {seg.index}: output SHA-256 mismatch")

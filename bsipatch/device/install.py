@@ -24,9 +24,9 @@ import hmac
 import io
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from bsipatch._crashpoints import crashpoint
 from bsipatch._io import PathLike, atomic_write, fsync_dir, os_error_to_staging
@@ -256,7 +256,7 @@ def _stage_component(
         # hashed, so a base changed since reads as WrongBaseImage, as it always did.
         apply(
             source,
-            reader,
+            cast(BinaryIO, reader),
             out,
             max_patch_size=int(comp.patch.size),
             progress=progress,
@@ -647,7 +647,7 @@ def os_update(
     *,
     os_version: str,
     build: str,
-    images: dict[str, PathLike],
+    images: Mapping[str, PathLike],
     activation: dict[str, str],
     progress: Progress | None = None,
 ) -> dict[str, Any]:

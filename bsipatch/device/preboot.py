@@ -33,9 +33,9 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from bsipatch._crashpoints import crashpoint
 from bsipatch._io import PathLike, atomic_write, fsync_dir, os_error_to_staging
@@ -255,7 +255,7 @@ class Preboot:
         *,
         os_version: str,
         build: str,
-        images: dict[str, PathLike],
+        images: Mapping[str, PathLike],
         activation: dict[str, str],
         clock: Callable[[], str] | None = None,
         progress: Callable[[int, int], None] | None = None,
@@ -306,7 +306,7 @@ class Preboot:
     def read_state(self) -> dict[str, Any]:
         """The current state (one read of ``state.json``; never blocks on a writer)."""
         try:
-            state = json.loads(self.state_path.read_bytes())
+            state: dict[str, Any] = json.loads(self.state_path.read_bytes())
         except FileNotFoundError as exc:
             raise StateError(f"{self.path}: state.json is missing") from exc
         except ValueError as exc:
@@ -337,15 +337,18 @@ class Preboot:
 
     def os_info(self, base_rel: str) -> dict[str, Any]:
         """The ``os.json`` of a base directory (version, build, components)."""
-        return json.loads((self.path / base_rel / "os.json").read_bytes())
+        info: dict[str, Any] = json.loads((self.path / base_rel / "os.json").read_bytes())
+        return info
 
     def release_info(self, slug: str) -> dict[str, Any]:
         """The ``release.json`` of an installed release."""
-        return json.loads((self.releases_dir / slug / "release.json").read_bytes())
+        info: dict[str, Any] = json.loads((self.releases_dir / slug / "release.json").read_bytes())
+        return info
 
     def seal_record(self, directory: Path, name: str) -> dict[str, Any]:
         """The stored seal record of image ``name`` in ``directory``."""
-        return json.loads((directory / f"{name}.seal.json").read_bytes())
+        record: dict[str, Any] = json.loads((directory / f"{name}.seal.json").read_bytes())
+        return record
 
     def components(self, state: dict[str, Any] | None = None) -> dict[str, str]:
         """Component name -> activation of the installed OS version."""
@@ -414,7 +417,7 @@ class Preboot:
                 last = exc
                 continue
             try:
-                return ComponentReader(open_verified(f, seal), f)
+                return cast(BinaryIO, ComponentReader(open_verified(f, seal), f))
             except BaseException:
                 f.close()
                 raise
@@ -681,7 +684,7 @@ def _create_in(
     path: Path,
     os_version: str,
     build: str,
-    images: dict[str, PathLike],
+    images: Mapping[str, PathLike],
     activation: dict[str, str],
     clock: Callable[[], str],
     progress: Callable[[int, int], None] | None,
@@ -750,7 +753,7 @@ def build_base(
     tag: str,
     os_version: str,
     build: str,
-    images: dict[str, PathLike],
+    images: Mapping[str, PathLike],
     activation: dict[str, str],
     progress: Callable[[int, int], None] | None = None,
 ) -> str:
