@@ -56,7 +56,7 @@ PAYLOAD_HEADER_SIZE = 56  # seven little-endian u64 at the start of each decompr
 #: output is streamed, so it does not cost memory).
 MAX_SEGMENT_SIZE = 256 << 20
 #: Default output bytes per segment: segments are cut earlier when their payload fills.
-DEFAULT_SEGMENT_SIZE = 64 << 20
+DEFAULT_SEGMENT_SIZE = 128 << 20
 #: Section capacities of the writer: control, zero runs, non-zero runs, literals, diff.
 CTRL_CAP = 1 << 20
 RUNS_CAP = 1 << 20
