@@ -210,7 +210,11 @@ def main(argv: list[str]) -> int:
     op, path, world_path = argv[0], Path(argv[1]), Path(argv[2])
     world = json.loads(world_path.read_text())
     pb = Preboot(path)
-    if op == "install":
+    if op == "agent-run":  # world: {"repo": URL}; the device already trusts a root
+        from bsipatch.agent.executor import Agent
+
+        Agent(pb, world["repo"], timeout=5, retries=1).run()
+    elif op == "install":
         install(world, pb, argv[3])
     elif op == "rollback":
         inst.rollback(pb)
