@@ -18,7 +18,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from bsipatch._buffers import open_buffer, sha256_buffer
+from bsipatch._buffers import MappedFile, holes, open_buffer, sha256_buffer
 from bsipatch._io import is_pathlike
 from bsipatch._native import ffi
 from bsipatch.delta.patchformat import same_digest
@@ -34,6 +34,41 @@ if TYPE_CHECKING:
 #: than DROP_PAGES_ABOVE, so resident memory stays bounded whatever the image size.
 DROP_PAGES_ABOVE = 32 << 20
 DROP_EVERY = 16 << 20
+#: The old image is hashed from its map in steps of this many bytes (pages dropped
+#: after each step when the image is larger than DROP_PAGES_ABOVE).
+HASH_STEP = 8 << 20
+_ZEROS = bytes(HASH_STEP)
+
+
+def _sha256_mapped(buf: Buffer, stop: threading.Event) -> bytes:
+    """SHA-256 of the old image, native, straight from its map (no copy through
+    read()); holes are hashed from a zero buffer without touching their pages.
+    Gives up (returns b"") when ``stop`` is set: the map is about to close."""
+    if not isinstance(buf, MappedFile):
+        return sha256_buffer(buf, Sha256)
+    h = Sha256()
+    view = memoryview(buf)
+    size = len(buf)
+    drop = size > DROP_PAGES_ABOVE
+    pos = 0
+    try:
+        for hs, he in [*holes(buf), (size, size)]:
+            while pos < hs:
+                if stop.is_set():
+                    return b""
+                n = min(HASH_STEP, hs - pos)
+                h.update(view[pos : pos + n])
+                if drop:
+                    with contextlib.suppress(OSError, ValueError):
+                        buf.madvise(mmap.MADV_DONTNEED, pos - pos % mmap.PAGESIZE, n)
+                pos += n
+            while pos < he:
+                n = min(HASH_STEP, he - pos)
+                h.update(_ZEROS[:n])
+                pos += n
+    finally:
+        view.release()
+    return h.digest()
 
 
 class OldImage:
@@ -46,6 +81,8 @@ class OldImage:
         self.size = len(self.buf)
         self.ptr = ffi.from_buffer(self.buf) if self.size else ffi.NULL
         self._since_drop = 0
+        self._stop = threading.Event()
+        self._hashing: threading.Thread | None = None
 
     def check(self, header: Header) -> None:
         """Raise WrongBaseImage unless size and SHA-256 match the patch header."""
@@ -67,12 +104,13 @@ class OldImage:
 
         def run() -> None:
             try:
-                result["digest"] = sha256_buffer(self.buf, Sha256)
+                result["digest"] = _sha256_mapped(self.buf, self._stop)
             except BaseException as exc:  # handed to the waiter
                 result["error"] = exc
 
         t = threading.Thread(target=run, name="bsipatch-old-sha256", daemon=True)
         t.start()
+        self._hashing = t
 
         def wait() -> None:
             t.join()
@@ -101,6 +139,9 @@ class OldImage:
                 self.buf.madvise(mmap.MADV_DONTNEED)
 
     def close(self) -> None:
+        self._stop.set()  # an interrupted apply: the hash is not waited for
+        if self._hashing is not None:
+            self._hashing.join()
         self.ptr = None
         self._stack.close()
 
