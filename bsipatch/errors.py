@@ -78,6 +78,14 @@ class OutputMismatch(PatchError):
     """The image the patch produced does not have the size or SHA-256 the header declares."""
 
 
+class ImplausiblePatch(CorruptPatch):
+    """The header claims an output size out of bounds (absurd, or too large for the patch)."""
+
+
+class HeaderMismatch(PatchError):
+    """The patch header's sizes or digests differ from those the signed target declares."""
+
+
 # --- signed metadata ------------------------------------------------------------------
 
 
@@ -140,6 +148,10 @@ class ReadOnlyError(StagingError):
     """The preboot volume is read-only."""
 
 
+class UnsafeFile(StagingError):
+    """A temp or partial file path is a symlink, not a regular file, or not ours."""
+
+
 class LockedError(StagingError):
     """Another process holds the preboot lock."""
 
@@ -174,6 +186,10 @@ class FetchError(BsipatchError):
     exit_code = 10
 
 
+class DownloadTooSlow(FetchError):
+    """A download missed its deadline or stayed below the minimum average rate."""
+
+
 class NativeError(BsipatchError):
     """The native core reported an error that has no more specific meaning."""
 
@@ -197,3 +213,25 @@ class MdmSchemaError(MdmError):
     """The database schema is newer than this server knows, or is not a bsipatch schema."""
 
     exit_code = 12
+
+
+# --- vendor builds (bsipatch.vendor) ---------------------------------------------------
+
+
+class BuildError(BsipatchError):
+    """A vendor build (``release build --matrix``) failed; nothing was published."""
+
+    exit_code = 13
+
+
+class MatrixError(BuildError):
+    """A build matrix is invalid: every problem found is listed, one per line."""
+
+    def __init__(self, problems: list[str], source: str = "matrix") -> None:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{len(problems)} problem(s) in {source}:\n{lines}")
+        self.problems = list(problems)
+
+
+class BuildTaskError(BuildError):
+    """One task of a vendor build failed for good (e.g. a corrupt input image)."""

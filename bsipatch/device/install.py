@@ -30,6 +30,7 @@ from typing import Any, BinaryIO, cast
 
 from bsipatch._crashpoints import crashpoint
 from bsipatch._io import PathLike, atomic_write, fsync_dir, os_error_to_staging
+from bsipatch.device.pending import PendingDir
 from bsipatch.device.preboot import (
     Preboot,
     build_base,
@@ -263,6 +264,7 @@ def _stage_component(
             verify_old=not verified_now,
             verify_new=False,
             provenance=prov,
+            expected_size=int(comp.target.size),  # header bound to the signed target
         )
         reader.drain()
     finally:
@@ -308,7 +310,9 @@ def install_release(
     """Install and activate a release atomically.
 
     Every component the manifest lists is patched from the installed image matching
-    its base seal into a staging directory; the patch stream is checked against the
+    its base seal into a private work directory (:mod:`bsipatch.device.pending`),
+    WITHOUT the preboot lock, so a slow download never blocks rollback, boot or
+    uninstall; the lock is taken only to activate. the patch stream is checked against the
     manifest's size and SHA-256 and the produced image against the target seal.
     Components the manifest does not list are hard-linked from the base images.
     Only when every component verified is the release renamed into place and made
@@ -336,8 +340,13 @@ def install_release(
         PatchError: the patch is corrupt, truncated or too large.
         TargetMismatch: patch bytes differ from the manifest's size/SHA-256.
         SealMismatch: a produced image fails its target seal.
-        StateError: the release is already installed.
+        StateError: the release is already installed and active, or the device
+            changed OS while the release was being staged.
         StagingError: disk full, read-only volume or another I/O error.
+
+    A release that ``rollback`` or ``uninstall`` left on the volume (kept for the
+    running system until the next boot) is activated again after its images verify,
+    without downloading anything.
 
     In every error case the active release is unchanged and no staged file is kept.
 
@@ -346,73 +355,129 @@ def install_release(
         >>> install_release(pb, manifest, open_patch_in("/repo"))  # doctest: +SKIP
     """
     pb = preboot
+    state = pb.read_state()
+    _check_applicable(pb, state, manifest)
+    slug = release_slug(manifest.release_id)
+    _refuse_active(state, slug, manifest.release_id)
+    if (pb.releases_dir / slug).is_dir():
+        return _reactivate(pb, manifest, slug)
+    total = sum(int(c.target.size) for c in manifest.components)
+    _check_space(pb, total)
+    try:
+        work = PendingDir(pb.path)
+    except OSError as exc:
+        raise os_error_to_staging(exc, f"installing {manifest.release_id}") from exc
+    with work:
+        crashpoint("install.staging-created")
+        try:
+            cache, verification = _stage_all(pb, state, manifest, work.path, open_patch, progress)
+        except OSError as exc:
+            if isinstance(exc, BsipatchError):
+                raise
+            raise os_error_to_staging(exc, f"installing {manifest.release_id}") from exc
+        return _activate(pb, manifest, state["os"]["base"], work, cache, verification)
+
+
+def _refuse_active(state: dict[str, Any], slug: str, release_id: str) -> None:
+    if slug in state["chain"]:
+        raise StateError(
+            f"release {release_id} is already installed "
+            f"({'active' if state['chain'][-1:] == [slug] else 'kept for rollback'})"
+        )
+
+
+def _stage_all(
+    pb: Preboot,
+    state: dict[str, Any],
+    manifest: Any,
+    stage: Path,
+    open_patch: Callable[[Any], BinaryIO],
+    progress: Progress | None,
+) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """Patch and verify every changed component into ``stage`` (no lock held)."""
+    total = sum(int(c.target.size) for c in manifest.components)
+    done_before = 0
+
+    def comp_progress(done: int, _total: int) -> None:
+        if progress is not None:
+            progress(done_before + done, total)
+
+    cache = _load_verified(pb)
+    verification = {}
+    for comp in manifest.components:
+        verification[comp.name] = _stage_component(
+            pb, state, comp, stage, open_patch, cache, comp_progress
+        )
+        done_before += int(comp.target.size)
+    return cache, verification
+
+
+def _release_info(pb: Preboot, state: dict[str, Any], manifest: Any) -> dict[str, Any]:
+    comps = pb.components(state)
+    changed = {c.name for c in manifest.components}
+    return {
+        "release_id": manifest.release_id,
+        "os_version": manifest.os_version,
+        "builds": list(manifest.builds),
+        "supplemental_build": getattr(manifest, "supplemental_build", None),
+        "published": getattr(manifest, "published", None),
+        "sequence": getattr(manifest, "sequence", None),
+        "installed": pb.clock(),
+        "base": state["os"]["base"],
+        "components": {
+            name: {
+                "activation": comps[name],
+                "changed": name in changed,
+                **(
+                    {
+                        "cves": [c.id for c in manifest.component(name).cves],
+                        "patch_sha256": manifest.component(name).patch.sha256,
+                        "patch_size": int(manifest.component(name).patch.size),
+                    }
+                    if name in changed
+                    else {}
+                ),
+            }
+            for name in sorted(comps)
+        },
+    }
+
+
+def _activate(
+    pb: Preboot,
+    manifest: Any,
+    staged_base: str,
+    work: PendingDir,
+    cache: dict[str, list[str]],
+    verification: dict[str, Any],
+) -> dict[str, Any]:
+    """Take the lock, move the staged images under the journal, commit the switch."""
     with pb.lock():
         pb.recover()
         state = pb.read_state()
         comps = _check_applicable(pb, state, manifest)
         slug = release_slug(manifest.release_id)
-        if (pb.releases_dir / slug).exists():
+        _refuse_active(state, slug, manifest.release_id)
+        if state["os"]["base"] != staged_base or (pb.releases_dir / slug).exists():
             raise StateError(
-                f"release {manifest.release_id} is already installed "
-                f"({'active' if state['chain'][-1:] == [slug] else 'kept for rollback'})"
+                f"the device changed while {manifest.release_id} was being staged "
+                "(an OS update or another install); nothing was changed, try again"
             )
-        total = sum(int(c.target.size) for c in manifest.components)
-        done_before = 0
-
-        def comp_progress(done: int, _total: int) -> None:
-            if progress is not None:
-                progress(done_before + done, total)
-
-        _check_space(pb, total)
-        cache = _load_verified(pb)
         try:
             tx = pb.journal.begin("install", release=slug)
         except OSError as exc:
             raise os_error_to_staging(exc, f"installing {manifest.release_id}") from exc
         stage = pb.staging_dir / tx
+        changed = {c.name for c in manifest.components}
         try:
-            stage.mkdir()
+            work.take(stage)
             fsync_dir(pb.staging_dir)
-            crashpoint("install.staging-created")
-            changed = {c.name for c in manifest.components}
-            verification = {}
-            for comp in manifest.components:
-                verification[comp.name] = _stage_component(
-                    pb, state, comp, stage, open_patch, cache, comp_progress
-                )
-                done_before += int(comp.target.size)
             base_dir = pb.path / state["os"]["base"]
             for name in sorted(set(comps) - changed):
                 (stage / f"{name}.img").hardlink_to(base_dir / f"{name}.img")
                 (stage / f"{name}.seal.json").hardlink_to(base_dir / f"{name}.seal.json")
             crashpoint("install.linked")
-            info = {
-                "release_id": manifest.release_id,
-                "os_version": manifest.os_version,
-                "builds": list(manifest.builds),
-                "supplemental_build": getattr(manifest, "supplemental_build", None),
-                "published": getattr(manifest, "published", None),
-                "sequence": getattr(manifest, "sequence", None),
-                "installed": pb.clock(),
-                "base": state["os"]["base"],
-                "components": {
-                    name: {
-                        "activation": comps[name],
-                        "changed": name in changed,
-                        **(
-                            {
-                                "cves": [c.id for c in manifest.component(name).cves],
-                                "patch_sha256": manifest.component(name).patch.sha256,
-                                "patch_size": int(manifest.component(name).patch.size),
-                            }
-                            if name in changed
-                            else {}
-                        ),
-                    }
-                    for name in sorted(comps)
-                },
-            }
-            write_durable(stage / "release.json", json_bytes(info))
+            write_durable(stage / "release.json", json_bytes(_release_info(pb, state, manifest)))
             fsync_dir(stage)
             crashpoint("install.staged")
             with atomic_write(pb.path / "verified.json") as f:
@@ -422,23 +487,7 @@ def install_release(
             fsync_dir(pb.releases_dir)
             fsync_dir(pb.staging_dir)
             crashpoint("install.moved")
-            new_state = dict(state)
-            new_state["chain"] = [*state["chain"], slug]
-            new_state["last_tx"] = tx
-            new_state["history"] = [
-                *state.get("history", []),
-                _now_entry(
-                    pb,
-                    "install",
-                    release=manifest.release_id,
-                    previous=pb.release_id_of(state["chain"][-1]) if state["chain"] else None,
-                    components=sorted(changed),
-                ),
-            ]
-            pb.write_state(new_state)
-            crashpoint("install.committed")
-            pb.journal.end(tx)
-            crashpoint("install.ended")
+            _commit_install(pb, state, manifest, slug, tx, changed)
         except BaseException as exc:
             _abort(pb)
             if isinstance(exc, OSError) and not isinstance(exc, BsipatchError):
@@ -446,17 +495,104 @@ def install_release(
             raise
         pb.journal.compact()
         gc(pb)
-        pending = sorted(n for n in changed if comps[n] == "reboot")
-        return {
-            "release": manifest.release_id,
-            "slug": slug,
-            "changed": sorted(changed),
-            "activated": sorted(n for n in changed if comps[n] == "relaunch"),
-            "pending": pending,
-            "bytes_written": total,
-            "patch_bytes": sum(int(c.patch.size) for c in manifest.components),
-            "verification": verification,
-        }
+    return _install_report(manifest, slug, comps, verification)
+
+
+def _commit_install(
+    pb: Preboot,
+    state: dict[str, Any],
+    manifest: Any,
+    slug: str,
+    tx: str,
+    changed: set[str],
+) -> None:
+    new_state = dict(state)
+    new_state["chain"] = [*state["chain"], slug]
+    new_state["last_tx"] = tx
+    new_state["history"] = [
+        *state.get("history", []),
+        _now_entry(
+            pb,
+            "install",
+            release=manifest.release_id,
+            previous=pb.release_id_of(state["chain"][-1]) if state["chain"] else None,
+            components=sorted(changed),
+        ),
+    ]
+    pb.write_state(new_state)
+    crashpoint("install.committed")
+    pb.journal.end(tx)
+    crashpoint("install.ended")
+
+
+def _install_report(
+    manifest: Any, slug: str, comps: dict[str, str], verification: dict[str, Any]
+) -> dict[str, Any]:
+    changed = {c.name for c in manifest.components}
+    return {
+        "release": manifest.release_id,
+        "slug": slug,
+        "changed": sorted(changed),
+        "activated": sorted(n for n in changed if comps[n] == "relaunch"),
+        "pending": sorted(n for n in changed if comps[n] == "reboot"),
+        "bytes_written": sum(int(c.target.size) for c in manifest.components),
+        "patch_bytes": sum(int(c.patch.size) for c in manifest.components),
+        "verification": verification,
+    }
+
+
+def _reactivate(pb: Preboot, manifest: Any, slug: str) -> dict[str, Any]:
+    """Make a release kept on the volume (after rollback/uninstall) active again.
+
+    Its images are checked against their seals and its record against the manifest
+    (same base, same patches) before the one atomic state switch.
+    """
+    with pb.lock():
+        pb.recover()
+        state = pb.read_state()
+        comps = _check_applicable(pb, state, manifest)
+        _refuse_active(state, slug, manifest.release_id)
+        try:
+            info = pb.release_info(slug)
+            same = info.get("base") == state["os"]["base"] and all(
+                info["components"].get(c.name, {}).get("patch_sha256") == c.patch.sha256
+                for c in manifest.components
+            )
+            if same:
+                pb.verify_selection(state["os"]["base"], slug)
+        except (SealError, OSError, BsipatchError, KeyError, TypeError) as exc:
+            raise StateError(
+                f"release {manifest.release_id} kept on the volume does not verify: {exc}; "
+                "boot the device first, then install it again"
+            ) from exc
+        if not same:
+            raise StateError(
+                f"release {manifest.release_id} kept on the volume differs from this manifest; "
+                "boot the device first, then install it again"
+            )
+        changed = {c.name for c in manifest.components}
+
+        def mutate(s: dict[str, Any]) -> dict[str, Any]:
+            s["chain"] = [*s["chain"], slug]
+            s["history"] = [
+                *s.get("history", []),
+                _now_entry(
+                    pb,
+                    "install",
+                    release=manifest.release_id,
+                    previous=pb.release_id_of(s["chain"][-2]) if len(s["chain"]) > 1 else None,
+                    components=sorted(changed),
+                    reactivated=True,
+                ),
+            ]
+            return s
+
+        _switch(pb, "install", mutate)
+        gc(pb)
+    out = _install_report(manifest, slug, comps, {})
+    out["reactivated"] = True
+    out["verification"] = {c.name: {"seal_check": "full"} for c in manifest.components}
+    return out
 
 
 def _abort(pb: Preboot) -> None:

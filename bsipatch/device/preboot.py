@@ -40,6 +40,7 @@ from typing import Any, BinaryIO, cast
 from bsipatch._crashpoints import crashpoint
 from bsipatch._io import PathLike, atomic_write, fsync_dir, os_error_to_staging
 from bsipatch.device.journal import Journal
+from bsipatch.device.pending import sweep_pending
 from bsipatch.errors import LockedError, SealMismatch, StateError
 
 STATE_FORMAT = 1
@@ -139,6 +140,7 @@ def seal_from_record(record: dict[str, Any]) -> Any:
     )
 
 
+_LOCKED_FILES = ("state.json", "verified.json")
 _CREATE_NAMES = {"base", "releases", "staging", "trash", "journal", "lock"}
 
 
@@ -507,8 +509,23 @@ class Preboot:
             )
         if not pending:
             self.sweep(state)
+        self.remove_stray_temps()
         self.journal.compact()
         return report
+
+    def remove_stray_temps(self) -> list[str]:
+        """Remove temp files a kill during an atomic write left (``.state.json.*.tmp``).
+
+        Only the files written under the lock (``state.json``, ``verified.json``), so
+        no concurrent writer's temp file can be taken. Callers hold the lock.
+        """
+        removed = []
+        for name in _LOCKED_FILES:
+            for tmp in self.path.glob(f".{name}.*.tmp"):
+                if tmp.is_file() or tmp.is_symlink():
+                    tmp.unlink(missing_ok=True)
+                    removed.append(tmp.name)
+        return removed
 
     def referenced(self, state: dict[str, Any]) -> tuple[set[str], set[str]]:
         """(release slugs, base dirs) that ``state`` refers to and must be kept."""
@@ -561,7 +578,7 @@ class Preboot:
                 d.unlink()
             crashpoint("sweep.deleted")
         fsync_dir(self.trash_dir)
-        return removed
+        return removed + sweep_pending(self.path)
 
     # --- verification -----------------------------------------------------------------
 
