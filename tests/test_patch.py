@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import itertools
 import os
@@ -175,7 +174,7 @@ def _forge(
         max_buffered,
     )
     hb = h.pack()
-    h = dataclasses.replace(h, digest=hb[-32:])
+    h = h._replace(digest=hb[-32:])
     parts = [hb]
     digests = []
     off = 0
@@ -324,7 +323,7 @@ def test_forged_zero_segment_with_other_ops_is_refused() -> None:
         1 << 20,
     )
     hb = h.pack()
-    h = dataclasses.replace(h, digest=hb[-32:])
+    h = h._replace(digest=hb[-32:])
     comp = zstandard.ZstdCompressor().compress(payload)
     seg = patchfmt.SegmentHeader(
         0, 0, 100, len(payload), len(comp), 1, (0, 0, 0, 100), hashlib.sha256(bytes(100)).digest()
