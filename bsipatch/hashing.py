@@ -12,17 +12,16 @@ calling these functions run in parallel. Inputs must not change during a call.
 
 from __future__ import annotations
 
-from typing import Any, Union
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from bsipatch import _native
-from bsipatch._buffers import Buffer
 from bsipatch._native import ffi, lib
 from bsipatch._threads import default_threads
 
-#: What the hashing functions read: bytes-likes, memory maps and numpy arrays.
-BytesLike = Union[Buffer, np.ndarray]  # noqa: UP007
+# numpy is imported by the functions that return arrays: SHA-256 alone (the apply
+# path) does not load it.
+if TYPE_CHECKING:
+    import numpy as np
 
 DIGEST_SIZE = 32
 MAX_LEVELS = 63
@@ -80,7 +79,7 @@ def _buffer(data: Any, what: str) -> Any:
         raise TypeError(f"{what} must be a contiguous bytes-like object: {exc}") from exc
 
 
-def sha256(data: BytesLike) -> bytes:
+def sha256(data: Any) -> bytes:
     """SHA-256 digest of a bytes-like object.
 
     Args:
@@ -142,7 +141,7 @@ class Sha256:
 
 
 def hash_blocks(
-    data: BytesLike,
+    data: Any,
     *,
     block_size: int = 4096,
     salt: bytes = b"",
@@ -171,6 +170,8 @@ def hash_blocks(
         >>> hash_blocks(bytes(8192)).shape
         (2, 32)
     """
+    import numpy as np
+
     if not isinstance(block_size, int) or not 0 < block_size < 2**31:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
     buf = _buffer(data, "data")
@@ -244,6 +245,8 @@ def verity_build(
         ``(root_hash, tree)`` with ``tree`` a uint8 array laid out as on disk after
         the superblock: top level first, level 0 last, each level zero padded.
     """
+    import numpy as np
+
     leaves = np.ascontiguousarray(leaves, dtype=np.uint8)
     n = leaves.shape[0]
     if leaves.ndim != 2 or leaves.shape[1] != DIGEST_SIZE or n < 1:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import sys
@@ -143,6 +142,8 @@ def add_command(
 def emit(args: argparse.Namespace, data: Any, human: str | list[str] | None = None) -> None:
     """Print ``data`` as JSON with ``--json``, else the human text (lines)."""
     if getattr(args, "json", False):
+        import json
+
         json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
         sys.stdout.write("\n")
     elif human is not None:

@@ -165,7 +165,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=int_in(4096, MAX_SEGMENT_SIZE),
         default=None,
         metavar="BYTES",
-        help="largest output bytes per segment, 4096..256 MiB (default 64 MiB)",
+        help="largest output bytes per segment, 4096..256 MiB (default 128 MiB)",
     )
 
     p = add_command(

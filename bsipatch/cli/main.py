@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import signal
 import sys
@@ -18,11 +19,9 @@ import threading
 import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import NoReturn
 
 from bsipatch._version import __version__
-from bsipatch.cli import agent, delta, demo, device, mdm, release, seal
 from bsipatch.cli._common import UsageError, add_global_options, fill_shared_help
 from bsipatch.errors import (
     BsipatchError,
@@ -33,16 +32,19 @@ from bsipatch.errors import (
     StagingError,
 )
 
-# command module -> the exit code of its family, used for I/O errors (bsipatch.errors)
-COMMAND_MODULES: tuple[tuple[ModuleType, int], ...] = (
-    (seal, SealError.exit_code),
-    (delta, PatchError.exit_code),
-    (release, MetadataError.exit_code),
-    (device, StagingError.exit_code),
-    (agent, StagingError.exit_code),
-    (demo, BsipatchError.exit_code),
-    (mdm, MdmError.exit_code),
+# command module under bsipatch.cli -> the exit code of its family, used for I/O errors
+COMMAND_MODULES: tuple[tuple[str, int], ...] = (
+    ("seal", SealError.exit_code),
+    ("delta", PatchError.exit_code),
+    ("release", MetadataError.exit_code),
+    ("device", StagingError.exit_code),
+    ("agent", StagingError.exit_code),
+    ("demo", BsipatchError.exit_code),
+    ("mdm", MdmError.exit_code),
 )
+#: Commands whose module is the only one loaded for them: a device applying a patch
+#: (and a build host diffing) does not import the trust, release and agent layers.
+FAST_COMMANDS = {"diff": "delta", "apply": "delta", "info": "delta"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,8 +55,8 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: error: {message}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser with every subcommand."""
+def build_parser(modules: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser with the subcommands of ``modules`` (default: all)."""
     parser = _Parser(
         prog="bsipatch",
         description="Small, signed, reversible security fixes for sealed OS images.",
@@ -62,13 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bsipatch {__version__}")
     add_global_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module, code in COMMAND_MODULES:
+    for name, code in COMMAND_MODULES:
+        if modules is not None and name not in modules:
+            continue
         before = set(sub.choices)
-        module.register(sub)
-        for name in set(sub.choices) - before:
-            sub.choices[name].set_defaults(io_exit_code=code)
+        importlib.import_module(f"bsipatch.cli.{name}").register(sub)
+        for command in set(sub.choices) - before:
+            sub.choices[command].set_defaults(io_exit_code=code)
     fill_shared_help(parser)
     return parser
+
+
+def _fast_modules(words: Sequence[str]) -> tuple[str, ...] | None:
+    """The one command module a fast command needs (global options may come first)."""
+    first = next((w for w in words if not w.startswith("-")), None)
+    fast = FAST_COMMANDS.get(first) if first else None
+    return (fast,) if fast else None
 
 
 def _public_name(filename: str, args: argparse.Namespace) -> str:
@@ -96,7 +107,10 @@ def _fail(args: argparse.Namespace | None, argv: Sequence[str], message: str, co
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    if argv == ["--version"]:
+        print(f"bsipatch {__version__}")
+        return 0
+    parser = build_parser(_fast_modules(argv))
     args: argparse.Namespace | None = None
     try:
         args = parser.parse_args(argv)
