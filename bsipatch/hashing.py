@@ -23,6 +23,11 @@ from bsipatch._threads import default_threads
 if TYPE_CHECKING:
     import numpy as np
 
+    from bsipatch._buffers import Buffer
+
+    #: What the hashing functions read: bytes-likes, memory maps and numpy arrays.
+    BytesLike = Buffer | np.ndarray
+
 DIGEST_SIZE = 32
 MAX_LEVELS = 63
 
@@ -79,7 +84,7 @@ def _buffer(data: Any, what: str) -> Any:
         raise TypeError(f"{what} must be a contiguous bytes-like object: {exc}") from exc
 
 
-def sha256(data: Any) -> bytes:
+def sha256(data: BytesLike) -> bytes:
     """SHA-256 digest of a bytes-like object.
 
     Args:
@@ -141,7 +146,7 @@ class Sha256:
 
 
 def hash_blocks(
-    data: Any,
+    data: BytesLike,
     *,
     block_size: int = 4096,
     salt: bytes = b"",

@@ -92,6 +92,13 @@ CLAIM_PER_OLD = 2
 CLAIM_PER_PATCH_BYTE = 1024
 
 
+def _show(value: object) -> str:
+    """``repr`` with bytes (digests) as hex strings."""
+    if isinstance(value, (bytes, bytearray)):
+        return repr(bytes(value).hex())
+    return repr(value)
+
+
 class Header(NamedTuple):
     """The fixed 144-byte patch header."""
 
@@ -276,7 +283,9 @@ class SegmentHeader:
 
     def __repr__(self) -> str:
         return (
-            "SegmentHeader(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
+            "SegmentHeader("
+            + ", ".join(f"{k}={_show(getattr(self, k))}" for k in self.__slots__)
+            + ")"
         )
 
     def body(self) -> bytes:
@@ -508,8 +517,8 @@ class PatchInfo:
         new_size: int,
         new_sha256: bytes,
         patch_size: int | None,
-        segments: list[Any] | None = None,
-        stats: dict[str, Any] | None = None,
+        segments: list[SegmentHeader] | None = None,
+        stats: dict[str, int | dict[str, int | str]] | None = None,
     ) -> None:
         self.format = format
         self.version = version
@@ -518,11 +527,11 @@ class PatchInfo:
         self.new_size = new_size
         self.new_sha256 = new_sha256
         self.patch_size = patch_size
-        self.segments: list[Any] = [] if segments is None else segments
-        self.stats: dict[str, Any] = {} if stats is None else stats
+        self.segments: list[SegmentHeader] = [] if segments is None else segments
+        self.stats: dict[str, int | dict[str, int | str]] = {} if stats is None else stats
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        fields = ", ".join(f"{k}={_show(v)}" for k, v in vars(self).items())
         return f"PatchInfo({fields})"
 
     def __eq__(self, other: object) -> bool:
