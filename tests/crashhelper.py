@@ -134,6 +134,12 @@ def make_world(directory: Path, seed: int = 1) -> dict[str, Any]:
                 "components": comps,
             }
         )
+    # the same change as 26.1 (a), published for the OS update the tests install (26.2)
+    nxt = dict(releases["26.1 (a)"])
+    nxt.update(release_id="26.2 (a)", os_version="26.2", builds=["23C10"])
+    nxt["supplemental_build"] = "23C10a"
+    releases["26.2 (a)"] = load_manifest(nxt).to_dict()
+    sha["26.2 (a)"] = sha["26.1 (a)"]
     world = {
         "dir": str(directory),
         "os_version": "26.1",
@@ -206,6 +212,16 @@ def images_now(pb: Preboot) -> dict[str, str]:
     return out
 
 
+def agent_state(pb: Preboot) -> None:
+    """The agent's own state writes: the first run on a device (root, settings, state)."""
+    from bsipatch.agent.agent import AgentState, AgentStore, Settings
+
+    store = AgentStore(pb.path)
+    store.save_root(b'{"signed": {"_type": "root"}, "signatures": []}\n')
+    store.save_settings(Settings(auto_install=False))
+    store.save_state(AgentState(catalog_version=3, sequence=1, last_check="2026-11-28T00:00:00Z"))
+
+
 def main(argv: list[str]) -> int:
     op, path, world_path = argv[0], Path(argv[1]), Path(argv[2])
     world = json.loads(world_path.read_text())
@@ -230,6 +246,8 @@ def main(argv: list[str]) -> int:
             images=world["images"],
             activation=world["activation"],
         )
+    elif op == "agent_state":
+        agent_state(pb)
     else:
         raise SystemExit(f"unknown op {op}")
     return 0

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from bsipatch._io import PathLike, atomic_write, os_error_to_staging
+from bsipatch._io import PathLike, atomic_write, fsync_dir, os_error_to_staging
 from bsipatch.agent.download import FetchStats, PatchStream, Repository, open_repository
 from bsipatch.agent.policy import AutoInstallDecision, Policy, decide_auto_install
 from bsipatch.errors import (
@@ -129,7 +129,9 @@ class AgentStore:
 
     def _write(self, name: str, data: bytes) -> None:
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            if not self.dir.is_dir():
+                self.dir.mkdir(parents=True, exist_ok=True)
+                fsync_dir(self.dir.parent)  # else a power cut may lose the directory
             with atomic_write(self._path(name)) as f:
                 f.write(data)
         except OSError as exc:

@@ -36,6 +36,7 @@ from bsipatch.device.preboot import (
     fsync_file,
     json_bytes,
     release_slug,
+    remove_stray_temps,
     seal_record_dict,
     write_durable,
 )
@@ -604,6 +605,8 @@ def boot(preboot: Preboot) -> dict[str, Any]:
 
             _switch(pb, "boot", mutate)
         gc(pb)
+        # nothing runs before boot: the agent's interrupted atomic writes can go too
+        remove_stray_temps(pb.path / "agent")
         return {"recovered": recovered, "activated": activated, "release": pb.release_id_of(active)}
 
 

@@ -142,6 +142,30 @@ def seal_from_record(record: dict[str, Any]) -> Any:
 _CREATE_NAMES = {"base", "releases", "staging", "trash", "journal", "lock"}
 
 
+def is_temp_name(name: str) -> bool:
+    """True for the temporary names :func:`bsipatch._io.atomic_write` and apply use."""
+    return name.startswith(".") and name.endswith((".tmp", ".bsipatch-tmp"))
+
+
+def remove_stray_temps(directory: Path) -> list[str]:
+    """Remove temporary files a crash left in ``directory`` (not recursive).
+
+    Only for directories whose writers hold the preboot lock (or do not run yet, at
+    boot): a temporary file is never referenced, so removing it loses nothing.
+    """
+    removed = []
+    try:
+        children = list(directory.iterdir())
+    except FileNotFoundError:
+        return removed
+    for p in children:
+        if is_temp_name(p.name) and p.is_file() and not p.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p.name)
+    return removed
+
+
 def _empty_dir(path: Path) -> None:
     """Remove everything inside ``path`` (read-only directories included)."""
     _make_writable(path)
@@ -505,6 +529,7 @@ class Preboot:
         if not pending:
             self.sweep(state)
         self.journal.compact()
+        remove_stray_temps(self.path)
         return report
 
     def referenced(self, state: dict[str, Any]) -> tuple[set[str], set[str]]:
