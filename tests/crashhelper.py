@@ -246,6 +246,14 @@ def main(argv: list[str]) -> int:
             images=world["images"],
             activation=world["activation"],
         )
+    elif op == "confirm":
+        from bsipatch.device.health import confirm
+
+        confirm(pb)
+    elif op == "report_failed":
+        from bsipatch.device.health import report
+
+        report(pb, argv[3], ok=False)
     elif op == "agent_state":
         agent_state(pb)
     else:

@@ -43,6 +43,7 @@ import crashhelper as ch
 from conftest import require_tool
 
 from bsipatch.cli.main import main as cli_main
+from bsipatch.device import health
 from bsipatch.device import install as inst
 from bsipatch.device.preboot import Preboot, seal_from_record
 
@@ -63,6 +64,14 @@ SCENARIOS: dict[str, tuple[list[str], list[str]]] = {
     "boot": (["26.1 (a)"], ["boot"]),
     "os-update": (["26.1 (a)", "boot"], ["os_update"]),
     "agent-state": (["26.1 (a)"], ["agent_state"]),
+    "health-confirm": (["26.1 (a)", "boot"], ["confirm"]),
+    # the 4th boot of an unconfirmed release falls back (to the base images)
+    "fallback-boot": (["26.1 (a)", "boot", "boot", "boot"], ["boot"]),
+    # the 3rd failed launch of webkit falls back from 26.1 (b) to 26.1 (a)
+    "fallback-report": (
+        ["26.1 (a)", "boot", "confirm", "26.1 (b)", "fail:webkit", "fail:webkit"],
+        ["report_failed", "webkit"],
+    ),
 }
 
 
@@ -130,6 +139,11 @@ def check_files(pb: Preboot) -> None:
     for d in [*(pb.path / b for b in bases), *(pb.releases_dir / s for s in releases)]:
         for seal in d.glob("*.seal.json"):
             seal_from_record(json.loads(seal.read_bytes()))
+    t = state.get("tentative")
+    assert t is None or t["release"] in state["chain"], "tentative record of another release"
+    for f in state.get("fallen_back", []):
+        assert {"release", "slug", "to", "reason", "time"} <= set(f), f
+        assert not state["chain"] or f["slug"] != state["chain"][-1], "fell back, still active"
     verified = pb.path / "verified.json"
     if verified.exists():
         assert isinstance(json.loads(verified.read_bytes()), dict)
@@ -186,6 +200,10 @@ def prepare(world: dict[str, Any], path: Path, steps: list[str]) -> Path:
     for step in steps:
         if step == "boot":
             inst.boot(pb)
+        elif step == "confirm":
+            health.confirm(pb)
+        elif step.startswith("fail:"):
+            health.report(pb, step[5:], ok=False)
         else:
             ch.install(world, pb, step)
     return path

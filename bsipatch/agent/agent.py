@@ -443,6 +443,8 @@ class Agent:
         build, os_version = status["build"], status["os_version"]
         active_id = status.get("active_release")
         installed = list(status.get("installed_releases") or [])
+        # hook (issue 16): releases the device fell back from are not reinstalled by itself
+        fallen_back = {f["release"] for f in (status.get("health") or {}).get("fallen_back", [])}
         policy = self.store.policy()
         auto = decide_auto_install(policy, self.store.settings().auto_install)
         result = CheckResult(
@@ -486,6 +488,13 @@ class Agent:
                     decisions[e.release_id] = mk(ACTIVE, "active", "installed and active")
             elif e.withdrawn:
                 decisions[e.release_id] = mk(SKIP, "withdrawn", "withdrawn by the vendor")
+            elif e.release_id in fallen_back:
+                decisions[e.release_id] = mk(
+                    SKIP,
+                    "fallen_back",
+                    "the device fell back from it by itself (not confirmed healthy); "
+                    "not reinstalled automatically",
+                )
             elif e.release_id in state.removed:
                 decisions[e.release_id] = mk(
                     SKIP, "removed", "removed by the user; not reinstalled automatically"

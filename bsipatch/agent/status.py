@@ -87,7 +87,8 @@ def device_report(preboot: Any, *, now: Any = None) -> dict[str, Any]:
              "policy": {... Apple-style keys, "present": bool},
              "trust": {"catalog_version", "release_sequence"},
              "last_check": {"time", "ok", "summary", "error"} | None,
-             "retired_releases": [...], "removed_by_user": [...]}
+             "retired_releases": [...], "removed_by_user": [...],
+             "health": {"tentative": {...} | None, "fallen_back": [...]}}
 
     Example:
         >>> device_report(Preboot("/preboot"))["SupplementalOSVersionExtra"]  # doctest: +SKIP
@@ -138,6 +139,7 @@ def device_report(preboot: Any, *, now: Any = None) -> dict[str, Any]:
         "last_check": last,
         "retired_releases": list(agent_state.retired),
         "removed_by_user": list(agent_state.removed),
+        "health": st.get("health") or {"tentative": None, "fallen_back": []},
     }
 
 

@@ -18,7 +18,6 @@ This module does not decide whether a release is genuine, current or allowed (th
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import io
@@ -30,21 +29,21 @@ from typing import Any, BinaryIO
 
 from bsipatch._crashpoints import crashpoint
 from bsipatch._io import PathLike, atomic_write, fsync_dir, os_error_to_staging
+from bsipatch.device import health
+from bsipatch.device.ops import boot, gc, os_update, rollback, uninstall
 from bsipatch.device.preboot import (
     Preboot,
-    build_base,
     fsync_file,
     json_bytes,
     release_slug,
-    remove_stray_temps,
     seal_record_dict,
     write_durable,
 )
+from bsipatch.device.txn import abort, now_entry
 from bsipatch.errors import (
     BsipatchError,
     DiskFullError,
     PatchTooLarge,
-    RollbackFailed,
     SealError,
     StateError,
     TargetMismatch,
@@ -106,12 +105,6 @@ class _CheckedPatch(io.RawIOBase):
         """Read to the end of the stream (bounded by the limit)."""
         while self.read(1 << 16):
             pass
-
-
-def _now_entry(pb: Preboot, op: str, **data: Any) -> dict[str, Any]:
-    entry = {"time": pb.clock(), "op": op}
-    entry.update(data)
-    return entry
 
 
 def _verified_key(pb: Preboot, image: Path) -> str:
@@ -305,6 +298,8 @@ def install_release(
     open_patch: Callable[[Any], BinaryIO],
     *,
     progress: Progress | None = None,
+    max_boots: int = health.DEFAULT_MAX_BOOTS,
+    max_failures: int = health.DEFAULT_MAX_FAILURES,
 ) -> dict[str, Any]:
     """Install and activate a release atomically.
 
@@ -314,7 +309,11 @@ def install_release(
     Components the manifest does not list are hard-linked from the base images.
     Only when every component verified is the release renamed into place and made
     active in one atomic state switch: ``relaunch`` components at once, ``reboot``
-    components at the next :func:`boot`. Then :func:`gc` runs.
+    components at the next :func:`boot`. The release is *tentative* until
+    :func:`bsipatch.device.health.confirm` (see :mod:`bsipatch.device.health`): after
+    ``max_boots`` boots without confirmation, or ``max_failures`` consecutive failed
+    launches of a component it changed, the device falls back by itself. Then
+    :func:`gc` runs.
 
     Args:
         preboot: the device's preboot volume.
@@ -322,6 +321,8 @@ def install_release(
         open_patch: returns a readable binary stream (need not be seekable) of the
             patch of a :class:`~bsipatch.trust.manifest.ComponentRelease`; it is closed here.
         progress: ``(done, total)`` output-bytes callback.
+        max_boots: boots of the tentative release allowed without confirmation.
+        max_failures: consecutive failed launches that fall back.
 
     Returns:
         ``{"release", "slug", "changed", "activated", "pending", "bytes_written",
@@ -358,348 +359,147 @@ def install_release(
                 f"({'active' if state['chain'][-1:] == [slug] else 'kept for rollback'})"
             )
         total = sum(int(c.target.size) for c in manifest.components)
-        done_before = 0
-
-        def comp_progress(done: int, _total: int) -> None:
-            if progress is not None:
-                progress(done_before + done, total)
-
         _check_space(pb, total)
         cache = _load_verified(pb)
         try:
             tx = pb.journal.begin("install", release=slug)
         except OSError as exc:
             raise os_error_to_staging(exc, f"installing {manifest.release_id}") from exc
-        stage = pb.staging_dir / tx
+        limits = {"max_boots": max_boots, "max_failures": max_failures}
         try:
-            stage.mkdir()
-            fsync_dir(pb.staging_dir)
-            crashpoint("install.staging-created")
-            changed = {c.name for c in manifest.components}
-            verification = {}
-            for comp in manifest.components:
-                verification[comp.name] = _stage_component(
-                    pb, state, comp, stage, open_patch, cache, comp_progress
-                )
-                done_before += int(comp.target.size)
-            base_dir = pb.path / state["os"]["base"]
-            for name in sorted(set(comps) - changed):
-                (stage / f"{name}.img").hardlink_to(base_dir / f"{name}.img")
-                (stage / f"{name}.seal.json").hardlink_to(base_dir / f"{name}.seal.json")
-            crashpoint("install.linked")
-            info = {
-                "release_id": manifest.release_id,
-                "os_version": manifest.os_version,
-                "builds": list(manifest.builds),
-                "supplemental_build": getattr(manifest, "supplemental_build", None),
-                "published": getattr(manifest, "published", None),
-                "sequence": getattr(manifest, "sequence", None),
-                "installed": pb.clock(),
-                "base": state["os"]["base"],
-                "components": {
-                    name: {
-                        "activation": comps[name],
-                        "changed": name in changed,
-                        **(
-                            {
-                                "cves": [c.id for c in manifest.component(name).cves],
-                                "patch_sha256": manifest.component(name).patch.sha256,
-                                "patch_size": int(manifest.component(name).patch.size),
-                            }
-                            if name in changed
-                            else {}
-                        ),
-                    }
-                    for name in sorted(comps)
-                },
-            }
-            write_durable(stage / "release.json", json_bytes(info))
-            fsync_dir(stage)
-            crashpoint("install.staged")
-            with atomic_write(pb.path / "verified.json") as f:
-                f.write(json_bytes(cache))
-            stage.rename(pb.releases_dir / slug)
-            crashpoint("install.renamed")
-            fsync_dir(pb.releases_dir)
-            fsync_dir(pb.staging_dir)
-            crashpoint("install.moved")
-            new_state = dict(state)
-            new_state["chain"] = [*state["chain"], slug]
-            new_state["last_tx"] = tx
-            new_state["history"] = [
-                *state.get("history", []),
-                _now_entry(
-                    pb,
-                    "install",
-                    release=manifest.release_id,
-                    previous=pb.release_id_of(state["chain"][-1]) if state["chain"] else None,
-                    components=sorted(changed),
-                ),
-            ]
-            pb.write_state(new_state)
-            crashpoint("install.committed")
-            pb.journal.end(tx)
-            crashpoint("install.ended")
+            verification = _stage_release(pb, state, manifest, tx, open_patch, cache, progress)
+            _commit_release(pb, state, manifest, tx, slug, cache, limits)
         except BaseException as exc:
-            _abort(pb)
+            abort(pb)
             if isinstance(exc, OSError) and not isinstance(exc, BsipatchError):
                 raise os_error_to_staging(exc, f"installing {manifest.release_id}") from exc
             raise
         pb.journal.compact()
         gc(pb)
-        pending = sorted(n for n in changed if comps[n] == "reboot")
+        changed = sorted(c.name for c in manifest.components)
         return {
             "release": manifest.release_id,
             "slug": slug,
-            "changed": sorted(changed),
-            "activated": sorted(n for n in changed if comps[n] == "relaunch"),
-            "pending": pending,
+            "changed": changed,
+            "activated": [n for n in changed if comps[n] == "relaunch"],
+            "pending": [n for n in changed if comps[n] == "reboot"],
             "bytes_written": total,
             "patch_bytes": sum(int(c.patch.size) for c in manifest.components),
             "verification": verification,
+            "tentative": True,
         }
 
 
-def _abort(pb: Preboot) -> None:
-    """Best-effort undo after an error; a failure here is left to the next recovery."""
-    # the original error matters more; the next operation's recovery runs again
-    with contextlib.suppress(Exception):
-        pb.recover_locked()
-
-
-def _switch(
-    pb: Preboot, op: str, mutate: Callable[[dict[str, Any]], dict[str, Any]]
+def _stage_release(
+    pb: Preboot,
+    state: dict[str, Any],
+    manifest: Any,
+    tx: str,
+    open_patch: Callable[[Any], BinaryIO],
+    cache: dict[str, list[str]],
+    progress: Progress | None,
 ) -> dict[str, Any]:
-    """Journal ``op``, commit ``mutate(state)`` atomically, end, clean up. Lock held."""
-    state = pb.read_state()
-    try:
-        tx = pb.journal.begin(op)
-    except OSError as exc:
-        raise os_error_to_staging(exc, op) from exc
-    try:
-        new_state = mutate(dict(state))
-        new_state["last_tx"] = tx
-        pb.write_state(new_state)
-        crashpoint(f"{op}.committed")
-        pb.journal.end(tx)
-        crashpoint(f"{op}.ended")
-        pb.journal.compact()
-    except BaseException as exc:
-        _abort(pb)
-        if isinstance(exc, OSError) and not isinstance(exc, BsipatchError):
-            raise os_error_to_staging(exc, op) from exc
-        raise
-    return new_state
+    """Build the whole release in ``staging/<tx>`` (every file and the directory fsynced)."""
+    total = sum(int(c.target.size) for c in manifest.components)
+    done_before = 0
+
+    def comp_progress(done: int, _total: int) -> None:
+        if progress is not None:
+            progress(done_before + done, total)
+
+    stage = pb.staging_dir / tx
+    stage.mkdir()
+    fsync_dir(pb.staging_dir)
+    crashpoint("install.staging-created")
+    verification = {}
+    for comp in manifest.components:
+        verification[comp.name] = _stage_component(
+            pb, state, comp, stage, open_patch, cache, comp_progress
+        )
+        done_before += int(comp.target.size)
+    changed = {c.name for c in manifest.components}
+    base_dir = pb.path / state["os"]["base"]
+    comps = pb.components(state)
+    for name in sorted(set(comps) - changed):
+        (stage / f"{name}.img").hardlink_to(base_dir / f"{name}.img")
+        (stage / f"{name}.seal.json").hardlink_to(base_dir / f"{name}.seal.json")
+    crashpoint("install.linked")
+    write_durable(stage / "release.json", json_bytes(_release_info(pb, state, manifest, comps)))
+    fsync_dir(stage)
+    crashpoint("install.staged")
+    return verification
 
 
-def rollback(preboot: Preboot) -> dict[str, Any]:
-    """Go back to the release that was active before the current one (or the base).
-
-    The images of the release rolled back to are verified against their seals first.
-
-    Returns:
-        ``{"from": release id, "to": release id or None (base images)}``.
-
-    Raises:
-        StateError: no release is installed.
-        RollbackFailed: the earlier images do not verify (the device stays as it is).
-        LockedError, StagingError: as for install.
-    """
-    pb = preboot
-    with pb.lock():
-        pb.recover()
-        state = pb.read_state()
-        chain = state["chain"]
-        if not chain:
-            raise StateError("no release is installed: nothing to roll back")
-        target = chain[-2] if len(chain) > 1 else None
-        from_id, to_id = pb.release_id_of(chain[-1]), pb.release_id_of(target)
-        try:
-            pb.verify_selection(state["os"]["base"], target, exact=target is None)
-        except (SealError, OSError, BsipatchError) as exc:
-            raise RollbackFailed(
-                f"cannot roll back to {to_id or 'the base images'}: {exc}; staying on {from_id}"
-            ) from exc
-
-        def mutate(s: dict[str, Any]) -> dict[str, Any]:
-            s["chain"] = chain[:-1]
-            s["history"] = [
-                *s.get("history", []),
-                _now_entry(pb, "rollback", release=to_id, previous=from_id),
-            ]
-            return s
-
-        _switch(pb, "rollback", mutate)
-        gc(pb)
-        return {"from": from_id, "to": to_id}
-
-
-def uninstall(preboot: Preboot) -> dict[str, Any]:
-    """Return to the base images of the installed OS version and remove every release.
-
-    The base images are checked byte for byte (seal and the SHA-256 recorded when they
-    were installed) before anything changes. ``reboot`` components keep running the
-    booted release until the next :func:`boot`.
-
-    Returns:
-        ``{"removed": [release ids], "previous": release id or None}``.
-
-    Raises:
-        RollbackFailed: a base image does not verify (the device stays as it is).
-        LockedError, StagingError: as for install.
-    """
-    pb = preboot
-    with pb.lock():
-        pb.recover()
-        state = pb.read_state()
-        chain = state["chain"]
-        removed = [pb.release_id_of(s) for s in chain]
-        previous = pb.release_id_of(chain[-1]) if chain else None
-        try:
-            pb.verify_selection(state["os"]["base"], None, exact=True)
-        except (SealError, OSError, BsipatchError) as exc:
-            raise RollbackFailed(
-                f"cannot uninstall: base images do not verify: {exc}; staying on "
-                f"{previous or 'the base images'}"
-            ) from exc
-        if chain:
-
-            def mutate(s: dict[str, Any]) -> dict[str, Any]:
-                s["chain"] = []
-                s["history"] = [
-                    *s.get("history", []),
-                    _now_entry(pb, "uninstall", previous=previous, removed=removed),
-                ]
-                return s
-
-            _switch(pb, "uninstall", mutate)
-        gc(pb)
-        return {"removed": removed, "previous": previous}
-
-
-def boot(preboot: Preboot) -> dict[str, Any]:
-    """What the device does at start: recover, activate pending ``reboot`` components, gc.
-
-    Returns:
-        ``{"recovered": [...], "activated": [component names], "release": id or None}``.
-
-    Raises:
-        LockedError, StagingError: as for install.
-    """
-    pb = preboot
-    with pb.lock():
-        recovered = pb.recover()
-        state = pb.read_state()
-        active = state["chain"][-1] if state["chain"] else None
-        wanted = {"base": state["os"]["base"], "release": active}
-        activated = [p["component"] for p in pb.status()["pending"]]
-        if state["booted"] != wanted:
-
-            def mutate(s: dict[str, Any]) -> dict[str, Any]:
-                s["booted"] = wanted
-                s["history"] = [
-                    *s.get("history", []),
-                    _now_entry(pb, "boot", release=pb.release_id_of(active), activated=activated),
-                ]
-                return s
-
-            _switch(pb, "boot", mutate)
-        gc(pb)
-        # nothing runs before boot: the agent's interrupted atomic writes can go too
-        remove_stray_temps(pb.path / "agent")
-        return {"recovered": recovered, "activated": activated, "release": pb.release_id_of(active)}
-
-
-def gc(preboot: Preboot) -> dict[str, Any]:
-    """Keep the base images, the active and the previous release (and the booted one).
-
-    Older entries of the rollback chain are dropped (one atomic state switch), then
-    every release or base directory nothing refers to is removed. Readers that have
-    an image open keep reading it (the inode lives until they close it).
-
-    Returns:
-        ``{"removed": [relative paths]}``.
-
-    Raises:
-        LockedError, StagingError: as for install.
-    """
-    pb = preboot
-    with pb.lock():
-        try:
-            state = pb.read_state()
-            if len(state["chain"]) > 2:
-                keep = state["chain"][-2:]
-
-                def mutate(s: dict[str, Any]) -> dict[str, Any]:
-                    s["chain"] = keep
-                    return s
-
-                state = _switch(pb, "gc", mutate)
-            removed = pb.sweep(state)
-        except OSError as exc:
-            raise os_error_to_staging(exc, f"collecting garbage in {pb.path}") from exc
-        from bsipatch.seal import leafcache
-
-        with contextlib.suppress(OSError):  # entries of removed images: only a cache
-            leafcache.prune(pb.path)
-        return {"removed": removed}
-
-
-def os_update(
-    preboot: Preboot,
-    *,
-    os_version: str,
-    build: str,
-    images: dict[str, PathLike],
-    activation: dict[str, str],
-    progress: Progress | None = None,
+def _release_info(
+    pb: Preboot, state: dict[str, Any], manifest: Any, comps: dict[str, str]
 ) -> dict[str, Any]:
-    """Install the base images of a new OS version and retire every installed release.
+    """The ``release.json`` of a release being installed."""
+    changed = {c.name for c in manifest.components}
 
-    The new base is built in staging, sealed, renamed into ``base/`` and made current in
-    one atomic state switch. Releases of the old OS are removed; the old base stays
-    while a ``reboot`` component still runs from it (until the next :func:`boot`).
-
-    Returns:
-        ``{"os_version", "build", "retired": [release ids]}``.
-
-    Raises:
-        StateError: that OS version and build is already installed.
-        ValueError: bad component names or activation values.
-        LockedError, StagingError: as for install.
-    """
-    pb = preboot
-    with pb.lock():
-        pb.recover()
-        state = pb.read_state()
-        retired = [pb.release_id_of(s) for s in state["chain"]]
-        try:
-            tx = pb.journal.begin("os_update", os_version=os_version, build=build)
-        except OSError as exc:
-            raise os_error_to_staging(exc, "os update") from exc
-        try:
-            base_rel = build_base(
-                pb.path, "staging", tx, os_version, build, images, activation, progress
+    def component(name: str) -> dict[str, Any]:
+        entry: dict[str, Any] = {"activation": comps[name], "changed": name in changed}
+        if name in changed:
+            c = manifest.component(name)
+            entry.update(
+                cves=[v.id for v in c.cves],
+                patch_sha256=c.patch.sha256,
+                patch_size=int(c.patch.size),
             )
-            new_state = dict(state)
-            new_state["os"] = {"version": os_version, "build": build, "base": base_rel}
-            new_state["chain"] = []
-            new_state["last_tx"] = tx
-            new_state["history"] = [
-                *state.get("history", []),
-                _now_entry(pb, "os_update", os_version=os_version, build=build, retired=retired),
-            ]
-            pb.write_state(new_state)
-            crashpoint("os_update.committed")
-            pb.journal.end(tx)
-        except BaseException as exc:
-            _abort(pb)
-            if isinstance(exc, OSError) and not isinstance(exc, BsipatchError):
-                raise os_error_to_staging(exc, "os update") from exc
-            raise
-        pb.journal.compact()
-        gc(pb)
-        return {"os_version": os_version, "build": build, "retired": retired}
+        return entry
+
+    return {
+        "release_id": manifest.release_id,
+        "os_version": manifest.os_version,
+        "builds": list(manifest.builds),
+        "supplemental_build": getattr(manifest, "supplemental_build", None),
+        "published": getattr(manifest, "published", None),
+        "sequence": getattr(manifest, "sequence", None),
+        "installed": pb.clock(),
+        "base": state["os"]["base"],
+        "components": {name: component(name) for name in sorted(comps)},
+    }
+
+
+def _commit_release(
+    pb: Preboot,
+    state: dict[str, Any],
+    manifest: Any,
+    tx: str,
+    slug: str,
+    cache: dict[str, list[str]],
+    limits: dict[str, int],
+) -> None:
+    """Move the staged release into ``releases/`` and make it the tentative active one."""
+    stage = pb.staging_dir / tx
+    with atomic_write(pb.path / "verified.json") as f:
+        f.write(json_bytes(cache))
+    stage.rename(pb.releases_dir / slug)
+    crashpoint("install.renamed")
+    fsync_dir(pb.releases_dir)
+    fsync_dir(pb.staging_dir)
+    crashpoint("install.moved")
+    comps = pb.components(state)
+    changed = {c.name: comps[c.name] for c in manifest.components}
+    new_state = dict(state)
+    new_state["chain"] = [*state["chain"], slug]
+    new_state["tentative"] = health.tentative_record(pb, slug, changed, **limits)
+    # an explicit install of a release the device fell back from lifts that block
+    new_state["fallen_back"] = [f for f in state.get("fallen_back", []) if f.get("slug") != slug]
+    new_state["last_tx"] = tx
+    new_state["history"] = [
+        *state.get("history", []),
+        now_entry(
+            pb,
+            "install",
+            release=manifest.release_id,
+            previous=pb.release_id_of(state["chain"][-1]) if state["chain"] else None,
+            components=sorted(changed),
+        ),
+    ]
+    pb.write_state(new_state)
+    crashpoint("install.committed")
+    pb.journal.end(tx)
+    crashpoint("install.ended")
 
 
 # --- helpers for the CLI and tests -------------------------------------------------------
