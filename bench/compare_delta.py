@@ -694,7 +694,7 @@ def _machine() -> dict[str, Any]:
 
 
 def bsipatch_available() -> tuple[bool, str]:
-    """Whether ``bsipatch.delta.diff`` and ``bsipatch.delta.apply`` can be imported from the checkout."""
+    """Whether ``bsipatch.delta.diff`` and ``bsipatch.delta.apply`` import from the checkout."""
     sys.path.insert(0, str(REPO_DIR))
     try:
         import bsipatch

@@ -28,7 +28,7 @@ _EXPORTS = {
     "ApplyReader": "delta.apply",
     "iter_apply": "delta.apply",
     "PatchInfo": "delta.patchformat",
-    "read_patch_info": "delta.patchformat",
+    "read_patch_info": "delta.info",
     # signed metadata
     "Verifier": "trust.verify",
     "ReleaseManifest": "trust.manifest",

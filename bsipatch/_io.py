@@ -14,7 +14,10 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, BinaryIO, Union
+from typing import TYPE_CHECKING, BinaryIO, Union, cast
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
 
 from bsipatch.errors import DiskFullError, ReadOnlyError, StagingError
 
@@ -22,7 +25,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 Source = Union[PathLike, bytes, bytearray, memoryview, BinaryIO]  # noqa: UP007
 
 
-def is_pathlike(obj: object) -> bool:
+def is_pathlike(obj: object) -> TypeIs[str | os.PathLike[str]]:
     """True for ``str`` and ``os.PathLike`` objects."""
     return isinstance(obj, (str, os.PathLike))
 
@@ -35,11 +38,11 @@ def open_source(src: Source) -> Iterator[BinaryIO]:
     """
     if is_pathlike(src):
         with open(src, "rb") as f:
-            yield f
+            yield cast(BinaryIO, f)
     elif isinstance(src, (bytes, bytearray, memoryview)):
         yield io.BytesIO(bytes(src))
     elif hasattr(src, "read"):
-        yield src  # type: ignore[misc]
+        yield src
     else:
         raise TypeError(f"expected a path, bytes or a binary file object, got {type(src).__name__}")
 
@@ -77,7 +80,7 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[bytes]]:
+def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[BinaryIO]:
     """Write ``path`` crash-safely: temp file in the same directory, fsync, rename, fsync dir.
 
     If the body raises, the temporary file is removed and ``path`` is untouched.
@@ -92,7 +95,7 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[bytes]]:
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as f:
-            yield f
+            yield cast(BinaryIO, f)
             f.flush()
             os.fsync(f.fileno())
         Path(tmp).replace(target)

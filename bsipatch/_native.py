@@ -33,7 +33,8 @@ if _built != __version__:  # pragma: no cover - only on a stale build
 
 def error_name(code: int) -> str:
     """Name of a ``BSI_E_*`` code, e.g. ``"BSI_E_CORRUPT"``."""
-    return ffi.string(lib.bsi_error_name(code)).decode("ascii")
+    name: str = ffi.string(lib.bsi_error_name(code)).decode("ascii")
+    return name
 
 
 def check(rc: int, what: str) -> int:

@@ -51,7 +51,8 @@ def use_simd(enabled: bool) -> bool:
 
 def implementation() -> str:
     """Name of the SHA-256 code in use: ``"sha-ni"`` or ``"portable"``."""
-    return ffi.string(lib.bsi_sha256_impl()).decode("ascii")
+    name: str = ffi.string(lib.bsi_sha256_impl()).decode("ascii")
+    return name
 
 
 def resolve_threads(threads: int | None) -> int:

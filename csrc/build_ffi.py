@@ -41,8 +41,12 @@ def _flags() -> tuple[list[str], list[str]]:
     else:
         cflags += ["-O3"]
     if os.environ.get("BSIPATCH_SANITIZE") == "1":
-        san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
-               "-fno-sanitize-recover=undefined", "-g"]
+        san = [
+            "-fsanitize=address,undefined",
+            "-fno-omit-frame-pointer",
+            "-fno-sanitize-recover=undefined",
+            "-g",
+        ]
         cflags += san
         ldflags += san
     if os.environ.get("BSIPATCH_WERROR") == "1":

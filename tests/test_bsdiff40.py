@@ -15,7 +15,7 @@ from conftest import require_tool
 from bsipatch.delta.apply import apply
 from bsipatch.delta.bsdiff40 import offtin, offtout
 from bsipatch.delta.diff import diff
-from bsipatch.delta.patchformat import read_patch_info
+from bsipatch.delta.info import read_patch_info
 from bsipatch.errors import CorruptPatch, PatchError, TruncatedPatch
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bsipatch.cli.demo_run import build_image, run_demo
+from bsipatch.cli.demo_images import build_image
+from bsipatch.cli.demo_run import run_demo
 from bsipatch.cli.main import main as cli_main
 
 
@@ -36,7 +37,7 @@ def _check(summary: dict) -> None:
 
 def test_demo_pure_python_images_keeps_dir(tmp_path, monkeypatch):
     # a fresh machine: no mke2fs (forced off) and no /usr/lib libraries to copy
-    monkeypatch.setattr("bsipatch.cli.demo_run._LIB_DIRS", ())
+    monkeypatch.setattr("bsipatch.cli.demo_images.LIB_DIRS", ())
     lines: list[str] = []
     summary = run_demo(tmp_path / "demo", lines.append, scale="small", use_mke2fs=False)
     _check(summary)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from bsipatch._native import ffi, lib
 from bsipatch.delta.apply import apply
 from bsipatch.delta.diff import compute_ops, diff
-from bsipatch.delta.patchformat import read_patch_info
+from bsipatch.delta.info import read_patch_info
 
 
 def roundtrip(old: bytes, new: bytes, **kw) -> bytes:

@@ -262,7 +262,8 @@ def test_unsupported_scheme_refused():
 def test_stream_feeds_apply_directly_across_a_dropped_connection(tmp_path):
     """The patch goes from the socket into bsipatch.delta.apply with no file in between, and a
     drop in the middle is resumed with Range without apply noticing."""
-    from bsipatch.cli.demo_run import _code_like, _security_fix
+    from bsipatch.cli.demo_images import code_like as _code_like
+    from bsipatch.cli.demo_images import security_fix as _security_fix
     from bsipatch.delta.apply import apply
     from bsipatch.delta.diff import diff
 

@@ -15,7 +15,7 @@ from bsipatch._native import ffi, lib
 from bsipatch.delta import patchformat as patchfmt
 from bsipatch.delta.apply import apply, iter_apply
 from bsipatch.delta.diff import compute_ops, diff, iter_segments
-from bsipatch.delta.patchformat import read_patch_info
+from bsipatch.delta.info import read_patch_info
 from bsipatch.errors import (
     CorruptPatch,
     OutputMismatch,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -563,7 +563,7 @@ class Agent:
                     verifier, catalog, active_entry, installed, build, comps, policy, decisions
                 )
             else:
-                decisions[active_id].reason = (
+                decisions[str(active_id)].reason = (
                     "active, but withdrawn by the vendor; automatic install is off "
                     f"({auto.reason}), so the device stays on it until it is uninstalled"
                 )
@@ -799,7 +799,7 @@ class Agent:
         *,
         os_version: str,
         build: str,
-        images: dict[str, PathLike],
+        images: Mapping[str, PathLike],
         activation: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Install the base images of a new OS version; releases of the old one retire.

@@ -567,7 +567,8 @@ class HttpRepository(Repository):
         )
         self.stats.requests += 1
         try:
-            return self._opener.open(req, timeout=self.timeout)
+            resp: http.client.HTTPResponse = self._opener.open(req, timeout=self.timeout)
+            return resp
         except urllib.error.HTTPError as exc:
             exc.close()
             if exc.code == 404:

@@ -259,7 +259,7 @@ def _opt_str(obj: dict[str, Any], key: str, where: str) -> str | None:
 
 def _opt_auto(obj: dict[str, Any], key: str) -> str:
     value = obj.get(key, "Allowed")
-    if value not in AUTOMATIC_VALUES:
+    if not isinstance(value, str) or value not in AUTOMATIC_VALUES:
         raise PolicyError(
             f"AutomaticActions.{key} must be one of {', '.join(AUTOMATIC_VALUES)}, got {value!r}"
         )

@@ -55,7 +55,7 @@ def _release_details(preboot: Any, store: AgentStore, release_id: str | None) ->
         if details[key] is None and info.get(key) is not None:
             details[key] = info[key]
     if not details["cves"]:
-        cves = set()
+        cves: set[str] = set()
         for comp in (info.get("components") or {}).values():
             cves.update(comp.get("cves") or [])
         details["cves"] = sorted(cves)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 COMMON = argparse.ArgumentParser(add_help=False)
@@ -17,10 +18,13 @@ COMMON.add_argument("--quiet", "-q", action="store_true", help="no progress bars
 
 
 def add_command(
-    sub: argparse._SubParsersAction, name: str, help: str, func: Any
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help: str,
+    func: Callable[[argparse.Namespace], int] | None,
 ) -> argparse.ArgumentParser:
     """Add a subcommand with the common options whose handler is ``func(args) -> int``."""
-    p = sub.add_parser(name, help=help, description=help, parents=[COMMON])
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help, parents=[COMMON])
     p.set_defaults(func=func)
     return p
 

@@ -209,14 +209,19 @@ def cmd_os_update(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``agent ...`` and ``os-update``."""
     agent = sub.add_parser(
         "agent",
         help="update agent: check, install, settings, MDM policy, status",
         description="The on-device update agent.",
     )
-    agent.set_defaults(func=lambda _args: (agent.print_help(), 2)[1])
+
+    def _agent_help(_args: argparse.Namespace) -> int:
+        agent.print_help()
+        return 2
+
+    agent.set_defaults(func=_agent_help)
     asub = agent.add_subparsers(dest="agent_command", metavar="ACTION")
 
     p = add_command(asub, "check", "what applies now, and why not for the rest", cmd_check)

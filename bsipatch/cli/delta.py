@@ -107,7 +107,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """bsipatch info PATCH."""
-    from bsipatch.delta.patchformat import read_patch_info
+    from bsipatch.delta.info import read_patch_info
 
     patch: Any = sys.stdin.buffer if args.patch == "-" else args.patch
     try:
@@ -119,7 +119,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this module's subcommands to the CLI."""
     p = add_command(sub, "diff", "make a patch from OLD to NEW", cmd_diff)
     p.add_argument("old", metavar="OLD", help="the image the patch applies to")

@@ -1,4 +1,4 @@
-"""CLI command ``bsipatch demo``: the end-to-end demonstration (see :mod:`bsipatch.cli.demo_run`)."""
+"""CLI command ``bsipatch demo``: the end-to-end demonstration (steps in :mod:`.demo_run`)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``demo``."""
     p = add_command(
         sub,

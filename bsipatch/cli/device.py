@@ -253,7 +253,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this module's subcommands to the CLI."""
     p = add_command(sub, "preboot", "create or update a preboot directory", None)
     psub = p.add_subparsers(dest="preboot_command", metavar="ACTION", required=True)

@@ -153,7 +153,9 @@ def cmd_repo_init(args: argparse.Namespace) -> int:
         catalog_expires=now + timedelta(days=args.catalog_expires_days),
         thresholds=_thresholds(args.threshold),
     )
-    roles = {n: {"keyids": list(r.keyids), "threshold": r.threshold} for n, r in root.roles.items()}
+    roles: dict[str, dict[str, Any]] = {
+        n: {"keyids": list(r.keyids), "threshold": r.threshold} for n, r in root.roles.items()
+    }
     emit(
         args,
         {
@@ -377,7 +379,7 @@ def _group_help(parser: argparse.ArgumentParser) -> Any:
     return show
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add keygen, repo, release and catalog commands to the CLI."""
     p = add_command(
         sub, "keygen", "generate signing keys (PKCS#8 PEM) into a key directory", cmd_keygen

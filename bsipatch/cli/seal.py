@@ -147,7 +147,7 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``seal`` and ``verify`` to the CLI."""
     p = add_command(
         sub, "seal", "build a dm-verity compatible seal (hash tree) of an image", cmd_seal

@@ -96,7 +96,7 @@ class _Old:
     def __init__(self, src: PathLike | Buffer) -> None:
         self._stack = ExitStack()
         self.path = src if is_pathlike(src) else None
-        self.buf: Buffer = self._stack.enter_context(open_buffer(src))  # type: ignore[arg-type]
+        self.buf: Buffer = self._stack.enter_context(open_buffer(src))
         self.size = len(self.buf)
         self.ptr = ffi.from_buffer(self.buf) if self.size else ffi.NULL
         self._since_drop = 0
@@ -330,7 +330,7 @@ def run_segment(
 
 def _open_patch(stack: ExitStack, patch: PatchSource) -> tuple[BinaryIO, bytes]:
 
-    f = stack.enter_context(open_source(patch))  # type: ignore[arg-type]
+    f = stack.enter_context(open_source(patch))
     magic = read_exact(f, 8)
     if len(magic) < 8:
         if patchfmt.MAGIC.startswith(magic) or patchfmt.BSDIFF40_MAGIC.startswith(magic):
@@ -1088,7 +1088,7 @@ def apply(
 
                 provenance.leaves = image_leaves(
                     out,
-                    provenance.salt,  # type: ignore[arg-type]
+                    provenance.salt,
                     salt_after=provenance.salt_after,
                 )
                 provenance.hashed_blocks = len(provenance.leaves)
@@ -1109,7 +1109,7 @@ def apply(
                 o,
                 reader,
                 out,
-                threads=nthreads,  # type: ignore[arg-type]
+                threads=nthreads,
                 resume=resume,
                 progress=progress,
                 base_ok=base_ok,
@@ -1121,7 +1121,7 @@ def apply(
                 o.check(reader.header)
             else:
                 o.check_size(reader.header)
-            extra = _apply_to_stream(o, reader, out, progress)  # type: ignore[arg-type]
+            extra = _apply_to_stream(o, reader, out, progress)
         return patchfmt.info_from_reader(reader, extra)
 
 
@@ -1158,7 +1158,7 @@ def iter_apply(
             from bsipatch.delta.bsdiff40 import iter_bsdiff40, read_patch_bytes
 
             data = read_patch_bytes(f, prefix=magic)
-            old_buf = stack.enter_context(open_buffer(old))  # type: ignore[arg-type]
+            old_buf = stack.enter_context(open_buffer(old))
             for piece in iter_bsdiff40(old_buf, data):
                 for i in range(0, len(piece), chunk_size):
                     yield piece[i : i + chunk_size]

@@ -20,7 +20,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from bsipatch._io import PathLike, fsync_dir, is_pathlike
 from bsipatch.delta.patchformat import BSDIFF40_MAGIC, PatchInfo
@@ -28,7 +28,15 @@ from bsipatch.errors import CorruptPatch, PatchTooLarge, TruncatedPatch, Unsuppo
 
 if TYPE_CHECKING:
     from bsipatch._buffers import Buffer
-    from bsipatch.delta.diff import Ops
+
+
+class Ops(Protocol):
+    """What :func:`write_bsdiff40` needs of :class:`bsipatch.delta.diff.Ops`."""
+
+    stats: dict[str, Any]
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]: ...
+
 
 HEADER_SIZE = 32
 CHUNK = 1 << 20
@@ -245,10 +253,10 @@ def apply_bsdiff40(
 
     data = _read_all(f, prefix, max_patch_size)
     _parse(data)
-    with open_buffer(old) as old_buf:  # type: ignore[arg-type]
+    with open_buffer(old) as old_buf:
         old_size = len(old_buf)
         if is_pathlike(out):
-            target = Path(out)  # type: ignore[arg-type]
+            target = Path(out)
             directory = target.parent if str(target.parent) else Path()
             fd, name = tempfile.mkstemp(
                 prefix=f".{target.name}.", suffix=".bsipatch-tmp", dir=directory
@@ -268,7 +276,7 @@ def apply_bsdiff40(
                     Path(name).unlink()
                 raise
         else:
-            new_size = apply_to(old_buf, data, out.write, progress)  # type: ignore[union-attr]
+            new_size = apply_to(old_buf, data, out.write, progress)
     return PatchInfo("bsdiff40", 0, old_size, b"", new_size, b"", len(data), [], {})
 
 

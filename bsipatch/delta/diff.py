@@ -95,7 +95,7 @@ def _ptr(buf: Buffer) -> Any:
 class Ops:
     """A cffi array of ``bsi_op`` covering the new image, plus search statistics."""
 
-    def __init__(self, array: Any, count: int, stats: dict) -> None:
+    def __init__(self, array: Any, count: int, stats: dict[str, Any]) -> None:
         self.array = array
         self.count = count
         self.stats = stats
@@ -215,7 +215,7 @@ def compute_ops(
     gap_total = sum(e - s for s, e in gaps)
     stats["prepass_matched_bytes"] = nn - gap_total
 
-    results: dict[int, list[tuple[Any, int]]] = {}
+    results: dict[int, list[tuple[int, list[tuple[Any, int]]]]] = {}
     if gaps:
         ranges = _index_ranges(claimed, on, on <= FULL_INDEX_LIMIT)
         idx_size = sum(e - s for s, e in ranges)
@@ -566,7 +566,7 @@ def write_bsipatch(
                 off, n, payload, kinds, n_ops = item
                 seg = SegmentHeader(
                     len(segs), off, n, len(payload), len(comp), n_ops, kinds, out_sha
-                )  # type: ignore[arg-type]
+                )
                 body = seg.body()
                 d = SegmentHeader.compute_digest(header.digest, body, comp)
                 out.write(body + d)
@@ -576,7 +576,7 @@ def write_bsipatch(
                     SegmentHeader(
                         seg.index, off, n, len(payload), len(comp), n_ops, kinds, out_sha, d
                     )
-                )  # type: ignore[arg-type]
+                )
                 digests.append(d)
                 if len(old) + len(new) > PAGE_DROP_ABOVE:
                     drop_pages(new)
@@ -689,11 +689,7 @@ def diff(
             old_sha, new_sha = early.result()
         from bsipatch._io import atomic_write
 
-        out: BinaryIO = (
-            stack.enter_context(atomic_write(patch))  # type: ignore[arg-type,assignment]
-            if is_pathlike(patch)
-            else patch
-        )
+        out: BinaryIO = stack.enter_context(atomic_write(patch)) if is_pathlike(patch) else patch
         if format == "bsdiff40":
             from bsipatch.delta.bsdiff40 import write_bsdiff40
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from bsipatch._io import Source, open_source, read_exact
+from bsipatch._io import read_exact
 from bsipatch.errors import CorruptPatch, PatchTooLarge, TruncatedPatch, UnsupportedPatch
 
 # hashlib and hmac load OpenSSL (several MB resident): they are imported where used,
@@ -379,8 +379,8 @@ class PatchInfo:
     new_size: int
     new_sha256: bytes
     patch_size: int | None
-    segments: list = field(default_factory=list)
-    stats: dict = field(default_factory=dict)
+    segments: list[Any] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (digests as hex)."""
@@ -397,7 +397,7 @@ class PatchInfo:
         }
 
 
-def info_from_reader(reader: PatchReader, extra: dict | None = None) -> PatchInfo:
+def info_from_reader(reader: PatchReader, extra: dict[str, Any] | None = None) -> PatchInfo:
     """Summarise a fully read :class:`PatchReader`."""
     h = reader.header
     kinds = [0, 0, 0, 0]
@@ -426,36 +426,3 @@ def info_from_reader(reader: PatchReader, extra: dict | None = None) -> PatchInf
         list(reader.segments),
         stats,
     )
-
-
-def read_patch_info(patch: Source) -> PatchInfo:
-    """Read a patch's header, segment table and op statistics (bsipatch or BSDIFF40).
-
-    The whole patch is read once, sequentially; segment digests and the trailer are
-    checked, but nothing is decompressed.
-
-    Args:
-        patch: path, bytes-like, or readable binary stream.
-
-    Returns:
-        The :class:`PatchInfo`.
-
-    Raises:
-        UnsupportedPatch, CorruptPatch, TruncatedPatch: as for apply.
-
-    Example:
-        >>> info = read_patch_info("update.bsipatch")  # doctest: +SKIP
-        >>> info.new_size, len(info.segments)  # doctest: +SKIP
-    """
-    with open_source(patch) as f:
-        magic = read_exact(f, 8)
-        if magic == BSDIFF40_MAGIC:
-            from bsipatch.delta.bsdiff40 import read_info
-
-            return read_info(f, prefix=magic)
-        if len(magic) < 8 and MAGIC.startswith(magic):
-            raise TruncatedPatch(f"patch is only {len(magic)} bytes long")
-        reader = PatchReader(f, prefix=magic)
-        for _ in reader:
-            pass
-        return info_from_reader(reader)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from bsipatch._crashpoints import crashpoint
@@ -56,7 +56,7 @@ def create_in(
     path: Path,
     os_version: str,
     build: str,
-    images: dict[str, PathLike],
+    images: Mapping[str, PathLike],
     activation: dict[str, str],
     clock: Callable[[], str],
     progress: Callable[[int, int], None] | None,
@@ -89,7 +89,7 @@ def build_base(
     tag: str,
     os_version: str,
     build: str,
-    images: dict[str, PathLike],
+    images: Mapping[str, PathLike],
     activation: dict[str, str],
     progress: Callable[[int, int], None] | None = None,
 ) -> str:

@@ -117,7 +117,7 @@ def remove_stray_temps(directory: Path) -> list[str]:
     Only for directories whose writers hold the preboot lock (or do not run yet, at
     boot): a temporary file is never referenced, so removing it loses nothing.
     """
-    removed = []
+    removed: list[str] = []
     try:
         children = list(directory.iterdir())
     except FileNotFoundError:

@@ -23,20 +23,17 @@ decides nothing about trust and does not choose releases.
 
 from __future__ import annotations
 
-import contextlib
-import os
-from pathlib import Path
 from typing import Any
 
 from bsipatch._io import os_error_to_staging
 from bsipatch.device.preboot import Preboot, seal_from_record
+from bsipatch.device.readback import forget_readbacks, readback_check, tentative
 from bsipatch.device.txn import now_entry, switch
 from bsipatch.errors import BsipatchError, RollbackFailed, SealError, StateError
 
 DEFAULT_MAX_BOOTS = 3
 DEFAULT_MAX_FAILURES = 3
 FALLBACK_LIMIT = 20
-READBACK_DIR = "health"
 
 __all__ = [
     "DEFAULT_MAX_BOOTS",
@@ -44,8 +41,10 @@ __all__ = [
     "confirm",
     "count_boot",
     "fall_back",
+    "forget_readbacks",
     "readback_check",
     "report",
+    "tentative",
     "tentative_record",
 ]
 
@@ -79,18 +78,6 @@ def tentative_record(
         "failures": {},
         "max_failures": max_failures,
     }
-
-
-def _active(state: dict[str, Any]) -> str | None:
-    return state["chain"][-1] if state["chain"] else None
-
-
-def tentative(state: dict[str, Any]) -> dict[str, Any] | None:
-    """The tentative record of ``state`` if it describes the active release, else None."""
-    t = state.get("tentative")
-    if isinstance(t, dict) and t.get("release") == _active(state):
-        return t
-    return None
 
 
 def fall_back(pb: Preboot, reason: str) -> dict[str, Any]:
@@ -227,7 +214,8 @@ def confirm(pb: Preboot) -> dict[str, Any]:
         directory = pb.releases_dir / t["release"]
         for name in t.get("components", []):
             try:
-                readback_check(pb, directory, name, force=True)
+                seal = seal_from_record(pb.seal_record(directory, name))
+                readback_check(pb.path, state, directory, name, seal, force=True)
             except SealError as exc:
                 reason = f"{name} read back from disk does not match its seal: {exc}"
                 return {"confirmed": None, "fallback": fall_back(pb, reason)}
@@ -239,52 +227,5 @@ def confirm(pb: Preboot) -> dict[str, Any]:
             return s
 
         switch(pb, "confirm", mutate)
-        forget_readbacks(pb)
+        forget_readbacks(pb.path, pb.read_state())
         return {"confirmed": release_id, "fallback": None}
-
-
-def _marker(pb: Preboot, slug: str, name: str) -> Path:
-    return pb.path / READBACK_DIR / f"{slug}.{name}.read-back"
-
-
-def readback_check(pb: Preboot, directory: Path, name: str, *, force: bool = False) -> None:
-    """Read a tentative release's new image back from disk once and check it against its seal.
-
-    Does nothing for images of confirmed releases, unchanged components, or images
-    already read back (a marker file in ``<preboot>/health/`` remembers it; losing the
-    marker only means reading the image once more). The page cache of the file is
-    dropped first (``posix_fadvise(DONTNEED)``), so the bytes come from the disk.
-
-    Raises:
-        SealError: the image on disk does not match its seal.
-    """
-    from bsipatch.seal.tree import verify_image
-
-    t = tentative(pb.read_state())
-    if t is None or directory.parent != pb.releases_dir or directory.name != t["release"]:
-        return
-    if name not in t.get("components", []):
-        return
-    marker = _marker(pb, t["release"], name)
-    if marker.exists() and not force:
-        return
-    image = directory / f"{name}.img"
-    seal = seal_from_record(pb.seal_record(directory, name))
-    with open(image, "rb") as f:
-        with contextlib.suppress(OSError, AttributeError):
-            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-        verify_image(image, seal)
-    with contextlib.suppress(OSError):  # only an optimisation: the next open re-reads
-        marker.parent.mkdir(exist_ok=True)
-        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, 0o644))
-
-
-def forget_readbacks(pb: Preboot) -> None:
-    """Remove read-back markers of releases that are no longer tentative."""
-    t = tentative(pb.read_state())
-    keep = f"{t['release']}." if t else None
-    with contextlib.suppress(FileNotFoundError):
-        for p in (pb.path / READBACK_DIR).iterdir():
-            if keep is None or not p.name.startswith(keep):
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()

@@ -25,7 +25,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from bsipatch._crashpoints import crashpoint
 from bsipatch._io import PathLike, atomic_write, fsync_dir, os_error_to_staging
@@ -250,7 +250,7 @@ def _stage_component(
         # hashed, so a base changed since reads as WrongBaseImage, as it always did.
         apply(
             source,
-            reader,
+            cast(BinaryIO, reader),
             out,
             max_patch_size=int(comp.patch.size),
             progress=progress,
@@ -303,17 +303,14 @@ def install_release(
 ) -> dict[str, Any]:
     """Install and activate a release atomically.
 
-    Every component the manifest lists is patched from the installed image matching
-    its base seal into a staging directory; the patch stream is checked against the
-    manifest's size and SHA-256 and the produced image against the target seal.
-    Components the manifest does not list are hard-linked from the base images.
-    Only when every component verified is the release renamed into place and made
-    active in one atomic state switch: ``relaunch`` components at once, ``reboot``
-    components at the next :func:`boot`. The release is *tentative* until
-    :func:`bsipatch.device.health.confirm` (see :mod:`bsipatch.device.health`): after
-    ``max_boots`` boots without confirmation, or ``max_failures`` consecutive failed
-    launches of a component it changed, the device falls back by itself. Then
-    :func:`gc` runs.
+    Each listed component is patched from the installed image matching its base seal
+    into staging; the patch is checked against the manifest's size and SHA-256 and the
+    image against the target seal; unlisted components are hard-linked from the base.
+    Only then is the release renamed into place and made active in one atomic state
+    switch (``relaunch`` components at once, ``reboot`` ones at the next :func:`boot`),
+    *tentatively* until :func:`bsipatch.device.health.confirm`: after ``max_boots``
+    unconfirmed boots, or ``max_failures`` consecutive failed launches of a component
+    it changed, the device falls back by itself. Then :func:`gc` runs.
 
     Args:
         preboot: the device's preboot volume.
@@ -326,10 +323,9 @@ def install_release(
 
     Returns:
         ``{"release", "slug", "changed", "activated", "pending", "bytes_written",
-        "patch_bytes", "verification"}``; ``verification`` says per changed component
-        how its image was checked against the target seal: ``{"seal_check": "full"}``
-        (rehashed) or ``{"seal_check": "leaves", "copied_blocks", "zero_blocks",
-        "hashed_blocks", "copy_method"}`` (lineage salt, see :mod:`bsipatch.seal.leafcache`).
+        "patch_bytes", "verification", "tentative"}``; ``verification`` says per changed
+        component how the target seal was checked: ``{"seal_check": "full"}`` or
+        ``{"seal_check": "leaves", "copied_blocks", ...}`` (:mod:`bsipatch.seal.leafcache`).
 
     Raises:
         LockedError: another process is changing the volume.
@@ -340,26 +336,14 @@ def install_release(
         SealMismatch: a produced image fails its target seal.
         StateError: the release is already installed.
         StagingError: disk full, read-only volume or another I/O error.
+        In every error case the active release is unchanged and no staged file is kept.
 
-    In every error case the active release is unchanged and no staged file is kept.
-
-    Example:
-        >>> pb = Preboot("/preboot")  # doctest: +SKIP
-        >>> install_release(pb, manifest, open_patch_in("/repo"))  # doctest: +SKIP
     """
     pb = preboot
     with pb.lock():
         pb.recover()
         state = pb.read_state()
-        comps = _check_applicable(pb, state, manifest)
-        slug = release_slug(manifest.release_id)
-        if (pb.releases_dir / slug).exists():
-            raise StateError(
-                f"release {manifest.release_id} is already installed "
-                f"({'active' if state['chain'][-1:] == [slug] else 'kept for rollback'})"
-            )
-        total = sum(int(c.target.size) for c in manifest.components)
-        _check_space(pb, total)
+        comps, slug, total = _preflight(pb, state, manifest)
         cache = _load_verified(pb)
         try:
             tx = pb.journal.begin("install", release=slug)
@@ -388,6 +372,22 @@ def install_release(
             "verification": verification,
             "tentative": True,
         }
+
+
+def _preflight(
+    pb: Preboot, state: dict[str, Any], manifest: Any
+) -> tuple[dict[str, str], str, int]:
+    """Refuse early: wrong target, already installed, no room. Returns (comps, slug, bytes)."""
+    comps = _check_applicable(pb, state, manifest)
+    slug = release_slug(manifest.release_id)
+    if (pb.releases_dir / slug).exists():
+        raise StateError(
+            f"release {manifest.release_id} is already installed "
+            f"({'active' if state['chain'][-1:] == [slug] else 'kept for rollback'})"
+        )
+    total = sum(int(c.target.size) for c in manifest.components)
+    _check_space(pb, total)
+    return comps, slug, total
 
 
 def _stage_release(

@@ -10,6 +10,7 @@ and falls back from it (:mod:`bsipatch.device.health`). Installing is
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from typing import Any
 
 from bsipatch._crashpoints import crashpoint
@@ -138,7 +139,10 @@ def boot(preboot: Preboot) -> dict[str, Any]:
         if state["booted"] != wanted or boots is not None:
 
             def mutate(s: dict[str, Any]) -> dict[str, Any]:
-                entry = {"release": pb.release_id_of(active), "activated": activated}
+                entry: dict[str, Any] = {
+                    "release": pb.release_id_of(active),
+                    "activated": activated,
+                }
                 if boots is not None:
                     s["tentative"] = {**s["tentative"], "boots": boots}
                     entry["tentative_boot"] = boots
@@ -198,7 +202,7 @@ def gc(preboot: Preboot) -> dict[str, Any]:
 
         with contextlib.suppress(OSError):  # entries of removed images: only a cache
             leafcache.prune(pb.path)
-        health.forget_readbacks(pb)
+        health.forget_readbacks(pb.path, pb.read_state())
         return {"removed": removed}
 
 
@@ -207,7 +211,7 @@ def os_update(
     *,
     os_version: str,
     build: str,
-    images: dict[str, PathLike],
+    images: Mapping[str, PathLike],
     activation: dict[str, str],
     progress: Progress | None = None,
 ) -> dict[str, Any]:

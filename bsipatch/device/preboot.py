@@ -30,9 +30,9 @@ import json
 import os
 import shutil
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from bsipatch._crashpoints import crashpoint
 from bsipatch._io import PathLike, atomic_write, fsync_dir, os_error_to_staging
@@ -179,7 +179,7 @@ class Preboot:
         *,
         os_version: str,
         build: str,
-        images: dict[str, PathLike],
+        images: Mapping[str, PathLike],
         activation: dict[str, str],
         clock: Callable[[], str] | None = None,
         progress: Callable[[int, int], None] | None = None,
@@ -239,7 +239,7 @@ class Preboot:
     def read_state(self) -> dict[str, Any]:
         """The current state (one read of ``state.json``; never blocks on a writer)."""
         try:
-            state = json.loads(self.state_path.read_bytes())
+            state: dict[str, Any] = json.loads(self.state_path.read_bytes())
         except FileNotFoundError as exc:
             raise StateError(f"{self.path}: state.json is missing") from exc
         except ValueError as exc:
@@ -270,15 +270,18 @@ class Preboot:
 
     def os_info(self, base_rel: str) -> dict[str, Any]:
         """The ``os.json`` of a base directory (version, build, components)."""
-        return json.loads((self.path / base_rel / "os.json").read_bytes())
+        info: dict[str, Any] = json.loads((self.path / base_rel / "os.json").read_bytes())
+        return info
 
     def release_info(self, slug: str) -> dict[str, Any]:
         """The ``release.json`` of an installed release."""
-        return json.loads((self.releases_dir / slug / "release.json").read_bytes())
+        info: dict[str, Any] = json.loads((self.releases_dir / slug / "release.json").read_bytes())
+        return info
 
     def seal_record(self, directory: Path, name: str) -> dict[str, Any]:
         """The stored seal record of image ``name`` in ``directory``."""
-        return json.loads((directory / f"{name}.seal.json").read_bytes())
+        record: dict[str, Any] = json.loads((directory / f"{name}.seal.json").read_bytes())
+        return record
 
     def components(self, state: dict[str, Any] | None = None) -> dict[str, str]:
         """Component name -> activation of the installed OS version."""
@@ -347,10 +350,11 @@ class Preboot:
                 last = exc
                 continue
             try:
-                from bsipatch.device.health import readback_check
+                from bsipatch.device.readback import readback_check
 
-                readback_check(self, directory, name)  # a tentative release's new image
-                return ComponentReader(open_verified(f, seal), f)
+                # the first open of a tentative release's new image reads it back from disk
+                readback_check(self.path, self.read_state(), directory, name, seal)
+                return cast(BinaryIO, ComponentReader(open_verified(f, seal), f))
             except BaseException:
                 f.close()
                 raise

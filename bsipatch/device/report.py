@@ -1,17 +1,18 @@
 """The ``status`` report of a preboot volume: OS, releases, components, pending, health.
 
-Reads ``state.json`` and the release descriptions (no lock, never blocks on a writer);
-changes nothing.
+Reads ``state.json`` and the release descriptions of a
+:class:`bsipatch.device.preboot.Preboot` (no lock, never blocks on a writer); changes
+nothing.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from bsipatch.device.preboot import Preboot
+from bsipatch.device.readback import tentative
 
 
-def health_status(pb: Preboot, state: dict[str, Any]) -> dict[str, Any]:
+def health_status(pb: Any, state: dict[str, Any]) -> dict[str, Any]:
     """``{"tentative": {...} | None, "fallen_back": [...]}`` (see :mod:`bsipatch.device.health`).
 
     ``tentative`` describes the active release while it awaits confirmation: ``release``,
@@ -19,8 +20,6 @@ def health_status(pb: Preboot, state: dict[str, Any]) -> dict[str, Any]:
     ``fallen_back`` lists the automatic fallbacks, newest last: ``release`` (left),
     ``to``, ``reason``, ``time``; the agent does not reinstall those by itself.
     """
-    from bsipatch.device.health import tentative
-
     t = tentative(state)
     tent = None
     if t is not None:
@@ -41,7 +40,7 @@ def health_status(pb: Preboot, state: dict[str, Any]) -> dict[str, Any]:
     return {"tentative": tent, "fallen_back": fallen}
 
 
-def status(pb: Preboot) -> dict[str, Any]:
+def status(pb: Any) -> dict[str, Any]:
     """What the device runs: OS, active release per component, pending, history.
 
     Returns:

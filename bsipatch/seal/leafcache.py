@@ -101,7 +101,7 @@ def load(root: Path, image: Path, seal: Seal) -> np.ndarray | None:
             ):
                 return None
             leaves = np.empty((seal.data_blocks, 32), dtype=np.uint8)
-            got = f.readinto(memoryview(leaves).cast("B")) if leaves.size else 0
+            got = f.readinto(leaves.data.cast("B")) if leaves.size else 0
             if got != leaves.size or f.read(1):
                 return None
     except (OSError, ValueError):
@@ -125,7 +125,7 @@ def store(root: Path, image: Path, seal: Seal, leaves: np.ndarray, ident: dict[s
     head = {"format": FORMAT, "image": rel, "seal": _seal_dict(seal), "identity": ident}
     with atomic_write(path) as f:
         f.write(json.dumps(head, sort_keys=True).encode() + b"\n")
-        f.write(memoryview(np.ascontiguousarray(leaves, dtype=np.uint8)).cast("B"))
+        f.write(np.ascontiguousarray(leaves, dtype=np.uint8).data.cast("B"))
     crashpoint("leafcache.stored")
 
 
@@ -135,7 +135,7 @@ def prune(root: Path) -> list[str]:
     Returns:
         The names removed.
     """
-    removed = []
+    removed: list[str] = []
     directory = root / CACHE_SUBDIR
     if not directory.is_dir():
         return removed

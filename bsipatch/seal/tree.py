@@ -264,7 +264,7 @@ class _Image:
         elif hasattr(src, "read"):
             fd = None
             try:
-                fd = src.fileno()  # type: ignore[union-attr]
+                fd = src.fileno()
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     fd = None
             except (AttributeError, OSError, io.UnsupportedOperation):
@@ -272,7 +272,7 @@ class _Image:
             if fd is not None:
                 self.fd = fd
             else:
-                self.stream = src  # type: ignore[assignment]
+                self.stream = src
         else:
             raise TypeError(
                 f"image must be a path, bytes-like or binary file, got {type(src).__name__}"
@@ -364,7 +364,9 @@ def _check_salt(salt: bytes | str | None) -> bytes:
 
 
 def _zero_digest(salt: bytes, salt_after: bool) -> np.ndarray:
-    return hashing.hash_blocks(bytes(BLOCK_SIZE), salt=salt, salt_after=salt_after, threads=1)[0]
+    digests = hashing.hash_blocks(bytes(BLOCK_SIZE), salt=salt, salt_after=salt_after, threads=1)
+    zero: np.ndarray = digests[0]
+    return zero
 
 
 def _leaf_digests(
@@ -436,7 +438,7 @@ def _leaf_digests(
         end = min(size, start + chunk_size)
         first = start // BLOCK_SIZE
         count = -(-(end - start) // BLOCK_SIZE)
-        if in_hole(start, end):
+        if zero is not None and in_hole(start, end):
             leaves[first : first + count] = zero
             return end - start
         buf = getattr(local, "buf", None)
@@ -591,7 +593,7 @@ def write_hash_file(path: PathLike, seal: Seal, tree: np.ndarray) -> None:
     header = sb.pack().ljust(geo.tree_start, b"\0")
     with atomic_write(path) as f:
         f.write(header)
-        f.write(memoryview(tree))
+        f.write(tree.data)
 
 
 # --- verifying --------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from bsipatch.errors import (
 )
 from bsipatch.trust import canonical, keys
 from bsipatch.trust.catalog import Catalog, CatalogEntry
+from bsipatch.trust.keys import PublicKey
 from bsipatch.trust.manifest import (
     SPEC_VERSION,
     ComponentRelease,
@@ -78,7 +79,7 @@ MAX_SIG_BYTES = 512
 #: Most signatures accepted on one document (bounds the verification work).
 MAX_SIGNATURES = 64
 
-AnyKey = keys.PrivateKey | keys.PublicKey
+AnyKey = keys.PrivateKey | PublicKey
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class Root:
     expires: str
     keys: Mapping[str, Mapping[str, str]]
     roles: Mapping[str, Role]
-    _public: Mapping[str, keys.PublicKey] = field(default_factory=dict, repr=False, compare=False)
+    _public: Mapping[str, PublicKey] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
@@ -121,7 +122,7 @@ class Root:
         parse_time(self.expires, "root expires")
         if not isinstance(self.keys, Mapping):
             raise FormatError("root keys must be an object")
-        public: dict[str, keys.PublicKey] = {}
+        public: dict[str, PublicKey] = {}
         for kid, pub in self.keys.items():
             pk = keys.load_public(pub)
             if pk.keyid != kid:
@@ -153,7 +154,7 @@ class Root:
         """``expires`` as an aware datetime."""
         return parse_time(self.expires)
 
-    def public_key(self, keyid: str) -> keys.PublicKey:
+    def public_key(self, keyid: str) -> PublicKey:
         """The public key with id ``keyid`` (``KeyError`` if absent)."""
         return self._public[keyid]
 
