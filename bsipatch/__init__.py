@@ -30,9 +30,10 @@ _EXPORTS = {
     "PatchInfo": "delta.patchformat",
     "read_patch_info": "delta.info",
     # signed metadata
-    "Verifier": "trust.verify",
+    "TufRepository": "trust.tufrepo",
     "ReleaseManifest": "trust.manifest",
-    "Catalog": "trust.catalog",
+    "Release": "trust.releases",
+    "Catalog": "trust.releases",
     # device
     "Preboot": "device.preboot",
     "Agent": "agent.agent",

@@ -187,3 +187,18 @@ class NativeError(BsipatchError):
     def __init__(self, message: str, *, code: int = 0) -> None:
         super().__init__(message)
         self.code = code
+
+
+# --- device-management server (bsipatch.mdm) -----------------------------------------
+
+
+class MdmError(BsipatchError):
+    """The device-management server or its database refused an operation."""
+
+    exit_code = 12
+
+
+class MdmSchemaError(MdmError):
+    """The database schema is newer than this server knows, or is not a bsipatch schema."""
+
+    exit_code = 12

@@ -33,3 +33,21 @@ def require_tool(name: str) -> str:
         pytest.fail(msg + ": CI must install it")
     pytest.skip(msg)
     raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A private PostgreSQL cluster for the whole session (tests/pgcluster.py)."""
+    from pgcluster import Cluster
+
+    cluster = Cluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def mdm_db_url(request, tmp_path):
+    """An empty database URL for the MDM server: SQLite file, then PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'mdm.sqlite3'}"
+    return request.getfixturevalue("pg_cluster").new_database()

@@ -213,20 +213,23 @@ def images_now(pb: Preboot) -> dict[str, str]:
 
 
 def agent_state(pb: Preboot) -> None:
-    """The agent's own state writes: the first run on a device (root, settings, state)."""
+    """The agent's own state writes on a device's first run (settings, then its state)."""
     from bsipatch.agent.agent import AgentState, AgentStore, Settings
 
     store = AgentStore(pb.path)
-    store.save_root(b'{"signed": {"_type": "root"}, "signatures": []}\n')
     store.save_settings(Settings(auto_install=False))
-    store.save_state(AgentState(catalog_version=3, sequence=1, last_check="2026-11-28T00:00:00Z"))
+    store.save_state(AgentState(sequence=1, last_check="2026-11-28T00:00:00Z", removed=["x"]))
 
 
 def main(argv: list[str]) -> int:
     op, path, world_path = argv[0], Path(argv[1]), Path(argv[2])
     world = json.loads(world_path.read_text())
     pb = Preboot(path)
-    if op == "install":
+    if op == "agent-run":  # world: {"repo": URL}; the device already trusts a root
+        from bsipatch.agent.executor import Agent
+
+        Agent(pb, world["repo"], timeout=5, retries=1).run()
+    elif op == "install":
         install(world, pb, argv[3])
     elif op == "rollback":
         inst.rollback(pb)

@@ -27,12 +27,13 @@ from bsipatch.errors import (
     RollbackAttack,
     StateError,
 )
-from bsipatch.trust import keys as keymod
+from bsipatch.trust import signers
 from bsipatch.trust.manifest import Cve
-from bsipatch.trust.publish import ComponentInput, build_release, init_repository, withdraw
-from bsipatch.trust.verify import ROLES
+from bsipatch.trust.publish import ComponentInput, build_release, withdraw
+from bsipatch.trust.tufrepo import init_repository
 
-NOW = datetime(2026, 11, 28, 9, 0, 0, tzinfo=timezone.utc)
+# signing times follow the real clock: publishing refuses metadata that is already expired
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
 LATER = NOW + timedelta(hours=1)
 BUILD = "23B85"
 ACTIVATION = {"webkit": "relaunch", "libsystem": "reboot"}
@@ -76,7 +77,7 @@ def vendor(tmp_path_factory):
             p.write_bytes(contents[tag][name])
             images[tag][name] = p
 
-    keys = {role: keymod.generate("ed25519") for role in ROLES}
+    keys = signers.KeySet({r: [signers.generate("ed25519")] for r in signers.ROLES})
     repo = root / "repo"
     init_repository(repo, keys, now=NOW)
 
@@ -92,8 +93,8 @@ def vendor(tmp_path_factory):
                 for n in ACTIVATION
             ],
             keys=keys,
+            now=NOW,
             published=when,
-            expires=NOW + timedelta(days=180),
         )
 
     publish("26.0 (a)", "26.0", ("22Z99",), "old", "base", NOW - timedelta(days=30))
@@ -106,7 +107,7 @@ def vendor(tmp_path_factory):
     publish("26.1 (b)", "26.1", (BUILD,), "base", "b", NOW + timedelta(minutes=5))
     snap["AB"] = root / "snap-AB"
     shutil.copytree(repo, snap["AB"])
-    withdraw(repo, "26.1 (b)", keys, NOW + timedelta(minutes=10))
+    withdraw(repo, "26.1 (b)", keys, now=NOW + timedelta(minutes=10))
     snap["ABW"] = root / "snap-ABW"
     shutil.copytree(repo, snap["ABW"])
     return {
@@ -115,7 +116,7 @@ def vendor(tmp_path_factory):
         "images": images,
         "contents": contents,
         "snap": snap,
-        "root_json": (repo / "root.json").read_bytes(),
+        "root_json": (repo / "metadata" / "1.root.json").read_bytes(),
     }
 
 
@@ -226,15 +227,26 @@ def test_faulty_server_ends_in_install_or_clear_error(device, vendor, fault, exp
     assert not list(Path(device.path, "staging").iterdir())
 
 
-def test_tampered_manifest_is_rejected_not_installed(device, vendor):
+def test_tampered_targets_metadata_is_refused_and_recorded(device, vendor):
     with _serve(vendor, "A") as srv:
-        srv.fault = Fault("corrupt", suffix="manifest.json", at=50, times=-1)
+        srv.fault = Fault("corrupt", suffix=".targets.json", at=200, times=-1)
         agent = _agent(device, vendor, srv.url)
-        report = agent.run()
-    codes = {d["release_id"]: d for d in report["check"]["decisions"]}
-    assert codes["26.1 (a)"]["code"] == "rejected"
-    assert report["installed"] is None
+        with pytest.raises(BsipatchError) as info:
+            agent.run()
     _assert_on(device, vendor, "base")
+    last = device_report(device)["last_check"]
+    assert last["ok"] is False and last["error"] == str(info.value)
+    assert "targets" in last["error"]
+
+
+def test_patch_with_wrong_hash_is_refused_and_recorded(device, vendor):
+    with _serve(vendor, "A") as srv:
+        srv.fault = Fault("corrupt", at=100, times=-1)
+        with pytest.raises(BsipatchError) as info:
+            _agent(device, vendor, srv.url).run()
+    _assert_on(device, vendor, "base")
+    last = device_report(device)["last_check"]
+    assert last["ok"] is False and str(info.value) in last["error"]
 
 
 def test_older_catalog_after_newer_is_a_rollback_attack(device, vendor):
@@ -397,7 +409,7 @@ def test_withdrawal_of_only_release_goes_back_to_base(device, vendor, tmp_path):
     _agent(device, vendor, vendor["snap"]["A"]).run()
     repo = tmp_path / "repo-aw"
     shutil.copytree(vendor["snap"]["A"], repo)
-    withdraw(repo, "26.1 (a)", vendor["keys"], NOW + timedelta(minutes=1))
+    withdraw(repo, "26.1 (a)", vendor["keys"], now=NOW + timedelta(minutes=1))
     report = _agent(device, vendor, repo).run()
     assert report["step_back"]["how"] == "uninstall"
     assert device.status()["active_release"] is None
@@ -445,20 +457,22 @@ def test_status_report_has_every_field_mdm_needs(device, vendor):
     assert rep["OSVersion"] == "26.1" and rep["BuildVersion"] == BUILD
     assert rep["SupplementalOSVersionExtra"] == "(a)"
     assert rep["SupplementalBuildVersion"] == "23B85a"
-    assert rep["active_release"]["published"] == "2026-11-28T09:00:00Z"
+    assert rep["active_release"]["published"] == NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert rep["active_release"]["cves"] == ["CVE-2026-40001"]
     for name in ACTIVATION:
         assert len(rep["components"][name]["root_hash"]) == 64
     assert [p["component"] for p in rep["pending_activations"]] == ["libsystem"]
     assert rep["auto_install"]["decided_by"] == "user"
     assert rep["policy"]["present"] is False
-    assert rep["last_check"]["ok"] is True and rep["last_check"]["time"] == "2026-11-28T10:00:00Z"
+    assert rep["last_check"]["ok"] is True and rep["last_check"]["time"] == LATER.strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
     assert rep["deferred_releases"] == []
 
 
 def test_failed_check_is_recorded_in_status(device, vendor):
     with _serve(vendor, "A") as srv:
-        srv.fault = Fault("status", suffix="catalog.json", code=500, times=-1)
+        srv.fault = Fault("status", suffix="timestamp.json", code=500, times=-1)
         with pytest.raises(FetchError):
             _agent(device, vendor, srv.url, retries=1).check()
     last = device_report(device)["last_check"]
@@ -507,31 +521,27 @@ def test_cli_os_update(device, vendor, capsys):
 # --- trust root rotation and concurrency ------------------------------------------------------
 
 
-def test_root_rotation_is_followed_and_old_catalog_key_refused(device, vendor, tmp_path):
-    from bsipatch.errors import SignatureError
-    from bsipatch.trust.publish import resign, rotate_root
+def test_root_rotation_is_followed_and_old_online_key_refused(device, vendor, tmp_path):
+    from bsipatch.errors import ThresholdError
+    from bsipatch.trust.tufrepo import rotate_root
 
     repo = tmp_path / "repo-rot"
     shutil.copytree(vendor["snap"]["A"], repo)
-    keys = dict(vendor["keys"])
+    keys = vendor["keys"]
+    new = signers.KeySet(
+        {"root": keys.get("root"), "targets": [signers.generate()],
+         "timestamp": [signers.generate("ecdsa-p256")]}
+    )  # fmt: skip
     with serve(repo) as srv:
         _agent(device, vendor, srv.url).check()
-        new_catalog = keymod.generate("ed25519")
-        rotate_root(
-            repo,
-            old_root_keys=[keys["root"]],
-            new_keys={"root": [keys["root"]], "release": [keys["release"]],
-                      "catalog": [new_catalog]},
-            now=NOW,
-        )  # fmt: skip
-        keys["catalog"] = new_catalog
-        resign(repo, keys, NOW)
+        rotate_root(repo, keys, new, now=NOW)
         report = _agent(device, vendor, srv.url).run()
     assert report["installed"]["release"] == "26.1 (a)"
-    stored = json.loads(AgentStore(device.path).trusted_root())
-    assert stored["signed"]["version"] == 2
-    # a mirror still serving the catalog signed by the revoked key is refused
-    with _serve(vendor, "A") as srv, pytest.raises(SignatureError):
+    state = AgentStore(device.path).state()
+    assert state.versions["root"] == 2
+    assert json.loads(state.metadata["root"])["signed"]["version"] == 2
+    # a mirror still serving metadata signed by the revoked timestamp key is refused
+    with _serve(vendor, "A") as srv, pytest.raises(ThresholdError, match="timestamp"):
         _agent(device, vendor, srv.url).check()
 
 
@@ -564,7 +574,7 @@ def test_run_over_https_with_pinned_ca(device, vendor, tmp_path):
     with serve(vendor["snap"]["A"], tls=(cert, key)) as srv:
         assert cli_main(
             ["agent", "run", "--preboot", str(device.path), "--repo", srv.url, "--cafile",
-             str(cert), "--root", str(vendor["root"] / "repo" / "root.json"), "-q"]
+             str(cert), "--root", str(vendor["root"] / "repo" / "metadata" / "1.root.json"), "-q"]
         ) == 0  # fmt: skip
     assert device.status()["active_release"] == "26.1 (a)"
     _assert_on(device, vendor, "a")

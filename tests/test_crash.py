@@ -319,3 +319,70 @@ def test_crash_during_create_can_be_created_again(world: dict, workdir: Path) ->
         pb = ch.create_preboot(world, path)
         assert snapshot(pb) == world["sha256"]["base"]
         assert_clean(pb)
+
+
+def test_crash_during_agent_run_with_root_rotation(workdir: Path) -> None:
+    """Kill the agent at every point of a run that follows a root rotation (new online and
+    targets keys) and installs: its trusted state (metadata, floor) is the old or the new
+    one, whole, and the next run in a fresh process completes."""
+    from datetime import timedelta
+
+    from httpserver import serve
+    from tufworld import NOW, device, images, new_repo, publish
+
+    from bsipatch.agent.executor import Agent
+    from bsipatch.agent.state import AgentStore
+    from bsipatch.trust import signers
+    from bsipatch.trust.tufrepo import rotate_root
+
+    imgs = images(workdir)
+    repo, keys = new_repo(workdir)
+    publish(repo, keys, imgs, "a", "a")
+    pb = device(workdir, imgs)
+    template = pb.path
+    root1 = (repo / "metadata" / "1.root.json").read_bytes()
+    with serve(repo) as srv:
+        agent = Agent(pb, srv.url, trusted_root=root1)
+        agent.set_auto_install(False)
+        agent.check()
+        agent.set_auto_install(True)
+        new = signers.KeySet(
+            {r: [signers.generate()] for r in ("targets", "snapshot", "timestamp")}
+        )
+        new.signers["root"] = keys.get("root")
+        rotate_root(repo, keys, new, now=NOW + timedelta(minutes=1))
+        old = snapshot(Preboot(template))
+        world_json = workdir / "agent-world.json"
+        world_json.write_text(json.dumps({"repo": srv.url}))
+        op = ["agent-run", str(template), str(world_json)]
+
+        clean = copy_preboot(template, workdir / "clean")
+        trace = workdir / "trace.txt"
+        r = run_subprocess([op[0], str(clean), op[2]], {"BSIPATCH_CRASH_TRACE": str(trace)})
+        assert r.returncode == 0, r.stderr
+        new_images = snapshot(Preboot(clean))
+        points = [p for p in trace.read_text().split() if p]
+        assert {"agent.check.verified#1", "agent.state.written#1", "agent.state.written#2"} <= set(
+            points
+        )
+        # the agent's own writes, plus the first and last point of the install between them
+        # (every install point is covered by test_crash_at_every_point_leaves_old_or_new)
+        others = [p for p in points if not p.startswith("agent.")]
+        chosen = [p for p in points if p.startswith("agent.")] + others[:1] + others[-1:]
+        roots_seen = set()
+        for i, point in enumerate(chosen):
+            work = copy_preboot(template, workdir / f"agent-crash{i}")
+            r = run_child([op[0], str(work), op[2]], {"BSIPATCH_CRASH_AT": point})
+            assert r.returncode == -signal.SIGKILL, (point, r.returncode, r.stderr)
+            assert run_child(["recover", str(work), op[2]], {}).returncode == 0
+            state = AgentStore(work).state()  # parses: whole, never torn
+            roots_seen.add(state.versions["root"])
+            assert snapshot(Preboot(work)) in (old, new_images), point
+            r = run_child([op[0], str(work), op[2]], {})
+            assert r.returncode == 0, (point, r.stderr)
+            state = AgentStore(work).state()
+            assert state.versions["root"] == 2 and state.sequence == 1, point
+            assert state.last_result is not None and state.last_result["ok"], point
+            assert snapshot(Preboot(work)) == new_images, point
+            shutil.rmtree(work)
+    assert roots_seen == {1, 2}

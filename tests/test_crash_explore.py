@@ -350,7 +350,8 @@ def test_boot_removes_temporary_files_a_crash_left(world: dict[str, Any], tmp_pa
 
 def test_agent_directory_creation_is_durable(world: dict[str, Any], tmp_path: Path) -> None:
     """Regression (explorer, agent-state): the agent created ``agent/`` without an fsync of
-    the preboot directory, so a power cut after it stored the trusted root could lose it."""
+    the preboot directory, so a power cut after it stored its state (which holds the
+    trusted TUF metadata) and settings could lose them."""
     template = prepare(world, tmp_path / "template", [])
     model0 = ce.load(template)
     calls = ce.record(
@@ -362,4 +363,4 @@ def test_agent_directory_creation_is_durable(world: dict[str, Any], tmp_path: Pa
     durable = ce.durable_final(model0, ops)
     agent = durable.lookup(["agent"])
     assert agent is not None, "agent/ may vanish after a power cut"
-    assert {"root.json", "settings.json", "state.json"} <= set(durable.inodes[agent].entries)
+    assert {"settings.json", "state.json"} <= set(durable.inodes[agent].entries)

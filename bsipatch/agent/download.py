@@ -20,7 +20,7 @@ library does, so the package gains no dependency. Loops are bounded (retries,
 reconnects) and every socket read has a timeout.
 
 This module does no trust decisions beyond size and digest bounds the caller passes in
-(signatures are :mod:`bsipatch.trust.verify`'s job) and writes nothing.
+(signatures are python-tuf's job, see :mod:`bsipatch.trust.client`) and writes nothing.
 """
 
 from __future__ import annotations

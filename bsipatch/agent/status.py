@@ -133,8 +133,11 @@ def device_report(preboot: Any, *, now: Any = None) -> dict[str, Any]:
         "user_settings": {"auto_install": settings.auto_install},
         "policy": policy.to_dict(),
         "trust": {
-            "catalog_version": agent_state.catalog_version,
+            "metadata_versions": dict(agent_state.versions),
+            "catalog_version": agent_state.versions.get("targets", 0),
             "release_sequence": agent_state.sequence,
+            "floor_release": agent_state.floor_release,
+            "overrides": list(agent_state.overrides),
         },
         "last_check": last,
         "retired_releases": list(agent_state.retired),

@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from bsipatch.cli import agent_mdm
 from bsipatch.cli._common import add_command, emit, progress_enabled
 from bsipatch.cli.progress import Progress
 from bsipatch.errors import PolicyError
@@ -226,8 +227,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = add_command(asub, "check", "what applies now, and why not for the rest", cmd_check)
     _add_device_args(p, repo=True)
+    agent_mdm.attach(p, "check")
     p = add_command(asub, "run", "install what applies (or step back from a withdrawal)", cmd_run)
     _add_device_args(p, repo=True)
+    agent_mdm.attach(p, "run")
+    agent_mdm.register_sync(asub)
 
     p = add_command(asub, "settings", "show or set the automatic-install switch", cmd_settings)
     _add_device_args(p, repo=False)
@@ -237,6 +241,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _add_device_args(p, repo=False)
     p.add_argument("file", nargs="?", metavar="FILE.json", help="policy document to apply")
     p.add_argument("--clear", action="store_true", help="remove the policy")
+    agent_mdm.attach(p, "policy")
 
     p = add_command(asub, "status", "the MDM status report", cmd_status)
     _add_device_args(p, repo=False)
@@ -245,9 +250,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         asub, "uninstall", "remove installed releases (if policy allows)", cmd_uninstall
     )
     _add_device_args(p, repo=False)
+    agent_mdm.attach(p, "uninstall")
 
     p = add_command(asub, "rollback", "go back one release (if policy allows)", cmd_rollback)
     _add_device_args(p, repo=False)
+    agent_mdm.attach(p, "rollback")
 
     p = add_command(sub, "os-update", "install base images of a new OS version", cmd_os_update)
     _add_device_args(p, repo=False)

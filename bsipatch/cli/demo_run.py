@@ -255,7 +255,7 @@ class _Demo:
         self.now = datetime.now(timezone.utc).replace(microsecond=0)
         self.repo_dir = root / "vendor-repo"
         self.pb_dir = root / "device-preboot"
-        self.keys: dict[str, Any] = {}
+        self.keys: Any = None
         self.full = 0
         self.pb: Any = None
         self.agent: Any = None
@@ -331,16 +331,12 @@ class _Demo:
 
     def vendor_repository(self) -> None:
         """The vendor's signed repository, one key per role."""
-        from bsipatch.trust import keys as keymod
-        from bsipatch.trust.publish import init_repository
-        from bsipatch.trust.verify import ROLES
+        from bsipatch.trust import signers
+        from bsipatch.trust.tufrepo import init_repository
 
-        self.keys = {role: keymod.generate("ed25519") for role in ROLES}
+        self.keys = signers.KeySet({role: [signers.generate()] for role in signers.ROLES})
         init_repository(self.repo_dir, self.keys, now=self.now)
-        self.say(
-            f"vendor repository {self.repo_dir.name}/ created; "
-            f"signing keys for roles: {', '.join(ROLES)}"
-        )
+        self.say(f"vendor TUF repository {self.repo_dir.name}/, keys: {', '.join(signers.ROLES)}")
 
     def device(self) -> None:
         """2. A preboot volume holding the base images."""
@@ -356,13 +352,13 @@ class _Demo:
         )
         for name, c in self.pb.status()["components"].items():
             self.say(f"{name:<10} sealed, root hash {str(c['root_hash'])[:16]}...")
-        self.say("the agent trusts the vendor's root.json (provisioned at the factory)")
+        self.say("the agent trusts the vendor's metadata/1.root.json (provisioned at the factory)")
 
     def connect(self, url: str) -> None:
         """The device's agent, pointed at the repository served on ``url``."""
         from bsipatch.agent.agent import Agent
 
-        root_json = (self.repo_dir / "root.json").read_bytes()
+        root_json = (self.repo_dir / "metadata" / "1.root.json").read_bytes()
         self.agent = Agent(self.pb, url, trusted_root=root_json, timeout=10)
         self.meter = _Meter(self.pb_dir, self.agent.repo)
         self.say(f"the vendor's repository is served at {url} (HTTP, this machine only)")
@@ -372,7 +368,7 @@ class _Demo:
     def _publish(self, tag: str, cves: dict[str, tuple[str, str]], published: datetime) -> Any:
         """Sign and publish release ``26.1 (tag)`` with the CVEs each component fixes."""
         from bsipatch.trust.manifest import Cve
-        from bsipatch.trust.publish import ComponentInput, build_release
+        from bsipatch.trust.publish import ComponentInput, build_release, load_catalog
 
         components = [
             ComponentInput(
@@ -384,7 +380,7 @@ class _Demo:
             )
             for name in ("webkit", "libsystem")
         ]
-        return build_release(
+        release = build_release(
             self.repo_dir,
             release_id=f"{OS_VERSION} ({tag})",
             os_version=OS_VERSION,
@@ -392,9 +388,10 @@ class _Demo:
             supplemental_build=f"{BUILD}{tag}",
             components=components,
             keys=self.keys,
+            now=self.now,
             published=published,
-            expires=self.now + timedelta(days=180),
         )
+        return load_catalog(self.repo_dir).manifest(release)
 
     def release_a(self) -> None:
         """3. The vendor diffs, seals and signs release (a)."""
@@ -410,18 +407,22 @@ class _Demo:
                 f"{c.name:<10} patch {human(c.patch.size):>9} for a {human(c.target.size)} image "
                 f"({pct(c.patch.size, c.target.size)}); fixes {', '.join(x.id for x in c.cves)}"
             )
-        self.say(f"signed manifest + catalog published {m_a.published} "
+        self.say(f"targets metadata (release + patches) signed, published {m_a.published} "
                  f"(diff and seal took {time.monotonic() - t0:.1f} s at the vendor)")  # fmt: skip
         self.full = sum(int(c.target.size) for c in m_a.components)
 
     def check(self) -> None:
-        """4. The agent checks the signed catalog."""
-        self.head("4. The device's agent checks the catalog")
+        """4. The agent refreshes its TUF metadata (after a refresh with online keys only)."""
+        from bsipatch.trust.tufrepo import refresh
+
+        refresh(self.repo_dir, self.keys.only(("snapshot", "timestamp")), now=self.now)
+        self.say("repo refresh: timestamp re-signed with the online key only (no offline key)")
+        self.head("4. The device's agent refreshes its TUF metadata")
         for d in self.agent.check():
             self.say(f"{d.release_id}: {d.action} -- {d.reason}")
         assert self.agent.last_check is not None
-        self.say(f"trust: root, catalog and manifest signatures verified; catalog version "
-                 f"{self.agent.last_check.catalog_version}")  # fmt: skip
+        self.say(f"trust: python-tuf verified root, timestamp, snapshot and targets; "
+                 f"targets version {self.agent.last_check.metadata['targets']}")  # fmt: skip
 
     def install_a(self) -> None:
         """5. and 6. Install (a) while a browser runs, then activate by relaunch and restart."""
@@ -545,7 +546,7 @@ class _Demo:
         from bsipatch.trust.publish import withdraw
 
         self.head(f"10. The vendor withdraws {OS_VERSION} (b) (say it broke a web site)")
-        withdraw(self.repo_dir, f"{OS_VERSION} (b)", self.keys, self.later)
+        withdraw(self.repo_dir, f"{OS_VERSION} (b)", self.keys, now=self.later)
         with self.meter.measure("step back from withdrawn (b)") as cost:
             report = self.agent.run()
         sb = report["step_back"]

@@ -2,9 +2,10 @@
 uninstall, boot, gc, recover.
 
 Thin: parse arguments, call :mod:`bsipatch.device.preboot` / :mod:`bsipatch.device.install`, print.
-``install`` checks the manifest's signatures against a trust root given with
-``--root`` (no catalog: withdrawal is the agent's business); ``--unverified`` skips
-that for a manifest the caller built and trusts itself.
+``install RELEASE_ID --repo R`` refreshes the device's trusted TUF metadata (the agent's)
+and installs that release only if the targets role lists it, it is not withdrawn and
+it is not below the device's floor (``--allow-older`` overrides that, recorded);
+``--unverified`` installs a manifest file the caller built and trusts itself.
 """
 
 from __future__ import annotations
@@ -125,31 +126,33 @@ def _cmd_os_update(args: argparse.Namespace) -> int:
     return 0
 
 
+def _install_trusted(args: argparse.Namespace, pb: Any) -> int:
+    """Install a release id checked against the device's trusted TUF metadata and floor."""
+    from bsipatch.agent.executor import Agent
+    from bsipatch.errors import StateError
+
+    if not args.repo:
+        raise StateError("give --repo URL|DIR (or --unverified MANIFEST_JSON --patches DIR)")
+    root = Path(args.root).read_bytes() if args.root else None
+    with Progress(f"installing {args.release}", enabled=progress_enabled(args)) as bar:
+        agent = Agent(pb, args.repo, trusted_root=root, progress=bar.callback)
+        result = agent.install(args.release, allow_older=args.allow_older)
+    lines = [f"installed {result['release']}: {', '.join(result['changed'])}"]
+    if args.allow_older:
+        lines.append("  (older than the device's floor: recorded in the agent's state)")
+    emit(args, result, lines)
+    return 0
+
+
 def _cmd_install(args: argparse.Namespace) -> int:
     from bsipatch.device.install import install_release, load_manifest, open_patch_in
 
     pb = _preboot(args)
-    data = Path(args.manifest).read_bytes()
-    if args.root:
-        from datetime import datetime, timezone
-
-        from bsipatch.trust.verify import Verifier
-
-        st = pb.status()
-        verifier = Verifier(Path(args.root).read_bytes(), now=datetime.now(timezone.utc))
-        manifest = verifier.verify_signed_manifest(
-            data, device_build=st["build"], device_components=st["components"]
-        )
-    elif args.unverified:
-        manifest = load_manifest(data)
-    else:
-        from bsipatch.errors import SignatureError
-
-        raise SignatureError(
-            "give --root ROOT_JSON to check the manifest's signatures "
-            "(or --unverified for a manifest you made and trust yourself)"
-        )
-    patches = args.patches or str(Path(args.manifest).parent)
+    if not args.unverified:
+        return _install_trusted(args, pb)
+    data = Path(args.release).read_bytes()
+    manifest = load_manifest(data)
+    patches = args.patches or str(Path(args.release).parent)
     with Progress(f"installing {manifest.release_id}", enabled=progress_enabled(args)) as bar:
         result = install_release(pb, manifest, open_patch_in(patches), progress=bar.callback)
     lines = [f"installed {result['release']}: {', '.join(result['changed'])}"]
@@ -275,18 +278,29 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         if q is not init:
             _add_preboot_arg(q)
 
-    p = add_command(sub, "install", "install and activate a release from a manifest", _cmd_install)
+    p = add_command(
+        sub, "install", "install a release, checked against the trusted metadata", _cmd_install
+    )
     _add_preboot_arg(p)
-    p.add_argument("manifest", metavar="MANIFEST_JSON")
     p.add_argument(
-        "--patches", metavar="DIR", help="repository root or directory holding the patches"
+        "release", metavar="RELEASE_ID", help='e.g. "26.1 (a)" (a file with --unverified)'
     )
-    trust = p.add_mutually_exclusive_group()
-    trust.add_argument(
-        "--root", metavar="ROOT_JSON", help="trusted root: the manifest must be signed by it"
+    p.add_argument("--repo", metavar="URL|DIR", help="the vendor's TUF repository")
+    p.add_argument(
+        "--root", metavar="ROOT_JSON", help="vendor root metadata to trust if none is trusted yet"
     )
-    trust.add_argument(
-        "--unverified", action="store_true", help="install without checking signatures"
+    p.add_argument(
+        "--allow-older",
+        action="store_true",
+        help="install a release older than the device's floor (recorded)",
+    )
+    p.add_argument(
+        "--patches", metavar="DIR", help="with --unverified: directory holding the patches"
+    )
+    p.add_argument(
+        "--unverified",
+        action="store_true",
+        help="RELEASE_ID is a manifest JSON file you made and trust; no signature check",
     )
     for name, helptext, func in (
         (

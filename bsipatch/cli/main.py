@@ -13,10 +13,10 @@ import traceback
 from collections.abc import Sequence
 
 from bsipatch._version import __version__
-from bsipatch.cli import agent, delta, demo, device, release, seal
+from bsipatch.cli import agent, delta, demo, device, mdm, release, seal
 from bsipatch.errors import BsipatchError
 
-COMMAND_MODULES = (seal, delta, release, device, agent, demo)
+COMMAND_MODULES = (seal, delta, release, device, agent, demo, mdm)
 
 
 def build_parser() -> argparse.ArgumentParser:

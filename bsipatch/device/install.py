@@ -12,7 +12,7 @@ produced image against the manifest's target seal (:func:`bsipatch.seal.tree.ver
 and only then renames the staging directory into ``releases/`` and switches state.
 
 This module does not decide whether a release is genuine, current or allowed (that is
-:mod:`bsipatch.trust.verify` and the agent's policy): it is handed a verified
+:mod:`bsipatch.trust.client` and the agent's policy): it is handed a verified
 :class:`~bsipatch.trust.manifest.ReleaseManifest`.
 """
 
@@ -509,7 +509,7 @@ def load_manifest(data: bytes | dict[str, Any]) -> Any:
     """Parse a release manifest (a signed envelope or its ``signed`` part) WITHOUT trust checks.
 
     For the low-level ``bsipatch install`` command and tests: the agent verifies
-    signatures with :class:`bsipatch.trust.verify.Verifier` instead.
+    TUF metadata with :mod:`bsipatch.trust.client` instead.
 
     Raises:
         FormatError: not a manifest.

@@ -13,7 +13,7 @@ and the exact size is bound into the :class:`Seal`. An empty image has no blocks
 its root hash is defined as ``sha256(salt)`` (veritysetup refuses empty images).
 
 It does NOT decide whether a root hash is trusted: the root comes from signed
-metadata (:mod:`bsipatch.trust.verify`). The hashing itself runs in the native core
+metadata (:mod:`bsipatch.trust.client`). The hashing itself runs in the native core
 (:mod:`bsipatch.hashing`).
 """
 

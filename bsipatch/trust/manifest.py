@@ -8,7 +8,7 @@ SHA-256, and the CVEs it fixes. ``from_dict``/``to_dict`` are strict: unknown,
 missing or mistyped fields raise :class:`~bsipatch.errors.FormatError`.
 
 Also the small shared helpers for metadata time stamps and field checks. No
-signatures and no I/O here (see :mod:`bsipatch.trust.verify` and :mod:`bsipatch.trust.repository`).
+signatures and no I/O here (TUF verifies; see :mod:`bsipatch.trust.client`).
 """
 
 from __future__ import annotations

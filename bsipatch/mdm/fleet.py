@@ -1,0 +1,203 @@
+"""Fleet queries: which release every device runs, and who needs attention.
+
+Read-only SQL over the tables :mod:`bsipatch.mdm.store` writes, returning JSON-ready
+dicts (times as ``2026-11-28T10:00:00Z`` strings). Lists are capped at ``limit`` rows
+with the full count beside them, so a query costs about the same at 100 or 100,000
+devices. Used by the CLI (``bsipatch mdm fleet``), the HTTP API and the web page; it
+renders nothing itself.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from bsipatch.mdm.db import Database
+from bsipatch.mdm.items import format_time
+
+
+def builds(db: Database) -> list[dict[str, Any]]:
+    """Devices per OS build x supplemental build (and the release they make)."""
+    rows = db.query(
+        "SELECT build, supplemental_build, release_id, COUNT(*) FROM devices "
+        "GROUP BY build, supplemental_build, release_id ORDER BY COUNT(*) DESC, build"
+    )
+    return [
+        {"build": b, "supplemental_build": s, "release_id": r, "devices": int(n)}
+        for b, s, r, n in rows
+    ]
+
+
+def _count(db: Database, where: str, params: tuple[Any, ...] = ()) -> int:
+    return int(db.query(f"SELECT COUNT(*) FROM devices d WHERE {where}", params)[0][0])  # noqa: S608
+
+
+def withdrawn(db: Database, limit: int = 100) -> dict[str, Any]:
+    """Devices whose active release the vendor withdrew."""
+    where = "d.release_id IN (SELECT release_id FROM withdrawn)"
+    rows = db.query(
+        f"SELECT d.name, d.release_id, d.last_seen FROM devices d WHERE {where} "  # noqa: S608
+        "ORDER BY d.name LIMIT ?",
+        (limit,),
+    )
+    releases = [r[0] for r in db.query("SELECT release_id FROM withdrawn ORDER BY release_id")]
+    return {
+        "releases": releases,
+        "count": _count(db, where),
+        "devices": [{"name": n, "release_id": r, "last_seen": format_time(s)} for n, r, s in rows],
+    }
+
+
+def deferred(db: Database, limit: int = 100, now: float | None = None) -> dict[str, Any]:
+    """Devices holding a deferred release, longest-deferred first, with for how long."""
+    now = time.time() if now is None else now
+    where = "d.deferred_release IS NOT NULL"
+    rows = db.query(
+        f"SELECT d.name, d.release_id, d.deferred_release, d.deferred_since FROM devices d "  # noqa: S608
+        f"WHERE {where} ORDER BY d.deferred_since LIMIT ?",
+        (limit,),
+    )
+    out = []
+    for name, rel, pending, since in rows:
+        days = None if since is None else round((now - float(since)) / 86400, 1)
+        out.append(
+            {
+                "name": name,
+                "release_id": rel,
+                "deferred_release": pending,
+                "since": format_time(since),
+                "days": days,
+            }
+        )
+    return {"count": _count(db, where), "devices": out}
+
+
+def failed(db: Database, limit: int = 100) -> dict[str, Any]:
+    """Devices whose last install failed, newest failure first, with the error."""
+    where = "d.install_state = 'failed'"
+    rows = db.query(
+        f"SELECT d.name, d.release_id, d.last_error, d.failed_at FROM devices d "  # noqa: S608
+        f"WHERE {where} ORDER BY d.failed_at DESC LIMIT ?",
+        (limit,),
+    )
+    return {
+        "count": _count(db, where),
+        "devices": [
+            {"name": n, "release_id": r, "error": e, "at": format_time(a)} for n, r, e, a in rows
+        ],
+    }
+
+
+def not_seen(
+    db: Database, days: float, limit: int = 100, now: float | None = None
+) -> dict[str, Any]:
+    """Devices that have not reported for ``days`` days (or never)."""
+    now = time.time() if now is None else now
+    cutoff = now - days * 86400
+    where = "(d.last_seen IS NULL OR d.last_seen < ?)"
+    rows = db.query(
+        f"SELECT d.name, d.release_id, d.last_seen FROM devices d WHERE {where} "  # noqa: S608
+        "ORDER BY d.last_seen LIMIT ?",
+        (cutoff, limit),
+    )
+    return {
+        "days": days,
+        "count": _count(db, where, (cutoff,)),
+        "devices": [{"name": n, "release_id": r, "last_seen": format_time(s)} for n, r, s in rows],
+    }
+
+
+def release_chart(db: Database, buckets: int = 40) -> dict[str, Any]:
+    """Devices on each release over time, from the release history (cumulative per bucket)."""
+    span = db.query("SELECT MIN(at), MAX(at) FROM release_history")[0]
+    if span[0] is None:
+        return {"times": [], "series": {}}
+    start, end = float(span[0]), float(span[1])
+    width = max((end - start) / buckets, 1e-3)
+    expr = "CAST((at - ?) / ? AS INTEGER)"
+    if db.dialect == "postgresql":
+        expr = "CAST(FLOOR((at - ?) / ?) AS INTEGER)"
+    changes: dict[str, list[int]] = {}
+    for col, sign in (("to_release", 1), ("from_release", -1)):
+        rows = db.query(
+            f"SELECT {expr} AS b, {col}, COUNT(*) FROM release_history "  # noqa: S608
+            f"WHERE {col} IS NOT NULL GROUP BY b, {col}",
+            (start, width),
+        )
+        for b, rel, n in rows:
+            series = changes.setdefault(str(rel), [0] * (buckets + 1))
+            series[min(int(b), buckets)] += sign * int(n)
+    out: dict[str, list[int]] = {}
+    for rel, deltas in sorted(changes.items()):
+        total, acc = 0, []
+        for d in deltas:
+            total += d
+            acc.append(total)
+        out[rel] = acc
+    times = [format_time(start + width * (i + 1)) for i in range(buckets + 1)]
+    return {"times": times, "series": out}
+
+
+def overview(db: Database, *, stale_days: float = 7, limit: int = 100) -> dict[str, Any]:
+    """Everything the fleet page shows, in one dict."""
+    return {
+        "devices": int(db.query("SELECT COUNT(*) FROM devices")[0][0]),
+        "builds": builds(db),
+        "withdrawn": withdrawn(db, limit),
+        "deferred": deferred(db, limit),
+        "failed": failed(db, limit),
+        "not_seen": not_seen(db, stale_days, limit),
+        "chart": release_chart(db),
+    }
+
+
+def device_history(db: Database, name: str) -> dict[str, Any] | None:
+    """One device: its latest items, declaration status and release history."""
+    rows = db.query(
+        "SELECT id, enrolled, last_seen, items, release_id, install_state, last_error, "
+        "deferred_release, deferred_since FROM devices WHERE name = ?",
+        (name,),
+    )
+    if not rows:
+        return None
+    dev, enrolled, seen, items, rel, state, err, pending, since = rows[0]
+    history = db.query(
+        "SELECT at, from_release, to_release, build, supplemental_build FROM release_history "
+        "WHERE device_id = ? ORDER BY at, id",
+        (dev,),
+    )
+    decl = db.query(
+        "SELECT identifier, active, valid, server_token, reasons, updated "
+        "FROM declaration_status WHERE device_id = ? ORDER BY identifier",
+        (dev,),
+    )
+    return {
+        "name": name,
+        "enrolled": format_time(enrolled),
+        "last_seen": format_time(seen),
+        "release_id": rel,
+        "install_state": state,
+        "last_error": err,
+        "deferred_release": pending,
+        "deferred_since": format_time(since),
+        "items": {
+            k: {"value": v["value"], "updated": format_time(v["updated"])}
+            for k, v in sorted(json.loads(items).items())
+        },
+        "declarations": [
+            {
+                "identifier": i,
+                "active": bool(a),
+                "valid": v,
+                "server_token": t,
+                "reasons": json.loads(r),
+                "updated": format_time(u),
+            }
+            for i, a, v, t, r, u in decl
+        ],
+        "history": [
+            {"at": format_time(a), "from": f, "to": t, "build": b, "supplemental_build": s}
+            for a, f, t, b, s in history
+        ],
+    }

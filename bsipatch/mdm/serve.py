@@ -1,0 +1,52 @@
+"""Run the MDM server: open the database, migrate it, serve HTTP with uvicorn.
+
+Only process wiring; the endpoints are :mod:`bsipatch.mdm.app`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from bsipatch.errors import MdmError
+from bsipatch.mdm.db import Database
+from bsipatch.mdm.store import Store
+
+
+def open_store(url: str, *, pool_size: int = 8) -> Store:
+    """Open and migrate the database at ``url``; refuse a newer schema (MdmSchemaError)."""
+    db = Database(url, pool_size=pool_size)
+    try:
+        db.migrate()
+    except BaseException:
+        db.close()
+        raise
+    return Store(db)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise MdmError(f"--listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8600")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def serve(url: str, listen: str = "127.0.0.1:8600", *, stale_days: float = 7) -> None:
+    """Serve until interrupted. Prints the admin token when the database had none."""
+    import uvicorn
+
+    from bsipatch.mdm.app import MdmApp
+
+    host, port = parse_listen(listen)
+    store = open_store(url)
+    if not store.db.query("SELECT 1 FROM meta WHERE key = 'admin_token_sha256'"):
+        print(f"admin token (shown once): {store.new_admin_token()}", file=sys.stderr)
+    server = MdmApp(store, stale_days=stale_days)
+    logging.basicConfig(level=logging.WARNING)
+    print(f"bsipatch mdm serving {store.db.dialect} on http://{host}:{port}/", file=sys.stderr)
+    sys.stderr.flush()
+    try:
+        uvicorn.run(server.app, host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        store.db.close()
