@@ -319,7 +319,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ("recover", "finish or undo an interrupted operation", _cmd_recover),
     ):
         _add_preboot_arg(add_command(sub, name, helptext, func))
+    _register_health(sub)
 
+
+def _register_health(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``bsipatch health confirm | report``."""
     p = add_command(sub, "health", "confirm a new release or report launches", None)
     hsub = p.add_subparsers(dest="health_command", metavar="ACTION", required=True)
     _add_preboot_arg(
