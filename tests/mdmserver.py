@@ -15,7 +15,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(url: str, port: int) -> subprocess.Popen:
+def start_server(url: str, port: int, workers: int = 1) -> subprocess.Popen:
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -27,6 +27,8 @@ def start_server(url: str, port: int) -> subprocess.Popen:
             url,
             "--listen",
             f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

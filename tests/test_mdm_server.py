@@ -299,3 +299,28 @@ def test_refuses_newer_schema(mdm_db_url):
     assert db.schema_version() == SCHEMA_VERSION + 1
     db.close()
     assert cli(["mdm", "fleet", "--db", mdm_db_url]) == 12
+
+
+def test_migration_1_to_2_backfills_daily_release_counts(mdm_db_url):
+    db = Database(mdm_db_url)
+    assert db.migrate(target=1) == 1
+    day = 20_000 * 86400.0
+    with db.connect() as conn:
+        db.execute(conn, "INSERT INTO devices (name, secret_hash, enrolled) VALUES ('m', 'x', 0)")
+        dev = db.execute(conn, "SELECT id FROM devices").fetchone()[0]
+        for at, old, new in [(day + 5, None, "26.1"), (day + 86400 * 2, "26.1", "26.1 (a)")]:
+            db.execute(
+                conn,
+                "INSERT INTO release_history (device_id, at, from_release, to_release) "
+                "VALUES (?, ?, ?, ?)",
+                (dev, at, old, new),
+            )
+    db.close()
+    store = open_store(mdm_db_url)  # migrates 1 -> 2
+    try:
+        assert store.db.schema_version() == SCHEMA_VERSION >= 2
+        chart = fleet.release_chart(store.db)
+        assert chart["series"] == {"26.1": [1, 1, 0], "26.1 (a)": [0, 0, 1]}
+        assert chart["times"][-1] == "2024-10-07T00:00:00Z"  # end of the last day
+    finally:
+        store.db.close()

@@ -27,7 +27,7 @@ def _store(args: argparse.Namespace) -> Any:
 def cmd_serve(args: argparse.Namespace) -> int:
     from bsipatch.mdm.serve import serve
 
-    serve(args.db, args.listen, stale_days=args.stale_days)
+    serve(args.db, args.listen, stale_days=args.stale_days, workers=args.workers)
     return 0
 
 
@@ -176,6 +176,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = cmd("serve", "serve the MDM HTTP API and the fleet page", cmd_serve)
     p.add_argument("--listen", default="127.0.0.1:8600", metavar="HOST:PORT")
     p.add_argument("--stale-days", type=float, default=7.0, help="'not seen' threshold")
+    p.add_argument("--workers", type=int, default=1, help="server processes (PostgreSQL)")
     cmd("admin-token", "create a new admin token (replaces the old one)", cmd_admin_token)
     p = cmd("enroll", "enrol a device and print its enrolment (secret) as JSON", cmd_enroll)
     p.add_argument("--name", required=True)

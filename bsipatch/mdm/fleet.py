@@ -38,7 +38,7 @@ def withdrawn(db: Database, limit: int = 100) -> dict[str, Any]:
     where = "d.release_id IN (SELECT release_id FROM withdrawn)"
     rows = db.query(
         f"SELECT d.name, d.release_id, d.last_seen FROM devices d WHERE {where} "  # noqa: S608
-        "ORDER BY d.name LIMIT ?",
+        "ORDER BY d.release_id, d.id LIMIT ?",
         (limit,),
     )
     releases = [r[0] for r in db.query("SELECT release_id FROM withdrawn ORDER BY release_id")]
@@ -108,35 +108,28 @@ def not_seen(
     }
 
 
-def release_chart(db: Database, buckets: int = 40) -> dict[str, Any]:
-    """Devices on each release over time, from the release history (cumulative per bucket)."""
-    span = db.query("SELECT MIN(at), MAX(at) FROM release_history")[0]
-    if span[0] is None:
+def release_chart(db: Database, max_points: int = 60) -> dict[str, Any]:
+    """Devices on each release at the end of each day (from ``release_daily``), thinned to
+    at most ``max_points`` points (the last day is always kept)."""
+    rows = db.query("SELECT day, release_id, delta FROM release_daily ORDER BY day")
+    if not rows:
         return {"times": [], "series": {}}
-    start, end = float(span[0]), float(span[1])
-    width = max((end - start) / buckets, 1e-3)
-    expr = "CAST((at - ?) / ? AS INTEGER)"
-    if db.dialect == "postgresql":
-        expr = "CAST(FLOOR((at - ?) / ?) AS INTEGER)"
-    changes: dict[str, list[int]] = {}
-    for col, sign in (("to_release", 1), ("from_release", -1)):
-        rows = db.query(
-            f"SELECT {expr} AS b, {col}, COUNT(*) FROM release_history "  # noqa: S608
-            f"WHERE {col} IS NOT NULL GROUP BY b, {col}",
-            (start, width),
-        )
-        for b, rel, n in rows:
-            series = changes.setdefault(str(rel), [0] * (buckets + 1))
-            series[min(int(b), buckets)] += sign * int(n)
-    out: dict[str, list[int]] = {}
-    for rel, deltas in sorted(changes.items()):
+    first, last = int(rows[0][0]), int(rows[-1][0])
+    days = last - first + 1
+    deltas: dict[str, list[int]] = {}
+    for day, rel, d in rows:
+        deltas.setdefault(str(rel), [0] * days)[int(day) - first] += int(d)
+    step = max(1, -(-days // max_points))
+    keep = list(range(days - 1, -1, -step))[::-1]
+    series: dict[str, list[int]] = {}
+    for rel, ds in sorted(deltas.items()):
         total, acc = 0, []
-        for d in deltas:
+        for d in ds:
             total += d
             acc.append(total)
-        out[rel] = acc
-    times = [format_time(start + width * (i + 1)) for i in range(buckets + 1)]
-    return {"times": times, "series": out}
+        series[rel] = [acc[i] for i in keep]
+    times = [format_time((first + i + 1) * 86400.0) for i in keep]
+    return {"times": times, "series": series}
 
 
 def overview(db: Database, *, stale_days: float = 7, limit: int = 100) -> dict[str, Any]:

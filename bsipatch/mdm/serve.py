@@ -6,7 +6,9 @@ Only process wiring; the endpoints are :mod:`bsipatch.mdm.app`.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from typing import Any
 
 from bsipatch.errors import MdmError
 from bsipatch.mdm.db import Database
@@ -32,21 +34,40 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def serve(url: str, listen: str = "127.0.0.1:8600", *, stale_days: float = 7) -> None:
+_ENV_DB, _ENV_STALE = "BSIPATCH_MDM_SERVE_DB", "BSIPATCH_MDM_SERVE_STALE_DAYS"
+
+
+def app_factory() -> Any:
+    """One worker process's app (``--workers N``): its own pool and group committer."""
+    from bsipatch.mdm.app import MdmApp
+
+    store = open_store(os.environ[_ENV_DB])
+    return MdmApp(store, stale_days=float(os.environ.get(_ENV_STALE, "7"))).app
+
+
+def serve(
+    url: str, listen: str = "127.0.0.1:8600", *, stale_days: float = 7, workers: int = 1
+) -> None:
     """Serve until interrupted. Prints the admin token when the database had none."""
     import uvicorn
 
-    from bsipatch.mdm.app import MdmApp
-
     host, port = parse_listen(listen)
-    store = open_store(url)
+    store = open_store(url)  # migrates once, before any worker starts
     if not store.db.query("SELECT 1 FROM meta WHERE key = 'admin_token_sha256'"):
         print(f"admin token (shown once): {store.new_admin_token()}", file=sys.stderr)
-    server = MdmApp(store, stale_days=stale_days)
     logging.basicConfig(level=logging.WARNING)
     print(f"bsipatch mdm serving {store.db.dialect} on http://{host}:{port}/", file=sys.stderr)
     sys.stderr.flush()
+    opts: dict[str, Any] = {"host": host, "port": port, "log_level": "warning", "access_log": False}
+    if workers > 1:
+        store.db.close()
+        os.environ[_ENV_DB], os.environ[_ENV_STALE] = url, str(stale_days)
+        uvicorn.run("bsipatch.mdm.serve:app_factory", factory=True, workers=workers, **opts)
+        return
+    from bsipatch.mdm.app import MdmApp
+
+    server = MdmApp(store, stale_days=stale_days)
     try:
-        uvicorn.run(server.app, host=host, port=port, log_level="warning", access_log=False)
+        uvicorn.run(server.app, **opts)
     finally:
         store.db.close()

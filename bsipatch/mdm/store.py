@@ -274,6 +274,13 @@ class Store:
             )
             self.db.executemany(
                 conn,
+                "INSERT INTO release_daily (day, release_id, delta) VALUES (?, ?, ?) "
+                "ON CONFLICT (day, release_id) DO UPDATE SET "
+                "delta = release_daily.delta + excluded.delta",
+                _daily(history),
+            )
+            self.db.executemany(
+                conn,
                 "DELETE FROM declaration_status WHERE device_id = ?",
                 [(d,) for d in decl_reset],
             )
@@ -322,6 +329,18 @@ class Store:
             "deferred_since = ? WHERE id = ?",
             rows,
         )
+
+
+def _daily(history: list[tuple[Any, ...]]) -> list[tuple[int, str, int]]:
+    """Per-day release count changes of history rows, summed, in key order (so concurrent
+    writers lock rows in the same order)."""
+    sums: dict[tuple[int, str], int] = {}
+    for _dev, at, old, new, _b, _s in history:
+        day = int(at // 86400)
+        for rel, d in ((old, -1), (new, 1)):
+            if rel is not None:
+                sums[(day, rel)] = sums.get((day, rel), 0) + d
+    return [(day, rel, d) for (day, rel), d in sorted(sums.items()) if d]
 
 
 def _values(items: dict[str, Any]) -> dict[str, Any]:
