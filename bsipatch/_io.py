@@ -11,6 +11,7 @@ import contextlib
 import errno
 import io
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, BinaryIO, Union, cast
 if TYPE_CHECKING:
     from typing_extensions import TypeIs
 
-from bsipatch.errors import DiskFullError, ReadOnlyError, StagingError
+from bsipatch.errors import DiskFullError, ReadOnlyError, StagingError, UnsafeFile
 
 PathLike = Union[str, "os.PathLike[str]"]
 Source = Union[PathLike, bytes, bytearray, memoryview, BinaryIO]  # noqa: UP007
@@ -54,6 +55,36 @@ def fsync_dir(path: PathLike) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def open_private(path: PathLike, flags: int = os.O_RDWR | os.O_CREAT, mode: int = 0o600) -> int:
+    """Open a temp or partial file of ours: no symlink followed, regular, owned by us.
+
+    Returns:
+        The file descriptor (the caller closes it).
+
+    Raises:
+        UnsafeFile: ``path`` is a symbolic link, not a regular file, or owned by
+            another user (someone may want us to write through it).
+        OSError: any other failure to open.
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeFile(f"{path} is a symbolic link; refusing to write through it") from None
+        raise
+    st = os.fstat(fd)
+    why = ""
+    if not stat.S_ISREG(st.st_mode):
+        why = "is not a regular file"
+    elif st.st_uid != os.geteuid():
+        why = f"is owned by uid {st.st_uid}, not by this process (uid {os.geteuid()})"
+    if why:
+        os.close(fd)
+        raise UnsafeFile(f"{path} {why}; refusing to use it")
+    os.set_blocking(fd, True)
+    return fd
 
 
 def os_error_to_staging(exc: OSError, what: str) -> StagingError:

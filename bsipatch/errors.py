@@ -78,6 +78,14 @@ class OutputMismatch(PatchError):
     """The image the patch produced does not have the size or SHA-256 the header declares."""
 
 
+class ImplausiblePatch(CorruptPatch):
+    """The header claims an output size out of bounds (absurd, or too large for the patch)."""
+
+
+class HeaderMismatch(PatchError):
+    """The patch header's sizes or digests differ from those the signed target declares."""
+
+
 # --- signed metadata ------------------------------------------------------------------
 
 
@@ -140,6 +148,10 @@ class ReadOnlyError(StagingError):
     """The preboot volume is read-only."""
 
 
+class UnsafeFile(StagingError):
+    """A temp or partial file path is a symlink, not a regular file, or not ours."""
+
+
 class LockedError(StagingError):
     """Another process holds the preboot lock."""
 
@@ -177,6 +189,10 @@ class FetchError(BsipatchError):
     """Downloading from the repository failed (connection, HTTP status, stalled transfer)."""
 
     exit_code = 10
+
+
+class DownloadTooSlow(FetchError):
+    """A download missed its deadline or stayed below the minimum average rate."""
 
 
 class NativeError(BsipatchError):

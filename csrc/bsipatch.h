@@ -13,6 +13,7 @@ extern "C" {
 #include "bsi_decls.h"
 #include "bsi_decls_hash.h"
 #include "bsi_decls_delta.h"
+#include "bsi_decls_exe.h"
 
 #ifdef __cplusplus
 }

@@ -13,6 +13,9 @@ for matching paths, a limited number of times:
 * ``extra``    -- send ``extra`` bytes more than the file holds (announced in
   Content-Length, so a careful client sees it before reading);
 * ``extra_unannounced`` -- no Content-Length, close-delimited body with extra bytes;
+* ``trickle``  -- send ``at`` bytes, then ``rate`` bytes per second (each within any
+  socket timeout) until the client gives up;
+* ``trickle_headers`` -- send the status line and headers at ``rate`` bytes per second;
 * ``status``   -- answer with HTTP ``code`` (e.g. 500, 404);
 * ``truncate_ignore_range`` -- truncate the first (plain) request at ``at``, then
   answer every Range request with 200 and the whole file.
@@ -48,6 +51,7 @@ class Fault:
     seconds: float = 5.0
     extra: int = 1000
     code: int = 500
+    rate: float = 2.0
 
     def matches(self, path: str) -> bool:
         return self.times != 0 and path.endswith(self.suffix)
@@ -160,6 +164,10 @@ def _make_handler(state: RepoServer) -> type[http.server.BaseHTTPRequestHandler]
                 self.wfile.flush()
                 self.close_connection = True
                 return
+            if kind in ("trickle", "trickle_headers"):
+                assert fault is not None
+                _trickle(self, state, fault, status, headers, body)
+                return
             if kind == "stall":
                 assert fault is not None
                 self._send(status, headers, body[: fault.at])
@@ -172,6 +180,34 @@ def _make_handler(state: RepoServer) -> type[http.server.BaseHTTPRequestHandler]
             self._send(status, headers, body)
 
     return Handler
+
+
+def _trickle(
+    handler: http.server.BaseHTTPRequestHandler,
+    state: RepoServer,
+    fault: Fault,
+    status: int,
+    headers: dict[str, str],
+    body: bytes,
+) -> None:
+    """Send slowly: the headers (``trickle_headers``) or the body after ``fault.at`` bytes."""
+    head = f"HTTP/1.1 {status} OK\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    raw = head.encode() + b"\r\n"
+    fast = 0 if fault.kind == "trickle_headers" else len(raw) + fault.at
+    handler.close_connection = True
+    try:
+        handler.wfile.write(raw[:fast] if fast <= len(raw) else raw + body[: fault.at])
+        handler.wfile.flush()
+        rest = (raw + body)[fast:]
+        step = max(1, int(fault.rate * 0.25))
+        for i in range(0, len(rest), step):
+            if state.stopping.is_set():
+                return
+            time.sleep(step / fault.rate)
+            handler.wfile.write(rest[i : i + step])
+            handler.wfile.flush()
+    except OSError:
+        return  # the client gave up
 
 
 class _Server(http.server.ThreadingHTTPServer):

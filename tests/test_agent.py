@@ -337,13 +337,13 @@ def test_policy_forbidding_rollback_blocks_uninstall(device, vendor):
     with pytest.raises(PolicyDenied, match="EnableRollback"):
         agent.uninstall()
     assert device.status()["active_release"] == "26.1 (a)"
-    assert cli_main(["agent", "uninstall", "--preboot", str(device.path)]) == PolicyDenied.exit_code
+    assert cli_main(["uninstall", "--preboot", str(device.path)]) == PolicyDenied.exit_code
 
 
 def test_cli_rollback_goes_back_one_release(device, vendor, capsys):
     _agent(device, vendor, vendor["snap"]["A"]).run()
     _agent(device, vendor, vendor["snap"]["AB"]).run()
-    assert cli_main(["agent", "rollback", "--preboot", str(device.path)]) == 0
+    assert cli_main(["rollback", "--preboot", str(device.path)]) == 0
     assert "from 26.1 (b) to 26.1 (a)" in capsys.readouterr().out
     assert device.status()["active_release"] == "26.1 (a)"
     assert "26.1 (b)" in device_report(device)["removed_by_user"]

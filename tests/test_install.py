@@ -567,7 +567,7 @@ def test_cli_os_update_and_preboot_env(
     ch.install(world, pb, A)
     monkeypatch.setenv("BSIPATCH_PREBOOT", str(pb.path))
     images = [f"--image={n}={p}:{world['activation'][n]}" for n, p in world["images"].items()]
-    args = ["preboot", "os-update", "--os-version", "26.2", "--build", "23C10", *images]
+    args = ["os-update", "--os-version", "26.2", "--build", "23C10", *images]
     # the env default is read when the parser is built
     assert cli_main([*args, "--preboot", str(pb.path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

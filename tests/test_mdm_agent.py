@@ -79,7 +79,7 @@ def test_agent_syncs_reports_and_catches_up_after_outage(device, vendor, mdm_db_
             # the server goes away: the agent keeps working, reports wait on the device
             server.kill()
             server.wait()
-            assert cli(["agent", "rollback", "--preboot", pb, *mdm]) == 0
+            assert cli(["rollback", "--preboot", pb, *mdm]) == 0
             truth.append("26.1")
             assert cli(["agent", "run", *repo, *mdm]) == 0  # last policy still in force
             truth.append(device.status()["active_release"] or "26.1")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from httpserver import serve
 from securesystemslib.signer import Signer
-from tufworld import ACTIVATION, BUILD, NOW, device, images, new_repo, publish
+from tufworld import ACTIVATION, BUILD, NOW, device, images, keyset, new_repo, publish
 
 from bsipatch.cli.main import main as cli_main
 from bsipatch.errors import ExpiredMetadata, FormatError, KeyFileError, ThresholdError, WrongTarget
@@ -280,3 +280,30 @@ def test_cli_keygen_init_build_refresh_withdraw_list(tmp_path, capsys):
     finally:
         del os.environ["H11T_PASS"]
     assert tufrepo.TufRepository(repo).root_versions() == [1]
+
+
+def test_root_rotation_signs_everything_before_writing(tmp_path):
+    from bsipatch.trust.tufrepo import rotate_root
+
+    repo, keys = new_repo(tmp_path)
+    before = _tree(repo)
+    new_ts = signers.generate()
+    # the new root names a new timestamp key, but its private half is not given
+    with pytest.raises(ThresholdError, match="timestamp"):
+        rotate_root(
+            repo, keys, signers.KeySet({"root": keys.get("root")}), now=NOW,
+            public_keys={"timestamp": [new_ts.public_key]},
+        )  # fmt: skip
+    assert _tree(repo) == before
+    # without the old root keys the new root cannot be made either
+    with pytest.raises(ThresholdError, match="root"):
+        rotate_root(repo, keysets_without_root(keys), keyset(), now=NOW)
+    assert _tree(repo) == before
+    md = rotate_root(repo, keys, signers.KeySet({"root": keys.get("root"), "timestamp": [new_ts]}),
+                     now=NOW)  # fmt: skip
+    assert md.signed.version == 2 and TufRepository(repo).root_versions() == [1, 2]
+    assert new_ts.public_key.keyid in md.signed.roles["timestamp"].keyids
+
+
+def keysets_without_root(keys: signers.KeySet) -> signers.KeySet:
+    return signers.KeySet({r: keys.get(r) for r in signers.ROLES if r != "root"})

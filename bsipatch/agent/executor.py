@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 from bsipatch._crashpoints import crashpoint
 from bsipatch._io import PathLike
 from bsipatch.agent.download import FetchStats, PatchStream, Repository, open_repository
+from bsipatch.agent.limits import DEFAULT_TIMEOUT, Limits
 from bsipatch.agent.plan import (
     DEFER,
     Decision,
@@ -36,6 +37,7 @@ from bsipatch.agent.plan import (
     plan,
 )
 from bsipatch.agent.policy import AutoInstallDecision, Policy, decide_auto_install
+from bsipatch.agent.runlock import run_lock
 from bsipatch.agent.state import AgentState, AgentStore, Settings
 from bsipatch.errors import BsipatchError, PolicyDenied, StateError
 from bsipatch.trust.client import RefreshResult, refresh
@@ -116,6 +118,10 @@ class Agent:
         retries: HTTP retries per file.
         progress: ``(done, total)`` callback for installs.
         cafile: CA certificates (PEM) for an ``https://`` repository.
+        limits: deadline and minimum average rate of every download
+            (:class:`bsipatch.agent.limits.Limits`; the defaults fail a stalled or
+            trickling server within seconds).
+        on_retry: called with one line of text before each download retry.
 
     Example:
         >>> agent = Agent("/preboot", "https://updates.example.com/bsi/")  # doctest: +SKIP
@@ -131,10 +137,12 @@ class Agent:
         *,
         now: datetime | None = None,
         trusted_root: bytes | None = None,
-        timeout: float = 15.0,
+        timeout: float = DEFAULT_TIMEOUT,
         retries: int = 4,
         progress: Callable[[int, int], None] | None = None,
         cafile: PathLike | None = None,
+        limits: Limits | None = None,
+        on_retry: Callable[[str], None] | None = None,
     ):
         from bsipatch.device.preboot import Preboot
 
@@ -142,7 +150,14 @@ class Agent:
         self._repo: Repository | None = (
             repo
             if repo is None or isinstance(repo, Repository)
-            else open_repository(repo, timeout=timeout, retries=retries, cafile=cafile)
+            else open_repository(
+                repo,
+                timeout=timeout,
+                retries=retries,
+                cafile=cafile,
+                limits=limits,
+                on_retry=on_retry,
+            )
         )
         self._now = now
         self.progress = progress
@@ -279,9 +294,13 @@ class Agent:
         Raises:
             MetadataError, FetchError, PatchError, SealError, StagingError: the device
             stays on its active images; the error is recorded as the last result.
-            LockedError: another process is changing the preboot volume.
+            LockedError: another agent run is in progress, or another process is
+                changing the preboot volume at the moment of activation.
+
+        Downloading and staging hold no preboot lock (rollback, boot and uninstall stay
+        available); :func:`bsipatch.device.install.install_release` takes it to activate.
         """
-        with self.preboot.lock():  # one agent at a time; install/rollback re-enter it
+        with run_lock(self.store.dir):  # one agent run at a time
             return self._run()
 
     def _run(self) -> dict[str, Any]:
@@ -305,6 +324,7 @@ class Agent:
             else:
                 summary = ""
         except BsipatchError as exc:
+            state.removed = self.store.state().removed  # the user may have removed one meanwhile
             state.last_result = {
                 "ok": False,
                 "summary": f"install failed; still on {result.active_release or 'base images'}",
@@ -313,6 +333,7 @@ class Agent:
             self.store.save_state(state)
             raise
         if summary:
+            state.removed = self.store.state().removed
             state.last_result = {"ok": True, "summary": summary, "error": None}
             self.store.save_state(state)
         report["downloaded"] = self.repo.stats.bytes_received - bytes0
@@ -380,7 +401,7 @@ class Agent:
             RollbackAttack: older than the floor without ``allow_older``.
             WithdrawnRelease, WrongTarget: not installable on this device.
         """
-        with self.preboot.lock():
+        with run_lock(self.store.dir):  # the preboot lock only to activate
             self.check()
             assert self.last_check is not None
             catalog = self.last_check.catalog

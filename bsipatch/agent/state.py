@@ -213,6 +213,19 @@ class AgentStore:
         except (ValueError, TypeError) as exc:
             raise StateError(f"{self._path('state.json')} is damaged: {exc}") from exc
 
+    def forget_removal(self, release_id: str) -> bool:
+        """The user asked for ``release_id`` again: automatic installs may bring it back.
+
+        Returns:
+            True if it was on the list of releases the user removed.
+        """
+        state = self.state()
+        if release_id not in state.removed:
+            return False
+        state.removed = [r for r in state.removed if r != release_id]
+        self.save_state(state)
+        return True
+
     def save_state(self, state: AgentState) -> None:
         """Store the whole state in one atomic write."""
         self._write("state.json", self._json(asdict(state)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -46,3 +47,25 @@ def progress_enabled(args: argparse.Namespace) -> bool | None:
     if getattr(args, "quiet", False) or getattr(args, "json", False):
         return False
     return None
+
+
+PREBOOT_ENV = "BSIPATCH_PREBOOT"
+
+
+def add_preboot_arg(p: argparse.ArgumentParser) -> None:
+    """``--preboot DIR`` with the ``$BSIPATCH_PREBOOT`` default (every device command)."""
+    p.add_argument(
+        "--preboot",
+        metavar="DIR",
+        default=os.environ.get(PREBOOT_ENV),
+        help=f"the preboot directory (default: ${PREBOOT_ENV})",
+    )
+
+
+def preboot_dir(args: argparse.Namespace) -> str:
+    """The ``--preboot`` directory, or StateError when neither it nor the variable is set."""
+    from bsipatch.errors import StateError
+
+    if not getattr(args, "preboot", None):
+        raise StateError(f"no preboot directory: give --preboot DIR or set ${PREBOOT_ENV}")
+    return str(args.preboot)

@@ -1,4 +1,7 @@
-"""CLI commands of the update agent: ``bsipatch agent ...`` and ``bsipatch os-update``.
+"""CLI commands of the update agent: ``bsipatch agent check|run|settings|policy|status``.
+
+``rollback``, ``uninstall`` and ``os-update`` are device commands
+(:mod:`bsipatch.cli.device`) that go through the agent, so there is one of each.
 
 Thin: parse arguments, call :mod:`bsipatch.agent.agent` / :mod:`bsipatch.agent.status`, print.
 """
@@ -6,17 +9,24 @@ Thin: parse arguments, call :mod:`bsipatch.agent.agent` / :mod:`bsipatch.agent.s
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 from bsipatch.cli import agent_mdm
-from bsipatch.cli._common import add_command, emit, progress_enabled
+from bsipatch.cli._common import (
+    add_command,
+    add_preboot_arg,
+    emit,
+    preboot_dir,
+    progress_enabled,
+)
 from bsipatch.cli.progress import Progress
 from bsipatch.errors import PolicyError
 
 
 def _add_device_args(p: argparse.ArgumentParser, *, repo: bool) -> None:
-    p.add_argument("--preboot", required=True, metavar="DIR", help="the device's preboot directory")
+    add_preboot_arg(p)
     if repo:
         p.add_argument(
             "--repo", required=True, metavar="URL|DIR", help="vendor repository (http(s) or dir)"
@@ -26,27 +36,75 @@ def _add_device_args(p: argparse.ArgumentParser, *, repo: bool) -> None:
             metavar="FILE",
             help="vendor root.json to trust on first use (stored in the preboot's agent/ dir)",
         )
-        p.add_argument(
-            "--timeout", type=float, default=15.0, help="seconds before a stalled download retries"
-        )
-        p.add_argument("--retries", type=int, default=4, help="retries per file")
+        _add_limit_args(p)
         p.add_argument(
             "--cafile", metavar="PEM", help="CA certificates to trust for https (default: system)"
         )
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
+def _add_limit_args(p: argparse.ArgumentParser) -> None:
+    from bsipatch.agent.limits import DEFAULT_DEADLINE, DEFAULT_MIN_RATE, DEFAULT_TIMEOUT
+
+    p.add_argument(
+        "--timeout",
+        type=_positive,
+        default=DEFAULT_TIMEOUT,
+        help=f"seconds before a stalled connect or read retries (default {DEFAULT_TIMEOUT:g})",
+    )
+    p.add_argument("--retries", type=int, default=4, help="retries per file")
+    p.add_argument(
+        "--deadline",
+        type=_positive,
+        default=DEFAULT_DEADLINE,
+        metavar="SECONDS",
+        help=f"seconds one file may take in all (default {DEFAULT_DEADLINE:g})",
+    )
+    p.add_argument(
+        "--min-rate",
+        type=_positive,
+        default=DEFAULT_MIN_RATE,
+        metavar="BYTES_PER_S",
+        help="slowest average rate accepted after the first seconds of a file "
+        f"(default {DEFAULT_MIN_RATE:g})",
+    )
+
+
+def _retry_printer(args: argparse.Namespace) -> Any:
+    """One line per retry on stderr, when stderr is a terminal and not ``--quiet``."""
+    if getattr(args, "quiet", False) or not sys.stderr.isatty():
+        return None
+
+    def show(line: str) -> None:
+        print(f"bsipatch: {line}", file=sys.stderr, flush=True)
+
+    return show
+
+
 def _agent(args: argparse.Namespace, progress: Any = None) -> Any:
     from bsipatch.agent.agent import Agent
+    from bsipatch.agent.limits import Limits
 
     root = Path(args.root).read_bytes() if getattr(args, "root", None) else None
     return Agent(
-        args.preboot,
+        preboot_dir(args),
         args.repo,
         trusted_root=root,
         timeout=args.timeout,
         retries=args.retries,
         progress=progress,
         cafile=args.cafile,
+        limits=Limits(timeout=args.timeout, deadline=args.deadline, min_rate=args.min_rate),
+        on_retry=_retry_printer(args),
     )
 
 
@@ -76,6 +134,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     with Progress("installing", enabled=progress_enabled(args)) as bar:
         agent = _agent(args, bar.callback)
+        for release_id in args.reinstall or []:
+            agent.store.forget_removal(release_id)
         report = agent.run()
     lines = _decision_lines(report["check"])
     inst = report["installed"]
@@ -105,7 +165,7 @@ def cmd_settings(args: argparse.Namespace) -> int:
     from bsipatch.agent.policy import decide_auto_install
     from bsipatch.device.preboot import Preboot
 
-    store = AgentStore(Preboot(args.preboot).path)
+    store = AgentStore(Preboot(preboot_dir(args)).path)
     if args.auto_install is not None:
         from bsipatch.agent.agent import Settings
 
@@ -128,7 +188,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
     from bsipatch.agent.agent import AgentStore
     from bsipatch.device.preboot import Preboot
 
-    store = AgentStore(Preboot(args.preboot).path)
+    store = AgentStore(Preboot(preboot_dir(args)).path)
     if args.clear:
         store.clear_policy()
     elif args.file:
@@ -160,58 +220,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     from bsipatch.agent.status import device_report, format_report
     from bsipatch.device.preboot import Preboot
 
-    report = device_report(Preboot(args.preboot))
+    report = device_report(Preboot(preboot_dir(args)))
     emit(args, report, format_report(report))
     return 0
 
 
-def cmd_uninstall(args: argparse.Namespace) -> int:
-    from bsipatch.agent.agent import Agent
-
-    out = Agent(args.preboot, None).uninstall()
-    emit(args, out, [f"removed {', '.join(out.get('removed') or []) or 'nothing'}; on base images"])
-    return 0
-
-
-def cmd_rollback(args: argparse.Namespace) -> int:
-    from bsipatch.agent.agent import Agent
-
-    out = Agent(args.preboot, None).rollback()
-    emit(args, out, [f"rolled back from {out['from']} to {out['to'] or 'the base images'}"])
-    return 0
-
-
-def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for v in values or []:
-        name, sep, val = v.partition("=")
-        if not sep or not name or not val:
-            raise SystemExit(f"bsipatch: error: {what} must be NAME=VALUE, got {v!r}")
-        out[name] = val
-    return out
-
-
-def cmd_os_update(args: argparse.Namespace) -> int:
-    from bsipatch.agent.agent import Agent
-
-    images = _pairs(args.image, "--image")
-    activation = _pairs(args.activation, "--activation") or None
-    with Progress("os update", enabled=progress_enabled(args)) as bar:
-        agent = Agent(args.preboot, None, progress=bar.callback)
-        out = agent.os_update(
-            os_version=args.os_version, build=args.build, images=images, activation=activation
-        )
-    retired = ", ".join(r for r in out["retired"] if r) or "none"
-    emit(
-        args,
-        out,
-        [f"OS {out['os_version']} ({out['build']}) installed", f"retired releases: {retired}"],
-    )
-    return 0
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``agent ...`` and ``os-update``."""
+    """Add ``agent ...``."""
     agent = sub.add_parser(
         "agent",
         help="update agent: check, install, settings, MDM policy, status",
@@ -230,6 +245,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     agent_mdm.attach(p, "check")
     p = add_command(asub, "run", "install what applies (or step back from a withdrawal)", cmd_run)
     _add_device_args(p, repo=True)
+    p.add_argument(
+        "--reinstall",
+        action="append",
+        metavar="RELEASE_ID",
+        help="a release you removed (rollback/uninstall) that may be installed again; repeatable",
+    )
     agent_mdm.attach(p, "run")
     agent_mdm.register_sync(asub)
 
@@ -245,24 +266,3 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = add_command(asub, "status", "the MDM status report", cmd_status)
     _add_device_args(p, repo=False)
-
-    p = add_command(
-        asub, "uninstall", "remove installed releases (if policy allows)", cmd_uninstall
-    )
-    _add_device_args(p, repo=False)
-    agent_mdm.attach(p, "uninstall")
-
-    p = add_command(asub, "rollback", "go back one release (if policy allows)", cmd_rollback)
-    _add_device_args(p, repo=False)
-    agent_mdm.attach(p, "rollback")
-
-    p = add_command(sub, "os-update", "install base images of a new OS version", cmd_os_update)
-    _add_device_args(p, repo=False)
-    p.add_argument("--os-version", required=True, help="e.g. 26.2")
-    p.add_argument("--build", required=True, help="e.g. 23C55")
-    p.add_argument(
-        "--image", action="append", required=True, metavar="NAME=PATH", help="new base image"
-    )
-    p.add_argument(
-        "--activation", action="append", metavar="NAME=relaunch|reboot", help="default: current"
-    )

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bsipatch.cli._common import add_command, emit
+from bsipatch.cli._common import add_command, add_preboot_arg, emit, preboot_dir
 from bsipatch.errors import FetchError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -35,7 +35,7 @@ def _client(args: argparse.Namespace) -> Any:
         return None
     from bsipatch.agent.mdm_client import MdmClient, load_enrolment
 
-    return MdmClient(args.preboot, load_enrolment(args.enrolment), args.mdm)
+    return MdmClient(preboot_dir(args), load_enrolment(args.enrolment), args.mdm)
 
 
 def _active(preboot: str) -> Any:
@@ -112,7 +112,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def register_sync(asub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``agent sync``."""
     p = add_command(asub, "sync", "fetch MDM declarations, send status reports", cmd_sync)
-    p.add_argument("--preboot", required=True, metavar="DIR", help="the device's preboot directory")
+    add_preboot_arg(p)
     _add_args(p, required=True)
     p.add_argument(
         "--event",

@@ -75,6 +75,16 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a byte count, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
     """bsipatch apply OLD PATCH OUT."""
     from bsipatch.delta.apply import apply
@@ -90,6 +100,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
                 progress=bar.callback,
                 resume=args.resume,
                 max_patch_size=args.max_patch_size,
+                expected_size=args.expected_size,
             )
     except OSError as exc:
         raise os_error_to_staging(exc, f"apply to {args.out}") from exc
@@ -159,6 +170,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=int,
         default=None,
         help="refuse patches longer than this many bytes",
+    )
+    p.add_argument(
+        "--expected-size",
+        type=_size_arg,
+        default=None,
+        metavar="BYTES",
+        help="the new image's size: the patch header must declare exactly this (without "
+        "it, a header claiming output out of proportion to OLD and PATCH is refused)",
     )
 
     p = add_command(sub, "info", "show a patch's header, segments and op statistics", cmd_info)

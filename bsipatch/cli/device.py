@@ -1,5 +1,11 @@
-"""CLI commands of the device side: preboot init/os-update, install, status, rollback,
+"""CLI commands of the device side: preboot init, os-update, install, status, rollback,
 uninstall, boot, gc, recover.
+
+Every device command takes ``--preboot DIR`` (default ``$BSIPATCH_PREBOOT``; the
+agent's commands too). ``rollback`` and ``uninstall`` go through the agent
+(:class:`bsipatch.agent.agent.Agent`), so they honour the device-management policy
+(``EnableRollback``) and the agent records what the user removed; ``os-update`` does
+too, so the agent's deferred releases are cleared.
 
 Thin: parse arguments, call :mod:`bsipatch.device.preboot` / :mod:`bsipatch.device.install`, print.
 ``install RELEASE_ID --repo R`` refreshes the device's trusted TUF metadata (the agent's)
@@ -11,46 +17,42 @@ it is not below the device's floor (``--allow-older`` overrides that, recorded);
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
-from bsipatch.cli._common import add_command, emit, progress_enabled
+from bsipatch.cli._common import (
+    add_command,
+    add_preboot_arg,
+    emit,
+    preboot_dir,
+    progress_enabled,
+)
 from bsipatch.cli.progress import Progress
-
-PREBOOT_ENV = "BSIPATCH_PREBOOT"
-
-
-def _add_preboot_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--preboot",
-        metavar="DIR",
-        default=os.environ.get(PREBOOT_ENV),
-        help=f"the preboot directory (default: ${PREBOOT_ENV})",
-    )
 
 
 def _preboot(args: argparse.Namespace) -> Any:
     from bsipatch.device.preboot import Preboot
-    from bsipatch.errors import StateError
 
-    if not args.preboot:
-        raise StateError(f"no preboot directory: give --preboot DIR or set ${PREBOOT_ENV}")
-    return Preboot(args.preboot)
+    return Preboot(preboot_dir(args))
 
 
-def _parse_images(specs: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+def _parse_images(
+    specs: list[str], *, optional_activation: bool = False
+) -> tuple[dict[str, str], dict[str, str]]:
     images: dict[str, str] = {}
     activation: dict[str, str] = {}
     for spec in specs:
         name, sep, rest = spec.partition("=")
         path, sep2, act = rest.rpartition(":")
+        if optional_activation and act not in ("relaunch", "reboot"):
+            path, sep2, act = rest, ":", ""
         if not sep or not sep2 or not name or not path:
             raise SystemExit(
                 f"bsipatch: error: bad --image {spec!r}: expected NAME=PATH:relaunch|reboot"
             )
         images[name] = path
-        activation[name] = act
+        if act:
+            activation[name] = act
     return images, activation
 
 
@@ -109,17 +111,23 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_os_update(args: argparse.Namespace) -> int:
-    from bsipatch.device.install import os_update
+    from bsipatch.agent.agent import Agent
 
-    images, activation = _parse_images(args.image or [])
+    images, activation = _parse_images(args.image or [], optional_activation=True)
+    for spec in args.activation or []:
+        name, sep, act = spec.partition("=")
+        if not sep or not name or act not in ("relaunch", "reboot"):
+            raise SystemExit(
+                f"bsipatch: error: bad --activation {spec!r}: expected NAME=relaunch|reboot"
+            )
+        activation[name] = act
     with Progress("installing OS images", enabled=progress_enabled(args)) as bar:
-        result = os_update(
-            _preboot(args),
-            os_version=args.os_version,
-            build=args.build,
-            images=images,
-            activation=activation,
-            progress=bar.callback,
+        agent = Agent(preboot_dir(args), None, progress=bar.callback)
+        if set(activation) != set(images):  # unspecified: keep the current activation
+            current = agent.preboot.components()
+            activation = {n: activation.get(n) or current.get(n, "reboot") for n in images}
+        result = agent.os_update(
+            os_version=args.os_version, build=args.build, images=images, activation=activation
         )
     retired = ", ".join(r for r in result["retired"] if r) or "none"
     emit(args, result, [f"now {args.os_version} ({args.build}); retired releases: {retired}"])
@@ -155,6 +163,9 @@ def _cmd_install(args: argparse.Namespace) -> int:
     patches = args.patches or str(Path(args.release).parent)
     with Progress(f"installing {manifest.release_id}", enabled=progress_enabled(args)) as bar:
         result = install_release(pb, manifest, open_patch_in(patches), progress=bar.callback)
+    from bsipatch.agent.agent import AgentStore
+
+    AgentStore(pb.path).forget_removal(manifest.release_id)  # asked for again: allowed
     lines = [f"installed {result['release']}: {', '.join(result['changed'])}"]
     if result["activated"]:
         lines.append(f"active now (reopen the app): {', '.join(result['activated'])}")
@@ -171,17 +182,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from bsipatch.device.install import rollback
+    from bsipatch.agent.agent import Agent
 
-    r = rollback(_preboot(args))
+    r = Agent(preboot_dir(args), None).rollback()  # policy checked, removal recorded
     emit(args, r, [f"rolled back from {r['from']} to {r['to'] or 'the base images'}"])
     return 0
 
 
 def _cmd_uninstall(args: argparse.Namespace) -> int:
-    from bsipatch.device.install import uninstall
+    from bsipatch.agent.agent import Agent
 
-    r = uninstall(_preboot(args))
+    r = Agent(preboot_dir(args), None).uninstall()  # policy checked, removals recorded
     removed = ", ".join(x for x in r["removed"] if x) or "nothing"
     emit(args, r, [f"back to the base images; removed {removed}"])
     return 0
@@ -261,27 +272,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add_command(sub, "preboot", "create or update a preboot directory", None)
     psub = p.add_subparsers(dest="preboot_command", metavar="ACTION", required=True)
     init = add_command(psub, "init", "create a preboot directory with base images", _cmd_init)
-    init.add_argument("dir", metavar="DIR")
-    for q in (
-        init,
-        add_command(psub, "os-update", "install a new OS version's base images", _cmd_os_update),
-    ):
-        q.add_argument("--os-version", required=True)
-        q.add_argument("--build", required=True)
+    init.add_argument("dir", metavar="DIR", help="the preboot directory to create")
+    upd = add_command(sub, "os-update", "install a new OS version's base images", _cmd_os_update)
+    add_preboot_arg(upd)
+    for q in (init, upd):
+        q.add_argument("--os-version", required=True, help="e.g. 26.2")
+        q.add_argument("--build", required=True, help="e.g. 23C55")
         q.add_argument(
             "--image",
             action="append",
             required=True,
-            metavar="NAME=PATH:ACTIVATION",
-            help="a base image and its activation (relaunch or reboot); repeatable",
+            metavar="NAME=PATH:ACTIVATION" if q is init else "NAME=PATH[:ACTIVATION]",
+            help="a base image and its activation (relaunch or reboot); repeatable"
+            + ("" if q is init else "; the activation defaults to the current one"),
         )
-        if q is not init:
-            _add_preboot_arg(q)
+    upd.add_argument(
+        "--activation",
+        action="append",
+        metavar="NAME=relaunch|reboot",
+        help="activation of a component (alternative to the :ACTIVATION suffix)",
+    )
 
     p = add_command(
         sub, "install", "install a release, checked against the trusted metadata", _cmd_install
     )
-    _add_preboot_arg(p)
+    add_preboot_arg(p)
     p.add_argument(
         "release", metavar="RELEASE_ID", help='e.g. "26.1 (a)" (a file with --unverified)'
     )
@@ -308,8 +323,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "show the OS version, active release per component, pending, history",
             _cmd_status,
         ),
-        ("rollback", "go back to the previously active release", _cmd_rollback),
-        ("uninstall", "go back to the OS version's base images, removing releases", _cmd_uninstall),
+        (
+            "rollback",
+            "go back to the previously active release (if device management allows)",
+            _cmd_rollback,
+        ),
+        (
+            "uninstall",
+            "go back to the OS version's base images, removing releases (if allowed)",
+            _cmd_uninstall,
+        ),
         (
             "boot",
             "start-up: recover, activate pending reboot components, collect garbage",
@@ -318,7 +341,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ("gc", "remove releases other than the active and previous one", _cmd_gc),
         ("recover", "finish or undo an interrupted operation", _cmd_recover),
     ):
-        _add_preboot_arg(add_command(sub, name, helptext, func))
+        q = add_command(sub, name, helptext, func)
+        add_preboot_arg(q)
+        if name in ("rollback", "uninstall"):
+            from bsipatch.cli import agent_mdm
+
+            agent_mdm.attach(q, name)
     _register_health(sub)
 
 
@@ -326,7 +354,7 @@ def _register_health(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     """``bsipatch health confirm | report``."""
     p = add_command(sub, "health", "confirm a new release or report launches", None)
     hsub = p.add_subparsers(dest="health_command", metavar="ACTION", required=True)
-    _add_preboot_arg(
+    add_preboot_arg(
         add_command(
             hsub,
             "confirm",
@@ -337,7 +365,7 @@ def _register_health(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     rep = add_command(
         hsub, "report", "report one launch of a component (failures fall back)", _cmd_health_report
     )
-    _add_preboot_arg(rep)
+    add_preboot_arg(rep)
     rep.add_argument("--component", required=True, metavar="NAME")
     outcome = rep.add_mutually_exclusive_group(required=True)
     outcome.add_argument("--ok", dest="ok", action="store_true", help="it launched")

@@ -26,6 +26,7 @@ import errno
 import io
 import mmap
 import os
+import stat
 import struct
 import tempfile
 import threading
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import zstandard
 
 from bsipatch._buffers import open_buffer, sha256_buffer, zero_digest
-from bsipatch._io import fsync_dir, is_pathlike, open_source, read_exact
+from bsipatch._io import fsync_dir, is_pathlike, open_private, open_source, read_exact
 from bsipatch._native import error_name, ffi, lib
 from bsipatch._threads import default_threads
 from bsipatch.delta import patchformat as patchfmt
@@ -326,6 +327,19 @@ def run_segment(
     :func:`segment_chunks`)."""
     for chunk in segment_chunks(old, header, seg, comp, verify=verify):
         sink(chunk)
+
+
+def _patch_length(patch: PatchSource, f: BinaryIO, max_patch_size: int | None) -> int | None:
+    """The patch's length when it can be known without reading it (else the bound)."""
+    if isinstance(patch, (bytes, bytearray, memoryview)):
+        return memoryview(patch).nbytes
+    try:
+        st = os.fstat(f.fileno())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return max_patch_size
+    if not stat.S_ISREG(st.st_mode):
+        return max_patch_size
+    return st.st_size if max_patch_size is None else min(st.st_size, max_patch_size)
 
 
 def _open_patch(stack: ExitStack, patch: PatchSource) -> tuple[BinaryIO, bytes]:
@@ -931,7 +945,7 @@ def _apply_to_path(
     header = reader.header
     if resume:
         tmp = directory / f".{target.name}{PARTIAL_SUFFIX}"
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_private(tmp, os.O_RDWR | os.O_CREAT, 0o644)
     else:
         fd, name = tempfile.mkstemp(
             prefix=f".{target.name}.", suffix=".bsipatch-tmp", dir=directory
@@ -1029,6 +1043,8 @@ def apply(
     verify_old: bool = True,
     verify_new: bool = True,
     provenance: Provenance | None = None,
+    expected_size: int | None = None,
+    expected_sha256: bytes | str | None = None,
 ) -> PatchInfo:
     """Apply ``patch`` to ``old`` and write the new image to ``out``.
 
@@ -1060,13 +1076,19 @@ def apply(
         provenance: a :class:`Provenance` to fill with the new image's dm-verity
             leaves (path outputs only, not with ``resume``). With ``verify_new=False``
             copied blocks are cloned or copied file to file and zero blocks not written.
+        expected_size: the size the new image must have (e.g. the signed target's).
+            The header must declare exactly this before anything is sized. Without
+            it, a header claiming output out of proportion to the old image and the
+            patch is refused (:data:`bsipatch.delta.patchformat.CLAIM_PER_PATCH_BYTE`).
+        expected_sha256: the SHA-256 the header must declare for the new image.
 
     Returns:
         The :class:`PatchInfo` of the applied patch.
 
     Raises:
         CorruptPatch, TruncatedPatch, PatchTooLarge, UnsupportedPatch, WrongBaseImage,
-        OutputMismatch.
+        OutputMismatch; ImplausiblePatch, HeaderMismatch (the header's claims, before
+        anything is allocated).
 
     Example:
         >>> import bsipatch
@@ -1094,6 +1116,12 @@ def apply(
                 provenance.hashed_blocks = len(provenance.leaves)
             return info
         reader = PatchReader(f, prefix=magic, max_patch_size=max_patch_size)
+        patchfmt.check_claims(
+            reader.header,
+            patch_size=_patch_length(patch, f, max_patch_size),
+            expected_size=expected_size,
+            expected_sha256=expected_sha256,
+        )
         o = _Old(old)
         stack.callback(o.close)
         if is_pathlike(out):

@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from bsipatch._io import read_exact
-from bsipatch.errors import CorruptPatch, PatchTooLarge, TruncatedPatch, UnsupportedPatch
+from bsipatch.errors import (
+    CorruptPatch,
+    HeaderMismatch,
+    ImplausiblePatch,
+    PatchTooLarge,
+    TruncatedPatch,
+    UnsupportedPatch,
+)
 
 # hashlib and hmac load OpenSSL (several MB resident): they are imported where used,
 # so that a process which only makes patches does not carry them through its
@@ -66,6 +73,17 @@ MAX_BUFFERED = 16 << 20
 MAX_PAYLOAD = 32 << 20
 
 KIND_NAMES = ("copy", "add", "insert", "zero")
+
+#: Largest image a header may claim (old or new); more is refused before anything is
+#: sized or allocated (a u64 field can claim 2^64 - 1 bytes).
+MAX_IMAGE_SIZE = 1 << 48
+#: Without an expected output size from the caller, a header may claim at most
+#: ``CLAIM_SLACK + CLAIM_PER_OLD * old_size + CLAIM_PER_PATCH_BYTE * patch_size`` bytes
+#: of output: enough for any patch made by ``bsipatch diff`` between images of similar
+#: size, far too little for "16 GiB of zeros in a 10 KB patch".
+CLAIM_SLACK = 64 << 20
+CLAIM_PER_OLD = 2
+CLAIM_PER_PATCH_BYTE = 1024
 
 
 @dataclass(frozen=True)
@@ -131,6 +149,12 @@ class Header:
             raise UnsupportedPatch(f"patch format version {version}, this bsipatch reads {VERSION}")
         if not _same(_sha256(body), digest):
             raise CorruptPatch("patch header digest mismatch")
+        for what, n in (("old", old_size), ("new", new_size)):
+            if n > MAX_IMAGE_SIZE:
+                raise ImplausiblePatch(
+                    f"patch header claims a {n}-byte {what} image; this applier accepts at "
+                    f"most {MAX_IMAGE_SIZE} bytes"
+                )
         if flags != 0 or _r2 != 0:
             raise UnsupportedPatch(f"unknown patch header flags {flags:#x}")
         if not 0 < seg_size <= MAX_SEGMENT_SIZE:
@@ -150,6 +174,50 @@ class Header:
         return cls(
             version, seg_size, old_size, old_sha, new_size, new_sha, max_buf, max_pay, digest
         )
+
+
+def check_claims(
+    header: Header,
+    *,
+    patch_size: int | None,
+    expected_size: int | None = None,
+    expected_sha256: bytes | str | None = None,
+) -> None:
+    """Bind the header's claimed output to what the caller expects, before any use.
+
+    With ``expected_size`` (e.g. the signed target's size) the header's new size and
+    (if given) SHA-256 must equal it. Without it the claim is bounded by the old size
+    and the patch size (``CLAIM_*``; ``patch_size`` ``None`` counts as 0).
+
+    Raises:
+        HeaderMismatch: the header differs from the expected size or digest.
+        ImplausiblePatch: no expected size, and the claim is out of proportion.
+    """
+    if expected_size is not None:
+        if header.new_size != expected_size:
+            raise HeaderMismatch(
+                f"patch header declares a {header.new_size}-byte output, expected "
+                f"{expected_size} bytes (the signed target)"
+            )
+    else:
+        limit = CLAIM_SLACK + CLAIM_PER_OLD * header.old_size
+        limit += CLAIM_PER_PATCH_BYTE * (patch_size or 0)
+        if header.new_size > limit:
+            raise ImplausiblePatch(
+                f"patch header claims a {header.new_size}-byte output from "
+                f"{'a ' + str(patch_size) + '-byte patch' if patch_size else 'a patch'} and a "
+                f"{header.old_size}-byte old image (at most {limit} accepted without an "
+                "expected size; pass expected_size / --expected-size to allow more)"
+            )
+    if expected_sha256 is not None:
+        want = (
+            bytes.fromhex(expected_sha256) if isinstance(expected_sha256, str) else expected_sha256
+        )
+        if not _same(header.new_sha256, want):
+            raise HeaderMismatch(
+                f"patch header declares output SHA-256 {header.new_sha256.hex()}, expected "
+                f"{want.hex()}"
+            )
 
 
 @dataclass(frozen=True)

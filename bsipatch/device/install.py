@@ -31,6 +31,7 @@ from bsipatch._crashpoints import crashpoint
 from bsipatch._io import PathLike, atomic_write, fsync_dir, os_error_to_staging
 from bsipatch.device import health
 from bsipatch.device.ops import boot, gc, os_update, rollback, uninstall
+from bsipatch.device.pending import PendingDir
 from bsipatch.device.preboot import (
     Preboot,
     fsync_file,
@@ -39,7 +40,7 @@ from bsipatch.device.preboot import (
     seal_record_dict,
     write_durable,
 )
-from bsipatch.device.txn import abort, now_entry
+from bsipatch.device.txn import abort, now_entry, switch
 from bsipatch.errors import (
     BsipatchError,
     DiskFullError,
@@ -257,6 +258,7 @@ def _stage_component(
             verify_old=not verified_now,
             verify_new=False,
             provenance=prov,
+            expected_size=int(comp.target.size),  # header bound to the signed target
         )
         reader.drain()
     finally:
@@ -301,16 +303,20 @@ def install_release(
     max_boots: int = health.DEFAULT_MAX_BOOTS,
     max_failures: int = health.DEFAULT_MAX_FAILURES,
 ) -> dict[str, Any]:
-    """Install and activate a release atomically.
+    """Install and activate a release atomically (tentatively: see :mod:`.health`).
 
-    Each listed component is patched from the installed image matching its base seal
-    into staging; the patch is checked against the manifest's size and SHA-256 and the
-    image against the target seal; unlisted components are hard-linked from the base.
-    Only then is the release renamed into place and made active in one atomic state
-    switch (``relaunch`` components at once, ``reboot`` ones at the next :func:`boot`),
-    *tentatively* until :func:`bsipatch.device.health.confirm`: after ``max_boots``
-    unconfirmed boots, or ``max_failures`` consecutive failed launches of a component
-    it changed, the device falls back by itself. Then :func:`gc` runs.
+    Every component the manifest lists is patched from the installed image matching
+    its base seal into a private work directory (:mod:`bsipatch.device.pending`),
+    WITHOUT the preboot lock, so a slow download never blocks rollback, boot or
+    uninstall; the lock is taken only to activate. the patch stream is checked against the
+    manifest's size and SHA-256 and the produced image against the target seal.
+    Components the manifest does not list are hard-linked from the base images.
+    Only when every component verified is the release renamed into place and made
+    active in one atomic state switch: ``relaunch`` components at once, ``reboot``
+    components at the next :func:`boot`. It stays *tentative* until
+    :func:`bsipatch.device.health.confirm`: after ``max_boots`` unconfirmed boots, or
+    ``max_failures`` consecutive failed launches of a component it changed, the
+    device falls back by itself. Then :func:`gc` runs.
 
     Args:
         preboot: the device's preboot volume.
@@ -318,8 +324,7 @@ def install_release(
         open_patch: returns a readable binary stream (need not be seekable) of the
             patch of a :class:`~bsipatch.trust.manifest.ComponentRelease`; it is closed here.
         progress: ``(done, total)`` output-bytes callback.
-        max_boots: boots of the tentative release allowed without confirmation.
-        max_failures: consecutive failed launches that fall back.
+        max_boots, max_failures: the trial's limits (recorded in ``state.json``).
 
     Returns:
         ``{"release", "slug", "changed", "activated", "pending", "bytes_written",
@@ -334,72 +339,59 @@ def install_release(
         PatchError: the patch is corrupt, truncated or too large.
         TargetMismatch: patch bytes differ from the manifest's size/SHA-256.
         SealMismatch: a produced image fails its target seal.
-        StateError: the release is already installed.
+        StateError: the release is already installed and active, or the device
+            changed OS while the release was being staged.
         StagingError: disk full, read-only volume or another I/O error.
-        In every error case the active release is unchanged and no staged file is kept.
 
+    A release that ``rollback`` or ``uninstall`` left on the volume (kept for the
+    running system until the next boot) is activated again after its images verify,
+    without downloading anything.
+
+    In every error case the active release is unchanged and no staged file is kept.
     """
     pb = preboot
-    with pb.lock():
-        pb.recover()
-        state = pb.read_state()
-        comps, slug, total = _preflight(pb, state, manifest)
-        cache = _load_verified(pb)
-        try:
-            tx = pb.journal.begin("install", release=slug)
-        except OSError as exc:
-            raise os_error_to_staging(exc, f"installing {manifest.release_id}") from exc
-        limits = {"max_boots": max_boots, "max_failures": max_failures}
-        try:
-            verification = _stage_release(pb, state, manifest, tx, open_patch, cache, progress)
-            _commit_release(pb, state, manifest, tx, slug, cache, limits)
-        except BaseException as exc:
-            abort(pb)
-            if isinstance(exc, OSError) and not isinstance(exc, BsipatchError):
-                raise os_error_to_staging(exc, f"installing {manifest.release_id}") from exc
-            raise
-        pb.journal.compact()
-        gc(pb)
-        changed = sorted(c.name for c in manifest.components)
-        return {
-            "release": manifest.release_id,
-            "slug": slug,
-            "changed": changed,
-            "activated": [n for n in changed if comps[n] == "relaunch"],
-            "pending": [n for n in changed if comps[n] == "reboot"],
-            "bytes_written": total,
-            "patch_bytes": sum(int(c.patch.size) for c in manifest.components),
-            "verification": verification,
-            "tentative": True,
-        }
-
-
-def _preflight(
-    pb: Preboot, state: dict[str, Any], manifest: Any
-) -> tuple[dict[str, str], str, int]:
-    """Refuse early: wrong target, already installed, no room. Returns (comps, slug, bytes)."""
-    comps = _check_applicable(pb, state, manifest)
+    limits = {"max_boots": max_boots, "max_failures": max_failures}
+    health.tentative_record(pb, "", {}, **limits)  # refuse bad limits before any work
+    state = pb.read_state()
+    _check_applicable(pb, state, manifest)
     slug = release_slug(manifest.release_id)
-    if (pb.releases_dir / slug).exists():
-        raise StateError(
-            f"release {manifest.release_id} is already installed "
-            f"({'active' if state['chain'][-1:] == [slug] else 'kept for rollback'})"
-        )
+    _refuse_active(state, slug, manifest.release_id)
+    if (pb.releases_dir / slug).is_dir():
+        return _reactivate(pb, manifest, slug, limits)
     total = sum(int(c.target.size) for c in manifest.components)
     _check_space(pb, total)
-    return comps, slug, total
+    try:
+        work = PendingDir(pb.path)
+    except OSError as exc:
+        raise os_error_to_staging(exc, f"installing {manifest.release_id}") from exc
+    with work:
+        crashpoint("install.staging-created")
+        try:
+            cache, verification = _stage_all(pb, state, manifest, work.path, open_patch, progress)
+        except OSError as exc:
+            if isinstance(exc, BsipatchError):
+                raise
+            raise os_error_to_staging(exc, f"installing {manifest.release_id}") from exc
+        return _activate(pb, manifest, state["os"]["base"], work, cache, verification, limits)
 
 
-def _stage_release(
+def _refuse_active(state: dict[str, Any], slug: str, release_id: str) -> None:
+    if slug in state["chain"]:
+        raise StateError(
+            f"release {release_id} is already installed "
+            f"({'active' if state['chain'][-1:] == [slug] else 'kept for rollback'})"
+        )
+
+
+def _stage_all(
     pb: Preboot,
     state: dict[str, Any],
     manifest: Any,
-    tx: str,
+    stage: Path,
     open_patch: Callable[[Any], BinaryIO],
-    cache: dict[str, list[str]],
     progress: Progress | None,
-) -> dict[str, Any]:
-    """Build the whole release in ``staging/<tx>`` (every file and the directory fsynced)."""
+) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """Patch and verify every changed component into ``stage`` (no lock held)."""
     total = sum(int(c.target.size) for c in manifest.components)
     done_before = 0
 
@@ -407,46 +399,19 @@ def _stage_release(
         if progress is not None:
             progress(done_before + done, total)
 
-    stage = pb.staging_dir / tx
-    stage.mkdir()
-    fsync_dir(pb.staging_dir)
-    crashpoint("install.staging-created")
+    cache = _load_verified(pb)
     verification = {}
     for comp in manifest.components:
         verification[comp.name] = _stage_component(
             pb, state, comp, stage, open_patch, cache, comp_progress
         )
         done_before += int(comp.target.size)
-    changed = {c.name for c in manifest.components}
-    base_dir = pb.path / state["os"]["base"]
+    return cache, verification
+
+
+def _release_info(pb: Preboot, state: dict[str, Any], manifest: Any) -> dict[str, Any]:
     comps = pb.components(state)
-    for name in sorted(set(comps) - changed):
-        (stage / f"{name}.img").hardlink_to(base_dir / f"{name}.img")
-        (stage / f"{name}.seal.json").hardlink_to(base_dir / f"{name}.seal.json")
-    crashpoint("install.linked")
-    write_durable(stage / "release.json", json_bytes(_release_info(pb, state, manifest, comps)))
-    fsync_dir(stage)
-    crashpoint("install.staged")
-    return verification
-
-
-def _release_info(
-    pb: Preboot, state: dict[str, Any], manifest: Any, comps: dict[str, str]
-) -> dict[str, Any]:
-    """The ``release.json`` of a release being installed."""
     changed = {c.name for c in manifest.components}
-
-    def component(name: str) -> dict[str, Any]:
-        entry: dict[str, Any] = {"activation": comps[name], "changed": name in changed}
-        if name in changed:
-            c = manifest.component(name)
-            entry.update(
-                cves=[v.id for v in c.cves],
-                patch_sha256=c.patch.sha256,
-                patch_size=int(c.patch.size),
-            )
-        return entry
-
     return {
         "release_id": manifest.release_id,
         "os_version": manifest.os_version,
@@ -456,35 +421,92 @@ def _release_info(
         "sequence": getattr(manifest, "sequence", None),
         "installed": pb.clock(),
         "base": state["os"]["base"],
-        "components": {name: component(name) for name in sorted(comps)},
+        "components": {
+            name: {
+                "activation": comps[name],
+                "changed": name in changed,
+                **(
+                    {
+                        "cves": [c.id for c in manifest.component(name).cves],
+                        "patch_sha256": manifest.component(name).patch.sha256,
+                        "patch_size": int(manifest.component(name).patch.size),
+                    }
+                    if name in changed
+                    else {}
+                ),
+            }
+            for name in sorted(comps)
+        },
     }
 
 
-def _commit_release(
+def _activate(
+    pb: Preboot,
+    manifest: Any,
+    staged_base: str,
+    work: PendingDir,
+    cache: dict[str, list[str]],
+    verification: dict[str, Any],
+    limits: dict[str, int],
+) -> dict[str, Any]:
+    """Take the lock, move the staged images under the journal, commit the switch."""
+    with pb.lock():
+        pb.recover()
+        state = pb.read_state()
+        comps = _check_applicable(pb, state, manifest)
+        slug = release_slug(manifest.release_id)
+        _refuse_active(state, slug, manifest.release_id)
+        if state["os"]["base"] != staged_base or (pb.releases_dir / slug).exists():
+            raise StateError(
+                f"the device changed while {manifest.release_id} was being staged "
+                "(an OS update or another install); nothing was changed, try again"
+            )
+        try:
+            tx = pb.journal.begin("install", release=slug)
+        except OSError as exc:
+            raise os_error_to_staging(exc, f"installing {manifest.release_id}") from exc
+        stage = pb.staging_dir / tx
+        changed = {c.name for c in manifest.components}
+        try:
+            work.take(stage)
+            fsync_dir(pb.staging_dir)
+            base_dir = pb.path / state["os"]["base"]
+            for name in sorted(set(comps) - changed):
+                (stage / f"{name}.img").hardlink_to(base_dir / f"{name}.img")
+                (stage / f"{name}.seal.json").hardlink_to(base_dir / f"{name}.seal.json")
+            crashpoint("install.linked")
+            write_durable(stage / "release.json", json_bytes(_release_info(pb, state, manifest)))
+            fsync_dir(stage)
+            crashpoint("install.staged")
+            with atomic_write(pb.path / "verified.json") as f:
+                f.write(json_bytes(cache))
+            stage.rename(pb.releases_dir / slug)
+            crashpoint("install.renamed")
+            fsync_dir(pb.releases_dir)
+            fsync_dir(pb.staging_dir)
+            crashpoint("install.moved")
+            _commit_install(pb, state, manifest, slug, tx, limits)
+        except BaseException as exc:
+            abort(pb)
+            if isinstance(exc, OSError) and not isinstance(exc, BsipatchError):
+                raise os_error_to_staging(exc, f"installing {manifest.release_id}") from exc
+            raise
+        pb.journal.compact()
+        gc(pb)
+    return _install_report(manifest, slug, comps, verification)
+
+
+def _commit_install(
     pb: Preboot,
     state: dict[str, Any],
     manifest: Any,
-    tx: str,
     slug: str,
-    cache: dict[str, list[str]],
+    tx: str,
     limits: dict[str, int],
 ) -> None:
-    """Move the staged release into ``releases/`` and make it the tentative active one."""
-    stage = pb.staging_dir / tx
-    with atomic_write(pb.path / "verified.json") as f:
-        f.write(json_bytes(cache))
-    stage.rename(pb.releases_dir / slug)
-    crashpoint("install.renamed")
-    fsync_dir(pb.releases_dir)
-    fsync_dir(pb.staging_dir)
-    crashpoint("install.moved")
-    comps = pb.components(state)
-    changed = {c.name: comps[c.name] for c in manifest.components}
-    new_state = dict(state)
+    changed = {c.name for c in manifest.components}
+    new_state = _on_trial(pb, dict(state), manifest, slug, limits)
     new_state["chain"] = [*state["chain"], slug]
-    new_state["tentative"] = health.tentative_record(pb, slug, changed, **limits)
-    # an explicit install of a release the device fell back from lifts that block
-    new_state["fallen_back"] = [f for f in state.get("fallen_back", []) if f.get("slug") != slug]
     new_state["last_tx"] = tx
     new_state["history"] = [
         *state.get("history", []),
@@ -500,6 +522,89 @@ def _commit_release(
     crashpoint("install.committed")
     pb.journal.end(tx)
     crashpoint("install.ended")
+
+
+def _on_trial(
+    pb: Preboot, state: dict[str, Any], manifest: Any, slug: str, limits: dict[str, int]
+) -> dict[str, Any]:
+    """``state`` with ``slug`` tentative; an explicit install lifts a fallback's block."""
+    comps = pb.components(state)
+    changed = {c.name: comps[c.name] for c in manifest.components}
+    state["tentative"] = health.tentative_record(pb, slug, changed, **limits)
+    state["fallen_back"] = [f for f in state.get("fallen_back", []) if f.get("slug") != slug]
+    return state
+
+
+def _install_report(
+    manifest: Any, slug: str, comps: dict[str, str], verification: dict[str, Any]
+) -> dict[str, Any]:
+    changed = {c.name for c in manifest.components}
+    return {
+        "release": manifest.release_id,
+        "slug": slug,
+        "changed": sorted(changed),
+        "activated": sorted(n for n in changed if comps[n] == "relaunch"),
+        "pending": sorted(n for n in changed if comps[n] == "reboot"),
+        "bytes_written": sum(int(c.target.size) for c in manifest.components),
+        "patch_bytes": sum(int(c.patch.size) for c in manifest.components),
+        "verification": verification,
+        "tentative": True,
+    }
+
+
+def _reactivate(pb: Preboot, manifest: Any, slug: str, limits: dict[str, int]) -> dict[str, Any]:
+    """Make a release kept on the volume (after rollback/uninstall) active again.
+
+    Its images are checked against their seals and its record against the manifest
+    (same base, same patches) before the one atomic state switch.
+    """
+    with pb.lock():
+        pb.recover()
+        state = pb.read_state()
+        comps = _check_applicable(pb, state, manifest)
+        _refuse_active(state, slug, manifest.release_id)
+        try:
+            info = pb.release_info(slug)
+            same = info.get("base") == state["os"]["base"] and all(
+                info["components"].get(c.name, {}).get("patch_sha256") == c.patch.sha256
+                for c in manifest.components
+            )
+            if same:
+                pb.verify_selection(state["os"]["base"], slug)
+        except (SealError, OSError, BsipatchError, KeyError, TypeError) as exc:
+            raise StateError(
+                f"release {manifest.release_id} kept on the volume does not verify: {exc}; "
+                "boot the device first, then install it again"
+            ) from exc
+        if not same:
+            raise StateError(
+                f"release {manifest.release_id} kept on the volume differs from this manifest; "
+                "boot the device first, then install it again"
+            )
+        changed = {c.name for c in manifest.components}
+
+        def mutate(s: dict[str, Any]) -> dict[str, Any]:
+            s = _on_trial(pb, s, manifest, slug, limits)
+            s["chain"] = [*s["chain"], slug]
+            s["history"] = [
+                *s.get("history", []),
+                now_entry(
+                    pb,
+                    "install",
+                    release=manifest.release_id,
+                    previous=pb.release_id_of(s["chain"][-2]) if len(s["chain"]) > 1 else None,
+                    components=sorted(changed),
+                    reactivated=True,
+                ),
+            ]
+            return s
+
+        switch(pb, "install", mutate)
+        gc(pb)
+    out = _install_report(manifest, slug, comps, {})
+    out["reactivated"] = True
+    out["verification"] = {c.name: {"seal_check": "full"} for c in manifest.components}
+    return out
 
 
 # --- helpers for the CLI and tests -------------------------------------------------------

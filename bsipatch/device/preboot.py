@@ -60,9 +60,11 @@ from bsipatch.device.files import (
     write_durable,
 )
 from bsipatch.device.journal import Journal
+from bsipatch.device.pending import sweep_pending
 from bsipatch.errors import LockedError, SealMismatch, StateError
 
 HISTORY_LIMIT = 200
+_LOCKED_FILES = ("state.json", "verified.json")
 
 __all__ = [  # the helpers are re-exported for callers that import them from here
     "ACTIVATIONS",
@@ -444,9 +446,23 @@ class Preboot:
             )
         if not pending:
             self.sweep(state)
+        self.remove_stray_temps()
         self.journal.compact()
-        remove_stray_temps(self.path)
         return report
+
+    def remove_stray_temps(self) -> list[str]:
+        """Remove temp files a kill during an atomic write left (``.state.json.*.tmp``).
+
+        Only the files written under the lock (``state.json``, ``verified.json``), so
+        no concurrent writer's temp file can be taken. Callers hold the lock.
+        """
+        removed = []
+        for name in _LOCKED_FILES:
+            for tmp in self.path.glob(f".{name}.*.tmp"):
+                if tmp.is_file() or tmp.is_symlink():
+                    tmp.unlink(missing_ok=True)
+                    removed.append(tmp.name)
+        return removed
 
     def referenced(self, state: dict[str, Any]) -> tuple[set[str], set[str]]:
         """(release slugs, base dirs) that ``state`` refers to and must be kept."""
@@ -499,7 +515,7 @@ class Preboot:
                 d.unlink()
             crashpoint("sweep.deleted")
         fsync_dir(self.trash_dir)
-        return removed
+        return removed + sweep_pending(self.path)
 
     # --- verification -----------------------------------------------------------------
 

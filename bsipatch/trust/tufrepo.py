@@ -283,8 +283,7 @@ def _new_root(
     return root
 
 
-def _write_online(
-    repo: TufRepository,
+def _sign_online(
     root: Root,
     keys: KeySet,
     now: datetime,
@@ -309,9 +308,14 @@ def _write_online(
         )
     )
     sign_role(ts, root, "timestamp", keys.get("timestamp"))
+    return snap, ts
+
+
+def _write_online(repo: TufRepository, root: Root, keys: KeySet, *args: Any) -> None:
+    """Sign snapshot and timestamp (see :func:`_sign_online`), then write them, timestamp last."""
+    snap, ts = _sign_online(root, keys, *args)
     repo.write_metadata(snap)
     repo.write_metadata(ts, "timestamp.json")
-    return snap, ts
 
 
 def init_repository(
@@ -519,19 +523,15 @@ def rotate_root(
             targets.signed.expires = now + exp.targets
             sign_role(targets, new_root, "targets", new_keys.get("targets"))
         online = KeySet({r: new_keys.get(r) or old_keys.get(r) for r in ONLINE_ROLES})
+        ts_v, snap_v = repo.timestamp().signed.version, repo.snapshot().signed.version
+        # everything is signed (and each threshold checked) before anything is written
+        snap, ts = _sign_online(
+            new_root, online, now, exp, targets.signed.version, snap_v + 1, ts_v + 1
+        )
         repo.write_metadata(md)
         repo.write_metadata(md, "root.json")
         if "targets" in changed:
             repo.write_metadata(targets)
-        ts, snap = repo.timestamp().signed, repo.snapshot().signed
-        _write_online(
-            repo,
-            new_root,
-            online,
-            now,
-            exp,
-            targets.signed.version,
-            snap.version + 1,
-            ts.version + 1,
-        )
+        repo.write_metadata(snap)
+        repo.write_metadata(ts, "timestamp.json")
     return md

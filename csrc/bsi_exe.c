@@ -1,0 +1,445 @@
+/* The executable reference transform: predict how an executable's references move.
+ *
+ * Given the old image, a list of regions (where code, relocation tables, symbol
+ * tables and unwind tables lie in it) and a map saying where each range of old
+ * virtual addresses went in the new image, rewrite every reference found in the
+ * regions to the value it would have if only addresses had moved: a call from A to B
+ * becomes a call from map(A) to map(B). The diff then compares this predicted old
+ * image with the new one, so references that moved as predicted cost nothing.
+ *
+ * The transform reads only the old image, the regions and the map: the applier
+ * computes exactly the same bytes from the same inputs, so no decision needs to be
+ * right for the patch to be exact; a wrong guess (a byte pattern taken for an
+ * instruction) only costs patch size. References are found by scanning, in the manner
+ * of Zucchini's rel32 finders, not by full disassembly: x86-64 opcodes that carry a
+ * rel32 or a RIP-relative disp32 whose target lies inside the image, every AArch64
+ * PC-relative instruction form.
+ *
+ * Every region and map entry comes from a patch: all are checked (bsi_exe_check)
+ * before anything is read. Pure compute on caller memory: no I/O, no allocation.
+ */
+#include "bsipatch.h"
+#include "bsi_internal.h"
+
+typedef struct {
+    uint8_t *buf;
+    uint64_t size;
+    const bsi_exe_region *reg;
+    uint64_t nreg;
+    const bsi_exe_map *map;
+    uint64_t nmap;
+    uint64_t lo, hi;   /* virtual address span of the image (LOAD regions, bss included) */
+    uint64_t *stats;
+} exe_ctx;
+
+static inline int64_t sext(uint64_t v, unsigned bits) {
+    uint64_t m = (uint64_t)1 << (bits - 1);
+    v &= (m << 1) - 1;
+    return (int64_t)((v ^ m) - m);
+}
+
+/* New address of old virtual address x, or 0 when the map does not cover it. */
+static int map_va(const exe_ctx *c, uint64_t x, uint64_t *out) {
+    uint64_t a = 0, b = c->nmap;
+    while (a < b) { /* first entry with old_va > x */
+        uint64_t mid = a + (b - a) / 2;
+        if (c->map[mid].old_va <= x)
+            a = mid + 1;
+        else
+            b = mid;
+    }
+    if (a == 0) return 0;
+    const bsi_exe_map *m = &c->map[a - 1];
+    if (x - m->old_va >= m->len) return 0;
+    *out = x + (uint64_t)m->delta;
+    return 1;
+}
+
+static int in_image(const exe_ctx *c, uint64_t va) { return va >= c->lo && va < c->hi; }
+
+/* File offset of virtual address va (n bytes) in a LOAD region, or 0. */
+static int va_to_off(const exe_ctx *c, uint64_t va, uint64_t n, uint64_t *off) {
+    for (uint64_t i = 0; i < c->nreg; i++) {
+        const bsi_exe_region *r = &c->reg[i];
+        if (r->kind != BSI_EXE_LOAD || va < r->va) continue;
+        if (va - r->va <= r->len && r->len - (va - r->va) >= n) {
+            *off = r->off + (va - r->va);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* A pc-relative 32-bit value at buf[q] (virtual address vq) relative to vq + 4. */
+static int fix_rel32(exe_ctx *c, uint64_t q, uint64_t vq, uint64_t target) {
+    uint64_t nq, nt;
+    int64_t v;
+    if (!map_va(c, vq, &nq) || !map_va(c, target, &nt)) return 0;
+    v = (int64_t)(nt - (nq + 4));
+    if (v < INT32_MIN || v > INT32_MAX) return 0;
+    bsi_store32le(c->buf + q, (uint32_t)(int32_t)v);
+    return 1;
+}
+
+/* ---- x86-64 --------------------------------------------------------------------- */
+
+/* One-byte opcodes that take a ModRM byte and are common with a memory operand. */
+static const uint8_t X86_MODRM1[256] = {
+    [0x00] = 1, [0x01] = 1, [0x02] = 1, [0x03] = 1, [0x08] = 1, [0x09] = 1, [0x0A] = 1,
+    [0x0B] = 1, [0x10] = 1, [0x11] = 1, [0x12] = 1, [0x13] = 1, [0x18] = 1, [0x19] = 1,
+    [0x1A] = 1, [0x1B] = 1, [0x20] = 1, [0x21] = 1, [0x22] = 1, [0x23] = 1, [0x28] = 1,
+    [0x29] = 1, [0x2A] = 1, [0x2B] = 1, [0x30] = 1, [0x31] = 1, [0x32] = 1, [0x33] = 1,
+    [0x38] = 1, [0x39] = 1, [0x3A] = 1, [0x3B] = 1, [0x63] = 1, [0x69] = 1, [0x6B] = 1,
+    [0x80] = 1, [0x81] = 1, [0x83] = 1, [0x84] = 1, [0x85] = 1, [0x86] = 1, [0x87] = 1,
+    [0x88] = 1, [0x89] = 1, [0x8A] = 1, [0x8B] = 1, [0x8D] = 1, [0xC0] = 1, [0xC1] = 1,
+    [0xC6] = 1, [0xC7] = 1, [0xD0] = 1, [0xD1] = 1, [0xD2] = 1, [0xD3] = 1, [0xD8] = 1,
+    [0xD9] = 1, [0xDA] = 1, [0xDB] = 1, [0xDC] = 1, [0xDD] = 1, [0xDE] = 1, [0xDF] = 1,
+    [0xF6] = 1, [0xF7] = 1, [0xFE] = 1, [0xFF] = 1,
+};
+
+/* Two-byte (0F xx) opcodes that take a ModRM byte (SSE moves and arithmetic, movzx,
+ * cmov, prefetch, nop ...); 0F 38 / 0F 3A escapes are handled separately. */
+static int x86_modrm2(uint8_t op) {
+    if (op >= 0x10 && op <= 0x18) return 1;
+    if (op == 0x1F || (op >= 0x28 && op <= 0x2F) || (op >= 0x40 && op <= 0x7F)) return 1;
+    if (op == 0xAF || op == 0xB0 || op == 0xB1 || (op >= 0xB6 && op <= 0xBF)) return 1;
+    if (op == 0xC2 || op == 0xC6 || op >= 0xD0) return op != 0xFF;
+    return 0;
+}
+
+static void scan_x86(exe_ctx *c, const bsi_exe_region *r) {
+    const uint8_t *p = c->buf + r->off;
+    uint64_t n = r->len, i = 0;
+    while (i + 5 <= n) {
+        uint64_t q = 0;
+        int branch = 0;
+        uint8_t b = p[i];
+        if (b == 0xE8 || b == 0xE9) {
+            q = i + 1;
+            branch = 1;
+        } else if (b == 0x0F && i + 6 <= n && (p[i + 1] & 0xF0) == 0x80) {
+            q = i + 2;
+            branch = 1;
+        } else if (X86_MODRM1[b] && (p[i + 1] & 0xC7) == 0x05) {
+            q = i + 2;
+        } else if (b == 0x0F && i + 7 <= n) {
+            if ((p[i + 1] == 0x38 || p[i + 1] == 0x3A) && (p[i + 3] & 0xC7) == 0x05)
+                q = i + 4;
+            else if (x86_modrm2(p[i + 1]) && (p[i + 2] & 0xC7) == 0x05)
+                q = i + 3;
+        } else if (b == 0xC5 && i + 8 <= n && (p[i + 3] & 0xC7) == 0x05) {
+            q = i + 4; /* two-byte VEX: C5 RvvvvLpp op modrm */
+        } else if (b == 0xC4 && i + 9 <= n && (p[i + 1] & 0x1F) >= 1 && (p[i + 1] & 0x1F) <= 3 &&
+                   (p[i + 4] & 0xC7) == 0x05) {
+            q = i + 5; /* three-byte VEX */
+        } else if (b == 0x62 && i + 10 <= n && (p[i + 1] & 0x0C) == 0 && (p[i + 2] & 0x04) &&
+                   (p[i + 5] & 0xC7) == 0x05) {
+            q = i + 6; /* EVEX */
+        }
+        if (q && q + 4 <= n) {
+            uint64_t vq = r->va + q;
+            uint64_t t = vq + 4 + (uint64_t)(int64_t)(int32_t)bsi_load32le(p + q);
+            if (in_image(c, t)) {
+                c->stats[branch ? 1 : 2]++;
+                if (fix_rel32(c, r->off + q, vq, t)) c->stats[0]++;
+                i = q + 4;
+                continue;
+            }
+        }
+        i++;
+    }
+}
+
+/* ---- AArch64 -------------------------------------------------------------------- */
+
+/* Write imm (already range-checked) into the field [lo, lo+bits) of instruction w. */
+static uint32_t put_field(uint32_t w, unsigned lo, unsigned bits, int64_t imm) {
+    uint32_t mask = (uint32_t)(((uint64_t)1 << bits) - 1) << lo;
+    return (w & ~mask) | (((uint32_t)(uint64_t)imm << lo) & mask);
+}
+
+static int fits(int64_t v, unsigned bits) {
+    return v >= -((int64_t)1 << (bits - 1)) && v < ((int64_t)1 << (bits - 1));
+}
+
+/* The low-12-bit instruction that completes ADRP Rd at word k (ADD imm or a load/store
+ * with unsigned offset using Rd as base), within the next 8 words; scale in *scale. */
+static int64_t adrp_pair(const uint8_t *p, uint64_t k, uint64_t nwords, unsigned rd, unsigned *scale) {
+    for (uint64_t j = k + 1; j < nwords && j <= k + 8; j++) {
+        uint32_t w = bsi_load32le(p + 4 * j);
+        if (((w >> 5) & 31) != rd) continue;
+        if ((w & 0xFFC00000u) == 0x91000000u) { /* ADD Xd, Xn, #imm12 (no shift) */
+            *scale = 0;
+            return (int64_t)j;
+        }
+        if ((w & 0x3B000000u) == 0x39000000u) { /* LDR/STR (unsigned offset) */
+            unsigned size = w >> 30, v = (w >> 26) & 1, opc = (w >> 22) & 3;
+            *scale = (v && size == 0 && (opc & 2)) ? 4 : size;
+            return (int64_t)j;
+        }
+    }
+    return -1;
+}
+
+static void a64_adrp(exe_ctx *c, const bsi_exe_region *r, uint64_t k, uint64_t nwords, uint32_t w) {
+    uint8_t *p = c->buf + r->off;
+    uint64_t pc = r->va + 4 * k, page = pc & ~(uint64_t)0xFFF, t, npc, nt;
+    int64_t imm = sext(((uint64_t)((w >> 5) & 0x7FFFF) << 2) | ((w >> 29) & 3), 21), npages;
+    unsigned scale = 0;
+    int64_t j = adrp_pair(p, k, nwords, w & 31, &scale);
+    uint32_t w2 = j >= 0 ? bsi_load32le(p + 4 * (uint64_t)j) : 0;
+    uint64_t lo = j >= 0 ? (uint64_t)((w2 >> 10) & 0xFFF) << scale : 0;
+    t = page + ((uint64_t)imm << 12) + lo;
+    if (!in_image(c, t)) return;
+    c->stats[4]++;
+    if (!map_va(c, pc, &npc) || !map_va(c, t, &nt)) return;
+    npages = (int64_t)((nt >> 12) - (npc >> 12));
+    if (!fits(npages, 21)) return;
+    w = put_field(w, 29, 2, npages & 3);
+    w = put_field(w, 5, 19, npages >> 2);
+    bsi_store32le(p + 4 * k, w);
+    if (j >= 0 && ((nt & 0xFFF) & (((uint64_t)1 << scale) - 1)) == 0)
+        bsi_store32le(p + 4 * (uint64_t)j, put_field(w2, 10, 12, (int64_t)((nt & 0xFFF) >> scale)));
+    c->stats[0]++;
+}
+
+static void scan_a64(exe_ctx *c, const bsi_exe_region *r) {
+    uint8_t *p = c->buf + r->off;
+    uint64_t nwords = r->len / 4;
+    for (uint64_t k = 0; k < nwords; k++) {
+        uint32_t w = bsi_load32le(p + 4 * k);
+        unsigned lo, bits, shift = 2;
+        int64_t imm;
+        uint64_t pc = r->va + 4 * k, t, npc, nt;
+        if ((w & 0x7C000000u) == 0x14000000u) { /* B, BL */
+            lo = 0, bits = 26;
+        } else if ((w & 0xFF000010u) == 0x54000000u || (w & 0x7E000000u) == 0x34000000u ||
+                   (w & 0x3B000000u) == 0x18000000u) { /* B.cond, CBZ/CBNZ, LDR literal */
+            lo = 5, bits = 19;
+        } else if ((w & 0x7E000000u) == 0x36000000u) { /* TBZ/TBNZ */
+            lo = 5, bits = 14;
+        } else if ((w & 0x9F000000u) == 0x90000000u) { /* ADRP (+ its low-12-bit pair) */
+            a64_adrp(c, r, k, nwords, w);
+            continue;
+        } else if ((w & 0x9F000000u) == 0x10000000u) { /* ADR */
+            imm = sext(((uint64_t)((w >> 5) & 0x7FFFF) << 2) | ((w >> 29) & 3), 21);
+            t = pc + (uint64_t)imm;
+            if (!in_image(c, t)) continue;
+            c->stats[3]++;
+            if (!map_va(c, pc, &npc) || !map_va(c, t, &nt) || !fits((int64_t)(nt - npc), 21))
+                continue;
+            imm = (int64_t)(nt - npc);
+            w = put_field(put_field(w, 29, 2, imm & 3), 5, 19, imm >> 2);
+            bsi_store32le(p + 4 * k, w);
+            c->stats[0]++;
+            continue;
+        } else {
+            continue;
+        }
+        imm = sext(w >> lo, bits) * 4;
+        t = pc + (uint64_t)imm;
+        if (!in_image(c, t)) continue;
+        c->stats[3]++;
+        if (!map_va(c, pc, &npc) || !map_va(c, t, &nt)) continue;
+        imm = (int64_t)(nt - npc);
+        if (imm % 4 || !fits(imm / 4, bits)) continue;
+        bsi_store32le(p + 4 * k, put_field(w, lo, bits, imm >> shift));
+        c->stats[0]++;
+    }
+}
+
+/* ---- tables --------------------------------------------------------------------- */
+
+static int map64_at(exe_ctx *c, uint64_t off) {
+    uint64_t v = bsi_load64le(c->buf + off), nv;
+    if (v == 0 || !map_va(c, v, &nv)) return 0;
+    bsi_store64le(c->buf + off, nv);
+    return 1;
+}
+
+static void scan_rela(exe_ctx *c, const bsi_exe_region *r) {
+    int x86 = r->arg == 62;
+    uint32_t relative = x86 ? 8 : 1027, jump_slot = x86 ? 7 : 1026, irelative = x86 ? 37 : 1032;
+    for (uint64_t e = 0; e + 24 <= r->len; e += 24) {
+        uint64_t at = r->off + e, roff = bsi_load64le(c->buf + at), nroff, ioff;
+        uint32_t type = (uint32_t)bsi_load64le(c->buf + at + 8);
+        c->stats[5]++;
+        if (map_va(c, roff, &nroff)) {
+            bsi_store64le(c->buf + at, nroff);
+            c->stats[0]++;
+        }
+        if (type == relative || type == irelative) c->stats[0] += (uint64_t)map64_at(c, at + 16);
+        if ((type == relative || type == jump_slot) && va_to_off(c, roff, 8, &ioff))
+            c->stats[0] += (uint64_t)map64_at(c, ioff); /* the pointer in place */
+    }
+}
+
+static void scan_sym(exe_ctx *c, const bsi_exe_region *r) {
+    for (uint64_t e = 0; e + 24 <= r->len; e += 24) {
+        uint64_t at = r->off + e;
+        uint16_t shndx = bsi_load16le(c->buf + at + 6);
+        uint8_t type = c->buf[at + 4] & 0xF;
+        if (shndx == 0 || shndx >= 0xFF00 || type == 6 /* STT_TLS */) continue;
+        c->stats[5]++;
+        c->stats[0] += (uint64_t)map64_at(c, at + 8);
+    }
+}
+
+/* A datarel / pcrel sdata4 value at buf[off]: target = base + v. */
+static void fix_sdata4(exe_ctx *c, uint64_t off, uint64_t base) {
+    uint64_t t = base + (uint64_t)(int64_t)(int32_t)bsi_load32le(c->buf + off), nb, nt;
+    int64_t v;
+    c->stats[6]++;
+    if (!map_va(c, base, &nb) || !map_va(c, t, &nt)) return;
+    v = (int64_t)(nt - nb);
+    if (v < INT32_MIN || v > INT32_MAX) return;
+    bsi_store32le(c->buf + off, (uint32_t)(int32_t)v);
+    c->stats[0]++;
+}
+
+static void scan_ehhdr(exe_ctx *c, const bsi_exe_region *r) {
+    const uint8_t *p = c->buf + r->off;
+    uint64_t count;
+    if (r->len < 12 || p[0] != 1 || p[1] != 0x1B || p[2] != 0x03 || p[3] != 0x3B) return;
+    count = bsi_load32le(p + 8);
+    fix_sdata4(c, r->off + 4, r->va + 4);
+    for (uint64_t k = 0; k < count && 12 + 8 * k + 8 <= r->len; k++) {
+        fix_sdata4(c, r->off + 12 + 8 * k, r->va);
+        fix_sdata4(c, r->off + 16 + 8 * k, r->va);
+    }
+}
+
+static int uleb(const uint8_t *p, uint64_t *pos, uint64_t end, uint64_t *out) {
+    uint64_t v = 0;
+    for (unsigned s = 0; s < 64 && *pos < end; s += 7) {
+        uint8_t b = p[(*pos)++];
+        v |= (uint64_t)(b & 0x7F) << s;
+        if (!(b & 0x80)) {
+            *out = v;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* FDE pointer encoding of the CIE at p[pos .. end), or -1. */
+static int cie_encoding(const uint8_t *p, uint64_t pos, uint64_t end) {
+    uint64_t a = pos + 9, aug, x, k;
+    uint8_t version;
+    if (pos + 9 > end) return -1;
+    version = p[pos + 8];
+    aug = a;
+    while (a < end && p[a]) a++;
+    if (a >= end || p[aug] != 'z') return -1;
+    a++;
+    if (!uleb(p, &a, end, &x) || !uleb(p, &a, end, &x)) return -1; /* code/data align */
+    if (version == 1) {
+        if (++a > end) return -1;
+    } else if (!uleb(p, &a, end, &x)) {
+        return -1;
+    }
+    if (!uleb(p, &a, end, &x)) return -1; /* augmentation data length */
+    for (k = aug + 1; p[k]; k++) {
+        if (a >= end) return -1;
+        if (p[k] == 'R') return p[a];
+        if (p[k] == 'L') {
+            a++;
+        } else if (p[k] == 'P') {
+            uint8_t e = p[a++];
+            unsigned sz = (e & 7) == 2 ? 2 : (e & 7) == 3 ? 4 : (e & 7) == 4 || (e & 0xF) == 0 ? 8 : 0;
+            if (!sz) return -1;
+            a += sz;
+        } else if (p[k] != 'S' && p[k] != 'B') {
+            return -1;
+        }
+    }
+    return -1;
+}
+
+static void scan_ehframe(exe_ctx *c, const bsi_exe_region *r) {
+    const uint8_t *p = c->buf + r->off;
+    uint64_t pos = 0, cie_pos = UINT64_MAX;
+    int enc = -1;
+    while (pos + 8 <= r->len) {
+        uint64_t len = bsi_load32le(p + pos), id, end;
+        if (len == 0 || len == 0xFFFFFFFFu || len > r->len - pos - 4) return;
+        end = pos + 4 + len;
+        id = bsi_load32le(p + pos + 4);
+        if (id != 0 && id <= pos + 4 && pos + 12 <= end) {
+            uint64_t cie = pos + 4 - id;
+            if (cie != cie_pos) {
+                uint64_t clen = cie + 4 <= r->len ? bsi_load32le(p + cie) : 0;
+                cie_pos = cie;
+                enc = clen && clen <= r->len - cie - 4 ? cie_encoding(p, cie, cie + 4 + clen) : -1;
+            }
+            if (enc == 0x1B) fix_sdata4(c, r->off + pos + 8, r->va + pos + 8);
+        }
+        pos = end;
+    }
+}
+
+/* ---- entry points --------------------------------------------------------------- */
+
+BSI_API int bsi_exe_check(uint64_t size, const bsi_exe_region *regions, uint64_t n_regions,
+                          const bsi_exe_map *map, uint64_t n_map) {
+    int loads = 0;
+    if ((n_regions && !regions) || (n_map && !map)) return BSI_E_INVAL;
+    if (n_regions > BSI_EXE_MAX_REGIONS || n_map > BSI_EXE_MAX_MAP) return BSI_E_CORRUPT;
+    for (uint64_t i = 0; i < n_regions; i++) {
+        const bsi_exe_region *r = &regions[i];
+        uint64_t end;
+        if (r->kind >= BSI_EXE_KINDS || !bsi_range_ok(r->off, r->len, size) ||
+            bsi_add_overflow_u64(r->va, r->len, &end) || bsi_add_overflow_u64(end, r->arg, &end))
+            return BSI_E_CORRUPT;
+        if (r->kind != BSI_EXE_LOAD && r->kind != BSI_EXE_RELA && r->arg) return BSI_E_CORRUPT;
+        if (r->kind == BSI_EXE_RELA && r->arg != 62 && r->arg != 183) return BSI_E_CORRUPT;
+        loads += r->kind == BSI_EXE_LOAD;
+    }
+    if (n_regions && !loads) return BSI_E_CORRUPT;
+    for (uint64_t i = 0; i < n_map; i++) {
+        uint64_t end;
+        if (map[i].len == 0 || bsi_add_overflow_u64(map[i].old_va, map[i].len, &end))
+            return BSI_E_CORRUPT;
+        if (i + 1 < n_map && map[i + 1].old_va < end) return BSI_E_CORRUPT;
+    }
+    return BSI_OK;
+}
+
+BSI_API int64_t bsi_exe_transform(uint8_t *buf, uint64_t size, const bsi_exe_region *regions,
+                                  uint64_t n_regions, const bsi_exe_map *map, uint64_t n_map,
+                                  uint64_t *stats) {
+    uint64_t local[BSI_EXE_KINDS] = {0};
+    exe_ctx c;
+    int rc;
+    if (size && !buf) return BSI_E_INVAL;
+    if ((rc = bsi_exe_check(size, regions, n_regions, map, n_map)) < 0) return rc;
+    c.buf = buf, c.size = size, c.reg = regions, c.nreg = n_regions, c.map = map, c.nmap = n_map;
+    c.stats = stats ? stats : local;
+    memset(c.stats, 0, sizeof(local));
+    c.lo = UINT64_MAX, c.hi = 0;
+    for (uint64_t i = 0; i < n_regions; i++) {
+        if (regions[i].kind != BSI_EXE_LOAD) continue;
+        if (regions[i].va < c.lo) c.lo = regions[i].va;
+        if (regions[i].va + regions[i].len + regions[i].arg > c.hi)
+            c.hi = regions[i].va + regions[i].len + regions[i].arg;
+    }
+    for (uint64_t i = 0; i < n_regions; i++) {
+        const bsi_exe_region *r = &regions[i];
+        switch (r->kind) {
+        case BSI_EXE_X86_64: scan_x86(&c, r); break;
+        case BSI_EXE_A64: scan_a64(&c, r); break;
+        case BSI_EXE_RELA: scan_rela(&c, r); break;
+        case BSI_EXE_SYM: scan_sym(&c, r); break;
+        case BSI_EXE_EHHDR: scan_ehhdr(&c, r); break;
+        case BSI_EXE_EHFRAME: scan_ehframe(&c, r); break;
+        case BSI_EXE_PTR64:
+            for (uint64_t e = 0; e + 8 <= r->len; e += 8) {
+                c.stats[7]++;
+                c.stats[0] += (uint64_t)map64_at(&c, r->off + e);
+            }
+            break;
+        default: break;
+        }
+    }
+    return (int64_t)c.stats[0];
+}

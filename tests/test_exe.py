@@ -1,0 +1,259 @@
+"""The executable reference transform: ELF parsing, the transform block, the native scan.
+
+Round trips through bsipatch.diff/apply are in test_exe_patch.py; here the parts are
+tested on their own: ELF files the C compiler builds, hostile transform blocks, and
+the native transform's argument checks and determinism.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+from pathlib import Path
+
+import exe_data
+import pytest
+
+from bsipatch._native import ffi, lib
+from bsipatch.delta import elf, exe
+from bsipatch.delta.diff import compute_ops, diff
+from bsipatch.delta.exemap import build_map
+from bsipatch.errors import CorruptPatch, TruncatedPatch
+
+
+@pytest.fixture(scope="module")
+def expat_pairs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[Path, Path]]:
+    return exe_data.expat_pairs(exe_data.cache_dir(request, tmp_path_factory))
+
+
+@pytest.fixture(scope="module")
+def x86_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, bytes]:
+    return exe_data.insert_pair(tmp_path_factory.mktemp("x86"), "x86_64")
+
+
+@pytest.fixture(scope="module")
+def a64_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, bytes]:
+    return exe_data.insert_pair(tmp_path_factory.mktemp("a64"), "aarch64")
+
+
+def test_elf_parse_sees_code_tables_and_segments(x86_pair: tuple[bytes, bytes]) -> None:
+    e = elf.parse(x86_pair[0])
+    assert e is not None and e.machine == elf.EM_X86_64 and e.type == elf.ET_DYN
+    text = e.section(".text")
+    assert text is not None and text.flags & elf.SHF_EXECINSTR and text.size > 1000
+    assert any(ld.off <= text.off < ld.off + ld.filesz for ld in e.loads)
+    kinds = {r.kind for r in exe.regions_of(e)}
+    assert {lib.BSI_EXE_LOAD, lib.BSI_EXE_X86_64, lib.BSI_EXE_RELA, lib.BSI_EXE_SYM} <= kinds
+    assert {lib.BSI_EXE_EHHDR, lib.BSI_EXE_EHFRAME} <= kinds
+
+
+def test_elf_parse_refuses_what_it_does_not_know(x86_pair: tuple[bytes, bytes]) -> None:
+    a = x86_pair[0]
+    assert elf.parse(b"") is None
+    assert elf.parse(b"\x7fELF" + bytes(100)) is None
+    assert elf.parse(a[:63]) is None
+    assert elf.parse(a[: len(a) // 2]) is None  # section headers beyond the end
+    wrong_machine = bytearray(a)
+    struct.pack_into("<H", wrong_machine, 18, 40)  # ARM (32-bit)
+    assert elf.parse(bytes(wrong_machine)) is None
+    huge = bytearray(a)
+    struct.pack_into("<H", huge, 60, 60000)  # e_shnum
+    assert elf.parse(bytes(huge)) is None
+
+
+@pytest.mark.parametrize("arch", ["x86", "a64"])
+def test_transform_predicts_moved_references(
+    arch: str, x86_pair: tuple[bytes, bytes], a64_pair: tuple[bytes, bytes]
+) -> None:
+    """After a function is inserted in the middle, the predicted old file agrees with the
+    new one at many more mapped bytes than the old file does (references moved)."""
+    old, new = x86_pair if arch == "x86" else a64_pair
+    prep = exe.prepare(old, new, compute_ops)
+    assert prep is not None
+    assert prep.stats["rewritten"] > 300
+    found = "x86_branch" if arch == "x86" else "a64_branch"
+    assert prep.stats[found] > 100
+    pred = bytes(prep.predicted)
+    assert len(pred) == len(old) and pred != old
+    # the same engine, fed the predicted old file, needs far fewer bytes to make new
+    plain, predicted = io.BytesIO(), io.BytesIO()
+    diff(old, new, plain)
+    diff(pred, new, predicted)
+    block, _ = exe.pack_block(bytes(32), prep.block)
+    assert len(predicted.getvalue()) + len(block) < len(plain.getvalue())
+
+
+def test_transform_block_round_trip_and_digest() -> None:
+    t = exe.Transform(
+        (exe.Region(0, 100, 0x1000, lib.BSI_EXE_LOAD, 4096), exe.Region(10, 50, 0x100A, 1)),
+        ((0x1000, 40, 16), (0x1040, 8, -8), (0x2000, 1, 1 << 40)),
+    )
+    body = t.pack()
+    assert exe.Transform.unpack(body, 100) == t
+    hd = bytes(range(32))
+    block, digest = exe.pack_block(hd, body)
+    pos = 0
+
+    def read(n: int) -> bytes:
+        nonlocal pos
+        pos += n
+        return block[pos - n : pos]
+
+    assert exe.read_block(read, hd) == (body, digest)
+    for cut in (3, 20, len(block) - 1):
+        pos = 0
+
+        def read_short(n: int, short: bytes = block[:cut]) -> bytes:
+            nonlocal pos
+            pos += n
+            return short[pos - n : pos]
+
+        with pytest.raises(TruncatedPatch):
+            exe.read_block(read_short, hd)
+    for i in (0, 5, 9, 13, 20, len(block) - 1):
+        bad = bytearray(block)
+        bad[i] ^= 1
+        pos = 0
+
+        def read_bad(n: int, bad: bytearray = bad) -> bytes:
+            nonlocal pos
+            pos += n
+            return bytes(bad[pos - n : pos])
+
+        with pytest.raises((CorruptPatch, TruncatedPatch)):
+            exe.read_block(read_bad, hd)
+    pos = 0
+    with pytest.raises(CorruptPatch, match="digest"):
+        exe.read_block(read, bytes(32))  # bound to another patch header
+
+
+def _body(nreg: int, nmap: int, tail: bytes = b"") -> bytes:
+    return struct.pack("<III", 1, nreg, nmap) + tail
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (b"", "transform block"),
+        (struct.pack("<III", 2, 0, 0), "version"),
+        (_body(lib.BSI_EXE_MAX_REGIONS + 1, 0, bytes(50000)), "declares"),
+        (_body(0, lib.BSI_EXE_MAX_MAP + 1, bytes(10)), "declares"),
+        (_body(1, 0, bytes(4)), "declares"),  # region shorter than its minimum
+        (_body(0, 1, b"\x00\x05\x00\x00"), "after its map"),
+        (_body(0, 1, b"\x00\x00\x00"), "out of range"),  # empty map entry
+        (_body(0, 2, b"\x00\x10\x00" + b"\x00\x10\x00"), ""),  # fine: adjacent
+        (_body(0, 1, b"\xff" * 11), "varint"),
+        (_body(1, 0, b"\x09\x00\x00\x01\x00"), "do not fit"),  # unknown kind
+        (_body(1, 0, b"\x03\x05\x00\x01\x00"), "do not fit"),  # RELA with a bad machine
+        (_body(1, 0, b"\x00\x00\x60\x50\x00"), "do not fit"),  # region beyond old (100 B)
+        (_body(1, 0, b"\x01\x00\x00\x01\x00"), "do not fit"),  # no LOAD region
+        (_body(1, 0, b"\x80\x80\x04\x00\x00\x01\x00"), "kind"),  # kind above 16 bits
+    ],
+)
+def test_transform_unpack_rejects_hostile_bodies(body: bytes, match: str) -> None:
+    if not match:
+        assert exe.Transform.unpack(body, 100).map == ((0, 16, 0), (16, 16, 0))
+        return
+    with pytest.raises(CorruptPatch, match=match):
+        exe.Transform.unpack(body, 100)
+
+
+def test_native_checks_regions_and_map() -> None:
+    buf = bytearray(256)
+    pbuf = ffi.from_buffer(buf)
+
+    def run(
+        regions: list[tuple[int, int, int, int, int]], entries: list[tuple[int, int, int]]
+    ) -> int:
+        r = ffi.new("bsi_exe_region[]", max(len(regions), 1))
+        for i, (off, n, va, kind, arg) in enumerate(regions):
+            r[i].off, r[i].len, r[i].va, r[i].kind, r[i].arg = off, n, va, kind, arg
+        m = ffi.new("bsi_exe_map[]", max(len(entries), 1))
+        for i, (va, n, d) in enumerate(entries):
+            m[i].old_va, m[i].len, m[i].delta = va, n, d
+        rc = lib.bsi_exe_check(len(buf), r, len(regions), m, len(entries))
+        rt = lib.bsi_exe_transform(pbuf, len(buf), r, len(regions), m, len(entries), ffi.NULL)
+        assert (rc < 0) == (rt < 0)
+        return int(min(rc, rt))
+
+    load = (0, 256, 0x1000, lib.BSI_EXE_LOAD, 0)
+    assert run([load], [(0x1000, 256, 8)]) == 0
+    assert run([], []) == 0
+    assert run([load], [(0x1000, 16, 8), (0x1008, 16, 8)]) == lib.BSI_E_CORRUPT  # overlap
+    assert run([load], [(0x1010, 16, 8), (0x1000, 16, 8)]) == lib.BSI_E_CORRUPT  # unsorted
+    assert run([load], [(2**64 - 8, 16, 0)]) == lib.BSI_E_CORRUPT  # wraps
+    assert run([load, (250, 7, 0, 1, 0)], []) == lib.BSI_E_CORRUPT  # past the buffer
+    assert run([(0, 256, 2**64 - 100, 0, 0)], []) == lib.BSI_E_CORRUPT  # va wraps
+    assert run([(0, 256, 2**64 - 1000, 0, 2**32 - 1)], []) == lib.BSI_E_CORRUPT  # bss wraps
+    assert run([load, (0, 10, 0, lib.BSI_EXE_KINDS, 0)], []) == lib.BSI_E_CORRUPT
+    assert run([(0, 10, 0, 1, 0)], []) == lib.BSI_E_CORRUPT  # no LOAD
+    assert run([load, (0, 240, 0x1000, lib.BSI_EXE_SYM, 5)], []) == lib.BSI_E_CORRUPT
+
+
+def test_native_transform_is_deterministic_and_stays_in_bounds() -> None:
+    """Random bytes taken as code and tables of every kind, with random maps: the
+    transform gives the same bytes twice and never writes outside its buffer."""
+    rng = random.Random(1234)
+    for _ in range(60):
+        size = rng.randrange(16, 4096)
+        data = bytes(rng.randrange(256) for _ in range(size))
+        regions = [exe.Region(0, size, 0x400000, lib.BSI_EXE_LOAD, rng.randrange(4096))]
+        for _k in range(rng.randrange(1, 8)):
+            off = rng.randrange(size)
+            kind = rng.randrange(1, lib.BSI_EXE_KINDS)
+            arg = rng.choice((62, 183)) if kind == lib.BSI_EXE_RELA else 0
+            regions.append(
+                exe.Region(off, rng.randrange(size - off + 1), 0x400000 + off, kind, arg)
+            )
+        entries, va = [], 0x400000 - 64
+        while va < 0x400000 + size + 4096 and len(entries) < 20:
+            n = rng.randrange(1, 900)
+            entries.append((va, n, rng.randrange(-3000, 3000)))
+            va += n + rng.randrange(0, 64)
+        t = exe.Transform(tuple(regions), tuple(entries))
+        outs = []
+        for _r in range(2):
+            guard = bytearray(data + b"\xa5" * 16)
+            view = memoryview(guard)[:size]
+            stats = t.apply_to(view)
+            view.release()
+            assert guard[size:] == b"\xa5" * 16
+            outs.append((bytes(guard), stats))
+        assert outs[0] == outs[1]
+
+
+def test_build_map_keeps_order_and_falls_back_to_sections(x86_pair: tuple[bytes, bytes]) -> None:
+    eo, en = elf.parse(x86_pair[0]), elf.parse(x86_pair[1])
+    assert eo is not None and en is not None
+    text_o, text_n = eo.section(".text"), en.section(".text")
+    assert text_o is not None and text_n is not None
+    # one true alignment (moved by 0x40 in new) and one crossing it (a similar function
+    # far away, moved the other way): only the heavier survives; what neither covers falls
+    # back to the section's move, and the bytes after the alignment move with it
+    true = (text_n.off + 0x440, 512, text_o.off + 0x400)
+    crossing = (text_n.off + 0x100, 128, text_o.off + 0x1000)
+    m = build_map(eo, en, [true, crossing])
+    assert all(m[i][0] + m[i][1] <= m[i + 1][0] for i in range(len(m) - 1))
+
+    def delta(va: int) -> int | None:
+        return next((d for s, n, d in m if s <= va < s + n), None)
+
+    section_move = text_n.addr - text_o.addr
+    assert delta(text_o.addr + 0x400) == (text_n.addr + 0x440) - (text_o.addr + 0x400)
+    assert delta(text_o.addr + 0x1000) == delta(text_o.addr + 0x400)  # stretched, not crossing
+    assert delta(text_o.addr + 0x10) == section_move
+    bss_o, bss_n = eo.section(".bss"), en.section(".bss")
+    assert bss_o is not None and bss_n is not None
+    assert delta(bss_o.addr) == bss_n.addr - bss_o.addr  # no file bytes: by section address
+
+
+def test_real_expat_transform(expat_pairs: dict[str, tuple[Path, Path]]) -> None:
+    for arch, (old_p, new_p) in expat_pairs.items():
+        prep = exe.prepare(old_p.read_bytes(), new_p.read_bytes(), compute_ops)
+        assert prep is not None, arch
+        key = "x86_branch" if arch == "amd64" else "a64_branch"
+        assert prep.stats[key] > 1000, (arch, prep.stats)
+        assert prep.stats["rewritten"] > 1000, (arch, prep.stats)
