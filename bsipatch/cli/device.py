@@ -333,11 +333,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "go back to the OS version's base images, removing releases (if allowed)",
             _cmd_uninstall,
         ),
-        (
-            "boot",
-            "start-up: recover, activate pending reboot components, collect garbage",
-            _cmd_boot,
-        ),
+        ("boot", "start-up: recover, fall back if unconfirmed, activate pending", _cmd_boot),
         ("gc", "remove releases other than the active and previous one", _cmd_gc),
         ("recover", "finish or undo an interrupted operation", _cmd_recover),
     ):

@@ -117,6 +117,10 @@ def fall_back(pb: Preboot, reason: str) -> dict[str, Any]:
         return s
 
     switch(pb, "fallback", mutate)
+    # as rollback's gc does: what nothing refers to any more goes now, so an explicit
+    # install of the same release later builds it afresh
+    pb.sweep()
+    forget_readbacks(pb.path, pb.read_state())
     return {"from": from_id, "to": to_id, "reason": reason}
 
 
