@@ -218,3 +218,25 @@ class MdmSchemaError(MdmError):
     """The database schema is newer than this server knows, or is not a bsipatch schema."""
 
     exit_code = 12
+
+
+# --- vendor builds (bsipatch.vendor) ---------------------------------------------------
+
+
+class BuildError(BsipatchError):
+    """A vendor build (``release build --matrix``) failed; nothing was published."""
+
+    exit_code = 13
+
+
+class MatrixError(BuildError):
+    """A build matrix is invalid: every problem found is listed, one per line."""
+
+    def __init__(self, problems: list[str], source: str = "matrix") -> None:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{len(problems)} problem(s) in {source}:\n{lines}")
+        self.problems = list(problems)
+
+
+class BuildTaskError(BuildError):
+    """One task of a vendor build failed for good (e.g. a corrupt input image)."""

@@ -314,6 +314,14 @@ class Agent:
         try:
             if result.plan.install is not None:
                 report["installed"] = self._install(result.plan.install, state)
+                if result.plan.install_release is not None:  # N->1: what the choice saved
+                    choice = result.catalog.patch_saving(
+                        result.plan.install_release, result.plan.install
+                    )
+                    report["installed"]["patch_sources"] = choice
+                    report["installed"]["saved_bytes"] = sum(
+                        c["saved_bytes"] for c in choice.values()
+                    )
                 summary = f"installed {report['installed']['release']}"
             elif result.plan.step_back is not None:
                 report["step_back"] = self._step_back(result.plan.step_back, result.catalog, state)

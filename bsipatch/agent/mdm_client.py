@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from bsipatch._io import atomic_write
-from bsipatch.agent.agent import AgentStore, format_time, utc_now
+from bsipatch.agent.executor import format_time, utc_now
 from bsipatch.agent.policy import DECLARATION_TYPE, Policy
+from bsipatch.agent.state import AgentStore
 from bsipatch.agent.status import device_report
 from bsipatch.errors import FetchError, MdmError, PolicyError
 

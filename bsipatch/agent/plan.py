@@ -225,6 +225,7 @@ def plan(
     auto: AutoInstallDecision,
 ) -> Plan:
     """Decide what to do with every release of ``catalog`` (see the module docstring)."""
+    catalog = catalog.for_device(device.build)  # matrix releases: this build's variant
     active = catalog.get(device.active_release) if device.active_release else None
     active_seq = active.sequence if active is not None else 0
     decisions: dict[str, Decision] = {}
@@ -339,6 +340,7 @@ def check_manual(
     """
     from bsipatch.errors import RollbackAttack, WithdrawnRelease, WrongTarget
 
+    catalog = catalog.for_device(device.build)
     r = catalog.get(release_id)
     if r is None:
         raise WrongTarget(f"the trusted metadata lists no release {release_id!r}")

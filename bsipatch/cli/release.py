@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from bsipatch.cli import vendor as vendor_cli
 from bsipatch.cli._common import add_command, emit, progress_enabled
 from bsipatch.cli.progress import Progress
 from bsipatch.errors import FormatError, KeyFileError, MetadataError
@@ -265,8 +266,12 @@ def _release_lines(rel: Any, catalog: Any = None) -> list[str]:
 
 
 def cmd_release_build(args: argparse.Namespace) -> int:
+    vendor_cli.check_single(args)
     now = _now(args)
     published = parse_time(args.published, "--published") if args.published else now
+    if args.matrix:
+        keys = _keys(args, ("targets", *signers.ONLINE_ROLES))
+        return vendor_cli.cmd_matrix_build(args, keys, now, published, _expiry(args))
     components = _components(args)
     if not components and not args.back_to_base:
         raise FormatError("give at least one --component (or --back-to-base NAME)")
@@ -398,10 +403,10 @@ def _register_release(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     lsub = rel.add_subparsers(dest="release_command", metavar="ACTION")
     p = add_command(lsub, "build", "seal, diff and publish a release", cmd_release_build)
     p.add_argument("repo", metavar="REPO")
-    p.add_argument("--id", required=True, help='release id, e.g. "26.1 (a)"')
-    p.add_argument("--os-version", required=True, help="e.g. 26.1")
-    p.add_argument("--build", required=True, action="append", help="base OS build (repeatable)")
-    p.add_argument("--supplemental-build", required=True, help="build after install, e.g. 23B85a")
+    p.add_argument("--id", help='release id, e.g. "26.1 (a)"')
+    p.add_argument("--os-version", help="e.g. 26.1")
+    p.add_argument("--build", action="append", help="base OS build (repeatable)")
+    p.add_argument("--supplemental-build", help="build after install, e.g. 23B85a")
     p.add_argument(
         "--component",
         action="append",
@@ -423,6 +428,7 @@ def _register_release(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--with-images", action="store_true", help="also publish the base images")
     p.add_argument("--published", metavar="TIME", help="publication date (default now)")
     p.add_argument("--threads", type=int, default=None)
+    vendor_cli.add_arguments(p)
     _add_keys(p, "key directory holding the targets (offline) and online keys")
     _add_expiry(p, ("targets", *signers.ONLINE_ROLES))
     _add_now(p)

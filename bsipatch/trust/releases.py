@@ -48,6 +48,7 @@ __all__ = [
     "ComponentSpec",
     "PatchInfo",
     "Release",
+    "Variant",
     "check_cumulative",
     "image_target_path",
     "patch_target_path",
@@ -182,6 +183,41 @@ class ComponentSpec:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """One device variant (base build) of a matrix release: its own images and patches.
+
+    Attributes:
+        supplemental_build: the build a device of this variant reports once installed.
+        components: name -> :class:`ComponentSpec` for this build.
+    """
+
+    supplemental_build: str
+    components: Mapping[str, ComponentSpec]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "supplemental_build": self.supplemental_build,
+            "components": {n: c.to_dict() for n, c in sorted(self.components.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any, what: str) -> Variant:
+        """Strict inverse of :meth:`to_dict`."""
+        check_fields(d, ("supplemental_build", "components"), what)
+        comps = d["components"]
+        if not isinstance(comps, dict):
+            raise FormatError(f"{what}: components must be an object")
+        return cls(
+            supplemental_build=check_build(d["supplemental_build"], f"{what}.supplemental_build"),
+            components={
+                str(n): ComponentSpec.from_dict(c, f"{what} component {n}")
+                for n, c in comps.items()
+            },
+        )
+
+
+@dataclass(frozen=True)
 class Release:
     """A release as the targets role signed it.
 
@@ -193,7 +229,9 @@ class Release:
         published: publication time (``YYYY-MM-DDTHH:MM:SSZ``).
         sequence: release number in this repository (the device floor counts in it).
         withdrawn: the vendor withdrew it (signed by the targets role like the rest).
-        components: name -> :class:`ComponentSpec`.
+        components: name -> :class:`ComponentSpec` (empty for a matrix release).
+        variants: build -> :class:`Variant` for a matrix release (one per device
+            variant, every build listed); empty otherwise, and then omitted.
     """
 
     release_id: str
@@ -204,6 +242,7 @@ class Release:
     sequence: int
     withdrawn: bool
     components: Mapping[str, ComponentSpec] = field(default_factory=dict)
+    variants: Mapping[str, Variant] = field(default_factory=dict)
 
     _FIELDS = (
         "type", "release_id", "os_version", "builds", "supplemental_build",
@@ -223,8 +262,39 @@ class Release:
             or self.sequence < 1
         ):
             raise FormatError(f"sequence must be an integer >= 1, found {self.sequence!r}")
-        if not any(c.target is not None for c in self.components.values()):
+        if self.variants:
+            if self.components or set(self.variants) != set(self.builds):
+                raise FormatError(
+                    f"release {self.release_id}: a matrix release has one variant per build "
+                    "and no components of its own"
+                )
+            views = [self.for_build(b) for b in self.builds]  # each changes something
+            del views
+        elif not any(c.target is not None for c in self.components.values()):
             raise FormatError(f"release {self.release_id} changes no component")
+
+    def for_build(self, build: str) -> Release:
+        """The release as a device of base build ``build`` sees it (a matrix release's
+        variant for that build; any other release unchanged)."""
+        v = self.variants.get(build)
+        if v is None:
+            return self
+        return replace(
+            self,
+            builds=(build,),
+            supplemental_build=v.supplemental_build,
+            components=v.components,
+            variants={},
+        )
+
+    def specs(self) -> list[tuple[str | None, str, ComponentSpec]]:
+        """Every ``(build or None, name, spec)`` of the release, variants included."""
+        out: list[tuple[str | None, str, ComponentSpec]] = [
+            (None, n, c) for n, c in self.components.items()
+        ]
+        for b, v in self.variants.items():
+            out += [(b, n, c) for n, c in v.components.items()]
+        return out
 
     @property
     def extra_version(self) -> str:
@@ -234,12 +304,12 @@ class Release:
     @property
     def cves(self) -> tuple[str, ...]:
         """Every CVE id of every component, sorted."""
-        return tuple(sorted({c.id for s in self.components.values() for c in s.cves}))
+        return tuple(sorted({c.id for _b, _n, s in self.specs() for c in s.cves}))
 
     @property
     def changed(self) -> tuple[str, ...]:
         """Components the release puts a new image in place for."""
-        return tuple(sorted(n for n, c in self.components.items() if c.target is not None))
+        return tuple(sorted({n for _b, n, c in self.specs() if c.target is not None}))
 
     def to_dict(self) -> dict[str, Any]:
         """The ``custom.bsipatch`` dict."""
@@ -253,6 +323,11 @@ class Release:
             "sequence": self.sequence,
             "withdrawn": self.withdrawn,
             "components": {n: c.to_dict() for n, c in sorted(self.components.items())},
+            **(
+                {"variants": {b: v.to_dict() for b, v in sorted(self.variants.items())}}
+                if self.variants
+                else {}
+            ),
         }
 
     def document(self) -> bytes:
@@ -263,7 +338,11 @@ class Release:
     def from_dict(cls, d: Any) -> Release:
         """Strict inverse of :meth:`to_dict`."""
         what = "release"
-        check_fields(d, cls._FIELDS, what)
+        extra = ("variants",) if isinstance(d, dict) and "variants" in d else ()
+        check_fields(d, (*cls._FIELDS, *extra), what)
+        variants = d.get("variants", {})
+        if not isinstance(variants, dict) or (extra and not variants):
+            raise FormatError("release variants must be a non-empty object")
         if d["type"] != "release" or not isinstance(d["withdrawn"], bool):
             raise FormatError("release custom fields: bad type or withdrawn flag")
         comps = d["components"]
@@ -280,6 +359,10 @@ class Release:
             components={
                 str(n): ComponentSpec.from_dict(c, f"release {d['release_id']} component {n}")
                 for n, c in comps.items()
+            },
+            variants={
+                check_build(b, "variant build"): Variant.from_dict(v, f"release variant {b}")
+                for b, v in variants.items()
             },
         )
 
@@ -324,7 +407,7 @@ class Catalog:
                     raise FormatError(f"release {r.release_id} is filed under {path}")
                 releases.append(r)
         for r in releases:
-            for name, c in r.components.items():
+            for _build, name, c in r.specs():
                 for p in c.patches:
                     info = patches.get(p)
                     if info is None or info.component != name or info.to_seal != c.target:
@@ -338,6 +421,30 @@ class Catalog:
         releases.sort(key=lambda r: r.sequence)
         expires = targets.expires.strftime("%Y-%m-%dT%H:%M:%SZ")
         return cls(targets.version, expires, tuple(releases), patches)
+
+    def for_device(self, build: str) -> Catalog:
+        """The catalog as a device of base build ``build`` sees it (matrix releases reduced
+        to that build's variant; see :meth:`Release.for_build`)."""
+        return replace(self, releases=tuple(r.for_build(build) for r in self.releases))
+
+    def patch_saving(self, release: Release, manifest: ReleaseManifest) -> dict[str, Any]:
+        """Per component of ``manifest``: the patch chosen, and the base patch it replaces."""
+        out: dict[str, Any] = {}
+        for c in manifest.components:
+            spec = release.components[c.name]
+            base = [
+                self.patches[p].length
+                for p in spec.patches
+                if self.patches[p].from_seal == spec.base
+            ]
+            base_size = base[0] if base else int(c.patch.size)
+            out[c.name] = {
+                "source": "base" if c.base == spec.base else "active image",
+                "patch_bytes": int(c.patch.size),
+                "base_patch_bytes": base_size,
+                "saved_bytes": base_size - int(c.patch.size),
+            }
+        return out
 
     def get(self, release_id: str) -> Release | None:
         """The release with this id, or None."""
@@ -374,7 +481,8 @@ class Catalog:
             spec = release.components[name]
             infos = [self.patches[p] for p in spec.patches]
             have = (current or {}).get(name)
-            pick = next((i for i in infos if have is not None and i.from_seal == have), None)
+            fits = [i for i in infos if have is not None and i.from_seal == have]
+            pick = min(fits, key=lambda i: i.length) if fits else None  # smallest from current
             pick = pick or next((i for i in infos if i.from_seal == spec.base), None)
             if pick is None:
                 raise WrongTarget(
@@ -425,11 +533,13 @@ def check_cumulative(earlier: Sequence[Release], new: Release) -> None:
     """
     missing: dict[str, str] = {}
     for r in earlier:
-        if r.withdrawn or not set(r.builds) & set(new.builds):
+        if r.withdrawn:
             continue
-        for name in r.changed:
-            if name not in new.components:
-                missing.setdefault(name, r.release_id)
+        for build in set(r.builds) & set(new.builds):
+            have = new.for_build(build).components
+            for name in r.for_build(build).changed:
+                if name not in have:
+                    missing.setdefault(name, r.release_id)
     if missing:
         lst = ", ".join(f"{n} (changed by {rid})" for n, rid in sorted(missing.items()))
         raise WrongTarget(
