@@ -68,8 +68,11 @@ if tool.startswith("bsipatch"):
     raw = os.environ.get("BENCH_BSIPATCH_THREADS", "")
     threads = 1 if tool == "bsipatch-1t" else (int(raw) if raw else None)
     fmt = "bsdiff40" if tool == "bsipatch-bsdiff40" else "bsipatch"
-    diff, apply = bsipatch.delta.diff, bsipatch.delta.apply
-    if op == "diff":
+    from bsipatch.delta.apply import apply
+    from bsipatch.delta.diff import diff
+    if op == "diff" and tool == "bsipatch-v1":  # without the executable transform
+        run = lambda: diff(a, b, c, threads=threads, exe=False)
+    elif op == "diff":
         run = lambda: diff(a, b, c, format=fmt, threads=threads)
     else:
         run = lambda: apply(a, b, c, threads=threads)
@@ -147,6 +150,32 @@ def _xdelta3_apply(o: str, p: str, out: str) -> list[str]:
     return ["xdelta3", "-d", "-f", "-s", o, p, out]
 
 
+def _cli_diff(o: str, n: str, p: str) -> list[str]:
+    return [sys.executable, "-m", "bsipatch", "diff", "-q", o, n, p]
+
+
+def _cli_apply(o: str, p: str, out: str) -> list[str]:
+    return [sys.executable, "-m", "bsipatch", "apply", "-q", o, p, out]
+
+
+#: HDiffPatch is not packaged in Debian: point HDIFFPATCH_DIR at a directory holding
+#: hdiffz and hpatchz (built from its sources for measuring only), or put them on PATH.
+HDIFFPATCH_DIR = os.environ.get("HDIFFPATCH_DIR", "")
+
+
+def _hdp(name: str) -> str:
+    return str(Path(HDIFFPATCH_DIR) / name) if HDIFFPATCH_DIR else name
+
+
+def _hdiffz(o: str, n: str, p: str) -> list[str]:
+    # match mode (suffix array), zstd at its strongest, two threads
+    return [_hdp("hdiffz"), "-f", "-p-2", "-c-zstd-21-24", o, n, p]
+
+
+def _hpatchz(o: str, p: str, out: str) -> list[str]:
+    return [_hdp("hpatchz"), "-f", o, p, out]
+
+
 def _zstd_diff(o: str, n: str, p: str) -> list[str]:
     return ["zstd", "-q", "-f", "-19", "--long=31", f"--patch-from={o}", n, "-o", p]
 
@@ -161,6 +190,9 @@ TOOLS: dict[str, Tool] = {
         _py_tool("bsipatch", "bsipatch (all cores)"),
         _py_tool("bsipatch-1t", "bsipatch (threads=1)"),
         _py_tool("bsipatch-bsdiff40", "bsipatch --format bsdiff40"),
+        _py_tool("bsipatch-v1", "bsipatch, no executable transform"),
+        Tool("bsipatch-cli", "bsipatch CLI (whole process)", _cli_diff, _cli_apply),
+        Tool("hdiffpatch", "HDiffPatch hdiffz -c-zstd-21-24", _hdiffz, _hpatchz),
         Tool("bsdiff", "bsdiff/bspatch (Debian)", _bsdiff, _bspatch, slow=True),
         _py_tool("bsdiff4", "bsdiff4 (PyPI)", slow=True),
         _py_tool("detools", "detools (PyPI, lzma)", slow=True),
@@ -168,8 +200,18 @@ TOOLS: dict[str, Tool] = {
         Tool("zstd", "zstd -19 --long=31 --patch-from", _zstd_diff, _zstd_apply),
     )
 }
-BSIPATCH_TOOLS = ("bsipatch", "bsipatch-1t", "bsipatch-bsdiff40")
-DEFAULT_TOOLS = ("bsipatch", "bsipatch-1t", "bsdiff", "bsdiff4", "detools", "xdelta3", "zstd")
+BSIPATCH_TOOLS = ("bsipatch", "bsipatch-1t", "bsipatch-bsdiff40", "bsipatch-cli", "bsipatch-v1")
+DEFAULT_TOOLS = (
+    "bsipatch",
+    "bsipatch-cli",
+    "bsipatch-1t",
+    "hdiffpatch",
+    "bsdiff",
+    "bsdiff4",
+    "detools",
+    "xdelta3",
+    "zstd",
+)
 
 
 # -------------------------------------------------------------------------- measuring
@@ -184,6 +226,7 @@ class Run:
     cpu: float | None = None  # user + system CPU seconds, same scope as seconds
     wall: float | None = None  # spawn to exit
     peak_mib: float | None = None
+    anon_mib: float | None = None  # highest RssAnon seen (sampled), mapped file pages excluded
     detail: str = ""
     info: Any = None
 
@@ -196,6 +239,8 @@ class Step:
     seconds: float | None = None  # median over the runs
     cpu: float | None = None  # median CPU seconds (user + system) over the runs
     peak_mib: float | None = None  # highest over the runs
+    anon_mib: float | None = None  # highest sampled RssAnon over the runs
+    wall: float | None = None  # median spawn-to-exit seconds
     runs: list[float] = dataclasses.field(default_factory=list)
     detail: str = ""
     info: Any = None
@@ -203,6 +248,40 @@ class Step:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
         return dataclasses.asdict(self)
+
+
+def _anon_kib(pid: int) -> int:
+    """RssAnon (KiB) of ``pid`` and all its descendants, 0 where they are gone."""
+    total = 0
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                total += int(line.split()[1])
+                break
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += _anon_kib(int(child))
+    return total
+
+
+class _AnonSampler:
+    """Samples the RssAnon of a process tree every few milliseconds; keeps the peak."""
+
+    def __init__(self, pid: int, every: float = 0.005) -> None:
+        self.pid, self.every, self.peak = pid, every, 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, _anon_kib(self.pid))
+            self.stop.wait(self.every)
+
+    def close(self) -> float:
+        self.stop.set()
+        self.thread.join()
+        return self.peak / 1024
 
 
 def run_measured(argv: list[str], *, timeout: float, env: dict[str, str] | None = None) -> Run:
@@ -239,11 +318,13 @@ def run_measured(argv: list[str], *, timeout: float, env: dict[str, str] | None 
         stopped = threading.Event()
         timer = threading.Timer(timeout, kill)
         timer.start()
+        sampler = _AnonSampler(proc.pid)
         try:
             _, status, usage = os.wait4(proc.pid, 0)
         finally:
             stopped.set()
             timer.cancel()
+            anon = sampler.close()
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
         peak = usage.ru_maxrss / 1024  # KiB on Linux
@@ -272,7 +353,9 @@ def run_measured(argv: list[str], *, timeout: float, env: dict[str, str] | None 
                 cpu = float(report["cpu"])
             except (ValueError, IndexError, KeyError) as exc:
                 return Run("error", wall=wall, peak_mib=peak, detail=f"bad worker output: {exc}")
-        return Run("ok", seconds=seconds, cpu=cpu, wall=wall, peak_mib=peak, info=info)
+        return Run(
+            "ok", seconds=seconds, cpu=cpu, wall=wall, peak_mib=peak, anon_mib=anon, info=info
+        )
 
 
 def run_repeated(
@@ -303,11 +386,14 @@ def run_repeated(
         return Step(last.status, peak_mib=last.peak_mib, detail=last.detail, runs=[])
     secs = [r.seconds for r in runs if r.seconds is not None]
     cpus = [r.cpu for r in runs if r.cpu is not None]
+    walls = [r.wall for r in runs if r.wall is not None]
     return Step(
         "ok",
         seconds=statistics.median(secs),
         cpu=statistics.median(cpus) if cpus else None,
         peak_mib=max(r.peak_mib or 0.0 for r in runs),
+        anon_mib=max(r.anon_mib or 0.0 for r in runs),
+        wall=statistics.median(walls) if walls else None,
         runs=[round(s, 4) for s in secs],
         info=last.info,
     )
@@ -347,7 +433,10 @@ def _fmt_step(s: Step) -> str:
     if s.status != "ok":
         return f"{s.status} ({s.detail})" if s.detail else s.status
     runs = "/".join(f"{x:.3f}" for x in s.runs)
-    return f"{s.seconds:.3f} s [{runs}], cpu {s.cpu or 0:.3f} s, peak {s.peak_mib:.0f} MiB"
+    return (
+        f"{s.seconds:.3f} s [{runs}], cpu {s.cpu or 0:.3f} s, peak {s.peak_mib:.0f} MiB, "
+        f"anon {s.anon_mib or 0:.0f} MiB"
+    )
 
 
 def compare_pair(
@@ -632,6 +721,94 @@ def _goals_for_set(
     return out
 
 
+def _ok(r: ToolResult | None, step: str) -> Step | None:
+    if r is None:
+        return None
+    st: Step = getattr(r, step)
+    return st if st.status == "ok" and st.wall is not None else None
+
+
+def _x(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a is not None and b else "-"
+
+
+def _goals13_for_set(ds: str, by: dict[str, ToolResult]) -> list[tuple[str, bool | None, str]]:
+    """Issue 13's goals on one set: the whole-process bsipatch CLI against its peers."""
+    me, hdp = by.get("bsipatch-cli"), by.get("hdiffpatch")
+    bsd, xd = by.get("bsdiff"), by.get("xdelta3")
+    out: list[tuple[str, bool | None, str]] = []
+    ma, ha = _ok(me, "apply"), _ok(hdp, "apply")
+    md, hd = _ok(me, "diff"), _ok(hdp, "diff")
+    if ma is not None and me is not None:
+        assert ma.wall is not None
+        limit = {"fsimage": 2.0, "major": 2.0, "near": 3.0}.get(ds)
+        if limit is not None and ha is not None and ha.wall:
+            r = ma.wall / ha.wall
+            detail = (
+                f"{ma.wall:.3f} s (cpu {ma.cpu or 0:.2f}) vs hpatchz {ha.wall:.3f} s "
+                f"(cpu {ha.cpu or 0:.2f}): {r:.2f}x wall, {_x(ma.cpu, ha.cpu)} cpu"
+            )
+            out.append((f"apply (old+new verified) <= {limit:g}x hpatchz wall", r <= limit, detail))
+        out.append(
+            (
+                "apply peak anonymous memory < 64 MiB",
+                (ma.anon_mib or 0) < APPLY_PEAK_LIMIT_MIB,
+                f"RssAnon {ma.anon_mib or 0:.1f} MiB, peak RSS incl. mapped pages "
+                f"{ma.peak_mib or 0:.0f} MiB"
+                + (f" (hpatchz {ha.anon_mib or 0:.1f} / {ha.peak_mib or 0:.0f})" if ha else ""),
+            )
+        )
+    if me is None or md is None or me.patch_bytes is None:
+        return out
+    if ds == "near" and hdp is not None and hdp.patch_bytes:
+        r = me.patch_bytes / hdp.patch_bytes
+        detail = f"{me.patch_bytes:,} B vs HDiffPatch {hdp.patch_bytes:,} B: {r:.2f}x"
+        out.append(("tiny change: patch <= 2x HDiffPatch's", r <= 2, detail))
+    if ds == "major" and hd is not None and hdp is not None and hdp.patch_bytes:
+        r = me.patch_bytes / hdp.patch_bytes
+        out.append(
+            (
+                "major update: patch <= HDiffPatch's",
+                r <= 1,
+                f"{me.patch_bytes:,} B vs {hdp.patch_bytes:,} B: {r:.3f}x",
+            )
+        )
+        r = (md.cpu or 0) / (hd.cpu or 1)
+        detail = f"{md.cpu or 0:.1f} CPU s vs {hd.cpu or 0:.1f}: {r:.2f}x"
+        out.append(("major update: diff CPU <= 0.5x HDiffPatch's", r <= 0.5, detail))
+        r = (md.peak_mib or 0) / (hd.peak_mib or 1)
+        detail = f"{md.peak_mib or 0:.0f} MiB vs {hd.peak_mib or 0:.0f} MiB: {r:.2f}x"
+        out.append(("major update: diff peak memory <= HDiffPatch's", r <= 1, detail))
+    xdd = _ok(xd, "diff")
+    if ds == "scatter" and xdd is not None and xdd.wall:
+        assert md.wall is not None
+        r = md.wall / xdd.wall
+        detail = (
+            f"{md.wall:.2f} s vs xdelta3 {xdd.wall:.2f} s: {r:.2f}x (cpu {_x(md.cpu, xdd.cpu)})"
+        )
+        out.append(("scattered 1 GiB: diff <= 0.25x xdelta3's time", r <= 0.25, detail))
+    bd = _ok(bsd, "diff")
+    if ds == "libcrypto" and bd is not None and bsd is not None and bsd.patch_bytes:
+        assert md.wall is not None and bd.wall is not None
+        r = bd.wall / md.wall
+        detail = f"{md.wall:.3f} s vs bsdiff {bd.wall:.3f} s: {r:.1f}x (cpu {_x(bd.cpu, md.cpu)})"
+        out.append(("libcrypto: whole-process diff >= 6x faster than bsdiff", r >= 6, detail))
+        r = me.patch_bytes / bsd.patch_bytes
+        detail = f"{me.patch_bytes:,} B vs {bsd.patch_bytes:,} B: {r:.3f}x"
+        out.append(("libcrypto: patch <= bsdiff's", r <= 1, detail))
+    return out
+
+
+def check_goals13(all_results: dict[str, list[ToolResult]]) -> list[Goal]:
+    """Issue 13's goals for the whole-process ``bsipatch-cli`` row, every data set."""
+    goals: list[Goal] = []
+    for ds, results in all_results.items():
+        for goal, ok, detail in _goals13_for_set(ds, _by_tool(results)):
+            status = "UNKNOWN" if ok is None else ("PASS" if ok else "FAIL")
+            goals.append(Goal(goal, ds, status, detail))
+    return goals
+
+
 def check_goals(
     all_results: dict[str, list[ToolResult]],
     quick: bool,
@@ -698,8 +875,10 @@ def bsipatch_available() -> tuple[bool, str]:
     sys.path.insert(0, str(REPO_DIR))
     try:
         import bsipatch
+        from bsipatch.delta.apply import apply
+        from bsipatch.delta.diff import diff
 
-        _ = bsipatch.delta.diff, bsipatch.delta.apply
+        _ = diff, apply
     except (ImportError, AttributeError) as exc:
         return False, f"{type(exc).__name__}: {exc}"
     finally:
@@ -848,6 +1027,19 @@ def main(argv: list[str] | None = None) -> int:
             human.append(
                 f"   bsipatch patch: {nseg} segments, stats {json.dumps(stats, default=str)}"
             )
+        cli = _by_tool(results).get("bsipatch-cli")
+        if cli is not None and cli.apply.status == "ok" and cli.apply.cpu is not None:
+            gb = pair_dicts[name]["new_size"] / 1e9
+            human.append(
+                f"   bsipatch-cli apply: {cli.apply.cpu / gb:.2f} CPU s per output GB, "
+                f"RssAnon peak {cli.apply.anon_mib or 0:.1f} MiB"
+            )
+        human.append("")
+    goals13 = check_goals13(all_results) if have else []
+    if goals13:
+        human.append("Goals of issue 13 (whole processes, ratios from this run):")
+        for g in goals13:
+            human.append(f"  {g.status:<7} {g.goal} [{g.data_set}]: {g.detail}")
         human.append("")
     if goals:
         human.append("Goals of issue 3 (bsipatch row, default threads):")
@@ -868,6 +1060,7 @@ def main(argv: list[str] | None = None) -> int:
             {**pair_dicts[n], "results": [r.to_dict() for r in rs]} for n, rs in all_results.items()
         ],
         "goals": [g.to_dict() for g in goals],
+        "goals_issue13": [g.to_dict() for g in goals13],
     }
     if opts.json == "-":
         print(text, file=sys.stderr)

@@ -66,6 +66,13 @@ NEAR_SIZE = 92_000_000
 NEAR_CHANGES = 60
 NEAR_SEED = 3
 QUICK_NEAR_SIZE = 16_000_000
+#: The major-update pair: the largest file of a big package, several releases apart.
+MAJOR_PACKAGE = ("chromium", "chromium")  # (package, member file)
+#: The scattered-changes image: random data with runs rewritten at random places.
+SCATTER_SIZE = 1 << 30
+SCATTER_RUNS = 256
+SCATTER_RUN_LEN = 40 << 10
+SCATTER_SEED = 13
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,6 +377,72 @@ def near_pair(size: int = NEAR_SIZE, changes: int = NEAR_CHANGES, seed: int = NE
     )
 
 
+def major_pair() -> Pair:
+    """The largest file of :data:`MAJOR_PACKAGE` from its oldest and newest version apt
+    offers (chromium 150 -> 156 on bookworm: six major releases apart, ~300 MB)."""
+    package, member = MAJOR_PACKAGE
+    ordered = _sort_versions(available_versions(package) + [v for v, _ in _cached_debs(package)])
+    if len(ordered) < 2:
+        raise RuntimeError(f"apt offers fewer than two versions of {package}")
+    v_old, v_new = ordered[0], ordered[-1]
+    out = DATA_DIR / "major"
+    out.mkdir(parents=True, exist_ok=True)
+    old, new = out / f"{member}.{v_old}", out / f"{member}.{v_new}"
+    for v, dest in ((v_old, old), (v_new, new)):
+        if not dest.exists():
+            tree = _extract_deb(_download_deb(package, v))
+            src = max(
+                (f for f in tree.rglob(member) if f.is_file() and not f.is_symlink()),
+                key=lambda f: f.stat().st_size,
+            )
+            shutil.copyfile(src, dest)
+    return Pair(
+        name="major",
+        old=old,
+        new=new,
+        description=f"{member} from {package} {v_old} -> {v_new} (major update)",
+    )
+
+
+def scatter_pair(
+    size: int = SCATTER_SIZE,
+    runs: int = SCATTER_RUNS,
+    run_len: int = SCATTER_RUN_LEN,
+    seed: int = SCATTER_SEED,
+) -> Pair:
+    """Random data and a copy with ``runs`` runs of ``run_len`` bytes rewritten at
+    random offsets: a sealed image with a few changed files (1% of 1 GiB by default)."""
+    out = DATA_DIR / "scatter"
+    out.mkdir(parents=True, exist_ok=True)
+    old = out / f"random-{size}-seed{seed}.img"
+    new = out / f"random-{size}-seed{seed}-{runs}x{run_len}.img"
+    rng = random.Random(seed)
+    if not old.exists():
+        _log(f"writing {size:,} random bytes")
+        tmp = old.with_suffix(".tmp")
+        with tmp.open("wb") as f:
+            for _ in range(0, size, 1 << 24):
+                f.write(rng.randbytes(1 << 24))
+        tmp.replace(old)
+    if not new.exists():
+        tmp = new.with_suffix(".tmp")
+        shutil.copyfile(old, tmp)
+        with tmp.open("r+b") as f:
+            for pos in sorted(rng.sample(range(0, size - run_len, 4096), runs)):
+                f.seek(pos + rng.randrange(4096))
+                f.write(rng.randbytes(run_len))
+        tmp.replace(new)
+    return Pair(
+        name="scatter",
+        old=old,
+        new=new,
+        description=(
+            f"{size / 2**30:.0f} GiB of random data, {runs} runs of {run_len // 1024} KiB "
+            f"rewritten at random places ({100 * runs * run_len / size:.1f}%)"
+        ),
+    )
+
+
 def changed_blocks(old: Path, new: Path, block: int = 4096) -> int:
     """Number of ``block``-sized blocks that differ at the same offset."""
     a, b = old.read_bytes(), new.read_bytes()
@@ -379,14 +452,14 @@ def changed_blocks(old: Path, new: Path, block: int = 4096) -> int:
 
 # --------------------------------------------------------------------------- selection
 
-SET_NAMES = ("libcrypto", "near", "fsimage")
+SET_NAMES = ("libcrypto", "near", "fsimage", "major", "scatter")
 
 
 def get_pairs(names: Iterable[str] = SET_NAMES, *, quick: bool = False) -> list[Pair]:
     """Build (or reuse from the cache) the named data sets, in the order given.
 
     Args:
-        names: any of :data:`SET_NAMES`.
+        names: any of :data:`SET_NAMES`, or ``exe`` (not run by default: ten pairs).
         quick: use the smaller near-identical pair (16 MB instead of 92 MB).
 
     Returns:
@@ -404,8 +477,18 @@ def get_pairs(names: Iterable[str] = SET_NAMES, *, quick: bool = False) -> list[
             pairs.append(near_pair(QUICK_NEAR_SIZE if quick else NEAR_SIZE))
         elif name == "fsimage":
             pairs.append(fsimage_pair())
+        elif name == "major":
+            pairs.append(major_pair())
+        elif name == "scatter":
+            pairs.append(scatter_pair())
+        elif name == "exe":  # ten ELF pairs of real security updates (bench/exe_data.py)
+            from exe_data import exe_pairs
+
+            pairs.extend(exe_pairs())
         else:
-            raise ValueError(f"unknown data set {name!r}; choose from {', '.join(SET_NAMES)}")
+            raise ValueError(
+                f"unknown data set {name!r}; choose from {', '.join((*SET_NAMES, 'exe'))}"
+            )
     return pairs
 
 
@@ -426,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print JSON")
     args = ap.parse_args(argv)
     if args.force:
-        for sub in ("real", "fs", "near"):
+        for sub in ("real", "fs", "near", "scatter"):
             shutil.rmtree(DATA_DIR / sub, ignore_errors=True)
     pairs = get_pairs([s for s in args.sets.split(",") if s], quick=args.quick)
     rows = []

@@ -11,9 +11,9 @@ import errno
 import functools
 import mmap
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, BinaryIO, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Union
 
 from bsipatch._io import is_pathlike
 
@@ -94,13 +94,20 @@ def holes(buf: Buffer, min_len: int = 0) -> list[tuple[int, int]]:
     return out
 
 
-def sha256_buffer(buf: Buffer) -> bytes:
-    """SHA-256 of a buffer; a mapped file is read with plain reads, holes hashed as zeros."""
-    import hashlib  # lazy: the diff's suffix-array phase runs without OpenSSL loaded
+def sha256_buffer(buf: Buffer, new: Callable[[], Any] | None = None) -> bytes:
+    """SHA-256 of a buffer; a mapped file is read with plain reads, holes hashed as zeros.
 
+    ``new`` makes the hash object (default ``hashlib.sha256``; the apply path passes
+    the native :class:`bsipatch.hashing.Sha256` and so never loads OpenSSL)."""
+    if new is None:
+        import hashlib  # lazy: the diff's suffix-array phase runs without OpenSSL loaded
+
+        new = hashlib.sha256
     if not isinstance(buf, MappedFile):
-        return hashlib.sha256(buf).digest()
-    h = hashlib.sha256()
+        h0 = new()
+        h0.update(buf)
+        return bytes(h0.digest())
+    h = new()
     chunk = 1 << 20
     zero = memoryview(bytes(chunk))
     data = bytearray(chunk)

@@ -6,7 +6,6 @@ A test hook with no effect unless its environment variables are set. No I/O othe
 from __future__ import annotations
 
 import os
-import signal
 
 CRASH_ENV = "BSIPATCH_CRASH_AT"
 """Environment variable naming a crash point (``name`` or ``name#N`` for the N-th hit)."""
@@ -38,4 +37,6 @@ def crashpoint(name: str) -> None:
         with open(trace, "a", encoding="utf-8") as f:
             f.write(f"{name}#{count}\n")
     if target and target in (name, f"{name}#{count}"):
+        import signal
+
         os.kill(os.getpid(), signal.SIGKILL)

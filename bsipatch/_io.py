@@ -12,9 +12,7 @@ import errno
 import io
 import os
 import stat
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Union, cast
 
 if TYPE_CHECKING:
@@ -120,6 +118,9 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[BinaryIO]:
         >>> with atomic_write("/tmp/x.bin") as f:  # doctest: +SKIP
         ...     f.write(b"data")
     """
+    import tempfile  # here, with pathlib: the apply path, which writes no other file, skips them
+    from pathlib import Path
+
     target = Path(path)
     directory = target.parent
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)

@@ -12,13 +12,16 @@ calling these functions run in parallel. Inputs must not change during a call.
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from bsipatch import _native
 from bsipatch._native import ffi, lib
 from bsipatch._threads import default_threads
+
+# numpy is imported by the functions that return arrays: SHA-256 alone (the apply
+# path) does not load it.
+if TYPE_CHECKING:
+    import numpy as np
 
 DIGEST_SIZE = 32
 MAX_LEVELS = 63
@@ -167,6 +170,8 @@ def hash_blocks(
         >>> hash_blocks(bytes(8192)).shape
         (2, 32)
     """
+    import numpy as np
+
     if not isinstance(block_size, int) or not 0 < block_size < 2**31:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
     buf = _buffer(data, "data")
@@ -240,6 +245,8 @@ def verity_build(
         ``(root_hash, tree)`` with ``tree`` a uint8 array laid out as on disk after
         the superblock: top level first, level 0 last, each level zero padded.
     """
+    import numpy as np
+
     leaves = np.ascontiguousarray(leaves, dtype=np.uint8)
     n = leaves.shape[0]
     if leaves.ndim != 2 or leaves.shape[1] != DIGEST_SIZE or n < 1:

@@ -22,3 +22,26 @@ BSI_API const char *bsi_error_name(int code) {
     default: return code >= 0 ? "BSI_OK" : "BSI_E_UNKNOWN";
     }
 }
+
+BSI_API int bsi_all_zero(const uint8_t *p, size_t n) {
+    uint64_t acc = 0;
+    size_t i = 0;
+    if (n && !p) return BSI_E_INVAL;
+    /* 64 bytes per step, OR-ed together: the compiler vectorises the inner loop */
+    for (; i + 64 <= n; i += 64) {
+        uint64_t w[8];
+        memcpy(w, p + i, 64);
+        acc |= w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7];
+        if (acc) return 0;
+    }
+    for (; i < n; i++) acc |= p[i];
+    return acc == 0;
+}
+
+BSI_API int bsi_ct_equal(const uint8_t *a, const uint8_t *b, size_t n) {
+    /* constant time in the contents: every byte is looked at, no early exit */
+    uint8_t acc = 0;
+    if (n && (!a || !b)) return BSI_E_INVAL;
+    for (size_t i = 0; i < n; i++) acc |= (uint8_t)(a[i] ^ b[i]);
+    return acc == 0;
+}

@@ -169,9 +169,8 @@ def test_output_mismatch_detected(files, tmp_path: Path, single_segment: bool) -
         diff(op, _np, pp, level=3)
     data = pp.read_bytes()
     h = patchfmt.Header.unpack(data[: patchfmt.HEADER_SIZE])
-    import dataclasses
 
-    h2 = dataclasses.replace(h, new_sha256=hashlib.sha256(b"other").digest())
+    h2 = h._replace(new_sha256=hashlib.sha256(b"other").digest())
     hb = h2.pack()
     h2 = patchfmt.Header.unpack(hb)
     rest = io.BytesIO()

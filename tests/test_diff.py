@@ -217,7 +217,7 @@ def test_sparse_image_over_4gib_roundtrip(tmp_path: Path) -> None:
 
 def test_sparse_files_and_chunked_prepass(tmp_path: Path, monkeypatch) -> None:
     """Holes are taken as zeros without reading; the pre-pass works in chunks."""
-    import bsipatch.delta.diff as D
+    import bsipatch.delta.search as D
 
     monkeypatch.setattr(D, "PREPASS_CHUNK", 1 << 20)
     monkeypatch.setattr(D, "PAGE_DROP_ABOVE", 0)
@@ -303,7 +303,7 @@ def test_index_sorted_in_parts_roundtrips_and_finds_matches_in_every_part(
 ) -> None:
     """With several threads the index is suffix-sorted in parts; a lookup searches
     them all, so data moved from any part of old is still found."""
-    import bsipatch.delta.diff
+    import bsipatch.delta.search
 
     rnd = random.Random(21)
     old = rnd.randbytes(120_000)
@@ -314,7 +314,7 @@ def test_index_sorted_in_parts_roundtrips_and_finds_matches_in_every_part(
             piece[rnd.randrange(len(piece))] ^= 0x10
         new += rnd.randbytes(7) + piece
     one = len(roundtrip(old, bytes(new), threads=1, level=3))
-    monkeypatch.setattr(bsipatch.delta.diff, "SA_PART_MIN", 4096)
+    monkeypatch.setattr(bsipatch.delta.search, "SA_PART_MIN", 4096)
     parts = len(roundtrip(old, bytes(new), threads=threads, level=3))
     assert parts < one + 300  # no match lost to the split
 

@@ -46,13 +46,7 @@ LAYERS: dict[str, int] = {
 # fails on entries that no longer need to be here). "path" is a file,
 # "path::Qualified.name" a function.
 SIZE_ALLOWLIST: dict[str, str] = {
-    "delta/apply.py": "h13",
-    "delta/apply.py::segment_chunks": "h13",
-    "delta/apply.py::_apply_to_fd": "h13",
-    "delta/apply.py::_apply_prov_to_fd": "h13",
     "delta/apply.py::apply": "h10 (public API layer)",
-    "delta/diff.py": "h13",
-    "delta/diff.py::compute_ops": "h13",
     "delta/diff.py::write_bsipatch": "h13",
     "delta/diff.py::diff": "h10 (public API layer)",
     "seal/tree.py": "h10 (seal split)",

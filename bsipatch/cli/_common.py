@@ -6,7 +6,6 @@ No library logic here: command modules parse arguments, call the library, print.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -33,6 +32,8 @@ def add_command(
 def emit(args: argparse.Namespace, data: Any, human: str | list[str] | None = None) -> None:
     """Print ``data`` as JSON with ``--json``, else the human text (lines)."""
     if getattr(args, "json", False):
+        import json
+
         json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
         sys.stdout.write("\n")
     elif human is not None:

@@ -148,7 +148,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--segment-size",
         type=int,
         default=None,
-        help="largest output bytes per segment (default 64 MiB)",
+        help="largest output bytes per segment (default 128 MiB)",
     )
 
     p = add_command(

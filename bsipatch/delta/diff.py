@@ -1,20 +1,15 @@
 """Making patches: compute the operations from old to new and write them as a patch.
 
-The pipeline: block pre-pass (C; old and new hashed meanwhile on a side thread)
--> suffix arrays of the old regions still needed, one part per thread (C, SA-IS)
--> bsdiff-style search of the unmatched regions of new, several at once on threads
-(C, GIL released) -> segment encoding (C) -> zstd compression of the segments,
-each in up to two frames, on threads -> the bsipatch stream (or BSDIFF40 via
-bsdiff40.py).
+The pipeline: the ops from search.py (block pre-pass, suffix arrays, search; old
+and new hashed meanwhile on a side thread) -> segment encoding (C) -> zstd
+compression of the segments, each in up to two frames, on threads -> the bsipatch
+stream (or BSDIFF40 via bsdiff40.py). One progress bar covers both halves.
 This module does the orchestration and the file I/O; it does not apply patches.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import mmap
-import re
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -31,10 +26,23 @@ from bsipatch._buffers import (
 from bsipatch._io import is_pathlike
 from bsipatch._native import check, ffi, lib
 from bsipatch._threads import default_threads
+from bsipatch.delta.search import (
+    COST_INDEX,
+    COST_SCAN,
+    COST_WRITE,
+    HOLE_MIN,
+    PAGE_DROP_ABOVE,
+    Meter,
+    Ops,
+    _anon,
+    _ptr,
+    compute_ops,
+)
+from bsipatch.hashing import Sha256
 
-# hashlib (OpenSSL), zstandard, the patch framing and the temp-file helpers are
-# imported where they are used, after the suffix-array phase: that phase is the
-# diff's memory peak, and these modules add several MB of resident memory.
+# zstandard, the patch framing and the temp-file helpers are imported where they are
+# used, after the suffix-array phase: that phase is the diff's memory peak, and these
+# modules add several MB of resident memory.
 if TYPE_CHECKING:
     import zstandard
 
@@ -44,41 +52,20 @@ if TYPE_CHECKING:
 ProgressFn = Callable[[int, int], None]
 
 
-BS = lib.BSI_BLOCK_SIZE
-#: Old images up to this size are indexed whole (claimed blocks included); larger
-#: ones only where the pre-pass left gaps. Measured on libcrypto 3.0.20 -> 3.0.22,
-#: indexing only the unclaimed regions gives the smaller patch (192,903 vs 198,408
-#: bytes) and a smaller index, so by default nothing is indexed whole.
-FULL_INDEX_LIMIT = 0
-SEARCH_OPS_CAP = 1 << 13
-#: Indexes of at least this many bytes per thread are suffix-sorted in parallel parts.
-SA_PART_MIN = 1 << 20
-#: Gaps are searched in regions of at least this many bytes (about 8 per thread).
-SEARCH_CHUNK_MIN = 512 << 10
 #: zstd level. Measured on libcrypto 3.0.20 -> 3.0.22 (two frames of 388 + 353 KB,
 #: compressed in parallel): level 19 190,892 B in 71 ms (the longer frame), 18
 #: 191,612 B in 51 ms, 17 196,534 B in 32 ms; bsdiff's patch is 204,087 B.
 DEFAULT_LEVEL = 18
-#: Default and largest output bytes per segment (patchfmt checks the same limit).
-DEFAULT_SEGMENT_SIZE = 64 << 20
+#: Default and largest output bytes per segment (patchfmt checks the same limit). Each
+#: segment costs 112 header bytes and its own zstd frame: on the 92 MB near-identical
+#: bench pair 128 MiB (one segment) makes 716 bytes of patch, 64 MiB 880.
+DEFAULT_SEGMENT_SIZE = 128 << 20
 MAX_SEGMENT_SIZE = 256 << 20
-#: The pre-pass works through the images in chunks of this many bytes, releasing
-#: mapped pages in between when the images are larger than PAGE_DROP_ABOVE.
-PREPASS_CHUNK = 64 << 20
-PAGE_DROP_ABOVE = 256 << 20
 #: Inputs larger than this (old + new) are hashed while the pre-pass runs.
 EARLY_HASH_ABOVE = 64 << 20
 #: A segment payload whose buffered sections and diff section are both at least this
 #: long is written as two zstd frames, compressed in parallel (docs/patch-format.md).
 FRAME_SPLIT_MIN = 64 << 10
-#: File holes at least this long are taken as zeros without reading them.
-HOLE_MIN = 1 << 20
-OP_SIZE = ffi.sizeof("bsi_op")
-
-
-def _anon(size: int) -> mmap.mmap:
-    """Lazily zeroed anonymous memory: untouched pages cost no resident memory."""
-    return mmap.mmap(-1, max(size, 1))
 
 
 def native_sha256(buf: Buffer) -> bytes:
@@ -86,280 +73,6 @@ def native_sha256(buf: Buffer) -> bytes:
     out = ffi.new("uint8_t[32]")
     lib.bsi_sha256(_ptr(buf), len(buf), out)
     return bytes(ffi.buffer(out))
-
-
-def _ptr(buf: Buffer) -> Any:
-    return ffi.from_buffer(buf) if len(buf) else ffi.NULL
-
-
-class Ops:
-    """A cffi array of ``bsi_op`` covering the new image, plus search statistics."""
-
-    def __init__(self, array: Any, count: int, stats: dict[str, Any]) -> None:
-        self.array = array
-        self.count = count
-        self.stats = stats
-
-    def __iter__(self) -> Iterator[tuple[int, int, int]]:
-        for i in range(self.count):
-            op = self.array[i]
-            yield int(op.kind), int(op.len), int(op.old_off)
-
-
-def _index_ranges(claimed: Buffer, old_size: int, whole: bool) -> list[tuple[int, int]]:
-    """Old ranges to index: blocks not claimed by a copy (all when ``whole``), zero blocks out."""
-    nob = old_size // BS
-    marks = bytes(claimed[:nob])
-    wanted = b"[\x00\x01]+" if whole else b"\x00+"
-    ranges = [(m.start() * BS, m.end() * BS) for m in re.finditer(wanted, marks)]
-    if old_size % BS:
-        tail = (nob * BS, old_size)
-        if ranges and ranges[-1][1] == tail[0]:
-            ranges[-1] = (ranges[-1][0], old_size)
-        else:
-            ranges.append(tail)
-    return ranges
-
-
-def compute_ops(
-    old: Buffer, new: Buffer, *, threads: int | None = None, progress: ProgressFn | None = None
-) -> Ops:
-    """Compute the operations that turn ``old`` into ``new``.
-
-    Args:
-        old: the old image bytes.
-        new: the new image bytes.
-        threads: threads for suffix sorting (one index part each) and search
-            (default: all CPUs).
-        progress: ``(done, total)`` callback over bytes of new searched.
-
-    Returns:
-        The normalised :class:`Ops`.
-    """
-    threads = threads or default_threads()
-    on, nn = len(old), len(new)
-    pold, pnew = _ptr(old), _ptr(new)
-    stats: dict[str, Any] = {}
-
-    slots = lib.bsi_prepass_table_slots(on)
-    table = _anon(slots * 8)
-    ptable = ffi.cast("uint64_t *", ffi.from_buffer(table))
-    claimed = _anon(on // BS + 1)
-    pclaimed = ffi.from_buffer(claimed)
-    max_ops = lib.bsi_prepass_max_ops(nn)
-    pre_buf = _anon(max_ops * OP_SIZE)
-    pre = ffi.cast("bsi_op *", ffi.from_buffer(pre_buf))
-    big = on + nn > PAGE_DROP_ABOVE
-
-    # index old: blocks in holes are zero blocks without reading them
-    nob = on // BS
-    b = 0
-    for hs, he in holes(old, HOLE_MIN):
-        b0, b1 = -(-hs // BS), he // BS
-        if b1 > b0:
-            claimed[b0:b1] = b"\x02" * (b1 - b0)
-            for c0 in range(b, b0, PREPASS_CHUNK // BS):
-                check(
-                    lib.bsi_prepass_index(
-                        pold, on, c0, min(c0 + PREPASS_CHUNK // BS, b0), ptable, slots, pclaimed
-                    ),
-                    "block index",
-                )
-                if big:
-                    drop_pages(old)
-            b = b1
-    for c0 in range(b, nob, PREPASS_CHUNK // BS):
-        check(
-            lib.bsi_prepass_index(
-                pold, on, c0, min(c0 + PREPASS_CHUNK // BS, nob), ptable, slots, pclaimed
-            ),
-            "block index",
-        )
-        if big:
-            drop_pages(old)
-
-    # scan new: holes become ZERO ops without reading them
-    st = ffi.new("bsi_prepass_state *")
-
-    def scan_to(end: int) -> None:
-        while st.pos < end:
-            stop = min(end, st.pos + PREPASS_CHUNK)
-            check(
-                lib.bsi_prepass_scan(
-                    st, pold, on, pnew, nn, stop, ptable, slots, pclaimed, pre, max_ops
-                ),
-                "block pre-pass",
-            )
-            if big:
-                drop_pages(new)
-                drop_pages(old)
-            if st.pos >= nn:
-                break
-
-    for hs, he in holes(new, HOLE_MIN):
-        scan_to(hs)
-        check(lib.bsi_prepass_zero(st, nn, he, pre, max_ops), "block pre-pass")
-    scan_to(nn)
-    npre = check(lib.bsi_prepass_finish(st, pold, on, pnew, nn, pre, max_ops), "block pre-pass")
-    table.close()
-    # new is not read again until the search, which reads only its gaps: release its
-    # pages so the suffix sort (the memory peak) does not carry them
-    drop_pages(new)
-    gaps: list[tuple[int, int]] = []
-    pos = 0
-    for i in range(npre):
-        op = pre[i]
-        if op.kind == lib.BSI_OP_GAP:
-            gaps.append((pos, pos + op.len))
-        pos += op.len
-    gap_total = sum(e - s for s, e in gaps)
-    stats["prepass_matched_bytes"] = nn - gap_total
-
-    results: dict[int, list[tuple[int, list[tuple[Any, int]]]]] = {}
-    if gaps:
-        ranges = _index_ranges(claimed, on, on <= FULL_INDEX_LIMIT)
-        idx_size = sum(e - s for s, e in ranges)
-        stats["indexed_bytes"] = idx_size
-        if ranges == [(0, on)]:
-            idx: Buffer = old
-        else:
-            idx = _anon(idx_size)
-            mv = memoryview(old)
-            p = 0
-            for s, e in ranges:
-                idx[p : p + e - s] = mv[s:e]
-                p += e - s
-            del mv
-            drop_pages(old)
-        wide = idx_size >= (1 << 31) - 2
-        isz = 8 if wide else 4
-        sa_buf = _anon(idx_size * isz)
-        # The index is sorted in parts, one per thread, in parallel: a lookup then
-        # searches every part (matches stop at a part's end; their extension does not).
-        nparts = max(1, min(threads, lib.BSI_MAX_SA_PARTS, idx_size // SA_PART_MIN))
-        bounds = [idx_size * k // nparts for k in range(nparts + 1)]
-        parts = ffi.new("bsi_sa_part[]", nparts)
-        pidx = ffi.from_buffer(idx) if idx_size else ffi.NULL
-        psa = ffi.from_buffer(sa_buf)
-        bkts = []
-
-        def sort_part(k: int) -> None:
-            off, n = bounds[k], bounds[k + 1] - bounds[k]
-            sa = psa + off * isz
-            text = pidx + off if n else ffi.NULL
-            parts[k].off, parts[k].len = off, n
-            bkt = ffi.new("uint64_t[]", 65537)
-            bkts.append(bkt)
-            parts[k].bkt = bkt
-            if wide:
-                parts[k].sa64 = ffi.cast("int64_t *", sa)
-            else:
-                parts[k].sa32 = ffi.cast("int32_t *", sa)
-            if n:
-                ws_size = lib.bsi_sais_workspace_size(n, 1 if wide else 0)
-                ws = _anon(ws_size)
-                sort = lib.bsi_sais64 if wide else lib.bsi_sais32
-                out = parts[k].sa64 if wide else parts[k].sa32
-                check(sort(text, out, n, ffi.from_buffer(ws), ws_size), "suffix sort")
-                ws.close()
-            check(lib.bsi_sa_buckets(text, n, bkt), "suffix buckets")
-
-        if nparts == 1:
-            sort_part(0)
-        else:
-            with cf.ThreadPoolExecutor(max_workers=nparts) as pool:
-                for f in [pool.submit(sort_part, k) for k in range(nparts)]:
-                    f.result()
-
-        # regions: gaps, big ones cut so all threads have work
-        chunk = max(SEARCH_CHUNK_MIN, gap_total // (threads * 8) + 1)
-        regions: list[tuple[int, int, int]] = []
-        for gi, (s, e) in enumerate(gaps):
-            while e - s > chunk * 3 // 2:
-                regions.append((gi, s, s + chunk))
-                s += chunk
-            regions.append((gi, s, e))
-        map_old = ffi.new("uint64_t[]", [s for s, _ in ranges] or [0])
-        map_len = ffi.new("uint64_t[]", [e - s for s, e in ranges] or [0])
-        remap = idx is not old
-        done = [0]
-
-        local = threading.local()
-
-        def search(region: tuple[int, int, int]) -> list[tuple[Any, int]]:
-            _, s, e = region
-            out: list[tuple[Any, int]] = []
-            stopped = ffi.new("uint64_t *")
-            buf = getattr(local, "buf", None)
-            if buf is None:
-                buf = local.buf = ffi.new("bsi_op[]", SEARCH_OPS_CAP)
-            while s < e:
-                n = check(
-                    lib.bsi_diff_search_parts(
-                        pidx,
-                        idx_size,
-                        parts,
-                        nparts,
-                        pnew,
-                        nn,
-                        s,
-                        e,
-                        buf,
-                        SEARCH_OPS_CAP,
-                        stopped,
-                    ),
-                    "delta search",
-                )
-                if remap and n:
-                    # an op crossing k range boundaries becomes k+1 ops: grow until it fits
-                    cap = n * 2 + 16
-                    while True:
-                        rbuf = ffi.new("bsi_op[]", cap)
-                        m = lib.bsi_ops_remap(buf, n, map_old, map_len, len(ranges), rbuf, cap)
-                        if m != lib.BSI_E_NOMEM:
-                            break
-                        cap *= 4
-                    out.append((rbuf, check(m, "remap")))
-                elif n:
-                    keep = ffi.new("bsi_op[]", n)
-                    ffi.memmove(keep, buf, n * OP_SIZE)
-                    out.append((keep, n))
-                s = stopped[0]
-            # the search phase is the diff's memory peak: release this region of new
-            drop_pages(new, region[1], region[2])
-            return out
-
-        with cf.ThreadPoolExecutor(max_workers=threads) as pool:
-            # largest regions first, so that no long one starts last
-            order = sorted(regions, key=lambda r: r[1] - r[2])
-            futs = {pool.submit(search, r): r for r in order}
-            for fut in cf.as_completed(futs):
-                gi, s, e = futs[fut]
-                results.setdefault(gi, []).append((s, fut.result()))
-                done[0] += e - s
-                if progress:
-                    progress(done[0], gap_total)
-        del sa_buf
-
-    # assemble: pre-pass ops with each gap replaced by its search results
-    total = npre + sum(n for lst in results.values() for _, parts in lst for _, n in parts)
-    final = ffi.new("bsi_op[]", max(total, 1))
-    w = 0
-    gi = 0
-    for i in range(npre):
-        if pre[i].kind == lib.BSI_OP_GAP:
-            for _, parts in sorted(results.get(gi, []), key=lambda t: t[0]):
-                for buf, n in parts:
-                    ffi.memmove(final + w, buf, n * OP_SIZE)
-                    w += n
-            gi += 1
-        else:
-            final[w] = pre[i]
-            w += 1
-    pre_buf.close()
-    count = check(lib.bsi_ops_normalize(final, w, pold, on, pnew, nn), "normalise ops")
-    stats["n_ops"] = count
-    return Ops(final, count, stats)
 
 
 def iter_segments(
@@ -439,9 +152,7 @@ def iter_segments(
 
 def _sha256_range(buf: Buffer, off: int, n: int) -> bytes:
     """SHA-256 of buf[off:off+n]; zero holes of a mapped file are hashed without reading."""
-    import hashlib
-
-    h = hashlib.sha256()
+    h = Sha256()
     mv = memoryview(buf)
     pos, end = off, off + n
     for hs, he in holes(buf, HOLE_MIN):
@@ -495,8 +206,14 @@ def write_bsipatch(
     old_sha256: bytes,
     new_sha256: bytes,
     progress: ProgressFn | None = None,
+    transform: bytes | None = None,
 ) -> PatchInfo:
-    """Write ops as a bsipatch stream to ``out``; return its :class:`PatchInfo`."""
+    """Write ops as a bsipatch stream to ``out``; return its :class:`PatchInfo`.
+
+    ``progress(n, len(new))`` is called after each segment with that segment's output
+    bytes ``n`` (an increment, so diff() can add it to its own bar). With ``transform``
+    (an executable transform's body, exe.py) the patch is version 2: ``old`` is then the
+    predicted old image the ops were computed against."""
     import zstandard
 
     from bsipatch.delta import patchformat as patchfmt
@@ -504,6 +221,7 @@ def write_bsipatch(
 
     written = 0
     made: list[Header] = []
+    chain: list[bytes] = []
 
     def start() -> Header:
         # written when the first segment is: packing it (hashlib's import, two
@@ -511,7 +229,7 @@ def write_bsipatch(
         nonlocal written
         if not made:
             header = Header(
-                patchfmt.VERSION,
+                patchfmt.VERSION_TRANSFORM if transform is not None else patchfmt.VERSION,
                 segment_size,
                 len(old),
                 old_sha256,
@@ -528,6 +246,13 @@ def write_bsipatch(
             made.append(Header.unpack(hbytes))
             out.write(hbytes)
             written += len(hbytes)
+            if transform is not None:
+                from bsipatch.delta.exe import pack_block
+
+                block, digest = pack_block(made[0].digest, transform)
+                chain.append(digest)
+                out.write(block)
+                written += len(block)
         return made[0]
 
     segs: list[SegmentHeader] = []
@@ -582,14 +307,14 @@ def write_bsipatch(
                     drop_pages(new)
                     drop_pages(old)
                 if progress:
-                    progress(off + n, len(new))
+                    progress(n, len(new))  # this segment's output bytes (not a running total)
 
         for item in iter_segments(ops, old, new, segment_size):
             pending.append((item, submit(item)))
             drain(max(1, threads))
         drain(0)
     header = start()
-    trailer = patchfmt.pack_trailer(header, digests)
+    trailer = patchfmt.pack_trailer(header, digests, tuple(chain))
     out.write(trailer)
     written += len(trailer)
     kinds = [sum(s.kind_bytes[i] for s in segs) for i in range(4)]
@@ -601,9 +326,11 @@ def write_bsipatch(
         "compressed_bytes": sum(s.comp_len for s in segs),
         **ops.stats,
     }
+    if transform is not None:
+        stats["transform_bytes"] = len(transform)
     return PatchInfo(
         "bsipatch",
-        patchfmt.VERSION,
+        header.version,
         len(old),
         old_sha256,
         len(new),
@@ -624,6 +351,7 @@ def diff(
     threads: int | None = None,
     segment_size: int | None = None,
     progress: ProgressFn | None = None,
+    exe: bool = True,
 ) -> PatchInfo:
     """Make a patch that turns ``old`` into ``new``.
 
@@ -635,9 +363,11 @@ def diff(
         level: zstd compression level for bsipatch (1..22, default 18).
         threads: threads for suffix sorting (one index part each), search and
             compression (default: all CPUs; 1 gives one index part).
-        segment_size: largest output bytes per segment (default 64 MiB, at most 256 MiB);
+        segment_size: largest output bytes per segment (default 128 MiB, at most 256 MiB);
             a segment also ends when its literal or difference section reaches 8 MiB.
         progress: ``(done, total)`` callback.
+        exe: for two ELF files (x86-64 or AArch64), make a reference-aware patch
+            (version 2, docs/patch-format.md "Executable transform"); False: never.
 
     Returns:
         The :class:`PatchInfo` of the written patch.
@@ -660,18 +390,16 @@ def diff(
     with ExitStack() as stack:
         old_buf = stack.enter_context(open_buffer(old))
         new_buf = stack.enter_context(open_buffer(new))
-        # one bar over both phases: searching the unmatched bytes, then writing
+        # one bar over everything: pre-pass, suffix sort, search, then writing
         n_new = len(new_buf)
-        search_total = [0]
-
-        def on_search(done: int, total: int) -> None:
-            search_total[0] = total
-            if progress:
-                progress(done, total + n_new)
+        meter = Meter(
+            progress,
+            n_new,
+            len(old_buf) * COST_INDEX + n_new * COST_SCAN + n_new * COST_WRITE,
+        )
 
         def on_write(done: int, total: int) -> None:
-            if progress:
-                progress(search_total[0] + done, search_total[0] + total)
+            meter.add(done * COST_WRITE)
 
         # Hash on a side thread while the (single-threaded) pre-pass runs. Large
         # images: hashlib with plain reads that skip holes. Small files: the native
@@ -684,7 +412,13 @@ def diff(
                 early = hasher.submit(lambda: (sha256_buffer(old_buf), sha256_buffer(new_buf)))
             else:
                 early = hasher.submit(lambda: (native_sha256(old_buf), native_sha256(new_buf)))
-        ops = compute_ops(old_buf, new_buf, threads=nthreads, progress=on_search)
+        prep = None
+        if exe and format == "bsipatch":
+            from bsipatch.delta.exe import prepare
+
+            prep = prepare(old_buf, new_buf, lambda o, n: compute_ops(o, n, threads=nthreads))
+        base = prep.predicted if prep is not None else old_buf
+        ops = compute_ops(base, new_buf, threads=nthreads, meter=meter)
         if early is not None:
             old_sha, new_sha = early.result()
         from bsipatch._io import atomic_write
@@ -693,9 +427,11 @@ def diff(
         if format == "bsdiff40":
             from bsipatch.delta.bsdiff40 import write_bsdiff40
 
-            return write_bsdiff40(old_buf, new_buf, ops, out)
-        return write_bsipatch(
-            old_buf,
+            info = write_bsdiff40(old_buf, new_buf, ops, out)
+            meter.finish()
+            return info
+        info = write_bsipatch(
+            base,
             new_buf,
             ops,
             out,
@@ -705,4 +441,7 @@ def diff(
             old_sha256=old_sha,
             new_sha256=new_sha,
             progress=on_write,
+            transform=prep.block if prep is not None else None,
         )
+        meter.finish()
+        return info

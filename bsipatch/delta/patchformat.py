@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from bsipatch._io import read_exact
+from bsipatch._native import ffi, lib
 from bsipatch.errors import (
     CorruptPatch,
     HeaderMismatch,
@@ -22,30 +22,36 @@ from bsipatch.errors import (
     TruncatedPatch,
     UnsupportedPatch,
 )
+from bsipatch.hashing import Sha256
 
-# hashlib and hmac load OpenSSL (several MB resident): they are imported where used,
-# so that a process which only makes patches does not carry them through its
-# suffix-sort peak.
+# Digests use the native SHA-256 (SHA-NI where the CPU has it) and a native
+# constant-time comparison: applying a patch does not load OpenSSL (hashlib, hmac).
 
 
 def _sha256(*parts: bytes | memoryview) -> bytes:
-    import hashlib
-
-    h = hashlib.sha256()
+    h = Sha256()
     for part in parts:
         h.update(part)
     return h.digest()
 
 
-def _same(a: bytes, b: bytes) -> bool:
-    import hmac
+def same_digest(a: bytes, b: bytes) -> bool:
+    """Compare two digests in constant time (csrc/bsi_core.c: bsi_ct_equal)."""
+    if len(a) != len(b):
+        return False
+    return bool(lib.bsi_ct_equal(ffi.from_buffer(a), ffi.from_buffer(b), len(a))) if a else True
 
-    return hmac.compare_digest(a, b)
+
+_same = same_digest
 
 
 MAGIC = b"BSIPATCH"
 BSDIFF40_MAGIC = b"BSDIFF40"
 VERSION = 1
+#: Version of patches that carry a transform block after the header (docs/patch-format.md,
+#: "Executable transform"); version 1 patches are written and read as before.
+VERSION_TRANSFORM = 2
+VERSIONS = (VERSION, VERSION_TRANSFORM)
 
 HEADER_FMT = "<8sHHIQ32sQ32sIIQ"  # up to (not including) the header digest
 HEADER_SIZE = struct.calcsize(HEADER_FMT) + 32  # 144
@@ -61,7 +67,7 @@ PAYLOAD_HEADER_SIZE = 56  # seven little-endian u64 at the start of each decompr
 #: output is streamed, so it does not cost memory).
 MAX_SEGMENT_SIZE = 256 << 20
 #: Default output bytes per segment: segments are cut earlier when their payload fills.
-DEFAULT_SEGMENT_SIZE = 64 << 20
+DEFAULT_SEGMENT_SIZE = 128 << 20
 #: Section capacities of the writer: control, zero runs, non-zero runs, literals, diff.
 CTRL_CAP = 1 << 20
 RUNS_CAP = 1 << 20
@@ -86,8 +92,7 @@ CLAIM_PER_OLD = 2
 CLAIM_PER_PATCH_BYTE = 1024
 
 
-@dataclass(frozen=True)
-class Header:
+class Header(NamedTuple):
     """The fixed 144-byte patch header."""
 
     version: int
@@ -145,8 +150,11 @@ class Header:
             max_pay,
             _r2,
         ) = struct.unpack(HEADER_FMT, body)
-        if version != VERSION:
-            raise UnsupportedPatch(f"patch format version {version}, this bsipatch reads {VERSION}")
+        if version not in VERSIONS:
+            raise UnsupportedPatch(
+                f"patch format version {version}, this bsipatch reads "
+                f"{' and '.join(map(str, VERSIONS))}"
+            )
         if not _same(_sha256(body), digest):
             raise CorruptPatch("patch header digest mismatch")
         for what, n in (("old", old_size), ("new", new_size)):
@@ -220,19 +228,56 @@ def check_claims(
             )
 
 
-@dataclass(frozen=True)
 class SegmentHeader:
-    """The fixed 112-byte header in front of each segment's zstd data."""
+    """The fixed 112-byte header in front of each segment's zstd data (read-only)."""
 
-    index: int
-    out_offset: int
-    out_len: int
-    payload_len: int
-    comp_len: int
-    n_ops: int
-    kind_bytes: tuple[int, int, int, int]
-    out_sha256: bytes
-    digest: bytes = b""
+    __slots__ = (
+        "comp_len",
+        "digest",
+        "index",
+        "kind_bytes",
+        "n_ops",
+        "out_len",
+        "out_offset",
+        "out_sha256",
+        "payload_len",
+    )
+
+    def __init__(
+        self,
+        index: int,
+        out_offset: int,
+        out_len: int,
+        payload_len: int,
+        comp_len: int,
+        n_ops: int,
+        kind_bytes: tuple[int, int, int, int],
+        out_sha256: bytes,
+        digest: bytes = b"",
+    ) -> None:
+        self.index = index
+        self.out_offset = out_offset
+        self.out_len = out_len
+        self.payload_len = payload_len
+        self.comp_len = comp_len
+        self.n_ops = n_ops
+        self.kind_bytes = kind_bytes
+        self.out_sha256 = out_sha256
+        self.digest = digest
+
+    def _fields(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, k) for k in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SegmentHeader) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (
+            "SegmentHeader(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
+        )
 
     def body(self) -> bytes:
         """The header bytes without the trailing digest."""
@@ -330,10 +375,10 @@ def trailer_digest(header_digest: bytes, seg_digests: list[bytes], body: bytes) 
     return _sha256(header_digest, *seg_digests, body)
 
 
-def pack_trailer(header: Header, seg_digests: list[bytes]) -> bytes:
-    """The 48-byte trailer."""
+def pack_trailer(header: Header, seg_digests: list[bytes], chain: tuple[bytes, ...] = ()) -> bytes:
+    """The 48-byte trailer; ``chain``: the transform block's digest, chained first."""
     body = struct.pack(TRAILER_FMT, TRAILER_MAGIC, len(seg_digests), header.new_size)
-    return body + trailer_digest(header.digest, seg_digests, body)
+    return body + trailer_digest(header.digest, [*chain, *seg_digests], body)
 
 
 class _CountingReader:
@@ -373,6 +418,10 @@ class PatchReader:
         self._r = _CountingReader(f, max_patch_size, len(prefix))
         data = prefix + self._r.read(HEADER_SIZE - len(prefix))
         self.header = Header.unpack(data)
+        #: version 2: the transform block's body (checked against its digest, not parsed),
+        #: read by :meth:`load_transform` (after the caller checked the header's claims)
+        self.transform: bytes | None = None
+        self._chain: tuple[bytes, ...] = ()
         self.seg_digests: list[bytes] = []
         self.segments: list[SegmentHeader] = []
         self.done = False
@@ -382,7 +431,17 @@ class PatchReader:
         """Patch bytes consumed so far."""
         return self._r.count
 
+    def load_transform(self) -> bytes | None:
+        """Read a version 2 patch's transform block (once); its body, or None for version 1."""
+        if self.header.version == VERSION_TRANSFORM and not self._chain:
+            from bsipatch.delta.exe import read_block
+
+            self.transform, digest = read_block(self._r.read, self.header.digest)
+            self._chain = (digest,)
+        return self.transform
+
     def __iter__(self) -> Iterator[tuple[SegmentHeader, bytes]]:
+        self.load_transform()
         h = self.header
         out_offset = 0
         while True:
@@ -425,7 +484,8 @@ class PatchReader:
                 f"trailer declares {nseg} segments / {new_size} bytes, "
                 f"read {len(self.seg_digests)} / {h.new_size}"
             )
-        if not _same(trailer_digest(h.digest, self.seg_digests, body), data[TRAILER_SIZE - 32 :]):
+        chained = [*self._chain, *self.seg_digests]
+        if not _same(trailer_digest(h.digest, chained, body), data[TRAILER_SIZE - 32 :]):
             raise CorruptPatch("trailer digest mismatch")
         if out_offset != h.new_size:
             raise TruncatedPatch(
@@ -436,19 +496,39 @@ class PatchReader:
         self.done = True
 
 
-@dataclass
 class PatchInfo:
     """What a patch is: format, the images it connects, its segments and op statistics."""
 
-    format: str
-    version: int
-    old_size: int
-    old_sha256: bytes
-    new_size: int
-    new_sha256: bytes
-    patch_size: int | None
-    segments: list[Any] = field(default_factory=list)
-    stats: dict[str, Any] = field(default_factory=dict)
+    def __init__(
+        self,
+        format: str,
+        version: int,
+        old_size: int,
+        old_sha256: bytes,
+        new_size: int,
+        new_sha256: bytes,
+        patch_size: int | None,
+        segments: list[Any] | None = None,
+        stats: dict[str, Any] | None = None,
+    ) -> None:
+        self.format = format
+        self.version = version
+        self.old_size = old_size
+        self.old_sha256 = old_sha256
+        self.new_size = new_size
+        self.new_sha256 = new_sha256
+        self.patch_size = patch_size
+        self.segments: list[Any] = [] if segments is None else segments
+        self.stats: dict[str, Any] = {} if stats is None else stats
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"PatchInfo({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PatchInfo) and vars(self) == vars(other)
+
+    __hash__ = None  # type: ignore[assignment]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (digests as hex)."""
@@ -481,6 +561,8 @@ def info_from_reader(reader: PatchReader, extra: dict[str, Any] | None = None) -
         **{f"{k}_bytes": v for k, v in zip(KIND_NAMES, kinds, strict=True)},
         "compressed_bytes": sum(s.comp_len for s in reader.segments),
     }
+    if reader.transform is not None:
+        stats["transform_bytes"] = len(reader.transform)
     if extra:
         stats.update(extra)
     return PatchInfo(

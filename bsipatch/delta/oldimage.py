@@ -1,0 +1,187 @@
+"""The old image of an apply: its buffer, its checks, its pages; and output writes.
+
+:class:`OldImage` maps (or wraps) the old image for the C applier, checks its size
+and SHA-256 against a patch header (hashing on a thread, native SHA-256), and lets
+go of its mapped pages now and then so resident memory stays bounded.
+:func:`pwrite_all` and :func:`write_all` write output without ever passing a short
+write silently. Nothing here reads patches or applies segments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+import threading
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from bsipatch._buffers import MappedFile, holes, open_buffer, sha256_buffer
+from bsipatch._io import is_pathlike
+from bsipatch._native import ffi
+from bsipatch.delta.patchformat import same_digest
+from bsipatch.errors import WrongBaseImage
+from bsipatch.hashing import Sha256
+
+if TYPE_CHECKING:
+    from bsipatch._buffers import Buffer
+    from bsipatch._io import PathLike
+    from bsipatch.delta.patchformat import Header, PatchReader
+
+#: Drop the old image's mapped pages every DROP_EVERY output bytes when it is larger
+#: than DROP_PAGES_ABOVE, so resident memory stays bounded whatever the image size.
+DROP_PAGES_ABOVE = 32 << 20
+DROP_EVERY = 16 << 20
+#: The old image is hashed from its map in steps of this many bytes (pages dropped
+#: after each step when the image is larger than DROP_PAGES_ABOVE).
+HASH_STEP = 8 << 20
+_ZEROS = bytes(HASH_STEP)
+
+
+def _sha256_mapped(buf: Buffer, stop: threading.Event) -> bytes:
+    """SHA-256 of the old image, native, straight from its map (no copy through
+    read()); holes are hashed from a zero buffer without touching their pages.
+    Gives up (returns b"") when ``stop`` is set: the map is about to close."""
+    if not isinstance(buf, MappedFile):
+        return sha256_buffer(buf, Sha256)
+    h = Sha256()
+    view = memoryview(buf)
+    size = len(buf)
+    drop = size > DROP_PAGES_ABOVE
+    pos = 0
+    try:
+        for hs, he in [*holes(buf), (size, size)]:
+            while pos < hs:
+                if stop.is_set():
+                    return b""
+                n = min(HASH_STEP, hs - pos)
+                h.update(view[pos : pos + n])
+                if drop:
+                    with contextlib.suppress(OSError, ValueError):
+                        buf.madvise(mmap.MADV_DONTNEED, pos - pos % mmap.PAGESIZE, n)
+                pos += n
+            while pos < he:
+                n = min(HASH_STEP, he - pos)
+                h.update(_ZEROS[:n])
+                pos += n
+    finally:
+        view.release()
+    return h.digest()
+
+
+class OldImage:
+    """The old image: a buffer for the applier and a way to hash it cheaply."""
+
+    def __init__(self, src: PathLike | Buffer) -> None:
+        self._stack = ExitStack()
+        self.path = src if is_pathlike(src) else None
+        self.buf: Buffer = self._stack.enter_context(open_buffer(src))
+        self.size = len(self.buf)
+        self.ptr = ffi.from_buffer(self.buf) if self.size else ffi.NULL
+        self.predicted: Buffer | None = None  # version 2: the old image, references predicted
+        self._since_drop = 0
+        self._stop = threading.Event()
+        self._hashing: threading.Thread | None = None
+
+    def use_transform(self, reader: PatchReader) -> bool:
+        """For a version 2 patch: apply segments against the old image with its references
+        predicted by the patch's transform (exe.py); the old image itself is still what is
+        hashed. Returns whether there was a transform."""
+        self.check_size(reader.header)
+        body = reader.load_transform()
+        if body is None:
+            return False
+        from bsipatch.delta import exe
+
+        t = exe.Transform.unpack(body, self.size)
+        self.predicted, _ = exe.predicted_old(self.buf, t, self.path)
+        self.ptr = ffi.from_buffer(self.predicted) if self.size else ffi.NULL
+        return True
+
+    def check(self, header: Header) -> None:
+        """Raise WrongBaseImage unless size and SHA-256 match the patch header."""
+        self.start_check(header)()
+
+    def check_size(self, header: Header) -> None:
+        """Raise WrongBaseImage unless the size matches the patch header."""
+        if self.size != header.old_size:
+            raise WrongBaseImage(
+                f"old image is {self.size} bytes, the patch was made for {header.old_size} bytes"
+            )
+
+    def start_check(self, header: Header) -> Callable[[], None]:
+        """Check the size now and start hashing on a thread; return the function that
+        waits for the digest and raises WrongBaseImage when it differs."""
+
+        self.check_size(header)
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                result["digest"] = _sha256_mapped(self.buf, self._stop)
+            except BaseException as exc:  # handed to the waiter
+                result["error"] = exc
+
+        t = threading.Thread(target=run, name="bsipatch-old-sha256", daemon=True)
+        t.start()
+        self._hashing = t
+
+        def wait() -> None:
+            t.join()
+            if "error" in result:
+                raise result["error"]
+            digest = result["digest"]
+            if not same_digest(digest, header.old_sha256):
+                raise WrongBaseImage(
+                    f"old image SHA-256 is {digest.hex()}, "
+                    f"the patch was made for {header.old_sha256.hex()}"
+                )
+
+        return wait
+
+    def note_output(self, n: int) -> None:
+        """Count output bytes made; every DROP_EVERY of them, release the old image's pages."""
+        self._since_drop += n
+        if self._since_drop >= DROP_EVERY:
+            self._since_drop = 0
+            self.drop_pages()
+
+    def drop_pages(self) -> None:
+        """Let go of the mapped pages of a large old image (they are re-read on demand)."""
+        if isinstance(self.buf, mmap.mmap) and self.size > DROP_PAGES_ABOVE:
+            with contextlib.suppress(OSError, ValueError):
+                self.buf.madvise(mmap.MADV_DONTNEED)
+
+    def close(self) -> None:
+        self._stop.set()  # an interrupted apply: the hash is not waited for
+        if self._hashing is not None:
+            self._hashing.join()
+        self.ptr = None
+        self._stack.close()
+
+
+def no_check() -> None:
+    """The old image was verified by the caller (``verify_old=False``)."""
+
+
+def pwrite_all(fd: int, data: memoryview, pos: int) -> None:
+    """pwrite everything or raise: a short write (a full disk) must never pass silently."""
+    while len(data):
+        n = os.pwrite(fd, data, pos)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device (short write)")
+        data = data[n:]
+        pos += n
+
+
+def write_all(out: BinaryIO, data: memoryview) -> None:
+    """Write everything to a caller's stream, also when it is a raw (short-writing) one."""
+    while len(data):
+        n = out.write(data)
+        if n is None:  # a non-blocking raw stream that cannot take data now
+            raise OSError(errno.EAGAIN, "output stream would block")
+        if n <= 0:
+            raise OSError(errno.EIO, "output stream accepted no bytes")
+        data = data[n:]

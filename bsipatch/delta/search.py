@@ -1,0 +1,447 @@
+"""Finding the operations from old to new: block pre-pass, suffix arrays, search.
+
+The pipeline: block pre-pass (C) -> suffix arrays of the old regions still needed,
+one part per thread (C, SA-IS) -> bsdiff-style search of the unmatched regions of
+new, several at once on threads (C, GIL released) -> the ops, normalised. Progress
+is reported as one bar over all of it (:class:`Meter`). This module does not encode,
+compress or write patches (diff.py does).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import mmap
+import re
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from bsipatch._buffers import Buffer, drop_pages, holes
+from bsipatch._native import check, ffi, lib
+from bsipatch._threads import default_threads
+
+ProgressFn = Callable[[int, int], None]
+
+BS = lib.BSI_BLOCK_SIZE
+#: Old images up to this size are indexed whole (claimed blocks included); larger
+#: ones only where the pre-pass left gaps. Measured on libcrypto 3.0.20 -> 3.0.22,
+#: indexing only the unclaimed regions gives the smaller patch (192,903 vs 198,408
+#: bytes) and a smaller index, so by default nothing is indexed whole.
+FULL_INDEX_LIMIT = 0
+SEARCH_OPS_CAP = 1 << 13
+#: Indexes of at least this many bytes per thread are suffix-sorted in parallel parts.
+SA_PART_MIN = 1 << 20
+#: Gaps are searched in regions of at least this many bytes (about 8 per thread).
+SEARCH_CHUNK_MIN = 512 << 10
+#: The pre-pass works through the images in chunks of this many bytes, releasing
+#: mapped pages in between when the images are larger than PAGE_DROP_ABOVE.
+PREPASS_CHUNK = 64 << 20
+PAGE_DROP_ABOVE = 256 << 20
+#: File holes at least this long are taken as zeros without reading them.
+HOLE_MIN = 1 << 20
+OP_SIZE = ffi.sizeof("bsi_op")
+#: Relative cost per byte of each phase (roughly ns per byte on one core), so that the
+#: progress bar moves in step with the time spent: indexing old blocks, scanning new,
+#: suffix-sorting the index, searching the gaps, encoding and writing the patch.
+COST_INDEX, COST_SCAN, COST_SORT, COST_SEARCH, COST_WRITE = 1, 2, 60, 30, 2
+
+
+class Meter:
+    """One monotone progress bar over phases whose sizes become known on the way.
+
+    ``total`` is the work planned so far (in cost units); :meth:`replan` sets the work
+    still to do once it is known, keeping the fraction already shown. Reported as
+    ``(done, scale)``: ``scale`` is the new image's size, so rates read as bytes of
+    new per second.
+    """
+
+    def __init__(self, progress: ProgressFn | None, scale: int, planned: float) -> None:
+        self.progress = progress
+        self.scale = max(scale, 1)
+        self.base = 0.0  # fraction shown when the plan last changed
+        self.left = max(planned, 1.0)  # units planned since then
+        self.done = 0.0
+        self.shown = -1
+        self.lock = threading.Lock()
+
+    def replan(self, left: float) -> None:
+        """From now on, ``left`` more units of work remain."""
+        with self.lock:
+            self.base = self.fraction()
+            self.left = max(left, 1.0)
+            self.done = 0.0
+
+    def fraction(self) -> float:
+        return min(1.0, self.base + (1.0 - self.base) * self.done / self.left)
+
+    def add(self, units: float) -> None:
+        """``units`` more units of work are done."""
+        with self.lock:
+            self.done += units
+            at = int(self.fraction() * self.scale)
+            if at <= self.shown:
+                return
+            self.shown = at
+        if self.progress:
+            self.progress(min(at, self.scale), self.scale)
+
+    def finish(self) -> None:
+        """Everything is done: report 100%."""
+        if self.progress and self.shown < self.scale:
+            self.shown = self.scale
+            self.progress(self.scale, self.scale)
+
+
+def _anon(size: int) -> mmap.mmap:
+    """Lazily zeroed anonymous memory: untouched pages cost no resident memory."""
+    return mmap.mmap(-1, max(size, 1))
+
+
+def _ptr(buf: Buffer) -> Any:
+    return ffi.from_buffer(buf) if len(buf) else ffi.NULL
+
+
+class Ops:
+    """A cffi array of ``bsi_op`` covering the new image, plus search statistics."""
+
+    def __init__(self, array: Any, count: int, stats: dict[str, Any]) -> None:
+        self.array = array
+        self.count = count
+        self.stats = stats
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        for i in range(self.count):
+            op = self.array[i]
+            yield int(op.kind), int(op.len), int(op.old_off)
+
+
+def _index_ranges(claimed: Buffer, old_size: int, whole: bool) -> list[tuple[int, int]]:
+    """Old ranges to index: blocks not claimed by a copy (all when ``whole``), zero blocks out."""
+    nob = old_size // BS
+    marks = bytes(claimed[:nob])
+    wanted = b"[\x00\x01]+" if whole else b"\x00+"
+    ranges = [(m.start() * BS, m.end() * BS) for m in re.finditer(wanted, marks)]
+    if old_size % BS:
+        tail = (nob * BS, old_size)
+        if ranges and ranges[-1][1] == tail[0]:
+            ranges[-1] = (ranges[-1][0], old_size)
+        else:
+            ranges.append(tail)
+    return ranges
+
+
+class _Prepass:
+    """The block pre-pass over old and new: COPY/ZERO ops and the GAP ops between them."""
+
+    def __init__(self, old: Buffer, new: Buffer, meter: Meter) -> None:
+        self.old, self.new, self.meter = old, new, meter
+        on, nn = len(old), len(new)
+        self.pold, self.pnew = _ptr(old), _ptr(new)
+        self.slots = lib.bsi_prepass_table_slots(on)
+        self.table = _anon(self.slots * 8)
+        self.ptable = ffi.cast("uint64_t *", ffi.from_buffer(self.table))
+        self.claimed = _anon(on // BS + 1)
+        self.pclaimed = ffi.from_buffer(self.claimed)
+        self.max_ops = lib.bsi_prepass_max_ops(nn)
+        self.pre_buf = _anon(self.max_ops * OP_SIZE)
+        self.pre = ffi.cast("bsi_op *", ffi.from_buffer(self.pre_buf))
+        self.big = on + nn > PAGE_DROP_ABOVE
+        self.st = ffi.new("bsi_prepass_state *")
+
+    def _index(self, b0: int, b1: int) -> None:
+        """Index old blocks [b0, b1) in chunks."""
+        step = PREPASS_CHUNK // BS
+        for c0 in range(b0, b1, step):
+            c1 = min(c0 + step, b1)
+            check(
+                lib.bsi_prepass_index(
+                    self.pold, len(self.old), c0, c1, self.ptable, self.slots, self.pclaimed
+                ),
+                "block index",
+            )
+            if self.big:
+                drop_pages(self.old)
+            self.meter.add((c1 - c0) * BS * COST_INDEX)
+
+    def index_old(self) -> None:
+        """Index old: blocks in holes are zero blocks without reading them."""
+        nob = len(self.old) // BS
+        b = 0
+        for hs, he in holes(self.old, HOLE_MIN):
+            b0, b1 = -(-hs // BS), he // BS
+            if b1 > b0:
+                self.claimed[b0:b1] = b"\x02" * (b1 - b0)
+                self._index(b, b0)
+                self.meter.add((b1 - b0) * BS * COST_INDEX)
+                b = b1
+        self._index(b, nob)
+
+    def _scan_to(self, end: int) -> None:
+        st, nn = self.st, len(self.new)
+        while st.pos < end:
+            start = st.pos
+            stop = min(end, st.pos + PREPASS_CHUNK)
+            check(
+                lib.bsi_prepass_scan(
+                    st, self.pold, len(self.old), self.pnew, nn, stop, self.ptable,
+                    self.slots, self.pclaimed, self.pre, self.max_ops,
+                ),
+                "block pre-pass",
+            )  # fmt: skip
+            if self.big:
+                drop_pages(self.new)
+                drop_pages(self.old)
+            self.meter.add((st.pos - start) * COST_SCAN)
+            if st.pos >= nn:
+                break
+
+    def scan_new(self) -> int:
+        """Scan new (holes become ZERO ops without reading them); return the op count."""
+        nn = len(self.new)
+        for hs, he in holes(self.new, HOLE_MIN):
+            self._scan_to(hs)
+            before = self.st.pos
+            check(lib.bsi_prepass_zero(self.st, nn, he, self.pre, self.max_ops), "block pre-pass")
+            self.meter.add((self.st.pos - before) * COST_SCAN)
+        self._scan_to(nn)
+        npre = check(
+            lib.bsi_prepass_finish(
+                self.st, self.pold, len(self.old), self.pnew, nn, self.pre, self.max_ops
+            ),
+            "block pre-pass",
+        )
+        self.table.close()
+        return int(npre)
+
+    def gaps(self, npre: int) -> list[tuple[int, int]]:
+        """The new ranges the pre-pass left unmatched."""
+        gaps: list[tuple[int, int]] = []
+        pos = 0
+        for i in range(npre):
+            op = self.pre[i]
+            if op.kind == lib.BSI_OP_GAP:
+                gaps.append((pos, pos + op.len))
+            pos += op.len
+        return gaps
+
+
+class _Index:
+    """Suffix arrays of the old ranges to search, sorted in parallel parts."""
+
+    def __init__(self, old: Buffer, claimed: Buffer, threads: int) -> None:
+        on = len(old)
+        self.ranges = _index_ranges(claimed, on, on <= FULL_INDEX_LIMIT)
+        self.size = sum(e - s for s, e in self.ranges)
+        if self.ranges == [(0, on)]:
+            self.idx: Buffer = old
+        else:
+            self.idx = _anon(self.size)
+            mv = memoryview(old)
+            p = 0
+            for s, e in self.ranges:
+                self.idx[p : p + e - s] = mv[s:e]
+                p += e - s
+            del mv
+            drop_pages(old)
+        self.remap = self.idx is not old
+        self.wide = self.size >= (1 << 31) - 2
+        self.isz = 8 if self.wide else 4
+        self.sa_buf = _anon(self.size * self.isz)
+        # The index is sorted in parts, one per thread, in parallel: a lookup then
+        # searches every part (matches stop at a part's end; their extension does not).
+        self.nparts = max(1, min(threads, lib.BSI_MAX_SA_PARTS, self.size // SA_PART_MIN))
+        self.bounds = [self.size * k // self.nparts for k in range(self.nparts + 1)]
+        self.parts = ffi.new("bsi_sa_part[]", self.nparts)
+        self.pidx = ffi.from_buffer(self.idx) if self.size else ffi.NULL
+        self.psa = ffi.from_buffer(self.sa_buf)
+        self.bkts: list[Any] = []
+        self.map_old = ffi.new("uint64_t[]", [s for s, _ in self.ranges] or [0])
+        self.map_len = ffi.new("uint64_t[]", [e - s for s, e in self.ranges] or [0])
+
+    def sort_part(self, k: int) -> None:
+        off, n = self.bounds[k], self.bounds[k + 1] - self.bounds[k]
+        sa = self.psa + off * self.isz
+        text = self.pidx + off if n else ffi.NULL
+        part = self.parts[k]
+        part.off, part.len = off, n
+        bkt = ffi.new("uint64_t[]", 65537)
+        self.bkts.append(bkt)
+        part.bkt = bkt
+        if self.wide:
+            part.sa64 = ffi.cast("int64_t *", sa)
+        else:
+            part.sa32 = ffi.cast("int32_t *", sa)
+        if n:
+            ws_size = lib.bsi_sais_workspace_size(n, 1 if self.wide else 0)
+            ws = _anon(ws_size)
+            sort = lib.bsi_sais64 if self.wide else lib.bsi_sais32
+            out = part.sa64 if self.wide else part.sa32
+            check(sort(text, out, n, ffi.from_buffer(ws), ws_size), "suffix sort")
+            ws.close()
+        check(lib.bsi_sa_buckets(text, n, bkt), "suffix buckets")
+
+    def sort(self, meter: Meter) -> None:
+        def one(k: int) -> None:
+            self.sort_part(k)
+            meter.add((self.bounds[k + 1] - self.bounds[k]) * COST_SORT)
+
+        if self.nparts == 1:
+            one(0)
+            return
+        with cf.ThreadPoolExecutor(max_workers=self.nparts) as pool:
+            for f in [pool.submit(one, k) for k in range(self.nparts)]:
+                f.result()
+
+    def close(self) -> None:
+        """Let go of the suffix arrays and the index copy (the search is over)."""
+        self.parts = self.psa = self.pidx = self.bkts = None  # type: ignore[assignment]
+        self.sa_buf = self.idx = None  # type: ignore[assignment]
+
+
+def _remapped(index: _Index, buf: Any, n: int) -> tuple[Any, int]:
+    """Search results mapped from index to old coordinates (an op crossing k range
+    boundaries becomes k+1 ops: the buffer grows until it fits)."""
+    cap = n * 2 + 16
+    while True:
+        rbuf = ffi.new("bsi_op[]", cap)
+        m = lib.bsi_ops_remap(buf, n, index.map_old, index.map_len, len(index.ranges), rbuf, cap)
+        if m != lib.BSI_E_NOMEM:
+            return rbuf, check(m, "remap")
+        cap *= 4
+
+
+def _search_region(index: _Index, new: Buffer, s: int, e: int, local: Any) -> list[tuple[Any, int]]:
+    """Search new[s:e) in the index; the ops found, in order, as (cffi array, count)."""
+    out: list[tuple[Any, int]] = []
+    stopped = ffi.new("uint64_t *")
+    buf = getattr(local, "buf", None)
+    if buf is None:
+        buf = local.buf = ffi.new("bsi_op[]", SEARCH_OPS_CAP)
+    pnew = _ptr(new)
+    while s < e:
+        n = check(
+            lib.bsi_diff_search_parts(
+                index.pidx, index.size, index.parts, index.nparts, pnew, len(new), s, e,
+                buf, SEARCH_OPS_CAP, stopped,
+            ),
+            "delta search",
+        )  # fmt: skip
+        if index.remap and n:
+            out.append(_remapped(index, buf, n))
+        elif n:
+            keep = ffi.new("bsi_op[]", n)
+            ffi.memmove(keep, buf, n * OP_SIZE)
+            out.append((keep, n))
+        s = stopped[0]
+    return out
+
+
+def _search_gaps(
+    index: _Index, new: Buffer, gaps: list[tuple[int, int]], threads: int, meter: Meter
+) -> dict[int, list[tuple[int, list[tuple[Any, int]]]]]:
+    """Search every gap (big ones cut so all threads have work), several at once."""
+    gap_total = sum(e - s for s, e in gaps)
+    chunk = max(SEARCH_CHUNK_MIN, gap_total // (threads * 8) + 1)
+    regions: list[tuple[int, int, int]] = []
+    for gi, (s, e) in enumerate(gaps):
+        while e - s > chunk * 3 // 2:
+            regions.append((gi, s, s + chunk))
+            s += chunk
+        regions.append((gi, s, e))
+    local = threading.local()
+
+    def search(region: tuple[int, int, int]) -> list[tuple[Any, int]]:
+        _, s, e = region
+        found = _search_region(index, new, s, e, local)
+        # the search phase is the diff's memory peak: release this region of new
+        drop_pages(new, s, e)
+        return found
+
+    results: dict[int, list[tuple[int, list[tuple[Any, int]]]]] = {}
+    with cf.ThreadPoolExecutor(max_workers=threads) as pool:
+        # largest regions first, so that no long one starts last
+        order = sorted(regions, key=lambda r: r[1] - r[2])
+        futs = {pool.submit(search, r): r for r in order}
+        for fut in cf.as_completed(futs):
+            gi, s, e = futs[fut]
+            results.setdefault(gi, []).append((s, fut.result()))
+            meter.add((e - s) * COST_SEARCH)
+    return results
+
+
+def _assemble(
+    pre: Any, npre: int, results: dict[int, list[tuple[int, list[tuple[Any, int]]]]]
+) -> tuple[Any, int]:
+    """Pre-pass ops with each gap replaced by its search results, in order."""
+    total = npre + sum(n for lst in results.values() for _, parts in lst for _, n in parts)
+    final = ffi.new("bsi_op[]", max(total, 1))
+    w = 0
+    gi = 0
+    for i in range(npre):
+        if pre[i].kind == lib.BSI_OP_GAP:
+            for _, parts in sorted(results.get(gi, []), key=lambda t: t[0]):
+                for buf, n in parts:
+                    ffi.memmove(final + w, buf, n * OP_SIZE)
+                    w += n
+            gi += 1
+        else:
+            final[w] = pre[i]
+            w += 1
+    return final, w
+
+
+def compute_ops(
+    old: Buffer,
+    new: Buffer,
+    *,
+    threads: int | None = None,
+    progress: ProgressFn | None = None,
+    meter: Meter | None = None,
+) -> Ops:
+    """Compute the operations that turn ``old`` into ``new``.
+
+    Args:
+        old: the old image bytes.
+        new: the new image bytes.
+        threads: threads for suffix sorting (one index part each) and search
+            (default: all CPUs).
+        progress: ``(done, total)`` callback over the whole computation (see
+            :class:`Meter`), ending at ``(len(new), len(new))``.
+        meter: report into this :class:`Meter` instead (diff() shares one with the
+            writing phase); ``progress`` is then ignored and 100% is not reported.
+
+    Returns:
+        The normalised :class:`Ops`.
+    """
+    threads = threads or default_threads()
+    on, nn = len(old), len(new)
+    own = meter is None
+    if meter is None:
+        meter = Meter(progress, nn, on * COST_INDEX + nn * COST_SCAN)
+    stats: dict[str, Any] = {}
+    pp = _Prepass(old, new, meter)
+    pp.index_old()
+    npre = pp.scan_new()
+    # new is not read again until the search, which reads only its gaps: release its
+    # pages so the suffix sort (the memory peak) does not carry them
+    drop_pages(new)
+    gaps = pp.gaps(npre)
+    gap_total = sum(e - s for s, e in gaps)
+    stats["prepass_matched_bytes"] = nn - gap_total
+    results: dict[int, list[tuple[int, list[tuple[Any, int]]]]] = {}
+    if gaps:
+        index = _Index(old, pp.claimed, threads)
+        stats["indexed_bytes"] = index.size
+        meter.replan(
+            index.size * COST_SORT + gap_total * COST_SEARCH + (0 if own else nn * COST_WRITE)
+        )
+        index.sort(meter)
+        results = _search_gaps(index, new, gaps, threads, meter)
+        index.close()
+    final, w = _assemble(pp.pre, npre, results)
+    pp.pre_buf.close()
+    count = check(lib.bsi_ops_normalize(final, w, pp.pold, on, pp.pnew, nn), "normalise ops")
+    stats["n_ops"] = count
+    if own:
+        meter.finish()
+    return Ops(final, count, stats)
