@@ -51,8 +51,6 @@ SIZE_ALLOWLIST: dict[str, str] = {
     "delta/apply.py::apply": "h13 (engine entry; the public layer is bsipatch.api)",
     "delta/diff.py::write_bsipatch": "h13",
     "delta/diff.py::diff": "h13 (engine entry; the public layer is bsipatch.api)",
-    "device/install.py": "h16",
-    "device/preboot.py": "h11d",
 }
 
 
