@@ -45,6 +45,7 @@ def diff(
     threads: int | None = None,
     segment_size: int | None = None,
     progress: Progress | None = None,
+    exe: bool = True,
 ) -> bytes: ...
 
 
@@ -59,6 +60,7 @@ def diff(
     threads: int | None = None,
     segment_size: int | None = None,
     progress: Progress | None = None,
+    exe: bool = True,
 ) -> PatchInfo: ...
 
 
@@ -72,6 +74,7 @@ def diff(
     threads: int | None = None,
     segment_size: int | None = None,
     progress: Progress | None = None,
+    exe: bool = True,
 ) -> bytes | PatchInfo:
     """Make a patch that turns ``old`` into ``new``.
 
@@ -85,6 +88,7 @@ def diff(
         threads: threads for indexing, search and compression (default: all CPUs).
         segment_size: largest output bytes per segment (4096..256 MiB, default 64 MiB).
         progress: ``(done, total)`` callback.
+        exe: for two ELF files, a reference-aware (version 2) patch; False: version 1.
 
     Returns:
         The patch (bytes) without ``patch``; else the written patch's :class:`PatchInfo`.
@@ -108,6 +112,7 @@ def diff(
         threads=threads,
         segment_size=segment_size,
         progress=progress,
+        exe=exe,
     )
     return buf.getvalue() if patch is None else info
 

@@ -97,7 +97,10 @@ def test_provenance_with_a_transform_hashes_the_output(
     (tmp_path / "old").write_bytes(old)
     salt = bytes(range(32))
     prov = Provenance(image_leaves(tmp_path / "old", salt), salt)
-    bsipatch.apply(tmp_path / "old", io.BytesIO(v2), tmp_path / "new", provenance=prov)
+    bsipatch.hazmat.apply(
+        tmp_path / "old", io.BytesIO(v2), tmp_path / "new", verify_old=True, verify_new=True,
+        provenance=prov,
+    )  # fmt: skip
     assert (tmp_path / "new").read_bytes() == new
     assert np.array_equal(prov.leaves, image_leaves(tmp_path / "new", salt))
     assert prov.hashed_blocks == len(prov.leaves)

@@ -169,6 +169,7 @@ SHARED_HELP = {
     "--os-version": "OS version of the base images, e.g. 26.1",
     "--build": "OS build of the base images, e.g. 23B85",
     "--threads": "threads to use (default: all CPUs)",
+    "--component": "a component (image) name",
     "--threshold": "signatures a role needs, as ROLE=N (repeatable)",
     "--expires-days": "days until the release manifest expires",
     "--root-expires-days": "days until the root metadata expires",
