@@ -59,6 +59,9 @@ def test_elf_parse_refuses_what_it_does_not_know(x86_pair: tuple[bytes, bytes]) 
     wrong_machine = bytearray(a)
     struct.pack_into("<H", wrong_machine, 18, 40)  # ARM (32-bit)
     assert elf.parse(bytes(wrong_machine)) is None
+    assert elf.parse(a + bytes(64)) is not None  # a little padding is fine
+    assert elf.parse(a + bytes(4096)) is None  # an ELF file at the start of something else
+    assert elf.parse(a + a) is None
     huge = bytearray(a)
     struct.pack_into("<H", huge, 60, 60000)  # e_shnum
     assert elf.parse(bytes(huge)) is None

@@ -30,6 +30,10 @@ SHF_ALLOC = 0x2
 SHF_EXECINSTR = 0x4
 #: Files with more program or section headers than this are not treated as ELF.
 MAX_HEADERS = 4096
+#: Bytes a file may have after the end of its last section or header table. Linkers put
+#: the section header table last; more than this means the ELF file is only the start of
+#: something else (a concatenation, an archive, an image), which is not diffed as ELF.
+MAX_TRAILING = 64
 
 
 @dataclass(frozen=True)
@@ -125,5 +129,13 @@ def parse(buf: Buffer) -> Elf | None:
             return None
         sections.append(Section(_name(strtab, name), stype, flags, addr, off, ssize, entsize))
     if not loads:
+        return None
+    end = max(
+        shoff + 64 * shnum,
+        phoff + 56 * phnum,
+        *(s.off + s.size for s in sections if s.type not in (SHT_NOBITS, 0)),
+        *(ld.off + ld.filesz for ld in loads),
+    )
+    if size - end > MAX_TRAILING:
         return None
     return Elf(machine, etype, tuple(loads), tuple(sections))
