@@ -70,7 +70,9 @@ if tool.startswith("bsipatch"):
     fmt = "bsdiff40" if tool == "bsipatch-bsdiff40" else "bsipatch"
     from bsipatch.delta.apply import apply
     from bsipatch.delta.diff import diff
-    if op == "diff":
+    if op == "diff" and tool == "bsipatch-v1":  # without the executable transform
+        run = lambda: diff(a, b, c, threads=threads, exe=False)
+    elif op == "diff":
         run = lambda: diff(a, b, c, format=fmt, threads=threads)
     else:
         run = lambda: apply(a, b, c, threads=threads)
@@ -192,6 +194,7 @@ TOOLS: dict[str, Tool] = {
         _py_tool("bsipatch", "bsipatch (all cores)"),
         _py_tool("bsipatch-1t", "bsipatch (threads=1)"),
         _py_tool("bsipatch-bsdiff40", "bsipatch --format bsdiff40"),
+        _py_tool("bsipatch-v1", "bsipatch, no executable transform"),
         Tool("bsipatch-cli", "bsipatch CLI (whole process)", _cli_diff, _cli_apply),
         Tool("hdiffpatch", "HDiffPatch hdiffz -c-zstd-21-24", _hdiffz, _hpatchz),
         Tool("bsdiff", "bsdiff/bspatch (Debian)", _bsdiff, _bspatch, slow=True),
@@ -201,7 +204,7 @@ TOOLS: dict[str, Tool] = {
         Tool("zstd", "zstd -19 --long=31 --patch-from", _zstd_diff, _zstd_apply),
     )
 }
-BSIPATCH_TOOLS = ("bsipatch", "bsipatch-1t", "bsipatch-bsdiff40", "bsipatch-cli")
+BSIPATCH_TOOLS = ("bsipatch", "bsipatch-1t", "bsipatch-bsdiff40", "bsipatch-cli", "bsipatch-v1")
 DEFAULT_TOOLS = (
     "bsipatch",
     "bsipatch-cli",

@@ -459,7 +459,7 @@ def get_pairs(names: Iterable[str] = SET_NAMES, *, quick: bool = False) -> list[
     """Build (or reuse from the cache) the named data sets, in the order given.
 
     Args:
-        names: any of :data:`SET_NAMES`.
+        names: any of :data:`SET_NAMES`, or ``exe`` (not run by default: ten pairs).
         quick: use the smaller near-identical pair (16 MB instead of 92 MB).
 
     Returns:
@@ -481,8 +481,14 @@ def get_pairs(names: Iterable[str] = SET_NAMES, *, quick: bool = False) -> list[
             pairs.append(major_pair())
         elif name == "scatter":
             pairs.append(scatter_pair())
+        elif name == "exe":  # ten ELF pairs of real security updates (bench/exe_data.py)
+            from exe_data import exe_pairs
+
+            pairs.extend(exe_pairs())
         else:
-            raise ValueError(f"unknown data set {name!r}; choose from {', '.join(SET_NAMES)}")
+            raise ValueError(
+                f"unknown data set {name!r}; choose from {', '.join((*SET_NAMES, 'exe'))}"
+            )
     return pairs
 
 

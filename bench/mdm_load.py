@@ -321,6 +321,16 @@ def _run(args) -> dict:
         # (one server process is held to one core by the GIL)
         out["capacity_2_cores_per_s"] = round(min(2000 / per, 1000 / srv)) if per else None
         out["load_after"] = os.getloadavg()
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/healthz")
+        health = json.loads(conn.getresponse().read())
+        out["group_commit"] = {  # one worker's counters
+            "batches": health["batches"],
+            "reports": health["reports"],
+            "mean_batch": round(health["reports"] / max(1, health["batches"]), 1),
+        }
         stored = store.db.query("SELECT COUNT(*) FROM release_history")[0][0]
         out["history_rows"] = int(stored)
         out["db_bytes_per_device"] = round(store.db.size_bytes() / args.devices)

@@ -283,3 +283,64 @@ def test_os_update_keeps_activation_unless_given_and_clears_agent_records(
     assert (st["os_version"], st["active_release"]) == ("26.2", None)
     assert device.components() == {"webkit": "reboot", "libsystem": "reboot"}
     assert Agent(device, None).store.state().retired == ["26.1 (a)"]
+
+
+# --- a line per retry on a terminal ---------------------------------------------------------
+
+
+def _stderr_through_a_terminal(argv: list[str]) -> tuple[int, str]:
+    """Run the CLI with stderr on a pseudo-terminal; return (exit code, what it printed)."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "bsipatch.cli.main", *argv],
+            stdout=subprocess.DEVNULL,
+            stderr=slave,
+            timeout=120,
+        )
+    finally:
+        os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the terminal's other side is closed and drained
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    return proc.returncode, out.decode(errors="replace")
+
+
+def test_agent_prints_a_line_per_retry_on_a_terminal(device, vendor, tmp_path):  # noqa: F811
+    root = tmp_path / "root.json"
+    root.write_bytes(vendor["root_json"])
+    with _serve(vendor, "A") as srv:
+        srv.fault = Fault("status", suffix="timestamp.json", code=503, times=2)
+        argv = ["agent", "check", "--preboot", str(device.path), "--repo", srv.url]
+        code, err = _stderr_through_a_terminal([*argv, "--root", str(root)])
+        assert code == 0, err
+        lines = [ln for ln in err.splitlines() if "retrying" in ln]
+        assert len(lines) == 2, err
+        assert all(ln.startswith("bsipatch: metadata/timestamp.json:") for ln in lines)
+        assert "HTTP 503" in lines[0] and "(attempt 2 of 5)" in lines[0]
+        srv.fault = Fault("status", suffix="timestamp.json", code=503, times=2)
+        code, err = _stderr_through_a_terminal([*argv, "--quiet"])
+        assert code == 0 and "retrying" not in err
+
+
+def test_agent_run_removes_its_own_stray_temp_files(device, vendor):  # noqa: F811
+    agent = _agent(device, vendor, vendor["snap"]["A"])
+    agent.store.dir.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run([sys.executable, "-c", _KILL_IN_WRITE, str(agent.store.dir / "state.json")])
+    assert r.returncode == 9
+    (stray,) = agent.store.dir.glob(".state.json.*.tmp")
+    fresh = agent.store.dir / ".settings.json.fresh.tmp"  # a live writer's: too new to take
+    fresh.write_bytes(b"{")
+    old = time.time() - 3600
+    os.utime(stray, (old, old))
+    agent.run()
+    assert not stray.exists() and fresh.exists()

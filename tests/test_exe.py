@@ -83,8 +83,8 @@ def test_transform_predicts_moved_references(
     assert len(pred) == len(old) and pred != old
     # the same engine, fed the predicted old file, needs far fewer bytes to make new
     plain, predicted = io.BytesIO(), io.BytesIO()
-    diff(old, new, plain)
-    diff(pred, new, predicted)
+    diff(old, new, plain, exe=False)
+    diff(pred, new, predicted, exe=False)
     block, _ = exe.pack_block(bytes(32), prep.block)
     assert len(predicted.getvalue()) + len(block) < len(plain.getvalue())
 

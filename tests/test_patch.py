@@ -136,7 +136,7 @@ def test_extra_bytes_after_trailer_refused() -> None:
 def test_wrong_version_and_magic() -> None:
     old, new = _pair()
     p = bytearray(_make(old, new))
-    p[8] = 2
+    p[8] = 3  # versions 1 and 2 exist (2: with an executable transform)
     with pytest.raises(UnsupportedPatch):
         apply(old, bytes(p), io.BytesIO())
     with pytest.raises(UnsupportedPatch):

@@ -444,6 +444,9 @@ def apply(
         )
         o = OldImage(old)
         stack.callback(o.close)
+        later = provenance if o.use_transform(reader) else None
+        if later is not None:  # copies come from the predicted old: hash the output instead
+            provenance = None
         if is_pathlike(out):
             # the old image is hashed while segments are applied into the temporary
             # file; nothing is renamed into place unless its digest matches
@@ -470,6 +473,11 @@ def apply(
             else:
                 o.check_size(reader.header)
             extra = _apply_to_stream(o, reader, out, progress)
+        if later is not None:
+            from bsipatch.seal.tree import image_leaves
+
+            later.leaves = image_leaves(out, later.salt, salt_after=later.salt_after)
+            later.hashed_blocks = len(later.leaves)
         return patchfmt.info_from_reader(reader, extra)
 
 
@@ -512,6 +520,7 @@ def iter_apply(
         reader = PatchReader(f, prefix=magic)
         o = OldImage(old)
         stack.callback(o.close)
+        o.use_transform(reader)
         o.check(reader.header)
         overall = Sha256()
         # One chunk is always held back: a segment's last chunk is released only after

@@ -206,11 +206,14 @@ def write_bsipatch(
     old_sha256: bytes,
     new_sha256: bytes,
     progress: ProgressFn | None = None,
+    transform: bytes | None = None,
 ) -> PatchInfo:
     """Write ops as a bsipatch stream to ``out``; return its :class:`PatchInfo`.
 
     ``progress(n, len(new))`` is called after each segment with that segment's output
-    bytes ``n`` (an increment, so diff() can add it to its own bar)."""
+    bytes ``n`` (an increment, so diff() can add it to its own bar). With ``transform``
+    (an executable transform's body, exe.py) the patch is version 2: ``old`` is then the
+    predicted old image the ops were computed against."""
     import zstandard
 
     from bsipatch.delta import patchformat as patchfmt
@@ -218,6 +221,7 @@ def write_bsipatch(
 
     written = 0
     made: list[Header] = []
+    chain: list[bytes] = []
 
     def start() -> Header:
         # written when the first segment is: packing it (hashlib's import, two
@@ -225,7 +229,7 @@ def write_bsipatch(
         nonlocal written
         if not made:
             header = Header(
-                patchfmt.VERSION,
+                patchfmt.VERSION_TRANSFORM if transform is not None else patchfmt.VERSION,
                 segment_size,
                 len(old),
                 old_sha256,
@@ -242,6 +246,13 @@ def write_bsipatch(
             made.append(Header.unpack(hbytes))
             out.write(hbytes)
             written += len(hbytes)
+            if transform is not None:
+                from bsipatch.delta.exe import pack_block
+
+                block, digest = pack_block(made[0].digest, transform)
+                chain.append(digest)
+                out.write(block)
+                written += len(block)
         return made[0]
 
     segs: list[SegmentHeader] = []
@@ -303,7 +314,7 @@ def write_bsipatch(
             drain(max(1, threads))
         drain(0)
     header = start()
-    trailer = patchfmt.pack_trailer(header, digests)
+    trailer = patchfmt.pack_trailer(header, digests, tuple(chain))
     out.write(trailer)
     written += len(trailer)
     kinds = [sum(s.kind_bytes[i] for s in segs) for i in range(4)]
@@ -315,9 +326,11 @@ def write_bsipatch(
         "compressed_bytes": sum(s.comp_len for s in segs),
         **ops.stats,
     }
+    if transform is not None:
+        stats["transform_bytes"] = len(transform)
     return PatchInfo(
         "bsipatch",
-        patchfmt.VERSION,
+        header.version,
         len(old),
         old_sha256,
         len(new),
@@ -338,6 +351,7 @@ def diff(
     threads: int | None = None,
     segment_size: int | None = None,
     progress: ProgressFn | None = None,
+    exe: bool = True,
 ) -> PatchInfo:
     """Make a patch that turns ``old`` into ``new``.
 
@@ -352,6 +366,8 @@ def diff(
         segment_size: largest output bytes per segment (default 128 MiB, at most 256 MiB);
             a segment also ends when its literal or difference section reaches 8 MiB.
         progress: ``(done, total)`` callback.
+        exe: for two ELF files (x86-64 or AArch64), make a reference-aware patch
+            (version 2, docs/patch-format.md "Executable transform"); False: never.
 
     Returns:
         The :class:`PatchInfo` of the written patch.
@@ -396,7 +412,13 @@ def diff(
                 early = hasher.submit(lambda: (sha256_buffer(old_buf), sha256_buffer(new_buf)))
             else:
                 early = hasher.submit(lambda: (native_sha256(old_buf), native_sha256(new_buf)))
-        ops = compute_ops(old_buf, new_buf, threads=nthreads, meter=meter)
+        prep = None
+        if exe and format == "bsipatch":
+            from bsipatch.delta.exe import prepare
+
+            prep = prepare(old_buf, new_buf, lambda o, n: compute_ops(o, n, threads=nthreads))
+        base = prep.predicted if prep is not None else old_buf
+        ops = compute_ops(base, new_buf, threads=nthreads, meter=meter)
         if early is not None:
             old_sha, new_sha = early.result()
         from bsipatch._io import atomic_write
@@ -409,7 +431,7 @@ def diff(
             meter.finish()
             return info
         info = write_bsipatch(
-            old_buf,
+            base,
             new_buf,
             ops,
             out,
@@ -419,6 +441,7 @@ def diff(
             old_sha256=old_sha,
             new_sha256=new_sha,
             progress=on_write,
+            transform=prep.block if prep is not None else None,
         )
         meter.finish()
         return info

@@ -28,7 +28,7 @@ from bsipatch.hashing import Sha256
 if TYPE_CHECKING:
     from bsipatch._buffers import Buffer
     from bsipatch._io import PathLike
-    from bsipatch.delta.patchformat import Header
+    from bsipatch.delta.patchformat import Header, PatchReader
 
 #: Drop the old image's mapped pages every DROP_EVERY output bytes when it is larger
 #: than DROP_PAGES_ABOVE, so resident memory stays bounded whatever the image size.
@@ -80,9 +80,25 @@ class OldImage:
         self.buf: Buffer = self._stack.enter_context(open_buffer(src))
         self.size = len(self.buf)
         self.ptr = ffi.from_buffer(self.buf) if self.size else ffi.NULL
+        self.predicted: Buffer | None = None  # version 2: the old image, references predicted
         self._since_drop = 0
         self._stop = threading.Event()
         self._hashing: threading.Thread | None = None
+
+    def use_transform(self, reader: PatchReader) -> bool:
+        """For a version 2 patch: apply segments against the old image with its references
+        predicted by the patch's transform (exe.py); the old image itself is still what is
+        hashed. Returns whether there was a transform."""
+        self.check_size(reader.header)
+        body = reader.load_transform()
+        if body is None:
+            return False
+        from bsipatch.delta import exe
+
+        t = exe.Transform.unpack(body, self.size)
+        self.predicted, _ = exe.predicted_old(self.buf, t, self.path)
+        self.ptr = ffi.from_buffer(self.predicted) if self.size else ffi.NULL
+        return True
 
     def check(self, header: Header) -> None:
         """Raise WrongBaseImage unless size and SHA-256 match the patch header."""

@@ -48,6 +48,10 @@ _same = same_digest
 MAGIC = b"BSIPATCH"
 BSDIFF40_MAGIC = b"BSDIFF40"
 VERSION = 1
+#: Version of patches that carry a transform block after the header (docs/patch-format.md,
+#: "Executable transform"); version 1 patches are written and read as before.
+VERSION_TRANSFORM = 2
+VERSIONS = (VERSION, VERSION_TRANSFORM)
 
 HEADER_FMT = "<8sHHIQ32sQ32sIIQ"  # up to (not including) the header digest
 HEADER_SIZE = struct.calcsize(HEADER_FMT) + 32  # 144
@@ -146,8 +150,11 @@ class Header(NamedTuple):
             max_pay,
             _r2,
         ) = struct.unpack(HEADER_FMT, body)
-        if version != VERSION:
-            raise UnsupportedPatch(f"patch format version {version}, this bsipatch reads {VERSION}")
+        if version not in VERSIONS:
+            raise UnsupportedPatch(
+                f"patch format version {version}, this bsipatch reads "
+                f"{' and '.join(map(str, VERSIONS))}"
+            )
         if not _same(_sha256(body), digest):
             raise CorruptPatch("patch header digest mismatch")
         for what, n in (("old", old_size), ("new", new_size)):
@@ -368,10 +375,10 @@ def trailer_digest(header_digest: bytes, seg_digests: list[bytes], body: bytes) 
     return _sha256(header_digest, *seg_digests, body)
 
 
-def pack_trailer(header: Header, seg_digests: list[bytes]) -> bytes:
-    """The 48-byte trailer."""
+def pack_trailer(header: Header, seg_digests: list[bytes], chain: tuple[bytes, ...] = ()) -> bytes:
+    """The 48-byte trailer; ``chain``: the transform block's digest, chained first."""
     body = struct.pack(TRAILER_FMT, TRAILER_MAGIC, len(seg_digests), header.new_size)
-    return body + trailer_digest(header.digest, seg_digests, body)
+    return body + trailer_digest(header.digest, [*chain, *seg_digests], body)
 
 
 class _CountingReader:
@@ -411,6 +418,10 @@ class PatchReader:
         self._r = _CountingReader(f, max_patch_size, len(prefix))
         data = prefix + self._r.read(HEADER_SIZE - len(prefix))
         self.header = Header.unpack(data)
+        #: version 2: the transform block's body (checked against its digest, not parsed),
+        #: read by :meth:`load_transform` (after the caller checked the header's claims)
+        self.transform: bytes | None = None
+        self._chain: tuple[bytes, ...] = ()
         self.seg_digests: list[bytes] = []
         self.segments: list[SegmentHeader] = []
         self.done = False
@@ -420,7 +431,17 @@ class PatchReader:
         """Patch bytes consumed so far."""
         return self._r.count
 
+    def load_transform(self) -> bytes | None:
+        """Read a version 2 patch's transform block (once); its body, or None for version 1."""
+        if self.header.version == VERSION_TRANSFORM and not self._chain:
+            from bsipatch.delta.exe import read_block
+
+            self.transform, digest = read_block(self._r.read, self.header.digest)
+            self._chain = (digest,)
+        return self.transform
+
     def __iter__(self) -> Iterator[tuple[SegmentHeader, bytes]]:
+        self.load_transform()
         h = self.header
         out_offset = 0
         while True:
@@ -463,7 +484,8 @@ class PatchReader:
                 f"trailer declares {nseg} segments / {new_size} bytes, "
                 f"read {len(self.seg_digests)} / {h.new_size}"
             )
-        if not _same(trailer_digest(h.digest, self.seg_digests, body), data[TRAILER_SIZE - 32 :]):
+        chained = [*self._chain, *self.seg_digests]
+        if not _same(trailer_digest(h.digest, chained, body), data[TRAILER_SIZE - 32 :]):
             raise CorruptPatch("trailer digest mismatch")
         if out_offset != h.new_size:
             raise TruncatedPatch(
@@ -539,6 +561,8 @@ def info_from_reader(reader: PatchReader, extra: dict[str, Any] | None = None) -
         **{f"{k}_bytes": v for k, v in zip(KIND_NAMES, kinds, strict=True)},
         "compressed_bytes": sum(s.comp_len for s in reader.segments),
     }
+    if reader.transform is not None:
+        stats["transform_bytes"] = len(reader.transform)
     if extra:
         stats.update(extra)
     return PatchInfo(
