@@ -156,6 +156,11 @@ class LockedError(StagingError):
     """Another process holds the preboot lock."""
 
 
+class UnsupportedFilesystem(StagingError):
+    """The preboot directory's file system lacks atomic rename, directory fsync,
+    hard links or flock (vfat, exFAT, NFS, SMB and the like)."""
+
+
 class StateError(BsipatchError):
     """The requested operation does not fit the device's state (nothing to roll back to...)."""
 

@@ -134,6 +134,12 @@ def make_world(directory: Path, seed: int = 1) -> dict[str, Any]:
                 "components": comps,
             }
         )
+    # the same change as 26.1 (a), published for the OS update the tests install (26.2)
+    nxt = dict(releases["26.1 (a)"])
+    nxt.update(release_id="26.2 (a)", os_version="26.2", builds=["23C10"])
+    nxt["supplemental_build"] = "23C10a"
+    releases["26.2 (a)"] = load_manifest(nxt).to_dict()
+    sha["26.2 (a)"] = sha["26.1 (a)"]
     world = {
         "dir": str(directory),
         "os_version": "26.1",
@@ -206,6 +212,15 @@ def images_now(pb: Preboot) -> dict[str, str]:
     return out
 
 
+def agent_state(pb: Preboot) -> None:
+    """The agent's own state writes on a device's first run (settings, then its state)."""
+    from bsipatch.agent.agent import AgentState, AgentStore, Settings
+
+    store = AgentStore(pb.path)
+    store.save_settings(Settings(auto_install=False))
+    store.save_state(AgentState(sequence=1, last_check="2026-11-28T00:00:00Z", removed=["x"]))
+
+
 def main(argv: list[str]) -> int:
     op, path, world_path = argv[0], Path(argv[1]), Path(argv[2])
     world = json.loads(world_path.read_text())
@@ -234,6 +249,16 @@ def main(argv: list[str]) -> int:
             images=world["images"],
             activation=world["activation"],
         )
+    elif op == "confirm":
+        from bsipatch.device.health import confirm
+
+        confirm(pb)
+    elif op == "report_failed":
+        from bsipatch.device.health import report
+
+        report(pb, argv[3], ok=False)
+    elif op == "agent_state":
+        agent_state(pb)
     else:
         raise SystemExit(f"unknown op {op}")
     return 0

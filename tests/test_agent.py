@@ -360,6 +360,27 @@ def test_user_uninstall_is_not_undone_automatically(device, vendor):
     _assert_on(device, vendor, "base")
 
 
+def test_release_the_device_fell_back_from_is_not_reinstalled_automatically(device, vendor):
+    from bsipatch.agent.status import device_report
+    from bsipatch.device import health
+
+    agent = _agent(device, vendor, vendor["snap"]["A"])
+    agent.run()
+    tentative = device.status()["health"]["tentative"]
+    assert tentative["release"] == "26.1 (a)"
+    name = tentative["components"][0]
+    for _ in range(3):
+        health.report(device, name, ok=False)
+    assert device.status()["active_release"] is None
+    report = agent.run()
+    assert report["installed"] is None
+    d = {x["release_id"]: x for x in report["check"]["decisions"]}["26.1 (a)"]
+    assert d["code"] == "fallen_back" and d["action"] == "skip"
+    _assert_on(device, vendor, "base")
+    [fb] = device_report(device)["health"]["fallen_back"]
+    assert fb["release"] == "26.1 (a)" and "failed to launch 3 times" in fb["reason"]
+
+
 # --- withdrawal ---------------------------------------------------------------------------
 
 

@@ -49,8 +49,6 @@ SIZE_ALLOWLIST: dict[str, str] = {
     "delta/apply.py::apply": "h10 (public API layer)",
     "delta/diff.py::write_bsipatch": "h13",
     "delta/diff.py::diff": "h10 (public API layer)",
-    "device/install.py": "h16",
-    "device/preboot.py": "h11d",
     "seal/tree.py": "h10 (seal split)",
     "seal/tree.py::_leaf_digests": "h10 (seal split)",
     "seal/tree.py::verify_image": "h10 (seal split)",

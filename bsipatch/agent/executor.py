@@ -213,6 +213,10 @@ class Agent:
             components=tuple(self.preboot.components()),
             floor=floor,
             removed=tuple(state.removed),
+            # hook (issue 16): what the device fell back from is not reinstalled by itself
+            fallen_back=tuple(
+                f["release"] for f in (st.get("health") or {}).get("fallen_back", [])
+            ),
         )
 
     def check(self) -> list[Decision]:

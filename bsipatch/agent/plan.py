@@ -48,7 +48,7 @@ class Decision:
         release_id: e.g. ``"26.1 (a)"``.
         action: ``install``, ``defer``, ``skip``, ``active`` or ``step-back``.
         code: machine-readable reason: ``install``, ``deferred``, ``wrong_build``,
-            ``withdrawn``, ``removed``, ``not_newer``, ``below_floor``, ``policy``,
+            ``withdrawn``, ``fallen_back``, ``removed``, ``not_newer``, ``below_floor``, ``policy``,
             ``superseded``, ``rejected``, ``active``, ``active_withdrawn``,
             ``step_back_target``.
         reason: one sentence for people.
@@ -83,6 +83,7 @@ class DeviceView:
         components: the device's component names.
         floor: the release floor (highest sequence installed, see AgentState.sequence).
         removed: releases the user removed (not reinstalled automatically).
+        fallen_back: releases the device fell back from by itself (health, issue 16).
     """
 
     os_version: str
@@ -92,6 +93,7 @@ class DeviceView:
     components: tuple[str, ...]
     floor: int = 0
     removed: tuple[str, ...] = ()
+    fallen_back: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,14 @@ def _classify(r: Release, device: DeviceView, active_seq: int, policy: Policy) -
         return _mk(r, ACTIVE, "active", "installed and active")
     if r.withdrawn:
         return _mk(r, SKIP, "withdrawn", "withdrawn by the vendor")
+    if r.release_id in device.fallen_back:
+        return _mk(
+            r,
+            SKIP,
+            "fallen_back",
+            "the device fell back from it by itself (not confirmed healthy); "
+            "not reinstalled automatically",
+        )
     if r.release_id in device.removed:
         return _mk(r, SKIP, "removed", "removed by the user; not reinstalled automatically")
     if r.sequence <= active_seq:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bsipatch._crashpoints import crashpoint
-from bsipatch._io import PathLike, atomic_write, os_error_to_staging
+from bsipatch._io import PathLike, atomic_write, fsync_dir, os_error_to_staging
 from bsipatch.agent.policy import Policy
 from bsipatch.errors import StateError
 from bsipatch.trust.client import StoredMetadata
@@ -126,7 +126,9 @@ class AgentStore:
 
     def _write(self, name: str, data: bytes) -> None:
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            if not self.dir.is_dir():
+                self.dir.mkdir(parents=True, exist_ok=True)
+                fsync_dir(self.dir.parent)  # else a power cut may lose the directory
             with atomic_write(self._path(name)) as f:
                 f.write(data)
         except OSError as exc:

@@ -83,10 +83,9 @@ def device_report(preboot: Any, *, now: Any = None) -> dict[str, Any]:
              "pending_activations": [{"component", "release", "activation"}],
              "deferred_releases": [{"release_id", "published", "reason", "cves"}],
              "auto_install": {"enabled", "decided_by": "policy"|"user", "reason"},
-             "user_settings": {"auto_install": bool},
-             "policy": {... Apple-style keys, "present": bool},
+             "user_settings": {"auto_install": bool}, "policy": {... Apple-style keys},
              "trust": {"catalog_version", "release_sequence"},
-             "last_check": {"time", "ok", "summary", "error"} | None,
+             "last_check": {"time", "ok", "summary", "error"} | None, "health": {...},
              "retired_releases": [...], "removed_by_user": [...]}
 
     Example:
@@ -141,6 +140,7 @@ def device_report(preboot: Any, *, now: Any = None) -> dict[str, Any]:
         "last_check": last,
         "retired_releases": list(agent_state.retired),
         "removed_by_user": list(agent_state.removed),
+        "health": st.get("health") or {"tentative": None, "fallen_back": []},  # see device.report
     }
 
 

@@ -68,6 +68,20 @@ def _status_lines(st: dict[str, Any]) -> list[str]:
         rel = c["release"] or "base"
         extra = f"  -> {c['pending_release'] or 'base'} at next boot" if c["pending"] else ""
         lines.append(f"  {name:<16} {c['activation']:<9} {rel}{extra}")
+    health = st.get("health") or {}
+    t = health.get("tentative")
+    if t:
+        boots = f", booted {t['boots']}/{t['max_boots']}" if t["counts_boots"] else ""
+        fails = ", ".join(f"{c} {n}/{t['max_failures']}" for c, n in t["failures"].items() if n)
+        lines.append(
+            f"tentative: {t['release']} awaits health confirmation{boots}"
+            + (f"; failed launches: {fails}" if fails else "")
+        )
+    for f in health.get("fallen_back", [])[-3:]:
+        lines.append(
+            f"fell back: from {f['release']} to {f['to'] or 'the base images'} "
+            f"at {f['time']}: {f['reason']}"
+        )
     if st["recovery_needed"]:
         lines.append("an interrupted operation will be recovered at the next change or boot")
     if st["history"]:
@@ -189,11 +203,53 @@ def _cmd_boot(args: argparse.Namespace) -> int:
 
     r = boot(_preboot(args))
     lines = [f"recovered: {x['op']} {x['outcome']}" for x in r["recovered"]]
+    if r.get("fallback"):
+        fb = r["fallback"]
+        lines.append(
+            f"fell back from {fb['from']} to {fb['to'] or 'the base images'}: {fb['reason']}"
+        )
     lines.append(
         f"booted {r['release'] or 'base images'}"
         + (f"; activated {', '.join(r['activated'])}" if r["activated"] else "")
     )
+    if r.get("tentative"):
+        t = r["tentative"]
+        lines.append(
+            f"{t['release']} is tentative: boot {t['boots']} of {t['max_boots']} "
+            "before an automatic fallback (bsipatch health confirm makes it permanent)"
+        )
     emit(args, r, lines)
+    return 0
+
+
+def _cmd_health_confirm(args: argparse.Namespace) -> int:
+    from bsipatch.device.health import confirm
+
+    r = confirm(_preboot(args))
+    if r["fallback"]:
+        fb = r["fallback"]
+        msg = f"not confirmed: fell back from {fb['from']} to {fb['to'] or 'the base images'}"
+        emit(args, r, [f"{msg}: {fb['reason']}"])
+        return 8
+    emit(args, r, [f"confirmed {r['confirmed']}" if r["confirmed"] else "nothing to confirm"])
+    return 0
+
+
+def _cmd_health_report(args: argparse.Namespace) -> int:
+    from bsipatch.device.health import report
+
+    try:
+        r = report(_preboot(args), args.component, ok=args.ok)
+    except KeyError as exc:
+        raise SystemExit(f"bsipatch: error: {exc.args[0]}") from exc
+    if r["fallback"]:
+        fb = r["fallback"]
+        line = f"fell back from {fb['from']} to {fb['to'] or 'the base images'}: {fb['reason']}"
+    elif r["tentative"] is None:
+        line = "recorded nothing: no release awaits confirmation"
+    else:
+        line = f"{args.component}: {r['failures']} consecutive failed launches of {r['tentative']}"
+    emit(args, r, [line])
     return 0
 
 
@@ -277,11 +333,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "go back to the OS version's base images, removing releases (if allowed)",
             _cmd_uninstall,
         ),
-        (
-            "boot",
-            "start-up: recover, activate pending reboot components, collect garbage",
-            _cmd_boot,
-        ),
+        ("boot", "start-up: recover, fall back if unconfirmed, activate pending", _cmd_boot),
         ("gc", "remove releases other than the active and previous one", _cmd_gc),
         ("recover", "finish or undo an interrupted operation", _cmd_recover),
     ):
@@ -291,3 +343,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             from bsipatch.cli import agent_mdm
 
             agent_mdm.attach(q, name)
+    _register_health(sub)
+
+
+def _register_health(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``bsipatch health confirm | report``."""
+    p = add_command(sub, "health", "confirm a new release or report launches", None)
+    hsub = p.add_subparsers(dest="health_command", metavar="ACTION", required=True)
+    add_preboot_arg(
+        add_command(
+            hsub,
+            "confirm",
+            "the system is healthy: make the tentative release permanent",
+            _cmd_health_confirm,
+        )
+    )
+    rep = add_command(
+        hsub, "report", "report one launch of a component (failures fall back)", _cmd_health_report
+    )
+    add_preboot_arg(rep)
+    rep.add_argument("--component", required=True, metavar="NAME")
+    outcome = rep.add_mutually_exclusive_group(required=True)
+    outcome.add_argument("--ok", dest="ok", action="store_true", help="it launched")
+    outcome.add_argument("--failed", dest="ok", action="store_false", help="it failed to launch")

@@ -18,22 +18,23 @@ This module does not decide whether a release is genuine, current or allowed (th
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import io
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from bsipatch._crashpoints import crashpoint
-from bsipatch._io import PathLike, atomic_write, fsync_dir, os_error_to_staging
+from bsipatch._io import PathLike, os_error_to_staging
+from bsipatch.device import health
+from bsipatch.device.activate import activate, check_applicable, reactivate, refuse_active
+from bsipatch.device.ops import boot, gc, os_update, rollback, uninstall
 from bsipatch.device.pending import PendingDir
 from bsipatch.device.preboot import (
     Preboot,
-    build_base,
     fsync_file,
     json_bytes,
     release_slug,
@@ -44,7 +45,6 @@ from bsipatch.errors import (
     BsipatchError,
     DiskFullError,
     PatchTooLarge,
-    RollbackFailed,
     SealError,
     StateError,
     TargetMismatch,
@@ -106,12 +106,6 @@ class _CheckedPatch(io.RawIOBase):
         """Read to the end of the stream (bounded by the limit)."""
         while self.read(1 << 16):
             pass
-
-
-def _now_entry(pb: Preboot, op: str, **data: Any) -> dict[str, Any]:
-    entry = {"time": pb.clock(), "op": op}
-    entry.update(data)
-    return entry
 
 
 def _verified_key(pb: Preboot, image: Path) -> str:
@@ -209,28 +203,6 @@ def _check_space(pb: Preboot, needed: int) -> None:
         )
 
 
-def _check_applicable(pb: Preboot, state: dict[str, Any], manifest: Any) -> dict[str, str]:
-    comps = pb.components(state)
-    osv, build = state["os"]["version"], state["os"]["build"]
-    if manifest.os_version != osv or build not in tuple(manifest.builds):
-        raise WrongTarget(
-            f"release {manifest.release_id} is for {manifest.os_version} builds "
-            f"{', '.join(manifest.builds)}; this device runs {osv} {build}"
-        )
-    names = [c.name for c in manifest.components]
-    if len(set(names)) != len(names):
-        raise WrongTarget(f"release {manifest.release_id} lists a component twice: {names}")
-    for c in manifest.components:
-        if c.name not in comps:
-            raise WrongTarget(
-                f"release {manifest.release_id} patches {c.name!r}, which this device "
-                f"does not have (has {', '.join(sorted(comps))})"
-            )
-    if not names:
-        raise WrongTarget(f"release {manifest.release_id} changes no component")
-    return comps
-
-
 def _stage_component(
     pb: Preboot,
     state: dict[str, Any],
@@ -306,8 +278,10 @@ def install_release(
     open_patch: Callable[[Any], BinaryIO],
     *,
     progress: Progress | None = None,
+    max_boots: int = health.DEFAULT_MAX_BOOTS,
+    max_failures: int = health.DEFAULT_MAX_FAILURES,
 ) -> dict[str, Any]:
-    """Install and activate a release atomically.
+    """Install and activate a release atomically (tentatively: see :mod:`.health`).
 
     Every component the manifest lists is patched from the installed image matching
     its base seal into a private work directory (:mod:`bsipatch.device.pending`),
@@ -317,7 +291,10 @@ def install_release(
     Components the manifest does not list are hard-linked from the base images.
     Only when every component verified is the release renamed into place and made
     active in one atomic state switch: ``relaunch`` components at once, ``reboot``
-    components at the next :func:`boot`. Then :func:`gc` runs.
+    components at the next :func:`boot`. It stays *tentative* until
+    :func:`bsipatch.device.health.confirm`: after ``max_boots`` unconfirmed boots, or
+    ``max_failures`` consecutive failed launches of a component it changed, the
+    device falls back by itself. Then :func:`gc` runs.
 
     Args:
         preboot: the device's preboot volume.
@@ -325,13 +302,13 @@ def install_release(
         open_patch: returns a readable binary stream (need not be seekable) of the
             patch of a :class:`~bsipatch.trust.manifest.ComponentRelease`; it is closed here.
         progress: ``(done, total)`` output-bytes callback.
+        max_boots, max_failures: the trial's limits (recorded in ``state.json``).
 
     Returns:
         ``{"release", "slug", "changed", "activated", "pending", "bytes_written",
-        "patch_bytes", "verification"}``; ``verification`` says per changed component
-        how its image was checked against the target seal: ``{"seal_check": "full"}``
-        (rehashed) or ``{"seal_check": "leaves", "copied_blocks", "zero_blocks",
-        "hashed_blocks", "copy_method"}`` (lineage salt, see :mod:`bsipatch.seal.leafcache`).
+        "patch_bytes", "verification", "tentative"}``; ``verification`` says per changed
+        component how the target seal was checked: ``{"seal_check": "full"}`` or
+        ``{"seal_check": "leaves", "copied_blocks", ...}`` (:mod:`bsipatch.seal.leafcache`).
 
     Raises:
         LockedError: another process is changing the volume.
@@ -349,18 +326,16 @@ def install_release(
     without downloading anything.
 
     In every error case the active release is unchanged and no staged file is kept.
-
-    Example:
-        >>> pb = Preboot("/preboot")  # doctest: +SKIP
-        >>> install_release(pb, manifest, open_patch_in("/repo"))  # doctest: +SKIP
     """
     pb = preboot
+    limits = {"max_boots": max_boots, "max_failures": max_failures}
+    health.tentative_record(pb, "", {}, **limits)  # refuse bad limits before any work
     state = pb.read_state()
-    _check_applicable(pb, state, manifest)
+    check_applicable(pb, state, manifest)
     slug = release_slug(manifest.release_id)
-    _refuse_active(state, slug, manifest.release_id)
+    refuse_active(state, slug, manifest.release_id)
     if (pb.releases_dir / slug).is_dir():
-        return _reactivate(pb, manifest, slug)
+        return reactivate(pb, manifest, slug, limits)
     total = sum(int(c.target.size) for c in manifest.components)
     _check_space(pb, total)
     try:
@@ -375,15 +350,7 @@ def install_release(
             if isinstance(exc, BsipatchError):
                 raise
             raise os_error_to_staging(exc, f"installing {manifest.release_id}") from exc
-        return _activate(pb, manifest, state["os"]["base"], work, cache, verification)
-
-
-def _refuse_active(state: dict[str, Any], slug: str, release_id: str) -> None:
-    if slug in state["chain"]:
-        raise StateError(
-            f"release {release_id} is already installed "
-            f"({'active' if state['chain'][-1:] == [slug] else 'kept for rollback'})"
-        )
+        return activate(pb, manifest, state["os"]["base"], work, cache, verification, limits)
 
 
 def _stage_all(
@@ -410,429 +377,6 @@ def _stage_all(
         )
         done_before += int(comp.target.size)
     return cache, verification
-
-
-def _release_info(pb: Preboot, state: dict[str, Any], manifest: Any) -> dict[str, Any]:
-    comps = pb.components(state)
-    changed = {c.name for c in manifest.components}
-    return {
-        "release_id": manifest.release_id,
-        "os_version": manifest.os_version,
-        "builds": list(manifest.builds),
-        "supplemental_build": getattr(manifest, "supplemental_build", None),
-        "published": getattr(manifest, "published", None),
-        "sequence": getattr(manifest, "sequence", None),
-        "installed": pb.clock(),
-        "base": state["os"]["base"],
-        "components": {
-            name: {
-                "activation": comps[name],
-                "changed": name in changed,
-                **(
-                    {
-                        "cves": [c.id for c in manifest.component(name).cves],
-                        "patch_sha256": manifest.component(name).patch.sha256,
-                        "patch_size": int(manifest.component(name).patch.size),
-                    }
-                    if name in changed
-                    else {}
-                ),
-            }
-            for name in sorted(comps)
-        },
-    }
-
-
-def _activate(
-    pb: Preboot,
-    manifest: Any,
-    staged_base: str,
-    work: PendingDir,
-    cache: dict[str, list[str]],
-    verification: dict[str, Any],
-) -> dict[str, Any]:
-    """Take the lock, move the staged images under the journal, commit the switch."""
-    with pb.lock():
-        pb.recover()
-        state = pb.read_state()
-        comps = _check_applicable(pb, state, manifest)
-        slug = release_slug(manifest.release_id)
-        _refuse_active(state, slug, manifest.release_id)
-        if state["os"]["base"] != staged_base or (pb.releases_dir / slug).exists():
-            raise StateError(
-                f"the device changed while {manifest.release_id} was being staged "
-                "(an OS update or another install); nothing was changed, try again"
-            )
-        try:
-            tx = pb.journal.begin("install", release=slug)
-        except OSError as exc:
-            raise os_error_to_staging(exc, f"installing {manifest.release_id}") from exc
-        stage = pb.staging_dir / tx
-        changed = {c.name for c in manifest.components}
-        try:
-            work.take(stage)
-            fsync_dir(pb.staging_dir)
-            base_dir = pb.path / state["os"]["base"]
-            for name in sorted(set(comps) - changed):
-                (stage / f"{name}.img").hardlink_to(base_dir / f"{name}.img")
-                (stage / f"{name}.seal.json").hardlink_to(base_dir / f"{name}.seal.json")
-            crashpoint("install.linked")
-            write_durable(stage / "release.json", json_bytes(_release_info(pb, state, manifest)))
-            fsync_dir(stage)
-            crashpoint("install.staged")
-            with atomic_write(pb.path / "verified.json") as f:
-                f.write(json_bytes(cache))
-            stage.rename(pb.releases_dir / slug)
-            crashpoint("install.renamed")
-            fsync_dir(pb.releases_dir)
-            fsync_dir(pb.staging_dir)
-            crashpoint("install.moved")
-            _commit_install(pb, state, manifest, slug, tx, changed)
-        except BaseException as exc:
-            _abort(pb)
-            if isinstance(exc, OSError) and not isinstance(exc, BsipatchError):
-                raise os_error_to_staging(exc, f"installing {manifest.release_id}") from exc
-            raise
-        pb.journal.compact()
-        gc(pb)
-    return _install_report(manifest, slug, comps, verification)
-
-
-def _commit_install(
-    pb: Preboot,
-    state: dict[str, Any],
-    manifest: Any,
-    slug: str,
-    tx: str,
-    changed: set[str],
-) -> None:
-    new_state = dict(state)
-    new_state["chain"] = [*state["chain"], slug]
-    new_state["last_tx"] = tx
-    new_state["history"] = [
-        *state.get("history", []),
-        _now_entry(
-            pb,
-            "install",
-            release=manifest.release_id,
-            previous=pb.release_id_of(state["chain"][-1]) if state["chain"] else None,
-            components=sorted(changed),
-        ),
-    ]
-    pb.write_state(new_state)
-    crashpoint("install.committed")
-    pb.journal.end(tx)
-    crashpoint("install.ended")
-
-
-def _install_report(
-    manifest: Any, slug: str, comps: dict[str, str], verification: dict[str, Any]
-) -> dict[str, Any]:
-    changed = {c.name for c in manifest.components}
-    return {
-        "release": manifest.release_id,
-        "slug": slug,
-        "changed": sorted(changed),
-        "activated": sorted(n for n in changed if comps[n] == "relaunch"),
-        "pending": sorted(n for n in changed if comps[n] == "reboot"),
-        "bytes_written": sum(int(c.target.size) for c in manifest.components),
-        "patch_bytes": sum(int(c.patch.size) for c in manifest.components),
-        "verification": verification,
-    }
-
-
-def _reactivate(pb: Preboot, manifest: Any, slug: str) -> dict[str, Any]:
-    """Make a release kept on the volume (after rollback/uninstall) active again.
-
-    Its images are checked against their seals and its record against the manifest
-    (same base, same patches) before the one atomic state switch.
-    """
-    with pb.lock():
-        pb.recover()
-        state = pb.read_state()
-        comps = _check_applicable(pb, state, manifest)
-        _refuse_active(state, slug, manifest.release_id)
-        try:
-            info = pb.release_info(slug)
-            same = info.get("base") == state["os"]["base"] and all(
-                info["components"].get(c.name, {}).get("patch_sha256") == c.patch.sha256
-                for c in manifest.components
-            )
-            if same:
-                pb.verify_selection(state["os"]["base"], slug)
-        except (SealError, OSError, BsipatchError, KeyError, TypeError) as exc:
-            raise StateError(
-                f"release {manifest.release_id} kept on the volume does not verify: {exc}; "
-                "boot the device first, then install it again"
-            ) from exc
-        if not same:
-            raise StateError(
-                f"release {manifest.release_id} kept on the volume differs from this manifest; "
-                "boot the device first, then install it again"
-            )
-        changed = {c.name for c in manifest.components}
-
-        def mutate(s: dict[str, Any]) -> dict[str, Any]:
-            s["chain"] = [*s["chain"], slug]
-            s["history"] = [
-                *s.get("history", []),
-                _now_entry(
-                    pb,
-                    "install",
-                    release=manifest.release_id,
-                    previous=pb.release_id_of(s["chain"][-2]) if len(s["chain"]) > 1 else None,
-                    components=sorted(changed),
-                    reactivated=True,
-                ),
-            ]
-            return s
-
-        _switch(pb, "install", mutate)
-        gc(pb)
-    out = _install_report(manifest, slug, comps, {})
-    out["reactivated"] = True
-    out["verification"] = {c.name: {"seal_check": "full"} for c in manifest.components}
-    return out
-
-
-def _abort(pb: Preboot) -> None:
-    """Best-effort undo after an error; a failure here is left to the next recovery."""
-    # the original error matters more; the next operation's recovery runs again
-    with contextlib.suppress(Exception):
-        pb.recover_locked()
-
-
-def _switch(
-    pb: Preboot, op: str, mutate: Callable[[dict[str, Any]], dict[str, Any]]
-) -> dict[str, Any]:
-    """Journal ``op``, commit ``mutate(state)`` atomically, end, clean up. Lock held."""
-    state = pb.read_state()
-    try:
-        tx = pb.journal.begin(op)
-    except OSError as exc:
-        raise os_error_to_staging(exc, op) from exc
-    try:
-        new_state = mutate(dict(state))
-        new_state["last_tx"] = tx
-        pb.write_state(new_state)
-        crashpoint(f"{op}.committed")
-        pb.journal.end(tx)
-        crashpoint(f"{op}.ended")
-        pb.journal.compact()
-    except BaseException as exc:
-        _abort(pb)
-        if isinstance(exc, OSError) and not isinstance(exc, BsipatchError):
-            raise os_error_to_staging(exc, op) from exc
-        raise
-    return new_state
-
-
-def rollback(preboot: Preboot) -> dict[str, Any]:
-    """Go back to the release that was active before the current one (or the base).
-
-    The images of the release rolled back to are verified against their seals first.
-
-    Returns:
-        ``{"from": release id, "to": release id or None (base images)}``.
-
-    Raises:
-        StateError: no release is installed.
-        RollbackFailed: the earlier images do not verify (the device stays as it is).
-        LockedError, StagingError: as for install.
-    """
-    pb = preboot
-    with pb.lock():
-        pb.recover()
-        state = pb.read_state()
-        chain = state["chain"]
-        if not chain:
-            raise StateError("no release is installed: nothing to roll back")
-        target = chain[-2] if len(chain) > 1 else None
-        from_id, to_id = pb.release_id_of(chain[-1]), pb.release_id_of(target)
-        try:
-            pb.verify_selection(state["os"]["base"], target, exact=target is None)
-        except (SealError, OSError, BsipatchError) as exc:
-            raise RollbackFailed(
-                f"cannot roll back to {to_id or 'the base images'}: {exc}; staying on {from_id}"
-            ) from exc
-
-        def mutate(s: dict[str, Any]) -> dict[str, Any]:
-            s["chain"] = chain[:-1]
-            s["history"] = [
-                *s.get("history", []),
-                _now_entry(pb, "rollback", release=to_id, previous=from_id),
-            ]
-            return s
-
-        _switch(pb, "rollback", mutate)
-        gc(pb)
-        return {"from": from_id, "to": to_id}
-
-
-def uninstall(preboot: Preboot) -> dict[str, Any]:
-    """Return to the base images of the installed OS version and remove every release.
-
-    The base images are checked byte for byte (seal and the SHA-256 recorded when they
-    were installed) before anything changes. ``reboot`` components keep running the
-    booted release until the next :func:`boot`.
-
-    Returns:
-        ``{"removed": [release ids], "previous": release id or None}``.
-
-    Raises:
-        RollbackFailed: a base image does not verify (the device stays as it is).
-        LockedError, StagingError: as for install.
-    """
-    pb = preboot
-    with pb.lock():
-        pb.recover()
-        state = pb.read_state()
-        chain = state["chain"]
-        removed = [pb.release_id_of(s) for s in chain]
-        previous = pb.release_id_of(chain[-1]) if chain else None
-        try:
-            pb.verify_selection(state["os"]["base"], None, exact=True)
-        except (SealError, OSError, BsipatchError) as exc:
-            raise RollbackFailed(
-                f"cannot uninstall: base images do not verify: {exc}; staying on "
-                f"{previous or 'the base images'}"
-            ) from exc
-        if chain:
-
-            def mutate(s: dict[str, Any]) -> dict[str, Any]:
-                s["chain"] = []
-                s["history"] = [
-                    *s.get("history", []),
-                    _now_entry(pb, "uninstall", previous=previous, removed=removed),
-                ]
-                return s
-
-            _switch(pb, "uninstall", mutate)
-        gc(pb)
-        return {"removed": removed, "previous": previous}
-
-
-def boot(preboot: Preboot) -> dict[str, Any]:
-    """What the device does at start: recover, activate pending ``reboot`` components, gc.
-
-    Returns:
-        ``{"recovered": [...], "activated": [component names], "release": id or None}``.
-
-    Raises:
-        LockedError, StagingError: as for install.
-    """
-    pb = preboot
-    with pb.lock():
-        recovered = pb.recover()
-        state = pb.read_state()
-        active = state["chain"][-1] if state["chain"] else None
-        wanted = {"base": state["os"]["base"], "release": active}
-        activated = [p["component"] for p in pb.status()["pending"]]
-        if state["booted"] != wanted:
-
-            def mutate(s: dict[str, Any]) -> dict[str, Any]:
-                s["booted"] = wanted
-                s["history"] = [
-                    *s.get("history", []),
-                    _now_entry(pb, "boot", release=pb.release_id_of(active), activated=activated),
-                ]
-                return s
-
-            _switch(pb, "boot", mutate)
-        gc(pb)
-        return {"recovered": recovered, "activated": activated, "release": pb.release_id_of(active)}
-
-
-def gc(preboot: Preboot) -> dict[str, Any]:
-    """Keep the base images, the active and the previous release (and the booted one).
-
-    Older entries of the rollback chain are dropped (one atomic state switch), then
-    every release or base directory nothing refers to is removed. Readers that have
-    an image open keep reading it (the inode lives until they close it).
-
-    Returns:
-        ``{"removed": [relative paths]}``.
-
-    Raises:
-        LockedError, StagingError: as for install.
-    """
-    pb = preboot
-    with pb.lock():
-        try:
-            state = pb.read_state()
-            if len(state["chain"]) > 2:
-                keep = state["chain"][-2:]
-
-                def mutate(s: dict[str, Any]) -> dict[str, Any]:
-                    s["chain"] = keep
-                    return s
-
-                state = _switch(pb, "gc", mutate)
-            removed = pb.sweep(state)
-        except OSError as exc:
-            raise os_error_to_staging(exc, f"collecting garbage in {pb.path}") from exc
-        from bsipatch.seal import leafcache
-
-        with contextlib.suppress(OSError):  # entries of removed images: only a cache
-            leafcache.prune(pb.path)
-        return {"removed": removed}
-
-
-def os_update(
-    preboot: Preboot,
-    *,
-    os_version: str,
-    build: str,
-    images: Mapping[str, PathLike],
-    activation: dict[str, str],
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Install the base images of a new OS version and retire every installed release.
-
-    The new base is built in staging, sealed, renamed into ``base/`` and made current in
-    one atomic state switch. Releases of the old OS are removed; the old base stays
-    while a ``reboot`` component still runs from it (until the next :func:`boot`).
-
-    Returns:
-        ``{"os_version", "build", "retired": [release ids]}``.
-
-    Raises:
-        StateError: that OS version and build is already installed.
-        ValueError: bad component names or activation values.
-        LockedError, StagingError: as for install.
-    """
-    pb = preboot
-    with pb.lock():
-        pb.recover()
-        state = pb.read_state()
-        retired = [pb.release_id_of(s) for s in state["chain"]]
-        try:
-            tx = pb.journal.begin("os_update", os_version=os_version, build=build)
-        except OSError as exc:
-            raise os_error_to_staging(exc, "os update") from exc
-        try:
-            base_rel = build_base(
-                pb.path, "staging", tx, os_version, build, images, activation, progress
-            )
-            new_state = dict(state)
-            new_state["os"] = {"version": os_version, "build": build, "base": base_rel}
-            new_state["chain"] = []
-            new_state["last_tx"] = tx
-            new_state["history"] = [
-                *state.get("history", []),
-                _now_entry(pb, "os_update", os_version=os_version, build=build, retired=retired),
-            ]
-            pb.write_state(new_state)
-            crashpoint("os_update.committed")
-            pb.journal.end(tx)
-        except BaseException as exc:
-            _abort(pb)
-            if isinstance(exc, OSError) and not isinstance(exc, BsipatchError):
-                raise os_error_to_staging(exc, "os update") from exc
-            raise
-        pb.journal.compact()
-        gc(pb)
-        return {"os_version": os_version, "build": build, "retired": retired}
 
 
 # --- helpers for the CLI and tests -------------------------------------------------------

@@ -22,15 +22,12 @@ crash. It does not apply patches, decide trust or choose releases (that is
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import errno
 import fcntl
-import hashlib
 import hmac
 import io
 import json
 import os
-import re
 import shutil
 import stat
 from collections.abc import Callable, Iterator, Mapping
@@ -39,129 +36,56 @@ from typing import Any, BinaryIO, cast
 
 from bsipatch._crashpoints import crashpoint
 from bsipatch._io import PathLike, atomic_write, fsync_dir, os_error_to_staging
+from bsipatch.device.base import (
+    ACTIVATIONS,
+    CREATE_NAMES,
+    STATE_FORMAT,
+    build_base,
+    create_in,
+    empty_dir,
+    make_writable,
+)
+from bsipatch.device.files import (
+    check_name,
+    copy_durable,
+    file_sha256,
+    fsync_file,
+    is_temp_name,
+    json_bytes,
+    release_slug,
+    remove_stray_temps,
+    seal_from_record,
+    seal_record_dict,
+    utc_now,
+    write_durable,
+)
 from bsipatch.device.journal import Journal
 from bsipatch.device.pending import sweep_pending
 from bsipatch.errors import LockedError, SealMismatch, StateError
 
-STATE_FORMAT = 1
-ACTIVATIONS = ("relaunch", "reboot")
 HISTORY_LIMIT = 200
-_CHUNK = 1 << 20
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-
-__all__ = [
-    "ACTIVATIONS",
-    "Preboot",
-    "crashpoint",
-    "release_slug",
-    "utc_now",
-]
-
-
-def utc_now() -> str:
-    """The current time as ISO-8601 UTC with a ``Z`` (seconds precision)."""
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def release_slug(release_id: str) -> str:
-    """The directory name of a release: ``"26.1 (a)"`` -> ``"26.1-a"``.
-
-    Raises:
-        ValueError: the id gives an empty or unsafe name.
-    """
-    slug = re.sub(r"[^A-Za-z0-9._+]+", "-", release_id).strip("-")
-    if not slug or slug in (".", "..") or not _NAME_RE.match(slug):
-        raise ValueError(f"release id {release_id!r} gives no usable directory name")
-    return slug
-
-
-def check_name(name: str, what: str = "component name") -> str:
-    """Return ``name`` if it is a safe file name stem, else raise ``ValueError``."""
-    if not isinstance(name, str) or not _NAME_RE.match(name) or name in (".", ".."):
-        raise ValueError(f"bad {what} {name!r}: use letters, digits, . _ + - (max 64)")
-    return name
-
-
-def fsync_file(path: PathLike) -> None:
-    """fsync a file's data and metadata by path."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durable(path: Path, data: bytes, mode: int = 0o444) -> None:
-    """Create ``path`` (which must not exist) with ``data``, fsynced, with ``mode``.
-
-    Used inside staging directories only: the directory is fsynced by the caller
-    before it is renamed into place.
-    """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fchmod(fd, mode)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def json_bytes(obj: Any) -> bytes:
-    """``obj`` as indented, key-sorted JSON text (UTF-8, trailing newline)."""
-    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
-
-
-def seal_record_dict(seal: Any, sha256_hex: str | None = None) -> dict[str, Any]:
-    """The ``<name>.seal.json`` record of a :class:`bsipatch.seal.tree.Seal` (+ file SHA-256)."""
-    record: dict[str, Any] = {
-        "seal": {
-            "root_hash": seal.root_hash.hex(),
-            "salt": seal.salt.hex(),
-            "size": int(seal.data_size),
-        }
-    }
-    if sha256_hex is not None:
-        record["sha256"] = sha256_hex
-    return record
-
-
-def seal_from_record(record: dict[str, Any]) -> Any:
-    """Turn a stored ``<name>.seal.json`` record into a :class:`bsipatch.seal.tree.Seal`."""
-    from bsipatch.seal.tree import Seal
-
-    s = record["seal"]
-    return Seal(
-        root_hash=bytes.fromhex(s["root_hash"]),
-        salt=bytes.fromhex(s["salt"]),
-        data_size=int(s["size"]),
-    )
-
-
 _LOCKED_FILES = ("state.json", "verified.json")
-_CREATE_NAMES = {"base", "releases", "staging", "trash", "journal", "lock"}
 
-
-def _empty_dir(path: Path) -> None:
-    """Remove everything inside ``path`` (read-only directories included)."""
-    _make_writable(path)
-    for child in path.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            _make_writable(child)
-            shutil.rmtree(child)
-        else:
-            child.unlink()
-
-
-def _make_writable(path: Path) -> None:
-    """Give the owner write permission on every directory below ``path`` (for removal)."""
-    for root, dirs, _files in os.walk(path):
-        for d in dirs:
-            p = Path(root) / d
-            p.chmod(p.stat().st_mode | stat.S_IWUSR | stat.S_IXUSR)
-    path.chmod(path.stat().st_mode | stat.S_IWUSR | stat.S_IXUSR)
+__all__ = [  # the helpers are re-exported for callers that import them from here
+    "ACTIVATIONS",
+    "STATE_FORMAT",
+    "ComponentReader",
+    "Preboot",
+    "build_base",
+    "check_name",
+    "copy_durable",
+    "crashpoint",
+    "file_sha256",
+    "fsync_file",
+    "is_temp_name",
+    "json_bytes",
+    "release_slug",
+    "remove_stray_temps",
+    "seal_from_record",
+    "seal_record_dict",
+    "utc_now",
+    "write_durable",
+]
 
 
 class ComponentReader(io.RawIOBase):
@@ -282,22 +206,31 @@ class Preboot:
         Raises:
             ValueError: bad names, activation or an empty image set.
             StateError: ``path`` is not empty.
+            UnsupportedFilesystem: ``path`` lacks atomic rename, directory fsync, hard
+                links or flock (:func:`bsipatch.device.fscheck.check_filesystem`).
             StagingError: an I/O error (DiskFullError, ReadOnlyError).
         """
+        from bsipatch.device.fscheck import check_filesystem
+
         path = Path(path)
         clock = clock or utc_now
         if path.exists() and any(path.iterdir()):
-            names = {p.name for p in path.iterdir()}
-            if (path / "state.json").exists() or not names <= _CREATE_NAMES:
+            names = {p.name for p in path.iterdir() if not p.name.startswith(".bsipatch-fscheck-")}
+            if (path / "state.json").exists() or not names <= CREATE_NAMES:
                 raise StateError(f"{path} is not empty; refusing to create a preboot there")
             # an earlier create was interrupted before its state.json: start again
-            _empty_dir(path)
+            empty_dir(path)
         try:
-            _create_in(path, os_version, build, images, activation, clock, progress)
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise os_error_to_staging(exc, f"creating preboot {path}") from exc
+        check_filesystem(path)
+        try:
+            create_in(path, os_version, build, images, activation, clock, progress)
         except BaseException as exc:
             # nothing refers to a half-made directory: empty it so create can be retried
             if path.is_dir():
-                _empty_dir(path)
+                empty_dir(path)
             if isinstance(exc, OSError):
                 raise os_error_to_staging(exc, f"creating preboot {path}") from exc
             raise
@@ -419,6 +352,10 @@ class Preboot:
                 last = exc
                 continue
             try:
+                from bsipatch.device.readback import readback_check
+
+                # the first open of a tentative release's new image reads it back from disk
+                readback_check(self.path, self.read_state(), directory, name, seal)
                 return cast(BinaryIO, ComponentReader(open_verified(f, seal), f))
             except BaseException:
                 f.close()
@@ -572,7 +509,7 @@ class Preboot:
             removed.append(rel)
         for d in sorted(self.trash_dir.iterdir()):
             if d.is_dir() and not d.is_symlink():
-                _make_writable(d)
+                make_writable(d)
                 shutil.rmtree(d)
             else:
                 d.unlink()
@@ -627,210 +564,7 @@ class Preboot:
             return slug
 
     def status(self) -> dict[str, Any]:
-        """What the device runs: OS, active release per component, pending, history.
+        """What the device runs: see :func:`bsipatch.device.report.status`."""
+        from bsipatch.device.report import status
 
-        Returns:
-            A JSON-serialisable dict::
-
-                {"preboot": str, "os_version": str, "build": str,
-                 "active_release": "26.1 (a)" | None, "previous_release": ... | None,
-                 "booted_release": ... | None, "installed_releases": [...],
-                 "components": {name: {"activation", "release", "image", "root_hash",
-                                       "pending": bool, "pending_release"}},
-                 "pending": [{"component", "release", "activation"}],
-                 "recovery_needed": bool, "history": [...]}
-        """
-        state = self.read_state()
-        chain = state["chain"]
-        active = chain[-1] if chain else None
-        active_dir = self.selection_dir(state["os"]["base"], active)
-        comps = self.components(state)
-        changed = set()
-        if active is not None:
-            try:
-                info = self.release_info(active)
-                changed = {n for n, c in info["components"].items() if c.get("changed")}
-            except (OSError, ValueError, KeyError):
-                pass
-        out_components: dict[str, Any] = {}
-        pending = []
-        for name, activation in sorted(comps.items()):
-            try:
-                directory = self._component_dir(state, name)
-                root = self.seal_record(directory, name)["seal"]["root_hash"]
-                new_root = self.seal_record(active_dir, name)["seal"]["root_hash"]
-            except (OSError, ValueError, KeyError):
-                directory, root, new_root = active_dir, None, None
-            is_pending = activation == "reboot" and root != new_root
-            in_use_release = state["booted"]["release"] if is_pending else active
-            entry = {
-                "activation": activation,
-                "release": self.release_id_of(in_use_release)
-                if (name in changed or is_pending)
-                else None,
-                "image": str(directory / f"{name}.img"),
-                "root_hash": root,
-                "pending": is_pending,
-                "pending_release": self.release_id_of(active) if is_pending else None,
-            }
-            if is_pending:
-                pending.append(
-                    {
-                        "component": name,
-                        "release": self.release_id_of(active),
-                        "activation": activation,
-                    }
-                )
-            out_components[name] = entry
-        return {
-            "preboot": str(self.path),
-            "os_version": state["os"]["version"],
-            "build": state["os"]["build"],
-            "active_release": self.release_id_of(active),
-            "previous_release": self.release_id_of(chain[-2]) if len(chain) > 1 else None,
-            "booted_release": self.release_id_of(state["booted"]["release"]),
-            "installed_releases": [self.release_id_of(s) for s in chain],
-            "components": out_components,
-            "pending": pending,
-            "recovery_needed": bool(self.journal.pending()),
-            "history": list(state.get("history", [])),
-        }
-
-
-def _create_in(
-    path: Path,
-    os_version: str,
-    build: str,
-    images: Mapping[str, PathLike],
-    activation: dict[str, str],
-    clock: Callable[[], str],
-    progress: Callable[[int, int], None] | None,
-) -> None:
-    """The body of :meth:`Preboot.create` (``path`` is empty or missing)."""
-    path.mkdir(parents=True, exist_ok=True)
-    for sub in ("base", "releases", "staging", "trash"):
-        (path / sub).mkdir(exist_ok=True)
-    Journal.create(path / "journal")
-    (path / "lock").touch()
-    fsync_dir(path)
-    base_rel = build_base(
-        path, "staging", "create", os_version, build, images, activation, progress
-    )
-    state = {
-        "format": STATE_FORMAT,
-        "os": {"version": os_version, "build": build, "base": base_rel},
-        "chain": [],
-        "booted": {"base": base_rel, "release": None},
-        "last_tx": None,
-        "history": [{"time": clock(), "op": "create", "os_version": os_version, "build": build}],
-    }
-    with atomic_write(path / "state.json") as f:
-        f.write(json_bytes(state))
-
-
-def file_sha256(path: PathLike) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(_CHUNK)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
-def copy_durable(src: PathLike, dst: Path, progress: Callable[[int], None] | None = None) -> str:
-    """Copy ``src`` to new file ``dst`` (fsynced, read-only); return its hex SHA-256."""
-    h = hashlib.sha256()
-    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        with open(src, "rb") as f:
-            while True:
-                b = f.read(_CHUNK)
-                if not b:
-                    break
-                h.update(b)
-                view = memoryview(b)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                if progress:
-                    progress(len(b))
-        os.fchmod(fd, 0o444)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return h.hexdigest()
-
-
-def build_base(
-    root: Path,
-    staging_sub: str,
-    tag: str,
-    os_version: str,
-    build: str,
-    images: Mapping[str, PathLike],
-    activation: dict[str, str],
-    progress: Callable[[int, int], None] | None = None,
-) -> str:
-    """Copy, seal and store base images as ``base/<os>-<build>``; return that relative path.
-
-    The images are built in ``<root>/<staging_sub>/<tag>`` and the finished directory is
-    renamed into ``base/`` (fsynced) in one step. Callers journal the operation.
-
-    Raises:
-        ValueError: bad names or activation values.
-        StateError: that base directory already exists.
-        OSError: I/O errors (callers map them).
-    """
-    from bsipatch.seal.tree import seal_image
-
-    check_name(release_slug(f"{os_version}-{build}"), "OS version/build")
-    if not images:
-        raise ValueError("no base images given")
-    if set(images) != set(activation):
-        raise ValueError(
-            f"activation must name exactly the images: images {sorted(images)}, "
-            f"activation {sorted(activation)}"
-        )
-    for name, act in activation.items():
-        check_name(name)
-        if act not in ACTIVATIONS:
-            raise ValueError(f"activation of {name} is {act!r}; expected relaunch or reboot")
-    key = release_slug(f"{os_version}-{build}")
-    final = root / "base" / key
-    if final.exists():
-        raise StateError(f"base images of {os_version} {build} already exist at {final}")
-    stage = root / staging_sub / tag
-    stage.mkdir()
-    fsync_dir(stage.parent)
-    total = sum(Path(p).stat().st_size for p in images.values())
-    done = 0
-
-    def step(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress:
-            progress(done, total)
-
-    for name in sorted(images):
-        img = stage / f"{name}.img"
-        digest = copy_durable(images[name], img, step)
-        crashpoint("base.copied")
-        seal = seal_image(img)
-        write_durable(stage / f"{name}.seal.json", json_bytes(seal_record_dict(seal, digest)))
-    info = {
-        "os_version": os_version,
-        "build": build,
-        "components": {n: {"activation": activation[n]} for n in sorted(images)},
-    }
-    write_durable(stage / "os.json", json_bytes(info))
-    fsync_dir(stage)
-    crashpoint("base.staged")
-    stage.rename(final)
-    fsync_dir(final.parent)
-    fsync_dir(stage.parent)
-    crashpoint("base.moved")
-    final.chmod(0o555)
-    return f"base/{key}"
+        return status(self)

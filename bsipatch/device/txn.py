@@ -1,0 +1,57 @@
+"""The transaction step every preboot operation shares: journal, one atomic commit, end.
+
+:func:`switch` journals an operation, commits ``mutate(state)`` with one atomic
+replacement of ``state.json`` and ends the transaction; :func:`abort` leaves what an
+error interrupted to recovery; :func:`now_entry` makes a history entry. Callers hold
+the preboot lock. No decisions about what to change here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from bsipatch._crashpoints import crashpoint
+from bsipatch._io import os_error_to_staging
+from bsipatch.device.preboot import Preboot
+from bsipatch.errors import BsipatchError
+
+
+def now_entry(pb: Preboot, op: str, **data: Any) -> dict[str, Any]:
+    """A history entry ``{"time", "op", **data}`` stamped with the preboot's clock."""
+    entry = {"time": pb.clock(), "op": op}
+    entry.update(data)
+    return entry
+
+
+def abort(pb: Preboot) -> None:
+    """Best-effort undo after an error; a failure here is left to the next recovery."""
+    # the original error matters more; the next operation's recovery runs again
+    with contextlib.suppress(Exception):
+        pb.recover_locked()
+
+
+def switch(
+    pb: Preboot, op: str, mutate: Callable[[dict[str, Any]], dict[str, Any]]
+) -> dict[str, Any]:
+    """Journal ``op``, commit ``mutate(state)`` atomically, end, clean up. Lock held."""
+    state = pb.read_state()
+    try:
+        tx = pb.journal.begin(op)
+    except OSError as exc:
+        raise os_error_to_staging(exc, op) from exc
+    try:
+        new_state = mutate(dict(state))
+        new_state["last_tx"] = tx
+        pb.write_state(new_state)
+        crashpoint(f"{op}.committed")
+        pb.journal.end(tx)
+        crashpoint(f"{op}.ended")
+        pb.journal.compact()
+    except BaseException as exc:
+        abort(pb)
+        if isinstance(exc, OSError) and not isinstance(exc, BsipatchError):
+            raise os_error_to_staging(exc, op) from exc
+        raise
+    return new_state
