@@ -167,9 +167,13 @@ def _hdp(name: str) -> str:
     return str(Path(HDIFFPATCH_DIR) / name) if HDIFFPATCH_DIR else name
 
 
+#: hdiffz options; the default is match mode (suffix array), zstd at its strongest, two
+#: threads. BENCH_HDIFFZ_ARGS="-s -c-zstd-21-24" selects its faster block-match mode.
+HDIFFZ_ARGS = os.environ.get("BENCH_HDIFFZ_ARGS", "-p-2 -c-zstd-21-24").split()
+
+
 def _hdiffz(o: str, n: str, p: str) -> list[str]:
-    # match mode (suffix array), zstd at its strongest, two threads
-    return [_hdp("hdiffz"), "-f", "-p-2", "-c-zstd-21-24", o, n, p]
+    return [_hdp("hdiffz"), "-f", *HDIFFZ_ARGS, o, n, p]
 
 
 def _hpatchz(o: str, p: str, out: str) -> list[str]:
