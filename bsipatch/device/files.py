@@ -18,7 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bsipatch._io import PathLike
+from bsipatch._io import PathLike, write_new_file
+from bsipatch._io import fsync_file as fsync_file
 
 _CHUNK = 1 << 20
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
@@ -48,31 +49,13 @@ def check_name(name: str, what: str = "component name") -> str:
     return name
 
 
-def fsync_file(path: PathLike) -> None:
-    """fsync a file's data and metadata by path."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_durable(path: Path, data: bytes, mode: int = 0o444) -> None:
     """Create ``path`` (which must not exist) with ``data``, fsynced, with ``mode``.
 
     Used inside staging directories only: the directory is fsynced by the caller
-    before it is renamed into place.
+    before it is renamed into place. The one durable-write path is :mod:`bsipatch._io`.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fchmod(fd, mode)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_new_file(path, data, mode)
 
 
 def json_bytes(obj: Any) -> bytes:
