@@ -28,8 +28,8 @@ from typing import Any
 from bsipatch._io import os_error_to_staging
 from bsipatch.device.preboot import Preboot, seal_from_record
 from bsipatch.device.readback import forget_readbacks, readback_check, tentative
-from bsipatch.device.txn import now_entry, switch
-from bsipatch.errors import BsipatchError, RollbackFailed, SealError, StateError
+from bsipatch.device.txn import now_entry, switch, verified_previous
+from bsipatch.errors import RollbackFailed, SealError
 
 DEFAULT_MAX_BOOTS = 3
 DEFAULT_MAX_FAILURES = 3
@@ -91,18 +91,12 @@ def fall_back(pb: Preboot, reason: str) -> dict[str, Any]:
     Raises:
         RollbackFailed: the previous images do not verify (nothing changes).
     """
-    state = pb.read_state()
-    chain = state["chain"]
-    if not chain:
-        raise StateError("no release is installed: nothing to fall back from")
-    target = chain[-2] if len(chain) > 1 else None
-    from_id, to_id = pb.release_id_of(chain[-1]), pb.release_id_of(target)
-    try:
-        pb.verify_selection(state["os"]["base"], target, exact=target is None)
-    except (SealError, OSError, BsipatchError) as exc:
-        raise RollbackFailed(
-            f"cannot fall back from {from_id} to {to_id or 'the base images'}: {exc}"
-        ) from exc
+    chain, from_id, to_id = verified_previous(
+        pb,
+        pb.read_state(),
+        "no release is installed: nothing to fall back from",
+        lambda frm, to, exc: f"cannot fall back from {frm} to {to or 'the base images'}: {exc}",
+    )
     record = {"release": from_id, "slug": chain[-1], "to": to_id, "reason": reason}
 
     def mutate(s: dict[str, Any]) -> dict[str, Any]:

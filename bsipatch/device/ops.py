@@ -17,8 +17,8 @@ from bsipatch._crashpoints import crashpoint
 from bsipatch._io import PathLike, os_error_to_staging
 from bsipatch.device import health
 from bsipatch.device.preboot import Preboot, build_base, remove_stray_temps
-from bsipatch.device.txn import abort, now_entry, switch
-from bsipatch.errors import BsipatchError, RollbackFailed, SealError, StateError
+from bsipatch.device.txn import abort, now_entry, switch, verified_previous
+from bsipatch.errors import BsipatchError, RollbackFailed, SealError
 
 __all__ = ["boot", "gc", "os_update", "rollback", "uninstall"]
 
@@ -41,18 +41,14 @@ def rollback(preboot: Preboot) -> dict[str, Any]:
     pb = preboot
     with pb.lock():
         pb.recover()
-        state = pb.read_state()
-        chain = state["chain"]
-        if not chain:
-            raise StateError("no release is installed: nothing to roll back")
-        target = chain[-2] if len(chain) > 1 else None
-        from_id, to_id = pb.release_id_of(chain[-1]), pb.release_id_of(target)
-        try:
-            pb.verify_selection(state["os"]["base"], target, exact=target is None)
-        except (SealError, OSError, BsipatchError) as exc:
-            raise RollbackFailed(
-                f"cannot roll back to {to_id or 'the base images'}: {exc}; staying on {from_id}"
-            ) from exc
+        chain, from_id, to_id = verified_previous(
+            pb,
+            pb.read_state(),
+            "no release is installed: nothing to roll back",
+            lambda frm, to, exc: (
+                f"cannot roll back to {to or 'the base images'}: {exc}; staying on {frm}"
+            ),
+        )
 
         def mutate(s: dict[str, Any]) -> dict[str, Any]:
             s["chain"] = chain[:-1]

@@ -15,7 +15,7 @@ from typing import Any
 from bsipatch._crashpoints import crashpoint
 from bsipatch._io import os_error_to_staging
 from bsipatch.device.preboot import Preboot
-from bsipatch.errors import BsipatchError
+from bsipatch.errors import BsipatchError, RollbackFailed, SealError, StateError
 
 
 def now_entry(pb: Preboot, op: str, **data: Any) -> dict[str, Any]:
@@ -55,3 +55,31 @@ def switch(
             raise os_error_to_staging(exc, op) from exc
         raise
     return new_state
+
+
+def verified_previous(
+    pb: Preboot,
+    state: dict[str, Any],
+    nothing: str,
+    failed: Callable[[str | None, str | None, Exception], str],
+) -> tuple[list[str], str | None, str | None]:
+    """The active chain, its top release id and the one a step back reaches (None: base).
+
+    The images stepped back to are verified first (the base images byte for byte).
+    Shared by rollback and the health fallback.
+
+    Raises:
+        StateError: no release is installed (``nothing`` is the message).
+        RollbackFailed: the earlier images do not verify; ``failed(from_id, to_id, exc)``
+            gives the message.
+    """
+    chain: list[str] = state["chain"]
+    if not chain:
+        raise StateError(nothing)
+    target = chain[-2] if len(chain) > 1 else None
+    from_id, to_id = pb.release_id_of(chain[-1]), pb.release_id_of(target)
+    try:
+        pb.verify_selection(state["os"]["base"], target, exact=target is None)
+    except (SealError, OSError, BsipatchError) as exc:
+        raise RollbackFailed(failed(from_id, to_id, exc)) from exc
+    return chain, from_id, to_id
