@@ -28,14 +28,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import data as bench_data  # noqa: E402
+import data as bench_data
 
 
 def _files(old_tree: Path, new_tree: Path) -> list[str]:
     out = []
     for p in sorted(old_tree.rglob("*")):
         rel = p.relative_to(old_tree)
-        if p.is_file() and not p.is_symlink() and (new_tree / rel).is_file() and rel.name != ".done":
+        if (
+            p.is_file()
+            and not p.is_symlink()
+            and (new_tree / rel).is_file()
+            and rel.name != ".done"
+        ):
             out.append(str(rel))
     return out
 
