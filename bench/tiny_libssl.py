@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bsipatch": s,
                 "ratio": round(s / b, 3),
                 "version": info.version,  # type: ignore[attr-defined]
-                "stream": stats.get("diff_stream", "sparse"),
+                "stream": "dense" if stats.get("dense_segments") else "sparse",
                 "transform": "transform_bytes" in stats,
             }
             if args.framed:

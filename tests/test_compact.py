@@ -113,13 +113,13 @@ def test_one_segment_patch_is_compact_and_applies_in_every_shape(tmp_path: Path)
 def test_writer_keeps_the_smaller_difference_stream(tmp_path: Path) -> None:
     old, new = _code_like(2)
     p, info = _make(old, new)
-    assert info.stats["diff_stream"] == "dense"  # type: ignore[attr-defined]
+    assert info.stats["dense_segments"] == 1  # type: ignore[attr-defined]
     fields, _ = _parse(p)
     assert fields.flags & compact.FLAG_DENSE and fields.sections[1:3] == (0, 0)
     assert _apply_all_shapes(old, p, tmp_path) == [new] * 4
     old2, new2 = _sparse_like(3)
     p2, info2 = _make(old2, new2)
-    assert info2.stats["diff_stream"] == "sparse"  # type: ignore[attr-defined]
+    assert info2.stats["dense_segments"] == 0  # type: ignore[attr-defined]
     assert _apply_all_shapes(old2, p2, tmp_path) == [new2] * 4
 
 
@@ -401,3 +401,27 @@ def test_stored_version_1_patches_still_apply(tmp_path: Path) -> None:
         assert _apply_all_shapes(old, p, tmp_path) == [new] * 4
         info = read_patch_info(p)
         assert info.version == 1 and len(info.segments) == n_segments
+
+
+def test_framed_patches_choose_the_stream_per_segment(tmp_path: Path) -> None:
+    """Several segments (version 1 framing): each takes the smaller stream; dense
+    segments are marked BSED under header flag bit 0, and apply in every shape."""
+    from bsipatch.delta import patchformat as pf
+
+    churn_old, churn_new = _code_like(16, 20_000)
+    plain_old, plain_new = _sparse_like(17, 20_000)
+    old, new = churn_old + plain_old, churn_new + plain_new
+    p, info = _make(old, new, segment_size=8192)
+    assert info.version == 1 and 0 < info.stats["dense_segments"] < len(info.segments)  # type: ignore[attr-defined]
+    h = pf.Header.unpack(p[: pf.HEADER_SIZE])
+    assert h.flags == pf.FLAG_SEGMENT_MODES
+    assert p.count(pf.SEG_MAGIC_DENSE) >= info.stats["dense_segments"]  # type: ignore[attr-defined]
+    assert _apply_all_shapes(old, p, tmp_path) == [new] * 4
+    got = read_patch_info(p)
+    assert got.stats["dense_segments"] == info.stats["dense_segments"]  # type: ignore[attr-defined]
+    assert [s.dense for s in got.segments] == [s.dense for s in info.segments]  # type: ignore[attr-defined]
+    # without the header flag a BSED marker is refused; unknown flags are unsupported
+    for flags, error in ((0, CorruptPatch), (2, UnsupportedPatch)):
+        hb = h._replace(flags=flags).pack()
+        with pytest.raises(error):
+            apply(old, hb + p[pf.HEADER_SIZE :], io.BytesIO())

@@ -24,6 +24,7 @@ from bsipatch.delta.limits import MAX_SEGMENT_SIZE as MAX_SEGMENT_SIZE
 from bsipatch.delta.records import KIND_NAMES as KIND_NAMES
 from bsipatch.delta.records import SEG_FMT as SEG_FMT
 from bsipatch.delta.records import SEG_MAGIC as SEG_MAGIC
+from bsipatch.delta.records import SEG_MAGIC_DENSE as SEG_MAGIC_DENSE
 from bsipatch.delta.records import PatchInfo as PatchInfo
 from bsipatch.delta.records import SegmentHeader as SegmentHeader
 from bsipatch.errors import (
@@ -67,6 +68,9 @@ VERSION_TRANSFORM = 2
 VERSION_COMPACT = compact.VERSION_COMPACT
 #: Versions with the 144-byte header (and segment headers and a trailer).
 FRAMED_VERSIONS = (VERSION, VERSION_TRANSFORM)
+#: Header flag of versions 1 and 2: segments may be marked SEG_MAGIC_DENSE (a dense
+#: difference stream); without it every segment is BSEG (sparse).
+FLAG_SEGMENT_MODES = 1
 VERSIONS = (VERSION, VERSION_TRANSFORM, VERSION_COMPACT)
 
 HEADER_FMT = "<8sHHIQ32sQ32sIIQ"  # up to (not including) the header digest
@@ -107,6 +111,7 @@ class Header(NamedTuple):
     max_buffered: int
     max_payload: int = MAX_PAYLOAD
     digest: bytes = b""
+    flags: int = 0
 
     def pack(self) -> bytes:
         """The header bytes, digest included."""
@@ -114,7 +119,7 @@ class Header(NamedTuple):
             HEADER_FMT,
             MAGIC,
             self.version,
-            0,
+            self.flags,
             self.segment_size,
             self.old_size,
             self.old_sha256,
@@ -166,7 +171,7 @@ class Header(NamedTuple):
                     f"patch header claims a {n}-byte {what} image; this applier accepts at "
                     f"most {MAX_IMAGE_SIZE} bytes"
                 )
-        if flags != 0 or _r2 != 0:
+        if flags & ~FLAG_SEGMENT_MODES or _r2 != 0:
             raise UnsupportedPatch(f"unknown patch header flags {flags:#x}")
         if not 0 < seg_size <= MAX_SEGMENT_SIZE:
             raise UnsupportedPatch(
@@ -183,7 +188,7 @@ class Header(NamedTuple):
                 f"limit {min(MAX_BUFFERED, max_pay)}"
             )
         return cls(
-            version, seg_size, old_size, old_sha, new_size, new_sha, max_buf, max_pay, digest
+            version, seg_size, old_size, old_sha, new_size, new_sha, max_buf, max_pay, digest, flags
         )
 
 
@@ -253,7 +258,8 @@ def parse_segment_header(data: bytes, header: Header, index: int, out_offset: in
     (magic, idx, off, out_len, payload_len, comp_len, n_ops, b0, b1, b2, b3, out_sha) = (
         struct.unpack(SEG_FMT, body)
     )
-    if magic != SEG_MAGIC:
+    dense = magic == SEG_MAGIC_DENSE and bool(header.flags & FLAG_SEGMENT_MODES)
+    if magic != SEG_MAGIC and not dense:
         raise CorruptPatch(f"segment {index}: bad marker {magic!r}, expected {SEG_MAGIC!r}")
     if idx != index or off != out_offset:
         raise CorruptPatch(
@@ -285,6 +291,7 @@ def parse_segment_header(data: bytes, header: Header, index: int, out_offset: in
         (b0, b1, b2, b3),
         out_sha,
         data[SEG_SIZE - 32 : SEG_SIZE],
+        dense=dense,
     )
 
 
@@ -385,6 +392,7 @@ class PatchReader:
                 fields.new_sha256,
                 digest,
                 fields.framing(),
+                bool(fields.flags & compact.FLAG_DENSE),
             )
             self._one = (seg, comp)
         elif self.header.version == VERSION_TRANSFORM and not self._chain:
@@ -473,6 +481,7 @@ def info_from_reader(reader: PatchReader, extra: dict[str, Any] | None = None) -
         **{f"{k}_bytes": v for k, v in zip(KIND_NAMES, kinds, strict=True)},
         "compressed_bytes": sum(s.comp_len for s in reader.segments),
     }
+    stats["dense_segments"] = sum(s.dense for s in reader.segments)
     if reader.transform is not None:
         stats["transform_bytes"] = len(reader.transform)
     if extra:

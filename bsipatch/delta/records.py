@@ -14,6 +14,9 @@ from bsipatch.delta import compact
 from bsipatch.hashing import Sha256
 
 SEG_MAGIC = b"BSEG"
+#: Marker of a segment whose difference stream is dense (only in patches whose header
+#: has FLAG_SEGMENT_MODES; docs/patch-format.md).
+SEG_MAGIC_DENSE = b"BSED"
 SEG_FMT = "<4sIQIIII4I32s"  # up to (not including) the segment digest
 KIND_NAMES = ("copy", "add", "insert", "zero")
 
@@ -37,6 +40,7 @@ class SegmentHeader:
 
     __slots__ = (
         "comp_len",
+        "dense",
         "digest",
         "framing",
         "index",
@@ -60,7 +64,10 @@ class SegmentHeader:
         out_sha256: bytes,
         digest: bytes = b"",
         framing: compact.Framing | None = None,
+        dense: bool = False,
     ) -> None:
+        #: the difference stream is dense (BSI_PATCH_DENSE), else sparse
+        self.dense = dense
         #: version 3: how the payload is read (None: a version 1/2 payload with its header)
         self.framing = framing
         self.index = index
@@ -93,7 +100,7 @@ class SegmentHeader:
         """The header bytes without the trailing digest."""
         return struct.pack(
             SEG_FMT,
-            SEG_MAGIC,
+            SEG_MAGIC_DENSE if self.dense else SEG_MAGIC,
             self.index,
             self.out_offset,
             self.out_len,

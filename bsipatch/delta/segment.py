@@ -187,7 +187,7 @@ def _applied(
     scratch = bytearray(cap)
     pscratch = ffi.from_buffer(scratch) if cap else ffi.NULL
     lib.bsi_patch_init(st, seg.out_len, old.size, cap)
-    if seg.framing is not None and seg.framing.dense:
+    if seg.dense:
         lib.bsi_patch_set_mode(st, lib.BSI_PATCH_DENSE)
     if prov is not None:
         lib.bsi_patch_set_phase(st, seg.out_offset % BLOCK)
