@@ -112,7 +112,14 @@ def diff(
             len(old_buf) * COST_INDEX + n_new * COST_SCAN + n_new * COST_WRITE,
         )
         early = _start_hashing(stack, old_buf, new_buf) if format == "bsipatch" else None
-        found = _search(old_buf, new_buf, exe and format == "bsipatch", nthreads, meter)
+        found = _search(
+            old_buf,
+            new_buf,
+            exe and format == "bsipatch",
+            nthreads,
+            meter,
+            path=old if is_pathlike(old) else None,
+        )
         from bsipatch._io import atomic_write
 
         out: BinaryIO = stack.enter_context(atomic_write(patch)) if is_pathlike(patch) else patch
@@ -144,20 +151,28 @@ class _Found(NamedTuple):
     plain: Ops | None
 
 
-def _search(old: Buffer, new: Buffer, exe: bool, threads: int, meter: Meter) -> _Found:
-    # with a transform the first alignment (plain ops against the real old image)
-    # is kept: a small file's patch may be smaller without the transform
+def _search(
+    old: Buffer, new: Buffer, exe: bool, threads: int, meter: Meter, path: PathLike | None
+) -> _Found:
+    # with a transform the first alignment of the whole files (plain ops against the
+    # real old image) is kept: a small file's patch may be smaller without the transform
     first: list[Ops] = []
 
     def align(o: Buffer, n: Buffer) -> Ops:
-        first.append(compute_ops(o, n, threads=threads))
-        return first[-1]
+        ops = compute_ops(o, n, threads=threads)
+        if o is old and n is new:
+            first.append(ops)
+        return ops
 
     prep = None
     if exe:
         from bsipatch.delta.exe import prepare
 
         prep = prepare(old, new, align)
+        if prep is None:  # an image: its ELF files, if any moved code
+            from bsipatch.delta.exeimage import prepare_image
+
+            prep = prepare_image(old, new, align, path=path)
     base = prep.predicted if prep is not None else old
     ops = compute_ops(base, new, threads=threads, meter=meter)
     block = prep.block if prep is not None else None
