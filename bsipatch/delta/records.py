@@ -92,7 +92,7 @@ class SegmentHeader:
     def __repr__(self) -> str:
         return (
             "SegmentHeader("
-            + ", ".join(f"{k}={_show(getattr(self, k))}" for k in self.__slots__)
+            + ", ".join(f"{k}={_show(getattr(self, k))}" for k in self.__slots__ if k != "framing")
             + ")"
         )
 
