@@ -112,14 +112,7 @@ def diff(
             len(old_buf) * COST_INDEX + n_new * COST_SCAN + n_new * COST_WRITE,
         )
         early = _start_hashing(stack, old_buf, new_buf) if format == "bsipatch" else None
-        found = _search(
-            old_buf,
-            new_buf,
-            exe and format == "bsipatch",
-            nthreads,
-            meter,
-            path=old if is_pathlike(old) else None,
-        )
+        found = _search(old_buf, new_buf, exe and format == "bsipatch", nthreads, meter, old)
         from bsipatch._io import atomic_write
 
         out: BinaryIO = stack.enter_context(atomic_write(patch)) if is_pathlike(patch) else patch
@@ -152,8 +145,10 @@ class _Found(NamedTuple):
 
 
 def _search(
-    old: Buffer, new: Buffer, exe: bool, threads: int, meter: Meter, path: PathLike | None
+    old: Buffer, new: Buffer, exe: bool, threads: int, meter: Meter, src: PathLike | Buffer
 ) -> _Found:
+    """The ops (and transform) of the patch; ``src``: the old image as given (a path
+    lets an image transform map the old file privately)."""
     # with a transform the first alignment of the whole files (plain ops against the
     # real old image) is kept: a small file's patch may be smaller without the transform
     first: list[Ops] = []
@@ -172,7 +167,7 @@ def _search(
         if prep is None:  # an image: its ELF files, if any moved code
             from bsipatch.delta.exeimage import prepare_image
 
-            prep = prepare_image(old, new, align, path=path)
+            prep = prepare_image(old, new, align, path=src if is_pathlike(src) else None)
     base = prep.predicted if prep is not None else old
     ops = compute_ops(base, new, threads=threads, meter=meter)
     block = prep.block if prep is not None else None
