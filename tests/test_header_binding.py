@@ -85,21 +85,43 @@ def _ref(path: Path) -> SealRef:
     return SealRef.from_seal(seal_image(path, salt=SALT), sha(path.read_bytes()))
 
 
-def _publish_webkit_patch(w: dict[str, Any], patch_old: bytes, patch_new: bytes) -> None:
-    """Publish ``26.1 (a)`` signing webkit base -> (a), with a patch from ``patch_old``
-    to ``patch_new`` (the genuine images for a genuine patch)."""
+def _make_patch(w: dict[str, Any], patch_old: bytes, patch_new: bytes) -> Path:
     tmp = w["tmp"]
-    old_p, new_p, out = tmp / "pipe-old.img", tmp / "pipe-new.img", tmp / "webkit.bsipatch"
+    old_p, new_p, out = tmp / "pipe-old.img", tmp / "pipe-new.img", tmp / "pipe.bsipatch"
     old_p.write_bytes(patch_old)
     new_p.write_bytes(patch_new)
     diff(old_p, new_p, out)
+    return out
+
+
+def _release_args(w: dict[str, Any], patch: Path) -> dict[str, Any]:
+    """``add_release`` arguments for ``26.1 (a)``: webkit base -> (a), with ``patch``."""
     base, target = _ref(w["imgs"]["base"]["webkit"]), _ref(w["imgs"]["a"]["webkit"])
     spec = ComponentSpec("relaunch", base, target, (), (Cve("CVE-2026-41001", "fix"),))
-    add_release(
-        w["repo"], release_id="26.1 (a)", os_version="26.1", builds=(BUILD,),
+    return dict(
+        release_id="26.1 (a)", os_version="26.1", builds=(BUILD,),
         supplemental_build=f"{BUILD}a", components={"webkit": spec},
-        patches=[PatchInput("webkit", out, base, target)], keys=w["keys"], now=NOW,
+        patches=[PatchInput("webkit", patch, base, target)], keys=w["keys"], now=NOW,
     )  # fmt: skip
+
+
+def _publish_webkit_patch(w: dict[str, Any], patch_old: bytes, patch_new: bytes) -> None:
+    """Publish ``26.1 (a)`` signing webkit base -> (a), then, as a pipeline that skips
+    the publisher's own header check would, re-sign the webkit patch target (genuine
+    targets keys, TUF length and SHA-256 of the new file) over a patch from
+    ``patch_old`` to ``patch_new``."""
+    genuine = _make_patch(w, w["base"], w["new"])
+    add_release(w["repo"], **_release_args(w, genuine))
+    wrong = _make_patch(w, patch_old, patch_new)
+    r = TufRepository(w["repo"])
+
+    def swap(targets: Any) -> None:
+        for path, t in list(targets.targets.items()):
+            if path.startswith("patches/webkit/"):
+                targets.targets[path] = r.add_target_file(path, wrong, t.custom)
+
+    with r.lock():
+        publish_targets(r, w["keys"], swap, now=NOW)
 
 
 @pytest.fixture
@@ -176,6 +198,24 @@ def test_genuine_pipeline_patch_installs_and_the_recorder_sees_its_output(w):
     with w["pb"].open_component("webkit") as f:
         assert f.read() == w["new"]
     assert device_report(w["pb"])["last_check"]["ok"] is True
+
+
+def test_publisher_refuses_a_patch_whose_header_is_not_the_signed_images(w):
+    """The same wrong patches given to ``add_release`` are refused before anything is
+    written (the repository's files are unchanged)."""
+    other = bytearray(w["new"])
+    other[-1] ^= 0xFF
+    cases = [  # (old, new, which image the header gets wrong, its wrong bytes)
+        (w["base"], bytes(other), "new", bytes(other)),
+        (bytes(reversed(w["base"])), w["new"], "old", bytes(reversed(w["base"]))),
+        (w["base"] + bytes(4096), w["new"], "old", w["base"] + bytes(4096)),
+    ]
+    before = sorted(p.relative_to(w["repo"]) for p in w["repo"].rglob("*"))
+    for old, new, which, wrong in cases:
+        patch = _make_patch(w, old, new)
+        with pytest.raises(HeaderMismatch, match=f"-byte {which} image with SHA-256 {sha(wrong)}"):
+            add_release(w["repo"], **_release_args(w, patch))
+    assert sorted(p.relative_to(w["repo"]) for p in w["repo"].rglob("*")) == before
 
 
 # --- metadata without the digests is refused, not installed unchecked ---------------------

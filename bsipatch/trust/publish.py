@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from tuf.api.metadata import Targets
 
 from bsipatch._io import PathLike
-from bsipatch.errors import FormatError, MetadataError, WithdrawnRelease
+from bsipatch.errors import FormatError, HeaderMismatch, MetadataError, WithdrawnRelease
 from bsipatch.trust.manifest import ACTIVATIONS, Cve, SealRef, format_time
 from bsipatch.trust.releases import (
     CUSTOM_KEY,
@@ -145,6 +145,27 @@ def _put_release(targets: Targets, repo: TufRepository, release: Release) -> Non
     targets.targets[tf.path] = tf
 
 
+def _check_patch_header(name: str, p: PatchInput) -> None:
+    """Refuse a patch whose header does not declare the images it is published for.
+
+    Raises:
+        HeaderMismatch: the header's old or new size or SHA-256 is not ``from_seal``'s
+            or ``to_seal``'s (devices would refuse it; better to stop it here).
+    """
+    from bsipatch.delta.info import read_patch_info
+
+    info = read_patch_info(p.path)
+    for what, size, sha, ref in (
+        ("old", info.old_size, info.old_sha256.hex(), p.from_seal),
+        ("new", info.new_size, info.new_sha256.hex(), p.to_seal),
+    ):
+        if size != ref.size or sha != ref.sha256:
+            raise HeaderMismatch(
+                f"patch {p.path} of {name} declares a {size}-byte {what} image with SHA-256 "
+                f"{sha}; the release would sign {ref.size} bytes with SHA-256 {ref.sha256}"
+            )
+
+
 def _add_patch_targets(
     r: TufRepository,
     targets: Targets,
@@ -158,6 +179,7 @@ def _add_patch_targets(
         for p in by_comp.get(name, []):
             if p.to_seal != spec.target:
                 raise FormatError(f"a patch of {name} does not produce its target image")
+            _check_patch_header(name, p)
             rel = patch_target_path(name, p.from_seal, p.to_seal)
             tf = r.add_target_file(rel, p.path, PatchInfo.custom(name, p.from_seal, p.to_seal))
             targets.targets[rel] = tf
@@ -201,6 +223,8 @@ def add_release(
 
     Raises:
         MetadataError: the release id exists.
+        HeaderMismatch: a patch's header does not declare its ``from_seal`` and
+            ``to_seal`` images (size and SHA-256); nothing is published.
         WrongTarget: the release would silently revert a component (see
             :func:`bsipatch.trust.releases.check_cumulative`).
         ThresholdError: too few targets/snapshot/timestamp keys.
