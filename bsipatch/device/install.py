@@ -314,10 +314,8 @@ def install_release(
     Every component the manifest lists is patched from the installed image matching
     its base seal into a private work directory (:mod:`bsipatch.device.pending`),
     WITHOUT the preboot lock, so a slow download never blocks rollback, boot or
-    uninstall; the lock is taken only to activate. Each patch header must declare the
-    signed source and target images (size and SHA-256) before the output is sized; the
-    patch stream is checked against the manifest's size and SHA-256 and the produced
-    image against the target seal.
+    uninstall; the lock is taken only to activate. Header, patch stream and produced image
+    are checked against the manifest (signed images, patch size/SHA-256, target seal).
     Components the manifest does not list are hard-linked from the base images.
     Only when every component verified is the release renamed into place and made
     active in one atomic state switch: ``relaunch`` components at once, ``reboot``
@@ -345,8 +343,7 @@ def install_release(
         WrongTarget: the release is for another OS build or unknown components.
         WrongBaseImage: no installed image matches a component's base seal.
         PatchError: the patch is corrupt, truncated or too large.
-        HeaderMismatch: the patch header declares an old or new image (size or SHA-256)
-            other than the signed ones; refused before anything is sized or allocated.
+        HeaderMismatch: the header's old/new image is not the signed one (nothing sized).
         TargetMismatch: patch bytes differ from the manifest's size/SHA-256.
         SealMismatch: a produced image fails its target seal.
         StateError: the release is already installed and active, or the device
