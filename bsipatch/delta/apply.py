@@ -2,7 +2,8 @@
 
 Three shapes over one engine (STYLE.md): :func:`apply` pumps a patch into an output
 path or file, :func:`iter_apply` yields verified output chunks as fast as the
-consumer pulls, and :class:`ApplyReader` is a file-like reader. The patch is read
+consumer pulls, and :class:`ApplyReader` is a file-like reader (both in shapes.py,
+re-exported here). The patch is read
 strictly sequentially (a socket or HTTP response works); BSDIFF40 patches are
 recognised by their magic and handed to bsdiff40.py. This module does the I/O,
 the digests and the file policy (temp file, rename, resume); one segment's work is
@@ -27,16 +28,14 @@ writing. See docs/patch-format.md, "Resuming".
 from __future__ import annotations
 
 import contextlib
-import io
 import mmap
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
-from bsipatch._buffers import open_buffer
 from bsipatch._io import fsync_dir, is_pathlike, open_private
 from bsipatch._native import ffi, lib
 from bsipatch._threads import default_threads
@@ -44,8 +43,10 @@ from bsipatch.delta import patchformat as patchfmt
 from bsipatch.delta.oldimage import OldImage, no_check, pwrite_all, write_all
 from bsipatch.delta.patchformat import PatchReader, same_digest
 from bsipatch.delta.segment import OUT_CHUNK, segment_chunks
+from bsipatch.delta.shapes import ApplyReader as ApplyReader  # re-exported
+from bsipatch.delta.shapes import iter_apply as iter_apply  # re-exported
 from bsipatch.delta.source import open_patch, patch_length, temp_file
-from bsipatch.errors import OutputMismatch, TruncatedPatch
+from bsipatch.errors import HeaderMismatch, OutputMismatch, TruncatedPatch
 from bsipatch.hashing import Sha256
 
 # SHA-256 is the native one (no OpenSSL); zstandard, numpy and concurrent.futures are
@@ -327,17 +328,18 @@ def apply(
     provenance: Provenance | None = None,
     expected_size: int | None = None,
     expected_sha256: bytes | str | None = None,
+    expected_old_size: int | None = None,
+    expected_old_sha256: bytes | str | None = None,
 ) -> PatchInfo:
     """Apply ``patch`` to ``old`` and write the new image to ``out``.
 
     The old image's size and SHA-256 are checked against the patch header before
-    anything is kept. With a path ``out``, the result goes to a temporary file in
-    the same directory (the old image is hashed meanwhile) and is renamed into place
-    only when the old image's and the result's SHA-256 match the header (a wrong old
-    image raises WrongBaseImage); on any error no output file is left behind (see the
-    module docstring for ``resume``). With a file object ``out``, bytes are written as
-    segments verify and an error is raised at the first mismatch. Public entry point
-    with examples: :func:`bsipatch.apply` (this one also takes the hazmat switches).
+    anything is kept. With a path ``out``, the result goes to a temporary file beside
+    it (the old image is hashed meanwhile), renamed into place only when the old
+    image's and the result's SHA-256 match the header (else WrongBaseImage or
+    OutputMismatch, and no output file is left; ``resume``: module docstring). With a
+    file object ``out``, bytes are written as segments verify and an error is raised
+    at the first mismatch. Examples: :func:`bsipatch.apply`.
 
     Args:
         old: the old image: path or bytes-like.
@@ -363,6 +365,10 @@ def apply(
             it, a header claiming output out of proportion to the old image and the
             patch is refused (:data:`bsipatch.delta.patchformat.CLAIM_PER_PATCH_BYTE`).
         expected_sha256: the SHA-256 the header must declare for the new image.
+        expected_old_size, expected_old_sha256: the size and SHA-256 the header must
+            declare for the old image (e.g. the signed source image's), checked with
+            the new image's before anything is allocated. A BSDIFF40 patch declares no
+            digests: it is refused when either expected SHA-256 is given.
 
     Returns:
         The :class:`PatchInfo` of the applied patch.
@@ -372,20 +378,21 @@ def apply(
         OutputMismatch; ImplausiblePatch, HeaderMismatch (the header's claims, before
         anything is allocated).
     """
-    if provenance is not None and (resume or not is_pathlike(out)):
-        raise ValueError("provenance needs a path output and no resume")
+    how = _How.checked(out, threads, progress, resume, verify_old, verify_new, provenance)
     with ExitStack() as stack:
         f, magic = open_patch(stack, patch)
         if magic == patchfmt.BSDIFF40_MAGIC:
-            return _apply_bsdiff40(old, f, magic, out, progress, max_patch_size, provenance)
+            digests = expected_sha256 is not None or expected_old_sha256 is not None
+            return _apply_bsdiff40(old, f, magic, out, how, max_patch_size, digests)
         reader = PatchReader(f, prefix=magic, max_patch_size=max_patch_size)
         patchfmt.check_claims(
             reader.header,
             patch_size=patch_length(patch, f, max_patch_size),
             expected_size=expected_size,
             expected_sha256=expected_sha256,
+            expected_old_size=expected_old_size,
+            expected_old_sha256=expected_old_sha256,
         )
-        how = _How(threads, progress, resume, verify_old, verify_new, provenance)
         return patchfmt.info_from_reader(reader, _apply_opened(stack, old, reader, out, how))
 
 
@@ -398,6 +405,14 @@ class _How(NamedTuple):
     verify_old: bool
     verify_new: bool
     provenance: Provenance | None
+
+    @classmethod
+    def checked(cls, out: PathLike | BinaryIO, *args: Any) -> _How:
+        """The options, refused when they do not go together."""
+        how = cls(*args)
+        if how.provenance is not None and (how.resume or not is_pathlike(out)):
+            raise ValueError("provenance needs a path output and no resume")
+        return how
 
 
 def _apply_opened(
@@ -451,18 +466,25 @@ def _apply_bsdiff40(
     f: BinaryIO,
     magic: bytes,
     out: PathLike | BinaryIO,
-    progress: ProgressFn | None,
+    how: _How,
     max_patch_size: int | None,
-    provenance: Provenance | None,
+    digests_expected: bool,
 ) -> PatchInfo:
-    """apply() of a BSDIFF40 patch (no digests, no operations to learn provenance from)."""
+    """apply() of a BSDIFF40 patch (no digests, no operations to learn provenance from);
+    refused when the caller expects the header to declare image digests."""
     from bsipatch.delta.bsdiff40 import apply_bsdiff40
 
+    if digests_expected:
+        raise HeaderMismatch(
+            "a BSDIFF40 patch declares no image digests; expected a bsipatch patch "
+            "whose header declares the signed images' SHA-256"
+        )
+
     info = apply_bsdiff40(
-        old, f, out, prefix=magic, progress=progress, max_patch_size=max_patch_size
+        old, f, out, prefix=magic, progress=how.progress, max_patch_size=max_patch_size
     )
-    if provenance is not None:  # no operations to learn from: hash the output
-        _hash_leaves(provenance, out)
+    if how.provenance is not None:  # no operations to learn from: hash the output
+        _hash_leaves(how.provenance, out)
     return info
 
 
@@ -472,110 +494,3 @@ def _hash_leaves(provenance: Provenance, out: PathLike | BinaryIO) -> None:
 
     provenance.leaves = image_leaves(out, provenance.salt, salt_after=provenance.salt_after)
     provenance.hashed_blocks = len(provenance.leaves)
-
-
-def iter_apply(
-    old: PathLike | Buffer, patch: PatchSource, *, chunk_size: int = OUT_CHUNK
-) -> Iterator[bytes]:
-    """Yield the new image in chunks, as fast as the consumer pulls them.
-
-    Memory stays bounded (about one output chunk). Bytes inside a segment are yielded
-    as they are produced; the last chunk of each segment is held back until that
-    segment's SHA-256 verified, and the image's last chunk until the trailer and the
-    whole image's SHA-256 check out, so a consumer never receives a complete
-    unverified image: on any mismatch the iteration raises instead.
-
-    Args:
-        old: the old image: path or bytes-like.
-        patch: path, bytes-like or readable binary stream (bsipatch format).
-        chunk_size: largest chunk yielded.
-
-    Yields:
-        Chunks of the new image, in order.
-
-    Raises:
-        As :func:`apply`.
-    """
-
-    if chunk_size <= 0:
-        raise ValueError("chunk_size must be positive")
-    with ExitStack() as stack:
-        f, magic = open_patch(stack, patch)
-        if magic == patchfmt.BSDIFF40_MAGIC:
-            from bsipatch.delta.bsdiff40 import iter_bsdiff40, read_patch_bytes
-
-            data = read_patch_bytes(f, prefix=magic)
-            old_buf = stack.enter_context(open_buffer(old))
-            for piece in iter_bsdiff40(old_buf, data):
-                for i in range(0, len(piece), chunk_size):
-                    yield piece[i : i + chunk_size]
-            return
-        reader = PatchReader(f, prefix=magic)
-        reader.load_transform()
-        o = OldImage(old)
-        stack.callback(o.close)
-        o.use_transform(reader)
-        o.check(reader.header)
-        overall = Sha256()
-        # One chunk is always held back: a segment's last chunk is released only after
-        # the segment verified (the next chunk exists only then), and the image's last
-        # chunk only after the trailer and the whole image's SHA-256 check out.
-        held: bytes | None = None
-        for seg, comp in reader:
-            whole = seg.out_len == reader.header.new_size  # verified as the image, below
-            for chunk in segment_chunks(o, reader.header, seg, comp, verify=not whole):
-                overall.update(chunk)
-                if held is not None:
-                    yield from _pieces(held, chunk_size)
-                held = bytes(chunk)
-            o.drop_pages()
-        if not same_digest(overall.digest(), reader.header.new_sha256):
-            raise OutputMismatch("output SHA-256 does not match the patch header")
-        if held is not None:
-            yield from _pieces(held, chunk_size)
-
-
-def _pieces(data: bytes, size: int) -> Iterator[bytes]:
-    if len(data) <= size:
-        yield data
-        return
-    for i in range(0, len(data), size):
-        yield data[i : i + size]
-
-
-class ApplyReader(io.RawIOBase):
-    """A read-only file object producing the new image from ``old`` and ``patch``.
-
-    Example:
-        >>> with ApplyReader("old.img", "update.bsipatch") as r:  # doctest: +SKIP
-        ...     first = r.read(4096)
-    """
-
-    def __init__(
-        self, old: PathLike | Buffer, patch: PatchSource, *, chunk_size: int = OUT_CHUNK
-    ) -> None:
-        super().__init__()
-        self._it = iter_apply(old, patch, chunk_size=chunk_size)
-        self._buf = b""
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        mv = memoryview(b).cast("B")
-        while self._pos >= len(self._buf):
-            try:
-                self._buf = next(self._it)
-            except StopIteration:
-                return 0
-            self._pos = 0
-        n = min(len(mv), len(self._buf) - self._pos)
-        mv[:n] = self._buf[self._pos : self._pos + n]
-        self._pos += n
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            self._it.close()  # type: ignore[attr-defined]
-        super().close()
