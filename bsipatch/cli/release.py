@@ -261,6 +261,7 @@ def _release_lines(rel: Any, catalog: Any = None) -> list[str]:
             f"    {name} ({c.activation}): {len(c.patches)} patch(es)"
             + (f", {', '.join(str(s) for s in sizes)} bytes" if sizes else "")
         )
+        lines.append(f"        new image: {c.target.size} bytes, SHA-256 {c.target.sha256}")
         for cve in c.cves:
             lines.append(f"        {cve.id}: {cve.description}")
     return lines

@@ -46,7 +46,7 @@ from bsipatch.delta import patchformat as patchfmt
 from bsipatch.delta.oldimage import OldImage, no_check, pwrite_all, write_all
 from bsipatch.delta.patchformat import PatchReader, same_digest
 from bsipatch.delta.segment import OUT_CHUNK, segment_chunks
-from bsipatch.errors import OutputMismatch, TruncatedPatch, UnsupportedPatch
+from bsipatch.errors import HeaderMismatch, OutputMismatch, TruncatedPatch, UnsupportedPatch
 from bsipatch.hashing import Sha256
 
 # SHA-256 is the native one (no OpenSSL); zstandard, numpy and concurrent.futures are
@@ -365,6 +365,8 @@ def apply(
     provenance: Provenance | None = None,
     expected_size: int | None = None,
     expected_sha256: bytes | str | None = None,
+    expected_old_size: int | None = None,
+    expected_old_sha256: bytes | str | None = None,
 ) -> PatchInfo:
     """Apply ``patch`` to ``old`` and write the new image to ``out``.
 
@@ -401,6 +403,10 @@ def apply(
             it, a header claiming output out of proportion to the old image and the
             patch is refused (:data:`bsipatch.delta.patchformat.CLAIM_PER_PATCH_BYTE`).
         expected_sha256: the SHA-256 the header must declare for the new image.
+        expected_old_size, expected_old_sha256: the size and SHA-256 the header must
+            declare for the old image (e.g. the signed source image's), checked with
+            the new image's before anything is allocated. A BSDIFF40 patch declares no
+            digests: it is refused when either expected SHA-256 is given.
 
     Returns:
         The :class:`PatchInfo` of the applied patch.
@@ -422,6 +428,12 @@ def apply(
         if magic == patchfmt.BSDIFF40_MAGIC:
             from bsipatch.delta.bsdiff40 import apply_bsdiff40
 
+            if expected_sha256 is not None or expected_old_sha256 is not None:
+                raise HeaderMismatch(
+                    "a BSDIFF40 patch declares no image digests; expected a bsipatch patch "
+                    "whose header declares the signed images' SHA-256"
+                )
+
             info = apply_bsdiff40(
                 old, f, out, prefix=magic, progress=progress, max_patch_size=max_patch_size
             )
@@ -441,6 +453,8 @@ def apply(
             patch_size=_patch_length(patch, f, max_patch_size),
             expected_size=expected_size,
             expected_sha256=expected_sha256,
+            expected_old_size=expected_old_size,
+            expected_old_sha256=expected_old_sha256,
         )
         o = OldImage(old)
         stack.callback(o.close)

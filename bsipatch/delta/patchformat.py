@@ -197,17 +197,28 @@ def check_claims(
     patch_size: int | None,
     expected_size: int | None = None,
     expected_sha256: bytes | str | None = None,
+    expected_old_size: int | None = None,
+    expected_old_sha256: bytes | str | None = None,
 ) -> None:
-    """Bind the header's claimed output to what the caller expects, before any use.
+    """Bind the header's claims to what the caller expects, before any use.
 
     With ``expected_size`` (e.g. the signed target's size) the header's new size and
     (if given) SHA-256 must equal it. Without it the claim is bounded by the old size
     and the patch size (``CLAIM_*``; ``patch_size`` ``None`` counts as 0).
+    ``expected_old_size`` / ``expected_old_sha256`` (the signed source image's) bind
+    the header's old image the same way.
 
     Raises:
-        HeaderMismatch: the header differs from the expected size or digest.
+        HeaderMismatch: the header differs from an expected size or digest.
         ImplausiblePatch: no expected size, and the claim is out of proportion.
     """
+    if expected_old_size is not None and header.old_size != expected_old_size:
+        raise HeaderMismatch(
+            f"patch header declares a {header.old_size}-byte old image, expected "
+            f"{expected_old_size} bytes (the signed source image)"
+        )
+    if expected_old_sha256 is not None:
+        _check_claimed_digest(header.old_sha256, expected_old_sha256, "old image")
     if expected_size is not None:
         if header.new_size != expected_size:
             raise HeaderMismatch(
@@ -225,14 +236,15 @@ def check_claims(
                 "expected size; pass expected_size / --expected-size to allow more)"
             )
     if expected_sha256 is not None:
-        want = (
-            bytes.fromhex(expected_sha256) if isinstance(expected_sha256, str) else expected_sha256
+        _check_claimed_digest(header.new_sha256, expected_sha256, "output")
+
+
+def _check_claimed_digest(found: bytes, expected: bytes | str, what: str) -> None:
+    want = bytes.fromhex(expected) if isinstance(expected, str) else bytes(expected)
+    if not _same(found, want):
+        raise HeaderMismatch(
+            f"patch header declares {what} SHA-256 {found.hex()}, expected {want.hex()}"
         )
-        if not _same(header.new_sha256, want):
-            raise HeaderMismatch(
-                f"patch header declares output SHA-256 {header.new_sha256.hex()}, expected "
-                f"{want.hex()}"
-            )
 
 
 class SegmentHeader:
