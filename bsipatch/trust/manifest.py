@@ -7,7 +7,8 @@ SHA-256 of the image it patches and of the image it produces, the patch file's p
 size and SHA-256, and the CVEs it fixes. ``from_dict``/``to_dict`` are strict: unknown,
 missing or mistyped fields raise :class:`~bsipatch.errors.FormatError`.
 
-Also the small shared helpers for metadata time stamps and field checks. No
+Also the small shared helpers for field checks (``format_time``/``parse_time`` are
+re-exported from :mod:`bsipatch._time`, where they live). No
 signatures and no I/O here (TUF verifies; see :mod:`bsipatch.trust.client`).
 """
 
@@ -16,9 +17,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from bsipatch._time import format_time, parse_time
 from bsipatch.errors import FormatError, WrongTarget
 
 if TYPE_CHECKING:
@@ -42,7 +44,6 @@ SPEC_VERSION = 1
 #: Allowed ``activation`` values.
 ACTIVATIONS = ("relaunch", "reboot")
 
-_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 _HEX = re.compile(r"^[0-9a-f]*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _BUILD = re.compile(r"^[A-Za-z0-9]{1,32}$")
@@ -55,31 +56,6 @@ MAX_SALT = 256
 
 
 # --- helpers shared by manifest and catalog --------------------------------------------
-
-
-def format_time(when: datetime) -> str:
-    """Format an aware datetime as ``YYYY-MM-DDTHH:MM:SSZ`` (UTC, whole seconds).
-
-    Raises:
-        ValueError: ``when`` is naive (no time zone).
-    """
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError("metadata times must be timezone-aware (use timezone.utc)")
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: Any, what: str = "time") -> datetime:
-    """Parse ``YYYY-MM-DDTHH:MM:SSZ`` into an aware UTC datetime.
-
-    Raises:
-        FormatError: not a string in exactly that form, or not a real date.
-    """
-    if not isinstance(text, str) or not _TIME.match(text):
-        raise FormatError(f"{what} must look like 2026-11-28T00:00:00Z, found {text!r}")
-    try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-    except ValueError as exc:
-        raise FormatError(f"{what} {text!r} is not a valid date: {exc}") from None
 
 
 def release_slug(release_id: str) -> str:

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 from tuf.api.metadata import Targets
 
 from bsipatch._io import PathLike
+from bsipatch._time import format_time
 from bsipatch.errors import FormatError, HeaderMismatch, MetadataError, WithdrawnRelease
-from bsipatch.trust.manifest import ACTIVATIONS, Cve, SealRef, format_time
+from bsipatch.trust.manifest import ACTIVATIONS, Cve, SealRef
 from bsipatch.trust.releases import (
     CUSTOM_KEY,
     Catalog,
