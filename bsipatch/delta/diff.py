@@ -54,6 +54,11 @@ EARLY_HASH_ABOVE = 64 << 20
 #: transform, and keep the smaller (measured on the libssl3 3.0.20 -> 3.0.22 update:
 #: the transform costs more than it saves on afalg.so and padlock.so, 22-27 KB).
 TRY_PLAIN_BELOW = 2 << 20
+#: ... and only when the patch with the transform is at most this long: the block
+#: (100 B to 1.4 KB compressed on that update) outweighs its savings only on small
+#: patches (afalg.so: 162 B without, ~300 B with; libssl.so.3: 14,341 B with,
+#: 28,738 B without), and writing both costs a second compression.
+TRY_PLAIN_PATCH_BELOW = 8 << 10
 
 
 def diff(
@@ -84,8 +89,8 @@ def diff(
         progress: ``(done, total)`` callback.
         exe: for two ELF files (x86-64 or AArch64), make a reference-aware patch
             (docs/patch-format.md "Executable transform"); False: never. For files up
-            to TRY_PLAIN_BELOW bytes the patch without the transform is made too, and
-            the smaller one kept.
+            to TRY_PLAIN_BELOW bytes whose patch is small (TRY_PLAIN_PATCH_BELOW) the
+            patch without the transform is made too, and the smaller one kept.
         compact: a patch whose output is one segment is written in the compact
             framing (version 3, "Compact framing"); False: always versions 1/2.
 
@@ -252,14 +257,18 @@ def _smaller_of(
     opts: _Options,
     progress: ProgressFn,
 ) -> PatchInfo:
-    """Write both patches ``(old or predicted old, ops, transform)`` in memory and keep
-    the smaller (the transform block costs more than it saves on some small files)."""
+    """Write the patch with the transform ``a`` in memory; when it is small
+    (TRY_PLAIN_PATCH_BELOW), also the one without ``b``, and keep the smaller (on some
+    small files the transform block costs more than it saves). Each is
+    ``(old or predicted old, ops, transform)``."""
     import io
 
-    made = []
+    made: list[tuple[io.BytesIO, PatchInfo]] = []
     for i, (old, ops, transform) in enumerate((a, b)):
+        if i and len(made[0][0].getbuffer()) > TRY_PLAIN_PATCH_BELOW:
+            break
         buf = io.BytesIO()
-        made.append((buf, _write(old, new, ops, buf, opts, transform, progress if i else None)))
+        made.append((buf, _write(old, new, ops, buf, opts, transform, None if i else progress)))
     buf, info = min(made, key=lambda m: len(m[0].getbuffer()))
     out.write(buf.getbuffer())
     return info

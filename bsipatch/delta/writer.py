@@ -55,7 +55,7 @@ ESTIMATE_LEVEL = 7
 DENSE_MAX_RATIO = 8
 #: One-segment payloads up to this size (sparse + dense) are compressed both ways at
 #: the full level and the smaller kept; larger ones are chosen by dense_wins().
-EXACT_CHOICE_BELOW = 512 << 10
+EXACT_CHOICE_BELOW = 64 << 10
 
 
 def native_sha256(buf: Buffer) -> bytes:
