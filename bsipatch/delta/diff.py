@@ -414,9 +414,9 @@ def diff(
                 early = hasher.submit(lambda: (native_sha256(old_buf), native_sha256(new_buf)))
         prep = None
         if exe and format == "bsipatch":
-            from bsipatch.delta.exe import prepare
+            from bsipatch.delta.exeplan import prepare
 
-            prep = prepare(old_buf, new_buf, lambda o, n: compute_ops(o, n, threads=nthreads))
+            prep = prepare(old_buf, new_buf)
         base = prep.predicted if prep is not None else old_buf
         ops = compute_ops(base, new_buf, threads=nthreads, meter=meter)
         if early is not None:

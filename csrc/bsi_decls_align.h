@@ -1,0 +1,18 @@
+/* Bare declarations: a fast first alignment of two files (bsi_align.c).
+ * Valid cffi cdef as it stands. */
+
+#define BSI_ALIGN_K 16        /* anchor window bytes */
+#define BSI_ALIGN_SAMPLE 8    /* about one window in this many is an anchor candidate */
+#define BSI_ALIGN_JOIN 4096   /* matches with one displacement this close are one range */
+#define BSI_ALIGN_MIN 32      /* shorter ranges are not reported */
+
+/* Slots (uint64 each, zeroed by the caller) of the anchor table for old_size bytes. */
+uint64_t bsi_align_table_slots(uint64_t old_size);
+
+/* Aligned ranges of new against old, in new order, disjoint: out[3i] = new offset,
+ * out[3i+1] = length (>= BSI_ALIGN_MIN), out[3i+2] = old offset. out_cap (ranges) must
+ * be at least new_size / BSI_ALIGN_MIN + 1. old_size < 2^32 - 2. Returns the number of
+ * ranges or a negative BSI_E_*. */
+int64_t bsi_align_ranges(const uint8_t *old, uint64_t old_size, const uint8_t *new_,
+                         uint64_t new_size, uint64_t *table, uint64_t table_slots,
+                         uint64_t *out, uint64_t out_cap);
