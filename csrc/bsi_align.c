@@ -22,12 +22,6 @@
 #define AK BSI_ALIGN_K
 #define SAMPLE_MASK ((uint64_t)BSI_ALIGN_SAMPLE - 1)
 #define DUP 0xFFFFFFFFULL
-#ifndef BSI_ALIGN_APPROX
-#define BSI_ALIGN_APPROX 0
-#endif
-/* The table slot of the window this many bytes ahead is prefetched (table lookups
- * are cache misses: without it they were three quarters of the time). */
-#define PF_AHEAD 64
 
 static inline uint64_t ld64a(const uint8_t *p) {
     uint64_t v;
@@ -69,24 +63,52 @@ static inline uint64_t fwd_len(const uint8_t *a, const uint8_t *b, uint64_t m) {
     return i;
 }
 
-/* A macro, not a function: GCC drops a static function whose only effect is a
- * prefetch (it counts as having no side effects), call and all. */
-#define PREFETCH_SLOT(buf, size, p, table, mask)                                    \
-    do {                                                                            \
-        if ((p) + PF_AHEAD + AK <= (size)) {                                        \
-            uint64_t h_ = win_hash((buf) + (p) + PF_AHEAD);                         \
-            if (!(h_ & SAMPLE_MASK)) __builtin_prefetch(&(table)[(h_ >> 3) & (mask)]); \
-        }                                                                           \
-    } while (0)
+/* The chosen windows of a buffer, in order, each hashed once: a few dozen are kept
+ * ahead of the consumer and their table slots prefetched (table lookups are cache
+ * misses: without the prefetch they were three quarters of the time). */
+#define AHEAD 32
+typedef struct {
+    const uint8_t *buf;
+    uint64_t size, next;
+    uint64_t pos[AHEAD], hash[AHEAD];
+    unsigned head, tail;
+} sampler;
+
+static inline void sampler_fill(sampler *sm, const uint64_t *table, uint64_t mask) {
+    while (sm->tail - sm->head < AHEAD && sm->next + AK <= sm->size) {
+        uint64_t h = win_hash(sm->buf + sm->next);
+        if (!(h & SAMPLE_MASK)) {
+            __builtin_prefetch(&table[(h >> 3) & mask]);
+            sm->pos[sm->tail % AHEAD] = sm->next;
+            sm->hash[sm->tail % AHEAD] = h;
+            sm->tail++;
+        }
+        sm->next++;
+    }
+}
+
+/* The next chosen window at or after `from`: 1 with its position and hash, or 0. */
+static inline int sampler_next(sampler *sm, const uint64_t *table, uint64_t mask, uint64_t from,
+                               uint64_t *pos, uint64_t *hash) {
+    if (from > sm->next) { /* jumped past everything queued */
+        sm->head = sm->tail;
+        sm->next = from;
+    }
+    for (;;) {
+        sampler_fill(sm, table, mask);
+        if (sm->head == sm->tail) return 0;
+        *pos = sm->pos[sm->head % AHEAD];
+        *hash = sm->hash[sm->head % AHEAD];
+        sm->head++;
+        if (*pos >= from) return 1;
+    }
+}
 
 static void index_old(const uint8_t *old, uint64_t old_size, uint64_t *table, uint64_t mask) {
-    uint64_t p, used = 0, limit = (mask + 1) / 2;
-    for (p = 0; p + AK <= old_size; p++) {
-        uint64_t h = win_hash(old + p), tag, slot;
-        PREFETCH_SLOT(old, old_size, p, table, mask);
-        if (h & SAMPLE_MASK) continue;
-        tag = h >> 32;
-        slot = (h >> 3) & mask;
+    uint64_t p, h, used = 0, limit = (mask + 1) / 2;
+    sampler sm = {old, old_size, 0, {0}, {0}, 0, 0};
+    while (sampler_next(&sm, table, mask, 0, &p, &h)) {
+        uint64_t tag = h >> 32, slot = (h >> 3) & mask;
         for (;;) {
             uint64_t e = table[slot];
             if (e == 0) {
@@ -108,12 +130,6 @@ static void index_old(const uint8_t *old, uint64_t old_size, uint64_t *table, ui
     }
 }
 
-static inline int agree16(const uint8_t *a, const uint8_t *b) {
-    int m = 0;
-    for (int i = 0; i < 16; i++) m += a[i] == b[i];
-    return m;
-}
-
 /* Old offset of the unique old window equal to new's window at w, or -1. */
 static int64_t find_old(const uint8_t *old, const uint64_t *table, uint64_t mask, uint64_t h,
                         const uint8_t *w) {
@@ -130,58 +146,47 @@ static int64_t find_old(const uint8_t *old, const uint64_t *table, uint64_t mask
     }
 }
 
+static inline void put_range(uint64_t *out, uint64_t *n, uint64_t s, uint64_t e, int64_t d) {
+    if (e - s < BSI_ALIGN_MIN) return;
+    out[3 * *n] = s;
+    out[3 * *n + 1] = e - s;
+    out[3 * *n + 2] = (uint64_t)((int64_t)s + d);
+    (*n)++;
+}
+
 BSI_API int64_t bsi_align_ranges(const uint8_t *old, uint64_t old_size, const uint8_t *nw,
                                  uint64_t new_size, uint64_t *table, uint64_t table_slots,
                                  uint64_t *out, uint64_t out_cap) {
-    uint64_t mask, p = 0, n = 0, cur_s = 0, cur_e = 0;
+    uint64_t mask, p = 0, h, n = 0, cur_s = 0, cur_e = 0;
     int64_t cur_d = 0;
     int have = 0;
-    if ((old_size && !old) || (new_size && !nw) || !table || !out ||
-        old_size >= DUP - 1 || table_slots < bsi_align_table_slots(old_size) ||
-        (table_slots & (table_slots - 1)) || out_cap < new_size / BSI_ALIGN_MIN + 1)
+    sampler sm = {nw, new_size, 0, {0}, {0}, 0, 0};
+    if ((old_size && !old) || (new_size && !nw) || !table || !out || old_size >= DUP - 1 ||
+        table_slots < bsi_align_table_slots(old_size) || (table_slots & (table_slots - 1)) ||
+        out_cap < new_size / BSI_ALIGN_MIN + 1)
         return BSI_E_INVAL;
     mask = table_slots - 1;
     index_old(old, old_size, table, mask);
-    while (p + AK <= new_size) {
-        uint64_t h = win_hash(nw + p), e, b, lim;
-        int64_t q, d;
-        PREFETCH_SLOT(nw, new_size, p, table, mask);
-        if (h & SAMPLE_MASK) {
-            p++;
-            continue;
-        }
-        q = find_old(old, table, mask, h, nw + p);
+    while (sampler_next(&sm, table, mask, p, &p, &h)) {
+        uint64_t e, b, lim, m;
+        int64_t q = find_old(old, table, mask, h, nw + p), d;
         if (q < 0) {
             p++;
             continue;
         }
         d = q - (int64_t)p;
         /* the exact match, both ways (not back past the current range's end) */
-        e = AK + fwd_len(old + q + AK, nw + p + AK,
-                         (old_size - (uint64_t)q - AK) < (new_size - p - AK)
-                             ? old_size - (uint64_t)q - AK
-                             : new_size - p - AK);
+        m = old_size - (uint64_t)q - AK;
+        if (m > new_size - p - AK) m = new_size - p - AK;
+        e = AK + fwd_len(old + q + AK, nw + p + AK, m);
         lim = have ? p - cur_e : p;
         if (lim > (uint64_t)q) lim = (uint64_t)q;
         for (b = 0; b < lim && old[q - 1 - (int64_t)b] == nw[p - 1 - b]; b++) {
         }
-#if BSI_ALIGN_APPROX
-        /* then on, 16 bytes at a time, while at least half of them agree (changed
-         * references inside code that moved as one piece) */
-        while (p + e + 16 <= new_size && (uint64_t)q + e + 16 <= old_size &&
-               agree16(old + q + e, nw + p + e) >= 8)
-            e += 16;
-        while (b + 16 <= lim && agree16(old + q - (int64_t)b - 16, nw + p - b - 16) >= 8) b += 16;
-#endif
         if (have && d == cur_d && p - b - cur_e <= BSI_ALIGN_JOIN) {
             cur_e = p + e;
         } else {
-            if (have && cur_e - cur_s >= BSI_ALIGN_MIN) {
-                out[3 * n] = cur_s;
-                out[3 * n + 1] = cur_e - cur_s;
-                out[3 * n + 2] = (uint64_t)((int64_t)cur_s + cur_d);
-                n++;
-            }
+            if (have) put_range(out, &n, cur_s, cur_e, cur_d);
             have = 1;
             cur_s = p - b;
             cur_e = p + e;
@@ -189,11 +194,6 @@ BSI_API int64_t bsi_align_ranges(const uint8_t *old, uint64_t old_size, const ui
         }
         p += e;
     }
-    if (have && cur_e - cur_s >= BSI_ALIGN_MIN) {
-        out[3 * n] = cur_s;
-        out[3 * n + 1] = cur_e - cur_s;
-        out[3 * n + 2] = (uint64_t)((int64_t)cur_s + cur_d);
-        n++;
-    }
+    if (have) put_range(out, &n, cur_s, cur_e, cur_d);
     return (int64_t)n;
 }
