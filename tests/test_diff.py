@@ -343,3 +343,30 @@ def test_search_parts_checks_its_arguments() -> None:
     assert run([(0, len(idx))], n_parts=lib.BSI_MAX_SA_PARTS + 1) == lib.BSI_E_INVAL
     assert run([(0, len(idx) + 1)]) == lib.BSI_E_INVAL
     assert run([(len(idx), 1)]) == lib.BSI_E_INVAL
+
+
+def test_incompressible_payloads_take_the_fast_zstd_level() -> None:
+    from bsipatch.delta.diff import FAST_LEVEL, SAMPLE_ABOVE, level_for
+
+    rnd = random.Random(3)
+    noise = rnd.randbytes(2 * SAMPLE_ABOVE)
+    text = b"".join(b"line %d of a text that compresses\n" % i for i in range(60_000))
+    assert level_for(noise, 18) == FAST_LEVEL
+    assert level_for(text, 18) == 18
+    assert level_for(noise[: SAMPLE_ABOVE - 1], 18) == 18  # too short to bother
+    # half noise, half text: still worth the slow level for the text
+    assert level_for(noise[:SAMPLE_ABOVE] + text[:SAMPLE_ABOVE], 18) == 18
+
+
+def test_random_literals_round_trip_and_stay_stored_size() -> None:
+    rnd = random.Random(4)
+    old = rnd.randbytes(3 << 20)
+    new = bytearray(old)
+    for k in range(0, len(new), 1 << 20):  # a fresh random 256 KiB run in every MiB
+        new[k : k + (256 << 10)] = rnd.randbytes(256 << 10)
+    patch = io.BytesIO()
+    diff(old, bytes(new), patch)
+    assert len(patch.getvalue()) < 3 * (256 << 10) + 4096  # literals stored, little else
+    out = io.BytesIO()
+    apply(old, patch.getvalue(), out)
+    assert out.getvalue() == bytes(new)
