@@ -139,8 +139,10 @@ def sha256_buffer(buf: Buffer, new: Callable[[], Any] | None = None) -> bytes:
 
 def drop_pages(buf: Buffer, start: int = 0, end: int | None = None) -> None:
     """Release the resident pages of a mapped file (re-read on demand later), all of
-    them or those wholly inside ``[start, end)``."""
-    if isinstance(buf, mmap.mmap):
+    them or those wholly inside ``[start, end)``. A map that holds its only copy of
+    some bytes (``keep_pages``: a private copy-on-write map that was written to)
+    is left alone: dropping its pages would bring back the file's bytes."""
+    if isinstance(buf, mmap.mmap) and not getattr(buf, "keep_pages", False):
         with contextlib.suppress(OSError, ValueError):  # best effort
             if start == 0 and end is None:
                 buf.madvise(mmap.MADV_DONTNEED)

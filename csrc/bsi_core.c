@@ -38,6 +38,12 @@ BSI_API int bsi_all_zero(const uint8_t *p, size_t n) {
     return acc == 0;
 }
 
+BSI_API int bsi_zero_pages(const uint8_t *p, uint64_t n_pages, uint32_t page, uint8_t *out) {
+    if ((n_pages && (!p || !out)) || page == 0) return BSI_E_INVAL;
+    for (uint64_t i = 0; i < n_pages; i++) out[i] = (uint8_t)bsi_all_zero(p + i * page, page);
+    return BSI_OK;
+}
+
 BSI_API int bsi_ct_equal(const uint8_t *a, const uint8_t *b, size_t n) {
     /* constant time in the contents: every byte is looked at, no early exit */
     uint8_t acc = 0;

@@ -16,5 +16,7 @@ const char *bsi_version(void);
 const char *bsi_error_name(int code);
 /* 1 when p[0..n) is all zero bytes, else 0 (n == 0: 1). */
 int bsi_all_zero(const uint8_t *p, size_t n);
+/* out[i] = 1 when page i (page bytes at p + i * page) is all zero, else 0. */
+int bsi_zero_pages(const uint8_t *p, uint64_t n_pages, uint32_t page, uint8_t *out);
 /* 1 when a[0..n) == b[0..n), else 0; the time taken does not depend on the bytes. */
 int bsi_ct_equal(const uint8_t *a, const uint8_t *b, size_t n);

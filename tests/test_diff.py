@@ -425,3 +425,40 @@ def test_the_8gram_filter_has_no_false_negatives_and_checks_its_arguments() -> N
     assert n > 0 and stopped[0] == len(new)
     assert all(ops[i].kind == lib.BSI_OP_ADD for i in range(n) if ops[i].len)
     assert sum(ops[i].len for i in range(n)) == len(new)
+
+
+@pytest.mark.parametrize("sparse_side", ["new", "old", "both"])
+def test_patch_depends_on_the_bytes_not_on_file_holes(sparse_side: str, tmp_path: Path) -> None:
+    """A sparse file and a dense copy of the same bytes give the same patch, byte for
+    byte (a release built on two machines, or from a copied image, must not differ).
+    Before, a zero run that is a hole in new became a ZERO op while the same zeros
+    written out were taken as a COPY continuing the data before them."""
+    rng = random.Random(5)
+    a, b = rng.randbytes(1 << 20), rng.randbytes(1 << 20)
+    zeros = 6 << 20
+    old = a + bytes(zeros) + b
+    b2 = bytearray(b)
+    b2[1000] ^= 1
+    new = a + bytes(zeros) + bytes(b2)
+
+    def write(path: Path, data: bytes, sparse: bool) -> Path:
+        with open(path, "wb") as f:
+            if sparse:
+                f.write(data[: len(a)])
+                f.seek(len(a) + zeros)
+                f.write(data[len(a) + zeros :])
+            else:
+                f.write(data)
+        return path
+
+    patches = []
+    for sparse in (False, True):
+        o = write(tmp_path / f"old{sparse}", old, sparse and sparse_side in ("old", "both"))
+        n = write(tmp_path / f"new{sparse}", new, sparse and sparse_side in ("new", "both"))
+        out = io.BytesIO()
+        diff(o, n, out)
+        patches.append(out.getvalue())
+        got = io.BytesIO()
+        apply(old, out.getvalue(), got)
+        assert got.getvalue() == new
+    assert patches[0] == patches[1]

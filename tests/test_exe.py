@@ -298,9 +298,9 @@ def test_anchor_alignment_predicts_references_as_well_as_a_full_search(
     import bsipatch
 
     old, new = x86_pair
-    monkeypatch.setattr(exeplan, "ANCHOR_ABOVE", 0)  # anchors whatever the size
-    fast = exeplan.prepare(old, new)
-    full = exeplan.prepare(old, new, compute_ops)
+    monkeypatch.setattr(exeplan, "ANCHOR_ABOVE", 0)  # diff() takes anchors whatever the size
+    fast = exeplan.prepare(old, new, anchors=True)
+    full = exeplan.prepare(old, new, compute_ops, anchors=False)
     assert fast is not None and full is not None
     assert fast.stats["rewritten"] >= full.stats["rewritten"] * 0.9 > 0
     v2, v1 = io.BytesIO(), io.BytesIO()

@@ -162,11 +162,17 @@ def test_non_elf_inputs_keep_version_1() -> None:
     assert info.version == 1
 
 
-def test_concatenated_elf_files_keep_version_1(pairs: dict[str, tuple[bytes, bytes]]) -> None:
-    """Libraries glued together start with an ELF header but are not one ELF file:
-    they keep the version 1 path and its exact bytes."""
+def test_concatenated_elf_files(pairs: dict[str, tuple[bytes, bytes]]) -> None:
+    """Libraries glued together are not one ELF file. The first starts at offset 0, an
+    aligned offset of an image, so it gets the image transform (version 2, smaller);
+    glued at unaligned offsets, none is found and the version 1 bytes are kept."""
     (a, b), (c, d) = pairs["x86-insert"], pairs["a64-change"]
     old, new = a + c, b + d
+    v, info = _diff(old, new)
+    v1, _ = _diff(old, new, exe=False)
+    assert info.version == 2 and len(v) < len(v1)
+    assert bsipatch.apply(old, v) == new
+    old, new = b"\x01" * 100 + old, b"\x01" * 100 + new
     v, info = _diff(old, new)
     v1, _ = _diff(old, new, exe=False)
     assert info.version == 1 and v == v1

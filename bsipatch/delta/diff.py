@@ -443,7 +443,16 @@ def diff(
         if exe and format == "bsipatch":
             from bsipatch.delta.exeplan import prepare
 
-            prep = prepare(old_buf, new_buf)
+            def align(o: Buffer, n: Buffer) -> Ops:
+                return compute_ops(o, n, threads=nthreads)
+
+            prep = prepare(old_buf, new_buf, align)
+            if prep is None:  # an image: its ELF files, if any moved code
+                from bsipatch.delta.exeimage import prepare_image
+
+                prep = prepare_image(
+                    old_buf, new_buf, align, path=old if is_pathlike(old) else None
+                )
         base = prep.predicted if prep is not None else old_buf
         ops = compute_ops(base, new_buf, threads=nthreads, meter=meter)
         if early is not None:

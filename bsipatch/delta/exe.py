@@ -16,7 +16,7 @@ import contextlib
 import mmap
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from bsipatch._buffers import Buffer
@@ -26,6 +26,13 @@ from bsipatch.hashing import Sha256
 
 #: Wire form version of the transform block.
 TRANSFORM_VERSION = 1
+#: Wire form version of a transform of several ELF files inside one image.
+IMAGE_TRANSFORM_VERSION = 2
+#: Most ELF files (groups) one image transform may carry.
+MAX_GROUPS = 4096
+#: Bound on the bytes the native transform scans: SCAN_PER_OLD x old size + SCAN_SLACK.
+SCAN_PER_OLD = 2
+SCAN_SLACK = 1 << 20
 #: Largest packed transform block an applier accepts (bytes, before compression).
 MAX_TRANSFORM_BYTES = 32 << 20
 MAX_REGIONS = int(lib.BSI_EXE_MAX_REGIONS)
@@ -61,56 +68,34 @@ class Transform(NamedTuple):
 
     @classmethod
     def unpack(cls, data: bytes, old_size: int) -> Transform:
-        """Parse and check a transform body against an old image of ``old_size`` bytes.
+        """Parse and check a version 1 transform body against an old image of ``old_size`` bytes.
 
         Raises:
             CorruptPatch: a count, region or map entry out of range, or bytes left over.
         """
-        if len(data) < 12 or len(data) > MAX_TRANSFORM_BYTES:
-            raise CorruptPatch(
-                f"transform block of {len(data)} bytes, expected 12..{MAX_TRANSFORM_BYTES}"
-            )
+        _check_body_size(data)
         version, nreg, nmap = struct.unpack_from("<III", data)
         if version != TRANSFORM_VERSION:
             raise CorruptPatch(f"transform version {version}, expected {TRANSFORM_VERSION}")
-        if nreg > MAX_REGIONS or nmap > MAX_MAP or 12 + 5 * nreg + 3 * nmap > len(data):
-            raise CorruptPatch(
-                f"transform declares {nreg} regions and {nmap} map entries in {len(data)} bytes "
-                f"(limits {MAX_REGIONS}, {MAX_MAP})"
-            )
-        pos = 12
-        regions = []
-        for _ in range(nreg):
-            kind, pos = _get_varint(data, pos)
-            arg, pos = _get_varint(data, pos)
-            off, pos = _get_varint(data, pos)
-            n, pos = _get_varint(data, pos)
-            va, pos = _get_varint(data, pos)
-            if kind > 0xFFFF or arg > 0xFFFFFFFF:
-                raise CorruptPatch(f"transform region kind {kind} / argument {arg} out of range")
-            regions.append(Region(off, n, va, kind, arg))
-        entries = []
-        prev_end = prev_delta = 0
-        for _ in range(nmap):
-            gap, pos = _get_varint(data, pos)
-            n, pos = _get_varint(data, pos)
-            zz, pos = _get_varint(data, pos)
-            va = prev_end + gap
-            delta = prev_delta + ((zz >> 1) ^ -(zz & 1))
-            if n == 0 or va + n >= 1 << 64 or not -(1 << 63) <= delta < 1 << 63:
-                raise CorruptPatch(f"transform map entry ({va}, {n}, {delta}) out of range")
-            entries.append((va, n, delta))
-            prev_end, prev_delta = va + n, delta
+        t, pos = _unpack_group(data, 12, nreg, nmap)
         if pos != len(data):
             raise CorruptPatch(f"transform block has {len(data) - pos} bytes after its map")
-        t = cls(tuple(regions), tuple(entries))
-        rc = lib.bsi_exe_check(old_size, *t._native()[:4])
+        t.check(old_size)
+        _check_scanned([t], old_size)
+        return t
+
+    def check(self, old_size: int) -> None:
+        """The native checks: regions inside the old image, map sorted and disjoint.
+
+        Raises:
+            CorruptPatch: they fail.
+        """
+        rc = lib.bsi_exe_check(old_size, *self._native()[:4])
         if rc < 0:
             raise CorruptPatch(
                 "transform regions or map do not fit the old image "
                 f"({ffi.string(lib.bsi_error_name(rc)).decode()})"
             )
-        return t
 
     def _native(self) -> tuple[Any, int, Any, int]:
         regs = ffi.new("bsi_exe_region[]", max(len(self.regions), 1))
@@ -189,8 +174,131 @@ def _get_varint(data: bytes, pos: int) -> tuple[int, int]:
             return v, pos
 
 
+def _check_body_size(data: bytes) -> None:
+    if len(data) < 12 or len(data) > MAX_TRANSFORM_BYTES:
+        raise CorruptPatch(
+            f"transform block of {len(data)} bytes, expected 12..{MAX_TRANSFORM_BYTES}"
+        )
+
+
+def _unpack_group(data: bytes, pos: int, nreg: int, nmap: int) -> tuple[Transform, int]:
+    """One group's regions and map from ``data[pos:]`` (counts already read)."""
+    if nreg > MAX_REGIONS or nmap > MAX_MAP or pos + 5 * nreg + 3 * nmap > len(data):
+        raise CorruptPatch(
+            f"transform declares {nreg} regions and {nmap} map entries in {len(data)} bytes "
+            f"(limits {MAX_REGIONS}, {MAX_MAP})"
+        )
+    regions = []
+    for _ in range(nreg):
+        kind, pos = _get_varint(data, pos)
+        arg, pos = _get_varint(data, pos)
+        off, pos = _get_varint(data, pos)
+        n, pos = _get_varint(data, pos)
+        va, pos = _get_varint(data, pos)
+        if kind > 0xFFFF or arg > 0xFFFFFFFF:
+            raise CorruptPatch(f"transform region kind {kind} / argument {arg} out of range")
+        regions.append(Region(off, n, va, kind, arg))
+    entries = []
+    prev_end = prev_delta = 0
+    for _ in range(nmap):
+        gap, pos = _get_varint(data, pos)
+        n, pos = _get_varint(data, pos)
+        zz, pos = _get_varint(data, pos)
+        va = prev_end + gap
+        delta = prev_delta + ((zz >> 1) ^ -(zz & 1))
+        if n == 0 or va + n >= 1 << 64 or not -(1 << 63) <= delta < 1 << 63:
+            raise CorruptPatch(f"transform map entry ({va}, {n}, {delta}) out of range")
+        entries.append((va, n, delta))
+        prev_end, prev_delta = va + n, delta
+    return Transform(tuple(regions), tuple(entries)), pos
+
+
+def _check_scanned(groups: Iterable[Transform], old_size: int) -> None:
+    """Bound the native transform's work: the regions it scans (every kind but LOAD) may
+    cover at most ``SCAN_PER_OLD`` times the old image plus ``SCAN_SLACK`` bytes in all
+    (a real plan scans each section once; a hostile one could repeat a large region)."""
+    scanned = sum(r.len for g in groups for r in g.regions if r.kind != lib.BSI_EXE_LOAD)
+    limit = SCAN_PER_OLD * old_size + SCAN_SLACK
+    if scanned > limit:
+        raise CorruptPatch(
+            f"transform regions cover {scanned} bytes, more than {limit} for a "
+            f"{old_size}-byte old image"
+        )
+
+
+class ImageTransform(NamedTuple):
+    """Transforms of several ELF files inside one image (body version 2), one group each.
+
+    Each group is a :class:`Transform` whose regions are image offsets of one ELF file
+    and whose map is in that file's own addresses; the groups run one after another.
+    """
+
+    groups: tuple[Transform, ...]
+
+    def pack(self) -> bytes:
+        """The transform block's uncompressed body (docs/patch-format.md)."""
+        out = bytearray(struct.pack("<II", IMAGE_TRANSFORM_VERSION, len(self.groups)))
+        for g in self.groups:
+            out += struct.pack("<II", len(g.regions), len(g.map)) + g.pack()[12:]
+        return bytes(out)
+
+    @classmethod
+    def unpack(cls, data: bytes, old_size: int) -> ImageTransform:
+        """Parse and check a version 2 body against an old image of ``old_size`` bytes.
+
+        Raises:
+            CorruptPatch: a count, region or map entry out of range, or bytes left over.
+        """
+        _check_body_size(data)
+        version, ngroups = struct.unpack_from("<II", data)
+        if version != IMAGE_TRANSFORM_VERSION:
+            raise CorruptPatch(f"transform version {version}, expected {IMAGE_TRANSFORM_VERSION}")
+        if not 0 < ngroups <= MAX_GROUPS or 8 + 8 * ngroups > len(data):
+            raise CorruptPatch(f"transform declares {ngroups} groups (limit {MAX_GROUPS})")
+        groups, pos, total_map = [], 8, 0
+        for _ in range(ngroups):
+            if pos + 8 > len(data):
+                raise CorruptPatch("transform block ends inside a group header")
+            nreg, nmap = struct.unpack_from("<II", data, pos)
+            total_map += nmap
+            if total_map > MAX_MAP:
+                raise CorruptPatch(f"transform declares over {MAX_MAP} map entries in all")
+            g, pos = _unpack_group(data, pos + 8, nreg, nmap)
+            g.check(old_size)
+            groups.append(g)
+        if pos != len(data):
+            raise CorruptPatch(f"transform block has {len(data) - pos} bytes after its groups")
+        _check_scanned(groups, old_size)
+        return cls(tuple(groups))
+
+    def apply_to(self, buf: Any) -> dict[str, int]:
+        """Rewrite the references of every group in ``buf`` (a writable copy of the old image)."""
+        total: dict[str, int] = {}
+        for g in self.groups:
+            for k, v in g.apply_to(buf).items():
+                total[k] = total.get(k, 0) + v
+        total["groups"] = len(self.groups)
+        return total
+
+
+def unpack_any(data: bytes, old_size: int) -> Transform | ImageTransform:
+    """Parse a transform body of either version (1: one ELF file; 2: ELF files in an image)."""
+    _check_body_size(data)
+    (version,) = struct.unpack_from("<I", data)
+    if version == IMAGE_TRANSFORM_VERSION:
+        return ImageTransform.unpack(data, old_size)
+    return Transform.unpack(data, old_size)
+
+
+class _PrivateMap(mmap.mmap):
+    """A private copy-on-write map of the old file: the pages the transform rewrote
+    exist only here, so nothing may drop them (``_buffers.drop_pages`` checks)."""
+
+    keep_pages = True
+
+
 def predicted_old(
-    old: Buffer, t: Transform, path: str | os.PathLike[str] | None = None
+    old: Buffer, t: Transform | ImageTransform, path: str | os.PathLike[str] | None = None
 ) -> tuple[Buffer, dict[str, int]]:
     """A private copy of ``old`` with its references rewritten by ``t``, and the counts.
 
@@ -203,7 +311,7 @@ def predicted_old(
     if path is not None:
         with contextlib.suppress(OSError, ValueError), open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size == len(old):
-                copy = mmap.mmap(
+                copy = _PrivateMap(
                     f.fileno(),
                     len(old),
                     flags=mmap.MAP_PRIVATE,

@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from bsipatch._buffers import Buffer
 from bsipatch._native import check, ffi, lib
 from bsipatch.delta import elf as elfmod
-from bsipatch.delta.exe import MAX_MAP, MAX_REGIONS, Region, Transform, predicted_old
+from bsipatch.delta.exe import (
+    MAX_MAP,
+    MAX_REGIONS,
+    ImageTransform,
+    Region,
+    Transform,
+    predicted_old,
+)
 from bsipatch.delta.exemap import build_map
 
 #: Old files at least this large get their first alignment from anchors (anchor_ranges),
@@ -68,7 +75,7 @@ def plan(old: Buffer, new: Buffer, aligned: Iterable[tuple[int, int, int]]) -> T
 class Prepared:
     """What the diff needs for an executable pair: the transform, its block, the predicted old."""
 
-    transform: Transform
+    transform: Transform | ImageTransform
     block: bytes
     predicted: Buffer
     stats: dict[str, int]
@@ -110,16 +117,33 @@ def anchor_ranges(old: Buffer, new: Buffer) -> list[tuple[int, int, int]] | None
     return list(zip(flat[0::3], flat[1::3], flat[2::3], strict=True))
 
 
+def _anchored(
+    old: Buffer, new: Buffer, eo: elfmod.Elf, en: elfmod.Elf, regions: tuple[Region, ...]
+) -> list[tuple[int, int, int]] | None:
+    """Two rounds of anchors: the first aligns old with new; where references moved,
+    few exact anchors match, so the second aligns new with the old image as the first
+    map predicts it (file offsets are the same), which matches far more. None when old
+    is too large for anchors."""
+    aligned = anchor_ranges(old, new)
+    if aligned is None:
+        return None
+    first = Transform(regions, tuple(build_map(eo, en, aligned)[:MAX_MAP]))
+    return anchor_ranges(predicted_old(old, first)[0], new)
+
+
 def prepare(
     old: Buffer,
     new: Buffer,
     align: Callable[[Buffer, Buffer], Iterable[tuple[int, int, int]]] | None = None,
+    *,
+    anchors: bool | None = None,
 ) -> Prepared | None:
     """For two ELF files of one architecture: align them, plan and run the transform.
 
-    The first alignment is ``align(old, new)`` when given (a diff's operations ``(kind,
-    len, old_off)``), else a full search (``compute_ops``) below ANCHOR_ABOVE bytes and
-    :func:`anchor_ranges` (linear time) from there on.
+    The first alignment comes from anchors (:func:`anchor_ranges`, linear time) when
+    ``anchors`` is true, or when it is None and old is at least ANCHOR_ABOVE bytes;
+    otherwise from a full search, ``align(old, new)`` (a diff's operations ``(kind,
+    len, old_off)``; default ``compute_ops``).
 
     Returns None for anything else (the caller diffs as usual).
     """
@@ -127,25 +151,14 @@ def prepare(
     if eo is None or en is None or eo.machine != en.machine:
         return None
     regions = tuple(regions_of(eo))
-    aligned: list[tuple[int, int, int]] | None
-    if align is None and len(old) < ANCHOR_ABOVE:
-        from bsipatch.delta.search import compute_ops
-
-        align = compute_ops
-    if align is not None:
-        aligned = aligned_ranges(align(old, new))
-    else:
-        # Two rounds of anchors: the first aligns old with new; where references moved,
-        # few exact anchors match, so the second aligns new with the old image as the
-        # first map predicts it (file offsets are the same), which matches far more.
-        aligned = anchor_ranges(old, new)
-        if aligned is not None:
-            first = Transform(regions, tuple(build_map(eo, en, aligned)[:MAX_MAP]))
-            aligned = anchor_ranges(predicted_old(old, first)[0], new)
-        if aligned is None:
+    use_anchors = len(old) >= ANCHOR_ABOVE if anchors is None else anchors
+    aligned = _anchored(old, new, eo, en, regions) if use_anchors else None
+    if aligned is None:
+        if align is None:
             from bsipatch.delta.search import compute_ops
 
-            aligned = aligned_ranges(compute_ops(old, new))
+            align = compute_ops
+        aligned = aligned_ranges(align(old, new))
     t = Transform(regions, tuple(build_map(eo, en, aligned)[:MAX_MAP]))
     predicted, stats = predicted_old(old, t)
     return Prepared(t, t.pack(), predicted, stats)

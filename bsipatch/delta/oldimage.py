@@ -95,7 +95,7 @@ class OldImage:
             return False
         from bsipatch.delta import exe
 
-        t = exe.Transform.unpack(body, self.size)
+        t = exe.unpack_any(body, self.size)
         self.predicted, _ = exe.predicted_old(self.buf, t, self.path)
         self.ptr = ffi.from_buffer(self.predicted) if self.size else ffi.NULL
         return True

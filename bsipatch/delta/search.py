@@ -37,8 +37,13 @@ SEARCH_CHUNK_MIN = 512 << 10
 #: mapped pages in between when the images are larger than PAGE_DROP_ABOVE.
 PREPASS_CHUNK = 64 << 20
 PAGE_DROP_ABOVE = 256 << 20
-#: File holes at least this long are taken as zeros without reading them.
+#: Runs of all-zero pages at least this long become ZERO ops at once (file holes among
+#: them are not read).
 HOLE_MIN = 1 << 20
+#: Granularity of those runs (holes are found in file-system blocks of at most this).
+ZERO_PAGE = 4096
+#: Pages checked per native call when looking for zero runs.
+ZERO_STEP = 1 << 14
 OP_SIZE = ffi.sizeof("bsi_op")
 #: Build the 8-gram filter of the index (csrc/bsi_diff.c) and let the search use it.
 USE_FILTER = True
@@ -46,6 +51,51 @@ USE_FILTER = True
 #: progress bar moves in step with the time spent: indexing old blocks, scanning new,
 #: suffix-sorting the index, searching the gaps, encoding and writing the patch.
 COST_INDEX, COST_SCAN, COST_SORT, COST_SEARCH, COST_WRITE = 1, 2, 60, 30, 2
+
+
+def zero_runs(buf: Buffer, min_len: int = HOLE_MIN) -> list[tuple[int, int]]:
+    """Maximal runs of all-zero ``ZERO_PAGE``-aligned pages of ``buf``, at least ``min_len``
+    bytes long. Holes of a mapped file are taken as zero without reading them, and the
+    data around them is checked page by page, so the result depends only on the bytes,
+    not on how the file is stored (a sparse and a dense copy give the same runs, hence
+    the same patch)."""
+    size = len(buf)
+    n_pages = size // ZERO_PAGE
+    if n_pages == 0:
+        return []
+    runs: list[list[int]] = []
+
+    def add(s: int, e: int) -> None:
+        if runs and runs[-1][1] == s:
+            runs[-1][1] = e
+        else:
+            runs.append([s, e])
+
+    ptr = ffi.cast("uint8_t *", ffi.from_buffer(buf))
+    flags = bytearray(ZERO_STEP)
+    pflags = ffi.from_buffer(flags)
+
+    def scan(p0: int, p1: int) -> None:  # data pages [p0, p1): check each
+        for c0 in range(p0, p1, ZERO_STEP):
+            n = min(ZERO_STEP, p1 - c0)
+            check(lib.bsi_zero_pages(ptr + c0 * ZERO_PAGE, n, ZERO_PAGE, pflags), "zero pages")
+            i = flags.find(1, 0, n)
+            while i >= 0:
+                j = flags.find(0, i, n)
+                j = n if j < 0 else j
+                add((c0 + i) * ZERO_PAGE, (c0 + j) * ZERO_PAGE)
+                i = flags.find(1, j, n)
+
+    page = 0
+    for hs, he in holes(buf, 1):
+        h0, h1 = -(-hs // ZERO_PAGE), min(he // ZERO_PAGE, n_pages)
+        if h1 <= h0:
+            continue
+        scan(page, h0)
+        add(h0 * ZERO_PAGE, h1 * ZERO_PAGE)
+        page = h1
+    scan(page, n_pages)
+    return [(s, e) for s, e in runs if e - s >= min_len]
 
 
 class Meter:
@@ -198,9 +248,9 @@ class _Prepass:
                 break
 
     def scan_new(self) -> int:
-        """Scan new (holes become ZERO ops without reading them); return the op count."""
+        """Scan new (zero runs become ZERO ops, holes unread); return the op count."""
         nn = len(self.new)
-        for hs, he in holes(self.new, HOLE_MIN):
+        for hs, he in zero_runs(self.new, HOLE_MIN):
             self._scan_to(hs)
             before = self.st.pos
             check(lib.bsi_prepass_zero(self.st, nn, he, self.pre, self.max_ops), "block pre-pass")
