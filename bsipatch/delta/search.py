@@ -1,8 +1,9 @@
 """Finding the operations from old to new: block pre-pass, suffix arrays, search.
 
 The pipeline: block pre-pass (C) -> suffix arrays of the old regions still needed,
-one part per thread (C, SA-IS) -> bsdiff-style search of the unmatched regions of
-new, several at once on threads (C, GIL released) -> the ops, normalised. Progress
+one part per thread (C, SA-IS), and an 8-gram filter of them -> bsdiff-style search
+of the unmatched regions of new, several at once on threads (C, GIL released; the
+filter skips lookups of bytes that occur nowhere in old) -> the ops, normalised. Progress
 is reported as one bar over all of it (:class:`Meter`). This module does not encode,
 compress or write patches (diff.py does).
 """
