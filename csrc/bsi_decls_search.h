@@ -3,7 +3,7 @@
  * Valid cffi cdef as it stands. */
 
 #define BSI_ALIGN_K 16        /* anchor window bytes */
-#define BSI_ALIGN_SAMPLE 8    /* about one window in this many is an anchor candidate */
+#define BSI_ALIGN_SAMPLE 16   /* about one window in this many is an anchor candidate */
 #define BSI_ALIGN_JOIN 4096   /* matches with one displacement this close are one range */
 #define BSI_ALIGN_MIN 32      /* shorter ranges are not reported */
 

@@ -27,11 +27,12 @@ from bsipatch.delta.exe import (
 from bsipatch.delta.exemap import build_map
 
 #: Old files at least this large get their first alignment from anchors (anchor_ranges),
-#: smaller ones from a full search (compute_ops). Measured on the bench exe set (patch
-#: bytes, anchors vs full search): libcrypto.so.3 x86-64 74,350 vs 76,404 and arm64
-#: 73,067 vs 75,989, with 0.80 vs 1.29 CPU s for the whole diff of the x86-64 one;
-#: but libssl.so.3 x86-64 15,375 vs 14,594, libxml2 23,377 vs 21,846, ssh 14,462 vs
-#: 12,969, libexpat 28,655 vs 28,262, where the full search costs 0.1-0.3 CPU s.
+#: smaller ones from a full search (compute_ops). Measured on the bench exe set, one
+#: thread (patch bytes, anchors vs full search): libcrypto.so.3 x86-64 74,327 vs 76,361
+#: (whole diff 0.58 vs 1.07 CPU s), arm64 73,237 vs 75,959 (0.83 vs 1.15 CPU s); but
+#: libssl.so.3 x86-64 15,375 vs 14,594, libxml2 23,377 vs 21,846, ssh 14,462 vs 12,969,
+#: libexpat 28,655 vs 28,262 (anchors taking one window in 8), where the full search
+#: costs only 0.1-0.3 CPU s.
 ANCHOR_ABOVE = 2 << 20
 
 _CODE_KIND = {elfmod.EM_X86_64: int(lib.BSI_EXE_X86_64), elfmod.EM_AARCH64: int(lib.BSI_EXE_A64)}
