@@ -243,6 +243,8 @@ def _apply_to_fd(
             old.drop_pages()
             if progress:
                 progress(seg.out_offset + seg.out_len, header.new_size)
+        if flushed < header.new_size:  # the rest goes to disk while the hashes finish
+            _start_writeback(fd, flushed, header.new_size)
     finally:
         out.close()
     if out.h is not None:
