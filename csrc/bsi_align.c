@@ -22,6 +22,9 @@
 #define AK BSI_ALIGN_K
 #define SAMPLE_MASK ((uint64_t)BSI_ALIGN_SAMPLE - 1)
 #define DUP 0xFFFFFFFFULL
+/* The low bits of a window's hash choose it, bits from SLOT_SHIFT on its table slot and
+ * the top 32 bits are its tag. */
+#define SLOT_SHIFT 8
 
 static inline uint64_t ld64a(const uint8_t *p) {
     uint64_t v;
@@ -30,15 +33,10 @@ static inline uint64_t ld64a(const uint8_t *p) {
 }
 
 static inline uint64_t win_hash(const uint8_t *p) {
-#if BSI_ALIGN_K == 16
-    uint64_t h = (ld64a(p) * 0x9E3779B97F4A7C15ULL) ^ (ld64a(p + 8) * 0xC2B2AE3D27D4EB4FULL);
-#elif BSI_ALIGN_K == 12
-    uint64_t h = (ld64a(p) * 0x9E3779B97F4A7C15ULL) ^ ((uint64_t)bsi_load32le(p + 8) * 0xC2B2AE3D27D4EB4FULL);
-#elif BSI_ALIGN_K == 8
-    uint64_t h = ld64a(p) * 0x9E3779B97F4A7C15ULL;
-#else
-#error "BSI_ALIGN_K must be 8, 12 or 16"
+#if BSI_ALIGN_K != 16
+#error "win_hash reads 16 bytes"
 #endif
+    uint64_t h = (ld64a(p) * 0x9E3779B97F4A7C15ULL) ^ (ld64a(p + 8) * 0xC2B2AE3D27D4EB4FULL);
     h ^= h >> 29;
     h *= 0xBF58476D1CE4E5B9ULL;
     h ^= h >> 32;
@@ -78,7 +76,7 @@ static inline void sampler_fill(sampler *sm, const uint64_t *table, uint64_t mas
     while (sm->tail - sm->head < AHEAD && sm->next + AK <= sm->size) {
         uint64_t h = win_hash(sm->buf + sm->next);
         if (!(h & SAMPLE_MASK)) {
-            __builtin_prefetch(&table[(h >> 3) & mask]);
+            __builtin_prefetch(&table[(h >> SLOT_SHIFT) & mask]);
             sm->pos[sm->tail % AHEAD] = sm->next;
             sm->hash[sm->tail % AHEAD] = h;
             sm->tail++;
@@ -108,7 +106,7 @@ static void index_old(const uint8_t *old, uint64_t old_size, uint64_t *table, ui
     uint64_t p, h, used = 0, limit = (mask + 1) / 2;
     sampler sm = {old, old_size, 0, {0}, {0}, 0, 0};
     while (sampler_next(&sm, table, mask, 0, &p, &h)) {
-        uint64_t tag = h >> 32, slot = (h >> 3) & mask;
+        uint64_t tag = h >> 32, slot = (h >> SLOT_SHIFT) & mask;
         for (;;) {
             uint64_t e = table[slot];
             if (e == 0) {
@@ -133,7 +131,7 @@ static void index_old(const uint8_t *old, uint64_t old_size, uint64_t *table, ui
 /* Old offset of the unique old window equal to new's window at w, or -1. */
 static int64_t find_old(const uint8_t *old, const uint64_t *table, uint64_t mask, uint64_t h,
                         const uint8_t *w) {
-    uint64_t tag = h >> 32, slot = (h >> 3) & mask;
+    uint64_t tag = h >> 32, slot = (h >> SLOT_SHIFT) & mask;
     for (;;) {
         uint64_t e = table[slot];
         if (e == 0) return -1;
