@@ -12,10 +12,9 @@ provenance.py. It does not make patches.
 Into a path, two threads share the work: this one decompresses and applies the
 segments in order and writes the output, the other hashes the old image and the new
 image's bytes from memory in the same order (nothing is read back), two SHA-256
-streams at once (imagehash.py). The
-result is renamed into place only when both digests match the patch header; the
-per-segment ``out_sha256`` is then not computed (the whole image's digest covers
-every byte) but serves resume.
+streams at once (imagehash.py). The result is renamed into place only when both
+digests match the patch header; the per-segment ``out_sha256`` is then not computed
+(the whole image's digest covers every byte) but serves resume.
 
 Resume: with ``resume=True`` the output is built in ``.<name>.bsipatch-partial``
 beside ``out``. If an apply is cut short by a truncated patch stream, an I/O error
