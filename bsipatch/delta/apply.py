@@ -40,7 +40,7 @@ from bsipatch._io import fsync_dir, is_pathlike, open_private, open_source, read
 from bsipatch._native import ffi, lib
 from bsipatch._threads import default_threads
 from bsipatch.delta import patchformat as patchfmt
-from bsipatch.delta.imagehash import RING, PairHasher
+from bsipatch.delta.imagehash import CHUNK, RING, PairHasher
 from bsipatch.delta.oldimage import OldImage, no_check, pwrite_all, write_all
 from bsipatch.delta.patchformat import PatchReader, same_digest
 from bsipatch.delta.segment import OUT_CHUNK, segment_chunks
@@ -154,7 +154,7 @@ def _apply_to_fd(
     header = reader.header
     # the thread hashing the old image (if it is checked) hashes the output too
     own = old.hasher is None
-    out = PairHasher(None, ring=RING, chunk=OUT_CHUNK) if old.hasher is None else old.hasher
+    out = PairHasher(None, ring=RING, chunk=CHUNK) if old.hasher is None else old.hasher
     if verify_new:
         out.hash_new()
     resumed = 0

@@ -23,8 +23,9 @@ from bsipatch.hashing import Sha256, update_two
 if TYPE_CHECKING:
     from bsipatch._buffers import Buffer
 
-#: Output buffers between the applier and the hashing thread.
+#: Output buffers between the applier and the hashing thread, CHUNK bytes each.
 RING = 4
+CHUNK = 1 << 20
 #: Old bytes hashed alone per step while no output chunk waits.
 OLD_STEP = 1 << 20
 #: A large old image's mapped pages are dropped every this many bytes hashed.

@@ -80,11 +80,10 @@ class OldImage:
         into a path also gives its output to: imagehash.py); return the function that
         waits for the digest and raises WrongBaseImage when it differs."""
 
-        from bsipatch.delta.imagehash import RING, OldStream, PairHasher
-        from bsipatch.delta.segment import OUT_CHUNK
+        from bsipatch.delta.imagehash import CHUNK, RING, OldStream, PairHasher
 
         self.check_size(header)
-        hasher = PairHasher(OldStream(self.buf, DROP_PAGES_ABOVE), ring=RING, chunk=OUT_CHUNK)
+        hasher = PairHasher(OldStream(self.buf, DROP_PAGES_ABOVE), ring=RING, chunk=CHUNK)
         self.hasher = hasher
 
         def wait() -> None:
