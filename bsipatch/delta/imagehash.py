@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 #: Output buffers between the applier and the hashing thread, CHUNK bytes each.
 RING = 4
 CHUNK = 1 << 20
+#: While the output is hashed too, the old image runs at most this far ahead of it.
+LEAD = 4 << 20
 #: Old bytes hashed alone per step while no output chunk waits.
 OLD_STEP = 1 << 20
 #: A large old image's mapped pages are dropped every this many bytes hashed.
@@ -68,6 +70,7 @@ class OldStream:
         return out
 
     def close(self) -> None:
+        """Let go of the view of the map (idempotent)."""
         self.view.release()
 
 
@@ -85,6 +88,7 @@ class PairHasher:
         self.old = old
         self.old_h: Any = Sha256() if old is not None else None
         self.h: Any = None  # the new image's hash, when :meth:`hash_new` was called
+        self.new_pos = 0  # output bytes hashed
         self.free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
         for _ in range(ring):
             self.free.put(mmap.mmap(-1, chunk))
@@ -143,13 +147,15 @@ class PairHasher:
         self.stop.set()
         self.todo.put(_SHUTDOWN)
         self.thread.join()
+        if self.old is not None:  # stopped before its end: the map must not stay exported
+            self.old.close()
 
     # ---- the thread ----------------------------------------------------------------
 
     def _run(self) -> None:
         try:
             while True:
-                if not self.old_done.is_set():
+                if not self.old_done.is_set() and not self._wait_for_new():
                     try:
                         item = self.todo.get_nowait()
                     except queue.Empty:
@@ -178,6 +184,17 @@ class PairHasher:
                 elif isinstance(item, tuple):
                     self.free.put(item[0])
 
+    def _wait_for_new(self) -> bool:
+        """Wait for the next output chunk rather than hash the old image alone: while the
+        output is coming and the old image is LEAD bytes ahead of it (hashed together,
+        both go at the pair's speed; alone, each at the slower single-stream speed)."""
+        assert self.old is not None
+        return (
+            self.h is not None
+            and not self.new_done.is_set()
+            and self.old.pos >= self.new_pos + LEAD
+        )
+
     def _old_alone(self) -> None:
         assert self.old is not None
         piece = self.old.take(OLD_STEP) if not self.stop.is_set() else memoryview(b"")
@@ -205,6 +222,7 @@ class PairHasher:
                 done += len(piece)
             if done < n:
                 self.h.update(data[done:])
+            self.new_pos += n
             data.release()
         finally:
             self.free.put(buf)
