@@ -252,7 +252,7 @@ def prepare(work: Path, size_mib: int, change: float, level: int, seed: int) -> 
     changed = make_images(base, new, size_mib, change, seed)
     gen_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    diff(str(base), str(new), str(work / "system.bsipatch"))
+    info = diff(str(base), str(new), str(work / "system.bsipatch"))
     diff_s = time.perf_counter() - t0
     patch = (work / "system.bsipatch").read_bytes()
     sb = seal_image(str(base), salt=SALT)
@@ -281,11 +281,13 @@ def prepare(work: Path, size_mib: int, change: float, level: int, seed: int) -> 
                     "root_hash": sb.root_hash.hex(),
                     "salt": sb.salt.hex(),
                     "size": sb.data_size,
+                    "sha256": info.old_sha256.hex(),
                 },
                 "target": {
                     "root_hash": st.root_hash.hex(),
                     "salt": st.salt.hex(),
                     "size": st.data_size,
+                    "sha256": info.new_sha256.hex(),
                 },
                 "patch": {
                     "path": "system.bsipatch",

@@ -15,10 +15,12 @@ Checks can only be switched off through :mod:`bsipatch.hazmat`.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING
-
 from bsipatch._version import __version__
+
+# Not ``from typing import TYPE_CHECKING``: importing typing would cost the CLI ~5 ms of
+# start-up before its Ctrl-C handling is in place (see bsipatch.__main__). Type checkers
+# treat a module-level ``TYPE_CHECKING`` as true all the same.
+TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     from bsipatch import errors as errors
@@ -83,6 +85,8 @@ if not TYPE_CHECKING:
         module = _EXPORTS.get(name)
         if module is None:
             raise AttributeError(f"module 'bsipatch' has no attribute {name!r}")
+        import importlib
+
         if module == "":
             value = importlib.import_module(f".{name}", __name__)
         else:

@@ -1,15 +1,38 @@
 """``python -m bsipatch`` and the ``bsipatch`` console script: run the CLI, exit with its code.
 
-Kept light on purpose: a Ctrl-C that arrives while the commands are still being
-imported exits like one that arrives later, with one line and code 130.
+The CLI's entry module, and the first bsipatch code a ``bsipatch`` process runs: its
+first statements install Ctrl-C handling, before anything heavy is imported. Until the
+commands are imported, a Ctrl-C prints ``bsipatch: interrupted`` and exits 130 at once
+(nothing has been written yet); from then on it raises :class:`KeyboardInterrupt`, so the
+command unwinds and removes what it was writing (:func:`bsipatch.cli.main.main` reports
+it the same way). Only the interpreter's own start-up, before this module runs, is not
+covered; ``bsipatch/__init__.py`` imports nothing heavy, to keep that gap short.
+
+Importing this module installs that handler: it is the CLI, not part of the library.
 """
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # `signal` without its enum set-up
 import os
-import signal
 import sys
-from typing import NoReturn
+
+# what main() prints on stdout for an interrupt under --json (one object, sorted keys)
+_JSON = b'{"code": 130, "error": "bsipatch: interrupted", "ok": false, "type": "KeyboardInterrupt"}'
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: typing costs ~5 ms of start-up
+if TYPE_CHECKING:
+    from typing import NoReturn
+
+
+def _interrupted_while_starting(signum: int, frame: object) -> None:
+    """Ctrl-C before the commands are imported: the one line (and --json object), exit 130."""
+    if "--json" in sys.argv[1:]:
+        os.write(1, _JSON + b"\n")
+    os.write(2, b"bsipatch: interrupted\n")
+    os._exit(130)
+
+
+_signal.signal(_signal.SIGINT, _interrupted_while_starting)
 
 
 def entry() -> NoReturn:
@@ -21,14 +44,18 @@ def entry() -> NoReturn:
     try:
         from bsipatch.cli.main import main
 
+        # from here on Ctrl-C raises KeyboardInterrupt, so commands clean up as they unwind
+        _signal.signal(_signal.SIGINT, _signal.default_int_handler)
         code = main()
-    except KeyboardInterrupt:  # before main's own handler is in place (imports)
+    except KeyboardInterrupt:  # between the line above and main's own handler
+        if "--json" in sys.argv[1:]:
+            sys.stdout.buffer.write(_JSON + b"\n")
         print("bsipatch: interrupted", file=sys.stderr)
         code = 130
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     if code == 130:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: no traceback
+        _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # a second Ctrl-C: no traceback
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -546,6 +546,8 @@ BSI_API int bsi_gram_filter_build(const uint8_t *idx, uint64_t n, uint64_t *filt
     if (!filter || log2 < 7 || log2 > GRAM_MAX_LOG2 || (n && !idx)) return BSI_E_INVAL;
     for (i = 0; i + 8 <= n; i++) {
         uint64_t h = gram_hash(idx + i);
+        /* the word of the window 32 bytes on is fetched meanwhile (each is a cache miss) */
+        if (i + 40 <= n) __builtin_prefetch(&filter[gram_word(gram_hash(idx + i + 32), log2)], 1);
         filter[gram_word(h, log2)] |= gram_mask(h);
     }
     return 0;
@@ -810,6 +812,12 @@ BSI_API int bsi_seg_encode(bsi_seg_enc *enc, const bsi_op *ops, uint64_t n_ops, 
             if (take == 0) break;
             memcpy(lit + enc->lit_len, nw + npos, take);
             enc->lit_len += take;
+        } else if (op->kind == BSI_OP_ADD && enc->dense) {
+            const uint8_t *a = nw + npos, *b = old + oo;
+            if (take > diff_cap - enc->diff_len) take = diff_cap - enc->diff_len;
+            if (take == 0) break;
+            for (uint64_t k = 0; k < take; k++) diff[enc->diff_len + k] = (uint8_t)(a[k] - b[k]);
+            enc->diff_len += take;
         } else if (op->kind == BSI_OP_ADD) {
             const uint8_t *a = nw + npos, *b = old + oo;
             uint64_t k = 0;

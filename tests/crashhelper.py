@@ -59,11 +59,16 @@ def _mutate(data: bytearray, rng: random.Random, blocks: int = 3) -> bytearray:
 
 
 def seal_ref(path: Path) -> dict[str, Any]:
-    """Manifest seal reference of an image (fixed salt, so fixtures are reproducible)."""
+    """Manifest image reference of an image (fixed salt, so fixtures are reproducible)."""
     from bsipatch.seal.tree import seal_image
 
     s = seal_image(path, salt=SALT)
-    return {"root_hash": s.root_hash.hex(), "salt": s.salt.hex(), "size": s.data_size}
+    return {
+        "root_hash": s.root_hash.hex(),
+        "salt": s.salt.hex(),
+        "size": s.data_size,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    }
 
 
 def make_world(directory: Path, seed: int = 1) -> dict[str, Any]:

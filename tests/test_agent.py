@@ -496,7 +496,7 @@ def test_cli_check_run_settings_policy_status(device, vendor, tmp_path, capsys):
         policy = tmp_path / "policy.json"
         policy.write_text('{"AutomaticActions": {"InstallSecurityUpdate": "AlwaysOn"}}')
         assert cli_main(["agent", "policy", "--preboot", pb, str(policy)]) == 0
-        assert cli_main(["agent", "run", *repo, "-q"]) == 0
+        assert cli_main(["agent", "run", *repo]) == 0
         assert "installed 26.1 (a)" in capsys.readouterr().out
     assert cli_main(["agent", "status", "--preboot", pb, "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
@@ -513,7 +513,7 @@ def test_cli_os_update(device, vendor, capsys):
     args = ["os-update", "--preboot", str(device.path), "--os-version", "26.2", "--build", "23C55"]
     for name, p in vendor["images"]["new"].items():
         args += ["--image", f"{name}={p}"]
-    assert cli_main([*args, "-q"]) == 0
+    assert cli_main(args) == 0
     assert "26.2 (23C55)" in capsys.readouterr().out
     assert device.status()["os_version"] == "26.2"
 

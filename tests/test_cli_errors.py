@@ -261,6 +261,113 @@ def test_ctrl_c_during_a_real_diff(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "old"]
 
 
+def _startup_window(python: str) -> float:
+    """Wall time of the interpreter's own start-up (init + site), longest of 5 runs."""
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        subprocess.run([python, "-c", "pass"], check=True)
+        times.append(time.perf_counter() - t0)
+    return max(times)
+
+
+def _in_interpreter_start_up(returncode: int, err: str) -> bool:
+    """The signal provably arrived before any bsipatch code ran.
+
+    For its first ~20 ms Python has no SIGINT handler, so the signal ends the process as
+    it would any C program (killed by SIGINT, no output; a shell shows status 130). Then
+    ``site`` runs (an editable install's finder imports pathlib & co. there), and a Ctrl-C
+    inside it makes Python itself print "Fatal Python error: init_import_site".
+    """
+    return (returncode == -signal.SIGINT and err == "") or "init_import_site" in err
+
+
+# Runs in a fresh interpreter: records every module imported while SIGINT still has
+# Python's default handler, from the first bsipatch import on; then Ctrl-C itself.
+_FIRST_ACT = """
+import os, signal, sys
+before = []
+def hook(event, args):
+    if event == "import" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        if args[0].startswith("bsipatch") or before:
+            before.append(args[0])
+sys.addaudithook(hook)
+import bsipatch.__main__
+print(" ".join(before), flush=True)
+os.kill(os.getpid(), signal.SIGINT)
+signal.pthread_sigmask(signal.SIG_BLOCK, [])  # a bytecode boundary for the handler
+print("still running")
+"""
+
+
+@pytest.mark.parametrize("json_flag", [False, True])
+def test_ctrl_c_handler_is_bsipatchs_first_act(json_flag: bool) -> None:
+    # Deterministic half of the Ctrl-C start-up check: the console script's module
+    # installs its handler before importing anything but the package's own 2-line
+    # __init__ (no typing, no signal/enum), and that handler exits 130 with the line.
+    argv = ["bsipatch", "diff", "--json"] if json_flag else ["bsipatch", "diff"]
+    code = f"import sys; sys.argv = {argv!r}\n" + _FIRST_ACT
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    lines = proc.stdout.splitlines()
+    assert sorted(lines[0].split()) == ["bsipatch", "bsipatch.__main__", "bsipatch._version"]
+    assert (proc.returncode, proc.stderr) == (130, "bsipatch: interrupted\n")
+    if json_flag:
+        assert json.loads(lines[1]) == {
+            "ok": False,
+            "error": "bsipatch: interrupted",
+            "code": 130,
+            "type": "KeyboardInterrupt",
+        }
+    assert len(lines) == 1 + json_flag  # never "still running"
+
+
+def test_ctrl_c_at_any_time_after_interpreter_start_up(tmp_path: Path) -> None:
+    # The real console script on a large diff, interrupted at a sweep of delays that
+    # starts after the interpreter's own start-up (1.5x its slowest of 5 runs, a margin
+    # for load): from bsipatch's first line on (bsipatch.__main__ installs the handler
+    # before importing anything heavy) every Ctrl-C is the one line, exit 130, no
+    # traceback, nothing left behind. Should the load stretch a start-up past the margin,
+    # the signal lands in Python's own start-up, recognised above and tolerated only
+    # for the earliest delays.
+    script = Path(sys.executable).parent / "bsipatch"
+    if not script.exists():
+        pytest.skip("no bsipatch console script next to this interpreter")
+    rng = os.urandom
+    old = bytearray(rng(64 << 20))  # ~2 s of diff on a quiet machine
+    new = bytearray(old)
+    for i in range(0, len(new), 1 << 16):
+        new[i : i + 64] = rng(64)
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "new").write_bytes(new)
+    del old, new
+    start = 1.5 * _startup_window(sys.executable)
+    outcomes = []
+    for extra in (0.0, 0.01, 0.03, 0.06, 0.1, 0.2, 0.4, 0.8):
+        json_too = extra == 0.01
+        cmd = [str(script), "diff", "old", "new", "patch", "--threads", "1"]
+        cmd += ["--json"] if json_too else []
+        proc = subprocess.Popen(
+            cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        time.sleep(start + extra)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        outcomes.append((round(start + extra, 3), proc.returncode, err[-300:]))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "old"], outcomes
+        if extra < 0.1 and _in_interpreter_start_up(proc.returncode, err):
+            continue
+        assert (proc.returncode, err) == (130, "bsipatch: interrupted\n"), outcomes
+        if json_too:
+            assert json.loads(out) == {
+                "ok": False,
+                "error": "bsipatch: interrupted",
+                "code": 130,
+                "type": "KeyboardInterrupt",
+            }
+        else:
+            assert out == ""
+
+
 def test_ctrl_c_during_release_build_leaves_no_release_directory(tmp_path, capsys, monkeypatch):
     from bsipatch.delta import diff as diff_module
 
@@ -306,3 +413,37 @@ def test_ctrl_c_during_release_build_leaves_no_release_directory(tmp_path, capsy
     assert code == 0, err
     assert tree() != before
     assert main(["release", "show", str(rd), "26.1 (a)", "-q"]) == 0
+
+
+def test_quiet_prints_nothing_but_errors(tmp_path: Path, files: Path, capsys) -> None:
+    # -q silences every result line of diff, apply, info, keygen, repo and release;
+    # --json still prints its one object; errors still print their line.
+    kd, rd = tmp_path / "keys", tmp_path / "repo"
+    (tmp_path / "a-base.img").write_bytes(OLD)
+    (tmp_path / "a-new.img").write_bytes(NEW)
+    build = ["release", "build", str(rd), "--id", "26.1 (a)", "--os-version", "26.1",
+             "--build", "23B85", "--supplemental-build", "23B85a", "--keys", str(kd),
+             "--component", f"a:reboot:{tmp_path}/a-base.img:{tmp_path}/a-new.img"]  # fmt: skip
+    f = files
+    commands = [
+        ["diff", f / "old", f / "new", f / "p"],
+        ["apply", f / "old", f / "p", f / "out"],
+        ["info", f / "p"],
+        ["keygen", "--out", kd],
+        ["repo", "init", rd, "--keys", kd],
+        build,
+        ["release", "show", rd, "26.1 (a)"],
+        ["release", "list", rd],
+    ]
+    for argv in commands:
+        assert run([*argv, "-q"], capsys) == (0, "", ""), argv
+    assert (f / "out").read_bytes() == NEW
+    # the same read-only commands with --json too: one object each
+    for argv in (["info", f / "p"], ["release", "show", rd, "26.1 (a)"]):
+        code, out, err = run(["-q", *argv, "--json"], capsys)
+        assert (code, err) == (0, "") and isinstance(json.loads(out), dict), argv
+    code, out, err = run(["apply", "-q", f / "new", f / "p", f / "out2"], capsys)
+    assert code == 4 and out == "" and err.startswith("bsipatch: error: ")
+    # without -q the result lines are there
+    code, out, _ = run(["apply", f / "old", f / "p", f / "out3"], capsys)
+    assert code == 0 and out.startswith("wrote ")

@@ -346,7 +346,7 @@ def test_search_parts_checks_its_arguments() -> None:
 
 
 def test_incompressible_payloads_take_the_fast_zstd_level() -> None:
-    from bsipatch.delta.diff import FAST_LEVEL, SAMPLE_ABOVE, level_for
+    from bsipatch.delta.writer import FAST_LEVEL, SAMPLE_ABOVE, level_for
 
     rnd = random.Random(3)
     noise = rnd.randbytes(2 * SAMPLE_ABOVE)

@@ -28,8 +28,18 @@ def sample_dict() -> dict:
         return {
             "name": name,
             "activation": activation,
-            "base": {"root_hash": h("b" + name), "salt": h("s"), "size": 8192},
-            "target": {"root_hash": h("t" + name), "salt": "", "size": 12288},
+            "base": {
+                "root_hash": h("b" + name),
+                "salt": h("s"),
+                "size": 8192,
+                "sha256": h("image b" + name),
+            },
+            "target": {
+                "root_hash": h("t" + name),
+                "salt": "",
+                "size": 12288,
+                "sha256": h("image t" + name),
+            },
             "patch": {"path": f"releases/26.1-a/{name}.bsipatch", "sha256": h(name), "size": 77},
             "cves": [
                 {"id": "CVE-2026-43001", "description": "use-after-free in JIT"},
@@ -126,6 +136,11 @@ def _mutations():
         "size negative": setp((*c0, "target", "size"), -1),
         "size float-like str": setp((*c0, "target", "size"), "4096"),
         "seal extra field": setp((*c0, "base", "hash_algorithm"), "sha1"),
+        "base image sha256 missing": delp((*c0, "base", "sha256")),
+        "target image sha256 missing": delp((*c0, "target", "sha256")),
+        "image sha256 short": setp((*c0, "target", "sha256"), "ab" * 31),
+        "image sha256 uppercase": setp((*c0, "base", "sha256"), "AB" * 32),
+        "image sha256 not str": setp((*c0, "base", "sha256"), 5),
         "patch path absolute": setp((*c0, "patch", "path"), "/etc/passwd"),
         "patch path traversal": setp((*c0, "patch", "path"), "releases/../../x"),
         "patch path backslash": setp((*c0, "patch", "path"), "releases\\x"),
@@ -175,12 +190,13 @@ def test_time_helpers_round_trip_and_refuse_naive():
 
 def test_sealref_to_seal_gives_the_seal_of_the_seal_module():
     seal_mod = pytest.importorskip("bsipatch.seal.tree")
-    ref = SealRef(root_hash=h("r"), salt=h("s"), size=12345)
+    ref = SealRef(root_hash=h("r"), salt=h("s"), size=12345, sha256=h("image"))
     seal = ref.to_seal()
     assert isinstance(seal, seal_mod.Seal)
     assert seal.root_hash == bytes.fromhex(h("r")) and seal.salt == bytes.fromhex(h("s"))
     assert seal.data_size == 12345
-    assert SealRef.from_seal(seal) == ref
+    assert SealRef.from_seal(seal, bytes.fromhex(h("image"))) == ref
+    assert SealRef.from_seal(seal, h("image")) == ref
 
 
 def test_dataclasses_validate_when_built_in_python():
@@ -191,8 +207,8 @@ def test_dataclasses_validate_when_built_in_python():
     ok = ComponentRelease(
         name="webkit",
         activation="relaunch",
-        base=SealRef(h("a"), "", 1),
-        target=SealRef(h("b"), "", 1),
+        base=SealRef(h("a"), "", 1, h("ia")),
+        target=SealRef(h("b"), "", 1, h("ib")),
         patch=PatchRef("releases/26.1-a/webkit.bsipatch", h("p"), 5),
         cves=[Cve("CVE-2026-0001", "x")],
     )

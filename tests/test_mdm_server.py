@@ -104,6 +104,24 @@ def test_auth_refusals_are_json_4xx(server):
         (json.dumps(report({"softwareupdate.install-state": "exploded"})), "bad_report", 400),
         (json.dumps({"StatusItems": {}, "Extra": 1}), "bad_report", 400),
         (json.dumps(report(base_items(), seq=-1)), "bad_report", 400),
+        # a time of the right shape that is no real date (was a 500 before bsipatch._time)
+        (json.dumps(report(base_items(), ts="2026-13-45T10:00:00Z")), "bad_report", 400),
+        (
+            json.dumps(
+                report(
+                    {
+                        **base_items(),
+                        "softwareupdate.failure-reason": {
+                            "count": 1,
+                            "reason": "x",
+                            "timestamp": "2026-02-30T00:00:00Z",
+                        },
+                    }
+                )
+            ),
+            "bad_report",
+            400,
+        ),
         (
             json.dumps(
                 report({**base_items(), "management.declarations": {"configurations": [{}]}})

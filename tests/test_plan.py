@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from bsipatch.agent.plan import DeviceView, check_manual, plan
@@ -14,7 +16,12 @@ BUILD = "23B85"
 
 
 def seal(tag: str) -> SealRef:
-    return SealRef(root_hash=(tag.encode().hex() * 64)[:64], salt="00" * 32, size=4096)
+    return SealRef(
+        root_hash=(tag.encode().hex() * 64)[:64],
+        salt="00" * 32,
+        size=4096,
+        sha256=hashlib.sha256(tag.encode()).hexdigest(),
+    )
 
 
 def release(letter: str, seq: int, *, withdrawn: bool = False, build: str = BUILD,

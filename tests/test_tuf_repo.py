@@ -3,6 +3,7 @@ stock python-tuf client (no bsipatch code) reading it over a real HTTP server.""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -209,7 +210,11 @@ def test_n_to_1_patches_per_component_from_different_sources(tmp_path):
     a = publish(repo, keys, imgs, "a", "a")
     salt = bytes.fromhex(a.components["webkit"].base.salt)
     seal = {
-        t: SealRef.from_seal(seal_image(imgs[t]["webkit"], salt=salt)) for t in ("base", "a", "b")
+        t: SealRef.from_seal(
+            seal_image(imgs[t]["webkit"], salt=salt),
+            hashlib.sha256(imgs[t]["webkit"].read_bytes()).digest(),
+        )
+        for t in ("base", "a", "b")
     }
     patches = []
     for src in ("base", "a"):
@@ -247,6 +252,10 @@ def test_n_to_1_patches_per_component_from_different_sources(tmp_path):
 # --- the CLI ------------------------------------------------------------------------------
 
 
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def test_cli_keygen_init_build_refresh_withdraw_list(tmp_path, capsys):
     imgs = images(tmp_path)
     k, repo = str(tmp_path / "keys"), str(tmp_path / "repo")
@@ -276,7 +285,10 @@ def test_cli_keygen_init_build_refresh_withdraw_list(tmp_path, capsys):
         listing = json.loads(capsys.readouterr().out)
         assert [r["withdrawn"] for r in listing["releases"]] == [True]
         assert cli_main(["release", "show", repo, "26.1 (a)"]) == 0
-        assert "WITHDRAWN" in capsys.readouterr().out
+        shown = capsys.readouterr().out
+        assert "WITHDRAWN" in shown
+        webkit_a = imgs["a"]["webkit"].read_bytes()
+        assert f"new image: {len(webkit_a)} bytes, SHA-256 {sha(webkit_a)}" in shown
     finally:
         del os.environ["H11T_PASS"]
     assert tufrepo.TufRepository(repo).root_versions() == [1]

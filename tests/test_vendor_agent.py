@@ -8,6 +8,8 @@ saving.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from datetime import timedelta
 
@@ -82,6 +84,37 @@ def test_signed_metadata_lists_every_patch_with_its_source_seal(vendor):
             assert all(p.to_seal == spec.target for p in patches)
             by_src = {p.from_seal: p.length for p in patches}
             assert by_src[earlier.target] < by_src[spec.base]
+
+
+def test_matrix_metadata_carries_each_source_and_target_image_sha256(vendor):
+    """Known answer, read straight from the served targets.json: every patch of (c) and
+    every component record says the SHA-256 and size hashlib gives for the image it
+    starts from (the base, or what (a) installed) and for the (c) image."""
+    repo = vendor["root"] / "snap-c"
+    newest = max((repo / "metadata").glob("*.targets.json"), key=lambda p: int(p.name[:-13]))
+    targets = json.loads(newest.read_bytes())["signed"]["targets"]
+    rel = targets["releases/26.1-c.json"]["custom"]["bsipatch"]
+
+    def known(v: int, c: str, tag: str) -> dict:
+        data = vendor["imgs"][(v, c, tag)].read_bytes()
+        return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+    def digest(ref: dict) -> dict:
+        return {"sha256": ref["sha256"], "size": ref["size"]}
+
+    sources = []
+    for build, variant in rel["variants"].items():
+        v = int(build[-1])
+        for c, comp in variant["components"].items():
+            assert digest(comp["base"]) == known(v, c, "base")
+            assert digest(comp["target"]) == known(v, c, "c")
+            for path in comp["patches"]:
+                patch = targets[path]["custom"]["bsipatch"]
+                assert digest(patch["to"]) == known(v, c, "c")
+                tag = "base" if patch["from"]["root_hash"] == comp["base"]["root_hash"] else "a"
+                assert digest(patch["from"]) == known(v, c, tag)
+                sources.append(tag)
+    assert sorted(sources) == ["a"] * 4 + ["base"] * 4  # 2 variants x 2 components, N->1
 
 
 def test_release_variants_round_trip_and_are_checked(vendor):

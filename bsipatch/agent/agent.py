@@ -7,7 +7,8 @@ Kept so ``from bsipatch.agent.agent import Agent`` keeps working; the code lives
 
 from __future__ import annotations
 
-from bsipatch.agent.executor import Agent, CheckResult, format_time, utc_now
+from bsipatch._time import format_time, utc_now
+from bsipatch.agent.executor import Agent, CheckResult
 from bsipatch.agent.plan import ACTIVE, DEFER, INSTALL, SKIP, STEP_BACK, Decision
 from bsipatch.agent.state import AGENT_DIR, AgentState, AgentStore, Settings
 

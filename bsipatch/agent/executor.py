@@ -19,11 +19,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, BinaryIO
 
 from bsipatch._crashpoints import crashpoint
 from bsipatch._io import PathLike
+from bsipatch._time import format_time, utc_now
 from bsipatch.agent.download import FetchStats, PatchStream, Repository, open_repository
 from bsipatch.agent.limits import DEFAULT_TIMEOUT, Limits
 from bsipatch.agent.plan import (
@@ -45,17 +46,7 @@ from bsipatch.trust.client import RefreshResult, refresh
 from bsipatch.trust.manifest import ReleaseManifest
 from bsipatch.trust.releases import Catalog
 
-__all__ = ["Agent", "CheckResult", "format_time", "utc_now"]
-
-
-def utc_now() -> datetime:
-    """The current time, timezone-aware UTC."""
-    return datetime.now(timezone.utc)
-
-
-def format_time(when: datetime) -> str:
-    """``YYYY-MM-DDTHH:MM:SSZ``."""
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+__all__ = ["Agent", "CheckResult"]
 
 
 @dataclass

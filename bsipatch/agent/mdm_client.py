@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bsipatch._io import atomic_write
-from bsipatch.agent.executor import format_time, utc_now
+from bsipatch._time import now_text, utc_now
 from bsipatch.agent.policy import DECLARATION_TYPE, Policy
 from bsipatch.agent.state import AgentStore
 from bsipatch.agent.status import device_report
@@ -227,7 +227,7 @@ class MdmClient:
 
     def _items(self, event: str, detail: str, state: dict[str, Any]) -> dict[str, Any]:
         rep = device_report(_preboot(self.preboot))
-        now = format_time(utc_now())
+        now = now_text()
         last = rep["last_check"] or {}
         failed = bool(last) and not last.get("ok", True)
         state["failures"] = (
@@ -303,7 +303,7 @@ class MdmClient:
             "StatusItems": _nest(changed),
             "FullReport": full,
             "ReportSequence": state["seq"],
-            "Timestamp": format_time(utc_now()),
+            "Timestamp": now_text(),
         }
         state["snapshot"] = items
         state["queue"] = _bounded(state["queue"] + [{"items": changed, "doc": doc}])

@@ -13,7 +13,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from bsipatch.agent.agent import AgentStore, format_time, utc_now
+from bsipatch._time import format_time, utc_now
+from bsipatch.agent.agent import AgentStore
 from bsipatch.agent.policy import decide_auto_install
 from bsipatch.errors import BsipatchError
 

@@ -35,7 +35,11 @@ def add_global_options(parser: argparse.ArgumentParser, default: object = False)
         "--debug", action="store_true", default=default, help="show tracebacks on errors"
     )
     parser.add_argument(
-        "--quiet", "-q", action="store_true", default=default, help="no progress bars"
+        "--quiet",
+        "-q",
+        action="store_true",
+        default=default,
+        help="print nothing but errors: no progress, no result lines (--json still prints)",
     )
 
 
@@ -140,13 +144,13 @@ def add_command(
 
 
 def emit(args: argparse.Namespace, data: Any, human: str | list[str] | None = None) -> None:
-    """Print ``data`` as JSON with ``--json``, else the human text (lines)."""
+    """Print ``data`` as JSON with ``--json``, else the human text (lines) unless ``--quiet``."""
     if getattr(args, "json", False):
         import json
 
         json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
         sys.stdout.write("\n")
-    elif human is not None:
+    elif human is not None and not getattr(args, "quiet", False):
         if isinstance(human, str):
             human = [human]
         for line in human:

@@ -30,10 +30,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bsipatch._time import to_utc, utc_now
 from bsipatch.cli.demo_images import (
     ENGINE_LIBS,
     SYSTEM_LIBS,
@@ -252,7 +253,7 @@ class _Demo:
         self.outcomes: dict[str, Any] = {}
         self.img: dict[str, dict[str, Path]] = {}
         self.fmt = ""
-        self.now = datetime.now(timezone.utc).replace(microsecond=0)
+        self.now = to_utc(utc_now())
         self.repo_dir = root / "vendor-repo"
         self.pb_dir = root / "device-preboot"
         self.keys: Any = None

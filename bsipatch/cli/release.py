@@ -14,16 +14,17 @@ import os
 import re
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bsipatch._time import format_time, parse_time, to_utc, utc_now
 from bsipatch.cli import vendor as vendor_cli
 from bsipatch.cli._common import add_command, emit, positive_int, progress_enabled
 from bsipatch.cli.progress import Progress
 from bsipatch.errors import FormatError, KeyFileError, MetadataError
 from bsipatch.trust import publish, signers, tufrepo
-from bsipatch.trust.manifest import Cve, parse_time
+from bsipatch.trust.manifest import Cve
 
 _CVE_SPLIT = re.compile(r",(?=CVE-\d{4}-\d+=)")
 
@@ -40,7 +41,7 @@ def _passphrase(args: argparse.Namespace, attr: str = "passphrase_env") -> str |
 
 def _now(args: argparse.Namespace) -> datetime:
     text = getattr(args, "now", None)
-    return parse_time(text, "--now") if text else datetime.now(timezone.utc).replace(microsecond=0)
+    return parse_time(text, "--now") if text else to_utc(utc_now())
 
 
 def _pairs(values: list[str] | None, what: str) -> dict[str, int]:
@@ -179,7 +180,7 @@ def cmd_repo_init(args: argparse.Namespace) -> int:
     )
     root = md.signed
     roles = _roles_info(root)
-    exp = f"{root.expires:%Y-%m-%dT%H:%M:%SZ}"
+    exp = format_time(root.expires)
     emit(
         args,
         {"repo": str(args.repo), "root_version": root.version, "expires": exp, "roles": roles},
@@ -217,7 +218,7 @@ def cmd_repo_rotate(args: argparse.Namespace) -> int:
         thresholds=_pairs(args.threshold, "--threshold"),
     )
     root = md.signed
-    exp = f"{root.expires:%Y-%m-%dT%H:%M:%SZ}"
+    exp = format_time(root.expires)
     emit(
         args,
         {"root_version": root.version, "expires": exp, "roles": _roles_info(root)},
@@ -260,6 +261,7 @@ def _release_lines(rel: Any, catalog: Any = None) -> list[str]:
             f"    {name} ({c.activation}): {len(c.patches)} patch(es)"
             + (f", {', '.join(str(s) for s in sizes)} bytes" if sizes else "")
         )
+        lines.append(f"        new image: {c.target.size} bytes, SHA-256 {c.target.sha256}")
         for cve in c.cves:
             lines.append(f"        {cve.id}: {cve.description}")
     return lines

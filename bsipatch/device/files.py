@@ -9,7 +9,6 @@ decisions here (that is :mod:`bsipatch.device.preboot`).
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import hashlib
 import json
 import os
@@ -23,11 +22,6 @@ from bsipatch._io import fsync_file as fsync_file
 
 _CHUNK = 1 << 20
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-
-
-def utc_now() -> str:
-    """The current time as ISO-8601 UTC with a ``Z`` (seconds precision)."""
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def release_slug(release_id: str) -> str:

@@ -7,9 +7,11 @@ leaves the previous state (recovery removes the leftovers); a crash after it lea
 new state (recovery finishes the clean-up).
 
 install streams each component's patch through :func:`bsipatch.delta.apply.apply` into a
-staging directory, checks the patch bytes against the manifest (size, SHA-256) and the
-produced image against the manifest's target seal (:func:`bsipatch.seal.tree.verify_image`),
-and only then renames the staging directory into ``releases/`` and switches state.
+staging directory, binds the patch header to the manifest (its old and new image sizes and
+SHA-256 must be the signed ones, checked before anything is sized or allocated), checks the
+patch bytes against the manifest (size, SHA-256) and the produced image against the
+manifest's target seal (:func:`bsipatch.seal.tree.verify_image`), and only then renames
+the staging directory into ``releases/`` and switches state.
 
 This module does not decide whether a release is genuine, current or allowed (that is
 :mod:`bsipatch.trust.client` and the agent's policy): it is handed a verified
@@ -203,6 +205,32 @@ def _check_space(pb: Preboot, needed: int) -> None:
         )
 
 
+def _signed_images(comp: Any) -> dict[str, Any]:
+    """The sizes and SHA-256 the patch header must declare: the signed source image (the
+    one :func:`_find_source` verified against the same signed seal) and the signed target.
+
+    Raises:
+        FormatError: the manifest lacks an image's SHA-256 (the check is never skipped).
+    """
+    from bsipatch.errors import FormatError
+
+    want = {}
+    for key, ref in (("old", comp.base), ("new", comp.target)):
+        sha = getattr(ref, "sha256", None)
+        if not isinstance(sha, str) or len(sha) != 64:
+            raise FormatError(
+                f"manifest of {comp.name} gives no SHA-256 of its {key} image, found {sha!r}; "
+                "the patch header cannot be bound to it"
+            )
+        want[key] = (int(ref.size), sha)
+    return {
+        "expected_old_size": want["old"][0],
+        "expected_old_sha256": want["old"][1],
+        "expected_size": want["new"][0],
+        "expected_sha256": want["new"][1],
+    }
+
+
 def _stage_component(
     pb: Preboot,
     state: dict[str, Any],
@@ -236,7 +264,7 @@ def _stage_component(
             verify_old=not verified_now,
             verify_new=False,
             provenance=prov,
-            expected_size=int(comp.target.size),  # header bound to the signed target
+            **_signed_images(comp),  # the header is bound to them before anything is sized
         )
         reader.drain()
     finally:
@@ -286,8 +314,8 @@ def install_release(
     Every component the manifest lists is patched from the installed image matching
     its base seal into a private work directory (:mod:`bsipatch.device.pending`),
     WITHOUT the preboot lock, so a slow download never blocks rollback, boot or
-    uninstall; the lock is taken only to activate. the patch stream is checked against the
-    manifest's size and SHA-256 and the produced image against the target seal.
+    uninstall; the lock is taken only to activate. Header, patch stream and produced image
+    are checked against the manifest (signed images, patch size/SHA-256, target seal).
     Components the manifest does not list are hard-linked from the base images.
     Only when every component verified is the release renamed into place and made
     active in one atomic state switch: ``relaunch`` components at once, ``reboot``
@@ -315,6 +343,7 @@ def install_release(
         WrongTarget: the release is for another OS build or unknown components.
         WrongBaseImage: no installed image matches a component's base seal.
         PatchError: the patch is corrupt, truncated or too large.
+        HeaderMismatch: the header's old/new image is not the signed one (nothing sized).
         TargetMismatch: patch bytes differ from the manifest's size/SHA-256.
         SealMismatch: a produced image fails its target seal.
         StateError: the release is already installed and active, or the device

@@ -36,6 +36,7 @@ from typing import Any, BinaryIO, cast
 
 from bsipatch._crashpoints import crashpoint
 from bsipatch._io import PathLike, atomic_write, fsync_dir, os_error_to_staging
+from bsipatch._time import now_text
 from bsipatch.device.base import (
     ACTIVATIONS,
     CREATE_NAMES,
@@ -56,7 +57,6 @@ from bsipatch.device.files import (
     remove_stray_temps,
     seal_from_record,
     seal_record_dict,
-    utc_now,
     write_durable,
 )
 from bsipatch.device.journal import Journal
@@ -83,7 +83,6 @@ __all__ = [  # the helpers are re-exported for callers that import them from her
     "remove_stray_temps",
     "seal_from_record",
     "seal_record_dict",
-    "utc_now",
     "write_durable",
 ]
 
@@ -135,7 +134,8 @@ class Preboot:
 
     Args:
         path: the preboot directory (made by :meth:`create`).
-        clock: returns the time recorded in the history (defaults to :func:`utc_now`).
+        clock: returns the time recorded in the history (defaults to
+            :func:`bsipatch._time.now_text`).
 
     Raises:
         StateError: ``path`` holds no preboot state.
@@ -143,7 +143,7 @@ class Preboot:
 
     def __init__(self, path: PathLike, *, clock: Callable[[], str] | None = None) -> None:
         self.path = Path(path)
-        self.clock = clock or utc_now
+        self.clock = clock or now_text
         self._lock_fd: int | None = None
         self._lock_depth = 0
         if not self.state_path.exists():
@@ -213,7 +213,7 @@ class Preboot:
         from bsipatch.device.fscheck import check_filesystem
 
         path = Path(path)
-        clock = clock or utc_now
+        clock = clock or now_text
         if path.exists() and any(path.iterdir()):
             names = {p.name for p in path.iterdir() if not p.name.startswith(".bsipatch-fscheck-")}
             if (path / "state.json").exists() or not names <= CREATE_NAMES:

@@ -13,8 +13,8 @@ import json
 import time
 from typing import Any
 
+from bsipatch._time import epoch_to_text
 from bsipatch.mdm.db import Database
-from bsipatch.mdm.items import format_time
 
 
 def builds(db: Database) -> list[dict[str, Any]]:
@@ -45,7 +45,9 @@ def withdrawn(db: Database, limit: int = 100) -> dict[str, Any]:
     return {
         "releases": releases,
         "count": _count(db, where),
-        "devices": [{"name": n, "release_id": r, "last_seen": format_time(s)} for n, r, s in rows],
+        "devices": [
+            {"name": n, "release_id": r, "last_seen": epoch_to_text(s)} for n, r, s in rows
+        ],
     }
 
 
@@ -66,7 +68,7 @@ def deferred(db: Database, limit: int = 100, now: float | None = None) -> dict[s
                 "name": name,
                 "release_id": rel,
                 "deferred_release": pending,
-                "since": format_time(since),
+                "since": epoch_to_text(since),
                 "days": days,
             }
         )
@@ -84,7 +86,7 @@ def failed(db: Database, limit: int = 100) -> dict[str, Any]:
     return {
         "count": _count(db, where),
         "devices": [
-            {"name": n, "release_id": r, "error": e, "at": format_time(a)} for n, r, e, a in rows
+            {"name": n, "release_id": r, "error": e, "at": epoch_to_text(a)} for n, r, e, a in rows
         ],
     }
 
@@ -104,7 +106,9 @@ def not_seen(
     return {
         "days": days,
         "count": _count(db, where, (cutoff,)),
-        "devices": [{"name": n, "release_id": r, "last_seen": format_time(s)} for n, r, s in rows],
+        "devices": [
+            {"name": n, "release_id": r, "last_seen": epoch_to_text(s)} for n, r, s in rows
+        ],
     }
 
 
@@ -128,7 +132,7 @@ def release_chart(db: Database, max_points: int = 60) -> dict[str, Any]:
             total += d
             acc.append(total)
         series[rel] = [acc[i] for i in keep]
-    times = [format_time((first + i + 1) * 86400.0) for i in keep]
+    times = [epoch_to_text((first + i + 1) * 86400.0) for i in keep]
     return {"times": times, "series": series}
 
 
@@ -167,15 +171,15 @@ def device_history(db: Database, name: str) -> dict[str, Any] | None:
     )
     return {
         "name": name,
-        "enrolled": format_time(enrolled),
-        "last_seen": format_time(seen),
+        "enrolled": epoch_to_text(enrolled),
+        "last_seen": epoch_to_text(seen),
         "release_id": rel,
         "install_state": state,
         "last_error": err,
         "deferred_release": pending,
-        "deferred_since": format_time(since),
+        "deferred_since": epoch_to_text(since),
         "items": {
-            k: {"value": v["value"], "updated": format_time(v["updated"])}
+            k: {"value": v["value"], "updated": epoch_to_text(v["updated"])}
             for k, v in sorted(json.loads(items).items())
         },
         "declarations": [
@@ -185,12 +189,12 @@ def device_history(db: Database, name: str) -> dict[str, Any] | None:
                 "valid": v,
                 "server_token": t,
                 "reasons": json.loads(r),
-                "updated": format_time(u),
+                "updated": epoch_to_text(u),
             }
             for i, a, v, t, r, u in decl
         ],
         "history": [
-            {"at": format_time(a), "from": f, "to": t, "build": b, "supplemental_build": s}
+            {"at": epoch_to_text(a), "from": f, "to": t, "build": b, "supplemental_build": s}
             for a, f, t, b, s in history
         ],
     }

@@ -20,8 +20,10 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
+
+from bsipatch._time import parse_epoch
+from bsipatch.errors import FormatError
 
 MAX_BODY = 64 * 1024
 MAX_DECLARATIONS = 64
@@ -41,7 +43,6 @@ EVENTS = ("check", "install", "rollback", "uninstall", "boot", "policy", "sync")
 VALID_VALUES = ("valid", "invalid", "unknown")
 
 _REPORT_KEYS = {"StatusItems", "Errors", "FullReport", "ReportSequence", "Timestamp"}
-_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 
 class ItemError(ValueError):
@@ -65,11 +66,12 @@ def _int(v: Any, where: str) -> int:
     return v
 
 
-def _time(v: Any, where: str) -> str:
+def _time(v: Any, where: str) -> float:
     s = _str(v, where, limit=40)
-    if not _TIME.match(s):
-        raise ItemError(f"{where} must be a UTC time like 2026-11-28T10:00:00Z, got {s!r}")
-    return str(s)
+    try:
+        return parse_epoch(s, where)
+    except FormatError as exc:
+        raise ItemError(f"{where} must be a UTC time like 2026-11-28T10:00:00Z, got {s!r}") from exc
 
 
 def _obj(v: Any, where: str, required: set[str], optional: set[str]) -> dict[str, Any]:
@@ -190,19 +192,6 @@ def _flatten(obj: Any, path: str, out: dict[str, Any]) -> None:
         _flatten(value, f"{path}.{key}" if path else key, out)
 
 
-def parse_time(text: str) -> float:
-    """``2026-11-28T10:00:00Z`` -> seconds since the epoch."""
-    fmt = "%Y-%m-%dT%H:%M:%S.%fZ" if "." in text else "%Y-%m-%dT%H:%M:%SZ"
-    return datetime.strptime(text, fmt).replace(tzinfo=timezone.utc).timestamp()
-
-
-def format_time(when: float | None) -> str | None:
-    """Seconds since the epoch -> ``2026-11-28T10:00:00Z`` (None stays None)."""
-    if when is None:
-        return None
-    return datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def parse_report(body: bytes) -> Report:
     """Validate a status report body whole; raise :class:`ItemError` on the first problem.
 
@@ -226,7 +215,7 @@ def parse_report(body: bytes) -> Report:
     if seq is not None:
         _int(seq, "ReportSequence")
     ts = doc.get("Timestamp")
-    stamp = parse_time(_time(ts, "Timestamp")) if ts is not None else None
+    stamp = _time(ts, "Timestamp") if ts is not None else None
     errors = doc.get("Errors", [])
     if not isinstance(errors, list) or len(errors) > 64:
         raise ItemError("Errors must be a list of at most 64")

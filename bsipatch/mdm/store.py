@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from bsipatch._time import parse_epoch
 from bsipatch.errors import MdmError
 from bsipatch.mdm.db import Database
 from bsipatch.mdm.items import Report, declarations_token, release_label, server_token
@@ -356,9 +357,7 @@ def _release_of(items: dict[str, Any]) -> str | None:
 
 
 def _ts(text: Any) -> float | None:
-    from bsipatch.mdm.items import parse_time
-
-    return parse_time(text) if isinstance(text, str) else None
+    return parse_epoch(text) if isinstance(text, str) else None
 
 
 def _declaration_rows(dev: int, value: Any, now: float) -> list[tuple[Any, ...]]:

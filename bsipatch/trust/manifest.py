@@ -2,12 +2,13 @@
 
 A manifest names a release (``26.1 (a)``), the OS version and base builds it
 applies to, when it was published, its monotonic sequence number and expiry, and
-for each component: the activation (``relaunch``/``reboot``), the seal of the base
-image it patches and of the image it produces, the patch file's path, size and
-SHA-256, and the CVEs it fixes. ``from_dict``/``to_dict`` are strict: unknown,
+for each component: the activation (``relaunch``/``reboot``), the seal, size and
+SHA-256 of the image it patches and of the image it produces, the patch file's path,
+size and SHA-256, and the CVEs it fixes. ``from_dict``/``to_dict`` are strict: unknown,
 missing or mistyped fields raise :class:`~bsipatch.errors.FormatError`.
 
-Also the small shared helpers for metadata time stamps and field checks. No
+Also the small shared helpers for field checks (``format_time``/``parse_time`` are
+re-exported from :mod:`bsipatch._time`, where they live). No
 signatures and no I/O here (TUF verifies; see :mod:`bsipatch.trust.client`).
 """
 
@@ -16,9 +17,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from bsipatch._time import format_time, parse_time
 from bsipatch.errors import FormatError, WrongTarget
 
 if TYPE_CHECKING:
@@ -42,7 +44,6 @@ SPEC_VERSION = 1
 #: Allowed ``activation`` values.
 ACTIVATIONS = ("relaunch", "reboot")
 
-_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 _HEX = re.compile(r"^[0-9a-f]*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _BUILD = re.compile(r"^[A-Za-z0-9]{1,32}$")
@@ -55,31 +56,6 @@ MAX_SALT = 256
 
 
 # --- helpers shared by manifest and catalog --------------------------------------------
-
-
-def format_time(when: datetime) -> str:
-    """Format an aware datetime as ``YYYY-MM-DDTHH:MM:SSZ`` (UTC, whole seconds).
-
-    Raises:
-        ValueError: ``when`` is naive (no time zone).
-    """
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError("metadata times must be timezone-aware (use timezone.utc)")
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: Any, what: str = "time") -> datetime:
-    """Parse ``YYYY-MM-DDTHH:MM:SSZ`` into an aware UTC datetime.
-
-    Raises:
-        FormatError: not a string in exactly that form, or not a real date.
-    """
-    if not isinstance(text, str) or not _TIME.match(text):
-        raise FormatError(f"{what} must look like 2026-11-28T00:00:00Z, found {text!r}")
-    try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-    except ValueError as exc:
-        raise FormatError(f"{what} {text!r} is not a valid date: {exc}") from None
 
 
 def release_slug(release_id: str) -> str:
@@ -185,34 +161,52 @@ def check_release_path(path: Any, what: str) -> str:
 
 @dataclass(frozen=True)
 class SealRef:
-    """The seal of an image as the manifest records it.
+    """A sealed image as the metadata records it: its seal, size and whole-image SHA-256.
+
+    The seal is what the device verifies the image with; ``sha256`` and ``size`` are
+    what a patch header declares for the image it starts from or produces, so the
+    header is checked against them before it is used (:func:`bsipatch.delta.apply.apply`'s
+    ``expected_*`` keywords).
 
     Attributes:
         root_hash: hex of the 32-byte dm-verity root hash.
         salt: hex of the salt (0..256 bytes).
         size: exact image size in bytes.
+        sha256: hex SHA-256 of the whole image.
     """
 
     root_hash: str
     salt: str
     size: int
+    sha256: str
 
     def __post_init__(self) -> None:
         check_hex(self.root_hash, "seal root_hash", length=32)
         check_hex(self.salt, "seal salt", max_bytes=MAX_SALT)
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0:
             raise FormatError(f"seal size must be a non-negative integer, found {self.size!r}")
+        if not isinstance(self.sha256, str):
+            raise FormatError(f"image sha256 must be a hex string, found {self.sha256!r}")
+        check_hex(self.sha256, "image sha256", length=32)
 
     @classmethod
-    def from_seal(cls, seal: Seal) -> SealRef:
-        """Record a :class:`bsipatch.seal.tree.Seal` (only 4096/4096/sha256 seals fit)."""
+    def from_seal(cls, seal: Seal, sha256: bytes | str) -> SealRef:
+        """Record a :class:`bsipatch.seal.tree.Seal` (only 4096/4096/sha256 seals fit) and
+        the image's SHA-256 (e.g. the one :func:`bsipatch.delta.diff.diff` computed for
+        the patch header)."""
         if (seal.data_block_size, seal.hash_block_size, seal.hash_algorithm) != (
             4096,
             4096,
             "sha256",
         ):
             raise ValueError("manifests record only 4096-byte-block SHA-256 seals")
-        return cls(root_hash=seal.root_hash.hex(), salt=seal.salt.hex(), size=seal.data_size)
+        digest = sha256.hex() if isinstance(sha256, (bytes, bytearray)) else sha256
+        return cls(
+            root_hash=seal.root_hash.hex(),
+            salt=seal.salt.hex(),
+            size=seal.data_size,
+            sha256=digest,
+        )
 
     def to_seal(self) -> Seal:
         """The :class:`bsipatch.seal.tree.Seal` this reference describes."""
@@ -225,21 +219,28 @@ class SealRef:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"root_hash", "salt", "size"}``."""
-        return {"root_hash": self.root_hash, "salt": self.salt, "size": self.size}
+        """``{"root_hash", "salt", "size", "sha256"}``."""
+        return {
+            "root_hash": self.root_hash,
+            "salt": self.salt,
+            "size": self.size,
+            "sha256": self.sha256,
+        }
 
     @classmethod
     def from_dict(cls, d: Any, what: str = "seal") -> SealRef:
         """Strict inverse of :meth:`to_dict`.
 
         Raises:
-            FormatError: missing, unknown or mistyped fields.
+            FormatError: missing (metadata without the image's ``sha256`` included),
+                unknown or mistyped fields.
         """
-        check_fields(d, ("root_hash", "salt", "size"), what)
+        check_fields(d, ("root_hash", "salt", "size", "sha256"), what)
         return cls(
             root_hash=get_str(d, "root_hash", what),
             salt=get_str(d, "salt", what),
             size=get_int(d, "size", what),
+            sha256=get_str(d, "sha256", what),
         )
 
 
@@ -314,8 +315,8 @@ class ComponentRelease:
     Attributes:
         name: component name (``[A-Za-z0-9][A-Za-z0-9._-]*``, at most 64 characters).
         activation: ``"relaunch"`` (app-like, on next launch) or ``"reboot"``.
-        base: seal of the image the patch applies to.
-        target: seal of the image the patch produces.
+        base: the image the patch applies to (seal, size, SHA-256).
+        target: the image the patch produces (seal, size, SHA-256).
         patch: the patch file.
         cves: the CVEs this component's fix addresses.
     """

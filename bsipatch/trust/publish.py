@@ -20,13 +20,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuf.api.metadata import Targets
 
 from bsipatch._io import PathLike
-from bsipatch.errors import FormatError, MetadataError, WithdrawnRelease
-from bsipatch.trust.manifest import ACTIVATIONS, Cve, SealRef, format_time
+from bsipatch._time import format_time
+from bsipatch.errors import FormatError, HeaderMismatch, MetadataError, WithdrawnRelease
+from bsipatch.trust.manifest import ACTIVATIONS, Cve, SealRef
 from bsipatch.trust.releases import (
     CUSTOM_KEY,
     Catalog,
@@ -40,6 +41,9 @@ from bsipatch.trust.releases import (
 )
 from bsipatch.trust.signers import KeySet
 from bsipatch.trust.tufrepo import Expiry, TufRepository, publish_targets
+
+if TYPE_CHECKING:
+    from bsipatch.seal.tree import Seal
 
 __all__ = [
     "ComponentInput",
@@ -75,13 +79,14 @@ class ComponentInput:
 
 @dataclass(frozen=True)
 class PatchInput:
-    """A patch made elsewhere (vendor builds): file, component, and the seals it joins.
+    """A patch made elsewhere (vendor builds): file, component, and the images it joins.
 
     Attributes:
         component: component name.
         path: the patch file.
-        from_seal: seal of the image it applies to (the base image or an earlier release's).
-        to_seal: seal of the image it produces.
+        from_seal: the image it applies to (the base image or an earlier release's):
+            seal, size and SHA-256, which the patch header must declare as its old image.
+        to_seal: the image it produces (seal, size and SHA-256, the header's new image).
     """
 
     component: str
@@ -141,6 +146,27 @@ def _put_release(targets: Targets, repo: TufRepository, release: Release) -> Non
     targets.targets[tf.path] = tf
 
 
+def _check_patch_header(name: str, p: PatchInput) -> None:
+    """Refuse a patch whose header does not declare the images it is published for.
+
+    Raises:
+        HeaderMismatch: the header's old or new size or SHA-256 is not ``from_seal``'s
+            or ``to_seal``'s (devices would refuse it; better to stop it here).
+    """
+    from bsipatch.delta.info import read_patch_info
+
+    info = read_patch_info(p.path)
+    for what, size, sha, ref in (
+        ("old", info.old_size, info.old_sha256.hex(), p.from_seal),
+        ("new", info.new_size, info.new_sha256.hex(), p.to_seal),
+    ):
+        if size != ref.size or sha != ref.sha256:
+            raise HeaderMismatch(
+                f"patch {p.path} of {name} declares a {size}-byte {what} image with SHA-256 "
+                f"{sha}; the release would sign {ref.size} bytes with SHA-256 {ref.sha256}"
+            )
+
+
 def _add_patch_targets(
     r: TufRepository,
     targets: Targets,
@@ -154,6 +180,7 @@ def _add_patch_targets(
         for p in by_comp.get(name, []):
             if p.to_seal != spec.target:
                 raise FormatError(f"a patch of {name} does not produce its target image")
+            _check_patch_header(name, p)
             rel = patch_target_path(name, p.from_seal, p.to_seal)
             tf = r.add_target_file(rel, p.path, PatchInfo.custom(name, p.from_seal, p.to_seal))
             targets.targets[rel] = tf
@@ -197,6 +224,8 @@ def add_release(
 
     Raises:
         MetadataError: the release id exists.
+        HeaderMismatch: a patch's header does not declare its ``from_seal`` and
+            ``to_seal`` images (size and SHA-256); nothing is published.
         WrongTarget: the release would silently revert a component (see
             :func:`bsipatch.trust.releases.check_cumulative`).
         ThresholdError: too few targets/snapshot/timestamp keys.
@@ -243,7 +272,7 @@ def _seal_pair(
     salt: bytes,
     threads: int | None,
     progress: StepProgress | None,
-) -> tuple[SealRef, SealRef]:
+) -> tuple[Seal, Seal]:
     from bsipatch.seal.tree import seal_image
 
     def step(label: str) -> Callable[[int, int], None] | None:
@@ -251,7 +280,7 @@ def _seal_pair(
 
     base = seal_image(c.base_image, salt=salt, threads=threads, progress=step("seal base"))
     new = seal_image(c.new_image, salt=salt, threads=threads, progress=step("seal new"))
-    return SealRef.from_seal(base), SealRef.from_seal(new)
+    return base, new
 
 
 def _make_patches(
@@ -262,7 +291,11 @@ def _make_patches(
     say: Log,
     progress: StepProgress | None,
 ) -> tuple[dict[str, ComponentSpec], list[PatchInput]]:
-    """Seal each component's base and new image (lineage salt) and diff them into ``tmp``."""
+    """Seal each component's base and new image (lineage salt) and diff them into ``tmp``.
+
+    The images' SHA-256 recorded with their seals are the ones the diff computed for
+    the patch header (no extra read of either image).
+    """
     from bsipatch.delta.diff import diff
 
     specs: dict[str, ComponentSpec] = {}
@@ -271,14 +304,16 @@ def _make_patches(
         old = prev.components.get(c.name) if prev else None
         salt = bytes.fromhex(old.base.salt) if old else secrets.token_bytes(32)
         say(f"{c.name}: sealing {c.base_image} and {c.new_image}")
-        base, target = _seal_pair(c, salt, threads, progress)
+        base_seal, target_seal = _seal_pair(c, salt, threads, progress)
         out = tmp / f"{c.name}.bsipatch"
         say(f"{c.name}: making patch")
         step = None if progress is None else (lambda d, t, n=c.name: progress(f"{n}: patch", d, t))
         with open(out, "wb") as f:
-            diff(c.base_image, c.new_image, f, threads=threads, progress=step)
+            info = diff(c.base_image, c.new_image, f, threads=threads, progress=step)
             f.flush()
             os.fsync(f.fileno())
+        base = SealRef.from_seal(base_seal, info.old_sha256)
+        target = SealRef.from_seal(target_seal, info.new_sha256)
         specs[c.name] = ComponentSpec(c.activation, base, target, (), tuple(c.cves))
         patches.append(PatchInput(c.name, out, base, target))
         say(f"{c.name}: patch {out.stat().st_size} bytes")

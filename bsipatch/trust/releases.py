@@ -24,6 +24,7 @@ from typing import Any
 
 from tuf.api.metadata import TargetFile, Targets
 
+from bsipatch._time import format_time, parse_time
 from bsipatch.errors import FormatError, WrongTarget
 from bsipatch.trust.manifest import (
     ACTIVATIONS,
@@ -38,7 +39,6 @@ from bsipatch.trust.manifest import (
     get_int,
     get_list,
     get_str,
-    parse_time,
     release_slug,
 )
 
@@ -419,7 +419,7 @@ class Catalog:
         if len(set(seqs)) != len(seqs):
             raise FormatError("two releases share a sequence number")
         releases.sort(key=lambda r: r.sequence)
-        expires = targets.expires.strftime("%Y-%m-%dT%H:%M:%SZ")
+        expires = format_time(targets.expires)
         return cls(targets.version, expires, tuple(releases), patches)
 
     def for_device(self, build: str) -> Catalog:
@@ -515,8 +515,6 @@ class Catalog:
 def _after(published: str) -> str:
     """One second after ``published`` (a manifest's expires must follow its date)."""
     from datetime import timedelta
-
-    from bsipatch.trust.manifest import format_time
 
     return format_time(parse_time(published) + timedelta(seconds=1))
 

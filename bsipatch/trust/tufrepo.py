@@ -28,7 +28,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,6 +47,7 @@ from tuf.api.metadata import (
 from tuf.api.serialization.json import JSONSerializer
 
 from bsipatch._io import PathLike, atomic_write
+from bsipatch._time import format_time, to_utc, utc_now
 from bsipatch.errors import ExpiredMetadata, FormatError, MetadataError, ThresholdError
 from bsipatch.trust.signers import ONLINE_ROLES, ROLES, KeySet
 
@@ -94,17 +95,11 @@ class Expiry:
         return getattr(self, role)  # type: ignore[no-any-return]
 
 
-def _utc(when: datetime) -> datetime:
-    if when.tzinfo is None:
-        raise ValueError("times must be timezone-aware (use timezone.utc)")
-    return when.astimezone(timezone.utc).replace(microsecond=0)
-
-
 def _check_not_expired(role: str, expires: datetime, clock: datetime) -> None:
     if expires <= clock:
         raise ExpiredMetadata(
-            f"{role} would expire at {expires:%Y-%m-%dT%H:%M:%SZ}, which has already passed "
-            f"(now {clock:%Y-%m-%dT%H:%M:%SZ}): refusing to publish metadata that is already "
+            f"{role} would expire at {format_time(expires)}, which has already passed "
+            f"(now {format_time(clock)}): refusing to publish metadata that is already "
             "expired (back-dated publication time?)"
         )
 
@@ -345,8 +340,8 @@ def init_repository(
         ExpiredMetadata: ``now`` is so far back that the timestamp would already be expired.
     """
     exp = expiry or Expiry()
-    now = _utc(now)
-    real = _utc((clock or (lambda: datetime.now(timezone.utc)))())
+    now = to_utc(now)
+    real = to_utc((clock or utc_now)())
     for role in ROLES:
         _check_not_expired(role, now + exp.of(role), real)
     repo = TufRepository(path)
@@ -387,8 +382,8 @@ def publish_targets(
         ExpiredMetadata: the new metadata would already be expired (back-dated ``now``).
     """
     exp = expiry or Expiry()
-    now = _utc(now)
-    real = _utc((clock or (lambda: datetime.now(timezone.utc)))())
+    now = to_utc(now)
+    real = to_utc((clock or utc_now)())
     for role in ("targets", "snapshot", "timestamp"):
         _check_not_expired(role, now + exp.of(role), real)
     root = repo.root().signed
@@ -437,8 +432,8 @@ def refresh(
         ThresholdError: too few timestamp (or snapshot, when needed) keys.
     """
     exp = expiry or Expiry()
-    now = _utc(now)
-    real = _utc((clock or (lambda: datetime.now(timezone.utc)))())
+    now = to_utc(now)
+    real = to_utc((clock or utc_now)())
     _check_not_expired("timestamp", now + exp.timestamp, real)
     repo = TufRepository(path)
     with repo.lock():
@@ -464,10 +459,10 @@ def refresh(
         repo.write_metadata(ts_md, "timestamp.json")
     return {
         "timestamp": ts.version,
-        "timestamp_expires": ts.expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "timestamp_expires": format_time(ts.expires),
         "snapshot": snap_md.signed.version,
         "snapshot_resigned": resign,
-        "targets_expires": targets.expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "targets_expires": format_time(targets.expires),
     }
 
 
@@ -494,8 +489,8 @@ def rotate_root(
         ThresholdError: fewer than the threshold of old or of new root keys.
     """
     exp = expiry or Expiry()
-    now = _utc(now)
-    real = _utc((clock or (lambda: datetime.now(timezone.utc)))())
+    now = to_utc(now)
+    real = to_utc((clock or utc_now)())
     _check_not_expired("root", now + exp.root, real)
     repo = TufRepository(path)
     with repo.lock():

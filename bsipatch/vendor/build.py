@@ -37,9 +37,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bsipatch._time import format_time
 from bsipatch.errors import MatrixError, MetadataError
 from bsipatch.trust import publish
-from bsipatch.trust.manifest import SealRef, format_time, release_slug
+from bsipatch.trust.manifest import SealRef, release_slug
 from bsipatch.trust.releases import (
     CUSTOM_KEY,
     Catalog,

@@ -72,7 +72,8 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class TaskResult:
-    """What a task returns: seals as ``{"root_hash", "salt", "size"}``, patch facts, timings."""
+    """What a task returns: images as ``{"root_hash", "salt", "size", "sha256"}`` (the
+    SHA-256 from the patch header the diff wrote), patch facts, timings."""
 
     key: str
     variant: str
@@ -106,8 +107,14 @@ def _local(url: str) -> Iterator[str]:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _seal_dict(seal: Any) -> dict[str, Any]:
-    return {"root_hash": seal.root_hash.hex(), "salt": seal.salt.hex(), "size": seal.data_size}
+def _seal_dict(seal: Any, sha256: bytes) -> dict[str, Any]:
+    """The image as metadata records it (:class:`bsipatch.trust.manifest.SealRef` fields)."""
+    return {
+        "root_hash": seal.root_hash.hex(),
+        "salt": seal.salt.hex(),
+        "size": seal.data_size,
+        "sha256": sha256.hex(),
+    }
 
 
 def _sha256_file(path: str) -> tuple[int, str]:
@@ -154,7 +161,7 @@ def _run(spec: TaskSpec, t0: float, c0: float) -> TaskResult:
             target = seal_image(new, salt=spec.salt, threads=spec.threads)
         with atomic_write(spec.out_path) as f:
             os.fchmod(f.fileno(), 0o644)
-            diff(src, new, f, threads=spec.threads)
+            info = diff(src, new, f, threads=spec.threads)  # hashes both images for its header
     size, digest = _sha256_file(spec.out_path)
     return TaskResult(
         key=spec.key,
@@ -162,8 +169,8 @@ def _run(spec: TaskSpec, t0: float, c0: float) -> TaskResult:
         build=spec.build,
         component=spec.component,
         source_release=spec.source_release,
-        source_seal=_seal_dict(source),
-        target_seal=None if target is None else _seal_dict(target),
+        source_seal=_seal_dict(source, info.old_sha256),
+        target_seal=None if target is None else _seal_dict(target, info.new_sha256),
         patch_path=spec.out_path,
         patch_size=size,
         patch_sha256=digest,
