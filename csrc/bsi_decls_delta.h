@@ -124,13 +124,18 @@ typedef struct {
     uint64_t diff_len;
     uint64_t kind_bytes[4];
     uint64_t kind_ops[4];
+    /* input, kept across calls: 0 = sparse difference stream (zero runs and non-zero
+     * runs in the runs sections, only non-zero bytes in diff), 1 = dense (every ADD
+     * difference byte in diff, zeros included; the runs sections stay empty) */
+    uint64_t dense;
 } bsi_seg_enc;
 
 /* Encode ops from the cursor into one segment of at most max_out output bytes
  * (fewer when a section buffer fills: a segment's payload is bounded by the
  * capacities, its output by max_out). Sections go to ctrl/runs (zero-run
  * lengths)/nruns (non-zero-run lengths)/lit/diff
- * buffers with the given capacities. Returns 0 or a negative BSI_E_*. */
+ * buffers with the given capacities (enc->dense: the dense difference stream, runs
+ * unused). Returns 0 or a negative BSI_E_*. */
 int bsi_seg_encode(bsi_seg_enc *enc, const bsi_op *ops, uint64_t n_ops, const uint8_t *old,
                    uint64_t old_size, const uint8_t *new_, uint64_t new_size, uint64_t max_out,
                    uint8_t *ctrl, uint64_t ctrl_cap, uint8_t *runs, uint64_t runs_cap,
@@ -174,6 +179,8 @@ typedef struct {
     uint64_t run_left;
     uint64_t kind_bytes[4];   /* output bytes made by COPY, ADD, INSERT, ZERO so far */
     uint64_t prov_phase;      /* output offset of the segment modulo 4096 (provenance) */
+    uint32_t dense;           /* the difference stream is dense (bsi_patch_set_mode) */
+    uint32_t reserved;
 } bsi_patch_state;
 
 /* Start a segment that must produce out_total bytes from an old image of old_size
@@ -205,6 +212,15 @@ int bsi_patch_finish(bsi_patch_state *st);
 /* flags: do not write the bytes of blocks reported ZERO or COPY (their place in the
  * output buffer is left as it was; out->pos still advances over them). */
 #define BSI_PATCH_SKIP_REPORTED 1
+
+/* Modes for bsi_patch_set_mode. BSI_PATCH_DENSE: the segment's difference stream is
+ * dense: every ADD output byte takes the next diff byte (zeros included); both runs
+ * sections must be empty (else BSI_E_CORRUPT). Default: sparse (runs sections). */
+#define BSI_PATCH_SPARSE 0
+#define BSI_PATCH_DENSE 1
+/* Set the mode right after bsi_patch_init, before any feed (BSI_E_INVAL otherwise, or
+ * for an unknown mode). */
+int bsi_patch_set_mode(bsi_patch_state *st, uint32_t mode);
 
 /* Set the phase (0..4095) right after bsi_patch_init, before any feed. */
 int bsi_patch_set_phase(bsi_patch_state *st, uint64_t phase);

@@ -752,6 +752,12 @@ BSI_API int bsi_seg_encode(bsi_seg_enc *enc, const bsi_op *ops, uint64_t n_ops, 
             if (take == 0) break;
             memcpy(lit + enc->lit_len, nw + npos, take);
             enc->lit_len += take;
+        } else if (op->kind == BSI_OP_ADD && enc->dense) {
+            const uint8_t *a = nw + npos, *b = old + oo;
+            if (take > diff_cap - enc->diff_len) take = diff_cap - enc->diff_len;
+            if (take == 0) break;
+            for (uint64_t k = 0; k < take; k++) diff[enc->diff_len + k] = (uint8_t)(a[k] - b[k]);
+            enc->diff_len += take;
         } else if (op->kind == BSI_OP_ADD) {
             const uint8_t *a = nw + npos, *b = old + oo;
             uint64_t k = 0;

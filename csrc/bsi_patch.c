@@ -127,6 +127,7 @@ BSI_API int bsi_patch_feed_prov(bsi_patch_state *st, const uint8_t *old, uint64_
                     bsi_add_overflow_u64(buffered, st->lit_len, &buffered) ||
                     buffered > st->scratch_cap)
                     return fail(st, BSI_E_OVERFLOW);
+                if (st->dense && (st->runs_len || st->nruns_len)) return fail(st, BSI_E_CORRUPT);
                 if (st->lit_len > st->out_total || st->diff_len > st->out_total ||
                     st->n_ops > st->out_total || st->n_ops > st->ctrl_len)
                     return fail(st, BSI_E_CORRUPT);
@@ -193,6 +194,18 @@ BSI_API int bsi_patch_feed_prov(bsi_patch_state *st, const uint8_t *old, uint64_
                     st->lit_pos += n;
                     break;
                 default: /* ADD */
+                    if (st->dense) {
+                        /* every byte takes the next difference byte */
+                        size_t avail = in->size - in->pos;
+                        const uint8_t *d = in->ptr + in->pos, *o = old + st->cur_old;
+                        if (n > st->diff_len - st->diff_done) return fail(st, BSI_E_CORRUPT);
+                        if (avail == 0) return 0;
+                        if (n > avail) n = avail;
+                        for (uint64_t i = 0; i < n; i++) dst[i] = (uint8_t)(o[i] + d[i]);
+                        in->pos += n;
+                        st->diff_done += n;
+                        break;
+                    }
                     while (st->run_left == 0) {
                         uint64_t r;
                         /* runs alternate: zero runs from one section, non-zero runs
@@ -238,6 +251,14 @@ BSI_API int bsi_patch_feed_prov(bsi_patch_state *st, const uint8_t *old, uint64_
             return fail(st, BSI_E_STATE);
         }
     }
+}
+
+BSI_API int bsi_patch_set_mode(bsi_patch_state *st, uint32_t mode) {
+    if (!st || mode > BSI_PATCH_DENSE || st->phase != PH_HDR || st->hdr_have || st->out_done ||
+        st->error)
+        return BSI_E_INVAL;
+    st->dense = mode == BSI_PATCH_DENSE;
+    return BSI_OK;
 }
 
 BSI_API int bsi_patch_set_phase(bsi_patch_state *st, uint64_t phase) {

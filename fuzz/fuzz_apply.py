@@ -36,16 +36,20 @@ def _seed_corpus() -> str:
     new = bytearray(OLD)
     new[1000:1010] = b"0123456789"
     new[30000:30000] = b"inserted" * 20
+    churn = bytearray(OLD)  # 4-byte values moved alike: a dense difference stream
+    for i in range(0, len(churn) - 4, 7):
+        churn[i] = (churn[i] + 0x40) & 0xFF
     variants = {
         "edit": bytes(new),
+        "churn": bytes(churn),
         "empty": b"",
         "grown": OLD + b"tail" * 100,
         "unrelated": bytes(range(256)) * 8,
     }
     for name, data in variants.items():
-        for fmt in ("bsipatch", "bsdiff40"):
-            out = io.BytesIO()
-            diff(OLD, data, out, format=fmt)
+        for fmt in ("bsipatch", "bsipatch-v1", "bsdiff40"):
+            out = io.BytesIO()  # bsipatch: version 3 (one segment), -v1: the framed form
+            diff(OLD, data, out, format=fmt[:8], compact=fmt != "bsipatch-v1")
             (seeds / f"{name}.{fmt}").write_bytes(out.getvalue())
     return str(seeds)
 

@@ -1,6 +1,7 @@
 /* libFuzzer harness for the streaming patch applier (csrc/bsi_patch.c).
  *
- * Input: byte 0 picks the feed chunk size (1..256), byte 1 the output buffer size
+ * Input: byte 0 picks the difference-stream mode (bit 7: BSI_PATCH_DENSE, else sparse)
+ * and the feed chunk size (bits 0-6: 1..128), byte 1 the output buffer size
  * (1..256); the rest is a segment payload fed to bsi_patch_feed against a fixed
  * 64 KiB old image. The declared output size is taken from the payload's own
  * header (capped at 1 MiB) so the parser gets past its first check.
@@ -31,6 +32,7 @@
 #define BS 4096u
 
 static unsigned long reported; /* blocks reported and checked (for the standalone run) */
+static uint32_t mode;          /* BSI_PATCH_SPARSE or BSI_PATCH_DENSE, from the input */
 
 /* Apply with provenance into full[]; return bytes produced, or -1 on an error. */
 static int64_t run_prov(const uint8_t *data, size_t size, size_t chunk, size_t out_size,
@@ -43,6 +45,7 @@ static int64_t run_prov(const uint8_t *data, size_t size, size_t chunk, size_t o
     uint64_t produced = 0;
     memset(prov, 0, nprov * sizeof(*prov));
     bsi_patch_init(&st, declared, OLD_SIZE, SCRATCH);
+    if (bsi_patch_set_mode(&st, mode) != 0) abort();
     if (bsi_patch_set_phase(&st, phase) != 0) abort();
     for (size_t pos = 0; pos <= size; pos += chunk) {
         size_t n = size - pos < chunk ? size - pos : chunk;
@@ -116,7 +119,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         init = 1;
     }
     if (size < 2) return 0;
-    chunk = (size_t)data[0] + 1;
+    chunk = (size_t)(data[0] & 0x7F) + 1;
+    mode = (data[0] & 0x80) ? BSI_PATCH_DENSE : BSI_PATCH_SPARSE;
     ob.ptr = out;
     ob.size = (size_t)data[1] + 1;
     ob.pos = 0;
@@ -126,6 +130,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         for (int i = 7; i >= 0; i--) declared = (declared << 8) | data[i];
     if (declared > (1u << 20)) declared = 1u << 20;
     bsi_patch_init(&st, declared, OLD_SIZE, SCRATCH);
+    if (bsi_patch_set_mode(&st, mode) != 0) abort();
+    if (bsi_patch_set_mode(&st, 2) != BSI_E_INVAL) abort(); /* unknown modes refused */
     for (pos = 0; pos <= size; pos += chunk) {
         size_t n = size - pos < chunk ? size - pos : chunk;
         int rc;
@@ -141,6 +147,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (in.pos != in.size) abort(); /* rc 0 must mean "all input taken" */
         if (n == 0) break;
     }
+    if (produced && bsi_patch_set_mode(&st, mode) != BSI_E_INVAL) abort(); /* too late */
     if (bsi_patch_finish(&st) == 0 && produced != declared) abort();
     if (produced > declared) abort();
     /* provenance: output buffers of one to three blocks; phase 0 for an even first

@@ -88,11 +88,14 @@ def test_image_with_a_changed_library_gets_the_transform(
     with_exe, plain = _patch(old, new), _patch(old, new, exe=False)
     assert _apply(old, with_exe) == new and _apply(old, plain) == new
     info = bsipatch.read_patch_info(io.BytesIO(with_exe))
-    assert info.version == 2 and info.stats.get("transform_bytes", 0) > 0
+    assert info.version in (2, 3) and info.stats.get("transform_bytes", 0) > 0
     # the image patch gains (nearly) what the library on its own gains
     lone_gain = len(_patch(lo, ln, exe=False)) - len(_patch(lo, ln))
     assert lone_gain > 50
-    assert len(plain) - len(with_exe) >= 0.8 * lone_gain
+    # (less 64 B: the dense or sparse difference stream each patch picks moves sizes by
+    # a few dozen bytes; the a64 library gains only ~60 B, x86 ~800 B)
+    assert len(plain) > len(with_exe)
+    assert len(plain) - len(with_exe) >= 0.8 * lone_gain - 64
     if arch == "x86":  # the inserted function moves every call after it
         assert len(with_exe) < 0.7 * len(plain)
     # streaming apply, any chunk size, is exact too
@@ -125,11 +128,12 @@ def test_images_without_moved_code_keep_version_1(libs: dict[str, tuple[bytes, b
     new = bytearray(old)
     new[-5000] ^= 0xFF  # filler changed, library unchanged
     p = _patch(old, bytes(new))
-    assert bsipatch.read_patch_info(io.BytesIO(p)).version == 1
+    assert "transform_bytes" not in bsipatch.read_patch_info(io.BytesIO(p)).stats
     assert p == _patch(old, bytes(new), exe=False)
     flipped = bytearray(old)  # one byte inside the library: nothing moves
     flipped[exeimage.find_elves(old)[0].off + 5000] ^= 1
-    assert bsipatch.read_patch_info(io.BytesIO(_patch(old, bytes(flipped)))).version == 1
+    info = bsipatch.read_patch_info(io.BytesIO(_patch(old, bytes(flipped))))
+    assert "transform_bytes" not in info.stats
 
 
 def test_hostile_image_transform_bodies_are_refused(libs: dict[str, tuple[bytes, bytes]]) -> None:
@@ -182,5 +186,5 @@ def test_ext4_image_with_changed_libraries(
     del rng
     with_exe, plain = _patch(images[0], images[1]), _patch(images[0], images[1], exe=False)
     assert _apply(images[0], with_exe) == images[1].read_bytes()
-    assert bsipatch.read_patch_info(io.BytesIO(with_exe)).version == 2
+    assert bsipatch.read_patch_info(io.BytesIO(with_exe)).version in (2, 3)
     assert len(with_exe) < 0.85 * len(plain)

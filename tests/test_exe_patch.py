@@ -21,6 +21,7 @@ import pytest
 import bsipatch
 from bsipatch.delta import patchformat as patchfmt
 from bsipatch.delta.apply import ApplyReader, Provenance, iter_apply
+from bsipatch.delta.diff import diff
 from bsipatch.delta.info import read_patch_info
 from bsipatch.errors import CorruptPatch, TruncatedPatch, UnsupportedPatch, WrongBaseImage
 from bsipatch.seal.tree import image_leaves
@@ -46,7 +47,9 @@ def pairs(
 
 def _diff(old: bytes, new: bytes, **kw: object) -> tuple[bytes, patchfmt.PatchInfo]:
     f = io.BytesIO()
-    info = bsipatch.diff(old, new, f, **kw)  # type: ignore[arg-type]
+    # compact= is not a public option (the framing is the engine's choice)
+    make = diff if "compact" in kw else bsipatch.diff
+    info = make(old, new, f, **kw)  # type: ignore[operator]
     return f.getvalue(), info
 
 
@@ -58,8 +61,8 @@ def test_round_trip_and_smaller_than_version_1(
     name: str, pairs: dict[str, tuple[bytes, bytes]], tmp_path: Path
 ) -> None:
     old, new = pairs[name]
-    v2, info = _diff(old, new)
-    v1, info1 = _diff(old, new, exe=False)
+    v2, info = _diff(old, new, compact=False)
+    v1, info1 = _diff(old, new, exe=False, compact=False)
     assert info.version == 2 and info1.version == 1
     assert v2[8:10] == b"\x02\x00" and v2[144:148] == b"BXFM"
     assert len(v2) < len(v1), (len(v2), len(v1))
@@ -78,6 +81,13 @@ def test_round_trip_and_smaller_than_version_1(
     out1 = io.BytesIO()
     bsipatch.apply(old, v1, out1)
     assert out1.getvalue() == new
+    # the default (compact framing, version 3) carries the same transform, smaller
+    v3, info3 = _diff(old, new)
+    assert info3.version == 3 and len(v3) < len(v2) and v3[8:10] == b"\x03\x00"
+    assert info3.stats["transform_bytes"] == info.stats["transform_bytes"]
+    bsipatch.apply(tmp_path / "old", v3, tmp_path / "new3")
+    assert (tmp_path / "new3").read_bytes() == new
+    assert b"".join(iter_apply(old, io.BytesIO(v3), chunk_size=777)) == new
 
 
 def test_real_pairs_gain(pairs: dict[str, tuple[bytes, bytes]]) -> None:
@@ -112,7 +122,7 @@ def _rehash_header(p: bytearray) -> None:
 
 def test_damage_to_the_transform_block_is_caught(pairs: dict[str, tuple[bytes, bytes]]) -> None:
     old, new = pairs["x86-change"]
-    v2, _ = _diff(old, new)
+    v2, _ = _diff(old, new, compact=False)
     head = struct.unpack_from("<4sIII", v2, 144)
     end = 144 + 16 + head[3] + 32
     for pos in (144, 148, 152, 156, 170, end - 40, end - 1):
@@ -133,7 +143,7 @@ def test_damage_to_the_transform_block_is_caught(pairs: dict[str, tuple[bytes, b
     with pytest.raises(CorruptPatch):
         bsipatch.apply(old, bytes(as_v1), io.BytesIO())
     future = bytearray(v2)
-    future[8:10] = b"\x03\x00"
+    future[8:10] = b"\x04\x00"
     _rehash_header(future)
     with pytest.raises(UnsupportedPatch):
         bsipatch.apply(old, bytes(future), io.BytesIO())
@@ -155,11 +165,13 @@ def test_wrong_old_image_is_reported(pairs: dict[str, tuple[bytes, bytes]], tmp_
 def test_non_elf_inputs_keep_version_1() -> None:
     old = bytes(range(256)) * 400
     new = old[:5000] + b"changed" + old[5000:]
-    v, info = _diff(old, new)
+    v, info = _diff(old, new, compact=False)
     assert info.version == 1 and v[8:10] == b"\x01\x00"
     elfish = b"\x7fELF" + old[4:]
-    v, info = _diff(elfish, elfish[:100] + b"x" + elfish[101:])
+    v, info = _diff(elfish, elfish[:100] + b"x" + elfish[101:], compact=False)
     assert info.version == 1
+    v, info = _diff(elfish, elfish[:100] + b"x" + elfish[101:])
+    assert info.version == 3 and "transform_bytes" not in info.stats
 
 
 def test_concatenated_elf_files(pairs: dict[str, tuple[bytes, bytes]]) -> None:
@@ -168,11 +180,18 @@ def test_concatenated_elf_files(pairs: dict[str, tuple[bytes, bytes]]) -> None:
     glued at unaligned offsets, none is found and the version 1 bytes are kept."""
     (a, b), (c, d) = pairs["x86-insert"], pairs["a64-change"]
     old, new = a + c, b + d
-    v, info = _diff(old, new)
-    v1, _ = _diff(old, new, exe=False)
+    v, info = _diff(old, new, compact=False)
+    v1, _ = _diff(old, new, exe=False, compact=False)
     assert info.version == 2 and len(v) < len(v1)
     assert bsipatch.apply(old, v) == new
+    v, info = _diff(old, new)  # one segment: the compact framing, same transform
+    v1, _ = _diff(old, new, exe=False)
+    assert info.version == 3 and info.stats["transform_bytes"] > 0 and len(v) < len(v1)
+    assert bsipatch.apply(old, v) == new
     old, new = b"\x01" * 100 + old, b"\x01" * 100 + new
+    v, info = _diff(old, new, compact=False)
+    v1, _ = _diff(old, new, exe=False, compact=False)
+    assert info.version == 1 and v == v1
     v, info = _diff(old, new)
     v1, _ = _diff(old, new, exe=False)
-    assert info.version == 1 and v == v1
+    assert "transform_bytes" not in info.stats and v == v1

@@ -135,9 +135,14 @@ def test_extra_bytes_after_trailer_refused() -> None:
 
 def test_wrong_version_and_magic() -> None:
     old, new = _pair()
-    p = bytearray(_make(old, new))
-    p[8] = 3  # versions 1 and 2 exist (2: with an executable transform)
-    with pytest.raises(UnsupportedPatch):
+    for compact in (True, False):
+        p = bytearray(_make(old, new, compact=compact))
+        p[8] = 4  # versions 1, 2 (an executable transform) and 3 (compact) exist
+        with pytest.raises(UnsupportedPatch):
+            apply(old, bytes(p), io.BytesIO())
+    p = bytearray(_make(old, new, compact=False))
+    p[8] = 3  # a version 1 header read as the compact framing: refused, typed
+    with pytest.raises(PatchError):
         apply(old, bytes(p), io.BytesIO())
     with pytest.raises(UnsupportedPatch):
         apply(old, b"NOTAPATCH" + bytes(200), io.BytesIO())
@@ -255,11 +260,11 @@ def test_segment_split_into_frames_applies(monkeypatch: pytest.MonkeyPatch) -> N
     the reader takes the concatenated contents as the payload."""
     import zstandard
 
-    import bsipatch.delta.diff
+    import bsipatch.delta.writer
 
-    monkeypatch.setattr(bsipatch.delta.diff, "FRAME_SPLIT_MIN", 16)
+    monkeypatch.setattr(bsipatch.delta.writer, "FRAME_SPLIT_MIN", 16)
     old, new = _pair()
-    p = _make(old, new, threads=2)
+    p = _make(old, new, threads=2, compact=False)
     info = read_patch_info(io.BytesIO(p))
     start = patchfmt.HEADER_SIZE + patchfmt.SEG_SIZE
     comp = p[start : start + info.segments[0].comp_len]

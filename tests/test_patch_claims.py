@@ -33,13 +33,15 @@ def pair(tmp_path: Path) -> tuple[Path, Path, Path, bytes]:
     new[5000:5100] = os.urandom(100)
     (tmp_path / "old").write_bytes(old)
     (tmp_path / "new").write_bytes(new)
-    diff(tmp_path / "old", tmp_path / "new", tmp_path / "p.bsipatch")
+    diff(tmp_path / "old", tmp_path / "new", tmp_path / "p.bsipatch", compact=False)
     return tmp_path / "old", tmp_path / "p.bsipatch", tmp_path / "out", bytes(new)
 
 
 def _with_claim(patch: bytes, **changes: int) -> bytes:
     """The patch with its header's fields changed and its header digest recomputed
     (what an attacker who writes patches can do)."""
+    if patch[8:10] == b"\x03\x00":  # compact framing: fields, then one digest over all
+        return _with_compact_claim(patch, **changes)
     h = Header.unpack(patch[:HEADER_SIZE])
     fields = {
         "version": h.version,
@@ -53,6 +55,20 @@ def _with_claim(patch: bytes, **changes: int) -> bytes:
     }
     fields.update(changes)
     return Header(**fields).pack() + patch[HEADER_SIZE:]  # type: ignore[arg-type]
+
+
+def _with_compact_claim(patch: bytes, **changes: int) -> bytes:
+    import hashlib
+    import io
+
+    from bsipatch.delta import compact
+
+    r = io.BytesIO(patch)
+    r.read(10)
+    fields, _ = compact.read_fields(r.read, patch[:10])
+    head = compact.pack_header(fields._replace(**changes))
+    body = patch[r.tell() : -32]
+    return head + body + hashlib.sha256(head + body).digest()
 
 
 def _leftovers(d: Path) -> list[str]:

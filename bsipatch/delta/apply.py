@@ -2,7 +2,8 @@
 
 Three shapes over one engine (STYLE.md): :func:`apply` pumps a patch into an output
 path or file, :func:`iter_apply` yields verified output chunks as fast as the
-consumer pulls, and :class:`ApplyReader` is a file-like reader. The patch is read
+consumer pulls, and :class:`ApplyReader` is a file-like reader (both in shapes.py,
+re-exported here). The patch is read
 strictly sequentially (a socket or HTTP response works); BSDIFF40 patches are
 recognised by their magic and handed to bsdiff40.py. This module does the I/O,
 the digests and the file policy (temp file, rename, resume); one segment's work is
@@ -27,26 +28,25 @@ writing. See docs/patch-format.md, "Resuming".
 from __future__ import annotations
 
 import contextlib
-import errno
-import io
 import mmap
 import os
 import queue
-import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
-from bsipatch._buffers import open_buffer
-from bsipatch._io import fsync_dir, is_pathlike, open_private, open_source, read_exact
+from bsipatch._io import fsync_dir, is_pathlike, open_private
 from bsipatch._native import ffi, lib
 from bsipatch._threads import default_threads
 from bsipatch.delta import patchformat as patchfmt
 from bsipatch.delta.oldimage import OldImage, no_check, pwrite_all, write_all
 from bsipatch.delta.patchformat import PatchReader, same_digest
 from bsipatch.delta.segment import OUT_CHUNK, segment_chunks
-from bsipatch.errors import HeaderMismatch, OutputMismatch, TruncatedPatch, UnsupportedPatch
+from bsipatch.delta.shapes import ApplyReader as ApplyReader  # re-exported
+from bsipatch.delta.shapes import iter_apply as iter_apply  # re-exported
+from bsipatch.delta.source import open_patch, patch_length, temp_file
+from bsipatch.errors import HeaderMismatch, OutputMismatch, TruncatedPatch
 from bsipatch.hashing import Sha256
 
 # SHA-256 is the native one (no OpenSSL); zstandard, numpy and concurrent.futures are
@@ -77,30 +77,6 @@ def __getattr__(name: str) -> Any:
 
         return Provenance
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _patch_length(patch: PatchSource, f: BinaryIO, max_patch_size: int | None) -> int | None:
-    """The patch's length when it can be known without reading it (else the bound)."""
-    if isinstance(patch, (bytes, bytearray, memoryview)):
-        return memoryview(patch).nbytes
-    try:
-        st = os.fstat(f.fileno())
-    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-        return max_patch_size
-    if not stat.S_ISREG(st.st_mode):
-        return max_patch_size
-    return st.st_size if max_patch_size is None else min(st.st_size, max_patch_size)
-
-
-def _open_patch(stack: ExitStack, patch: PatchSource) -> tuple[BinaryIO, bytes]:
-
-    f = stack.enter_context(open_source(patch))
-    magic = read_exact(f, 8)
-    if len(magic) < 8:
-        if patchfmt.MAGIC.startswith(magic) or patchfmt.BSDIFF40_MAGIC.startswith(magic):
-            raise TruncatedPatch(f"patch is only {len(magic)} bytes long")
-        raise UnsupportedPatch(f"not a patch: starts with {magic!r}")
-    return f, magic
 
 
 class _OrderedOutput:
@@ -238,21 +214,6 @@ def _apply_to_fd(
     return {"resumed_segments": resumed}
 
 
-def _temp_file(directory: str, name: str) -> tuple[int, str]:
-    """A new, empty temporary file beside the output (mode 0666 less the umask)."""
-    from bsipatch._io import new_file_mode
-
-    for _ in range(100):
-        tmp = os.path.join(directory, f".{name}.{os.urandom(6).hex()}.bsipatch-tmp")  # noqa: PTH118
-        try:
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except FileExistsError:  # pragma: no cover - 48 random bits
-            continue
-        os.fchmod(fd, new_file_mode())
-        return fd, tmp
-    raise FileExistsError(errno.EEXIST, "no free temporary name", str(directory))
-
-
 def _apply_to_path(
     old: OldImage,
     reader: PatchReader,
@@ -274,7 +235,7 @@ def _apply_to_path(
         tmp = os.path.join(directory, f".{name}{PARTIAL_SUFFIX}")  # noqa: PTH118
         fd = open_private(tmp, os.O_RDWR | os.O_CREAT, 0o644)
     else:
-        fd, tmp = _temp_file(directory, name)
+        fd, tmp = temp_file(directory, name)
     keep = False
     try:
         existing = os.fstat(fd).st_size if resume else 0
@@ -339,7 +300,9 @@ def _apply_to_stream(
     done = 0
     for seg, comp in reader:
         # bytes leave the process as they are made: each segment is verified on its own
-        for chunk in segment_chunks(old, header, seg, comp):
+        # (one that is the whole image by the image's digest, checked at the same point)
+        whole = seg.out_len == header.new_size
+        for chunk in segment_chunks(old, header, seg, comp, verify=not whole):
             overall.update(chunk)
             write_all(out, chunk)
         done += seg.out_len
@@ -371,13 +334,12 @@ def apply(
     """Apply ``patch`` to ``old`` and write the new image to ``out``.
 
     The old image's size and SHA-256 are checked against the patch header before
-    anything is kept. With a path ``out``, the result goes to a temporary file in
-    the same directory (the old image is hashed meanwhile) and is renamed into place
-    only when the old image's and the result's SHA-256 match the header (a wrong old
-    image raises WrongBaseImage); on any error no output file is left behind (see the
-    module docstring for
-    ``resume``). With a file object ``out``, bytes are written as segments verify and
-    an error is raised at the first mismatch.
+    anything is kept. With a path ``out``, the result goes to a temporary file beside
+    it (the old image is hashed meanwhile), renamed into place only when the old
+    image's and the result's SHA-256 match the header (else WrongBaseImage or
+    OutputMismatch, and no output file is left; ``resume``: module docstring). With a
+    file object ``out``, bytes are written as segments verify and an error is raised
+    at the first mismatch. Examples: :func:`bsipatch.apply`.
 
     Args:
         old: the old image: path or bytes-like.
@@ -415,186 +377,120 @@ def apply(
         CorruptPatch, TruncatedPatch, PatchTooLarge, UnsupportedPatch, WrongBaseImage,
         OutputMismatch; ImplausiblePatch, HeaderMismatch (the header's claims, before
         anything is allocated).
-
-    Example:
-        >>> import bsipatch
-        >>> bsipatch.apply("old.img", "update.bsipatch", "new.img")  # doctest: +SKIP
     """
-
-    if provenance is not None and (resume or not is_pathlike(out)):
-        raise ValueError("provenance needs a path output and no resume")
+    how = _How.checked(out, threads, progress, resume, verify_old, verify_new, provenance)
     with ExitStack() as stack:
-        f, magic = _open_patch(stack, patch)
+        f, magic = open_patch(stack, patch)
         if magic == patchfmt.BSDIFF40_MAGIC:
-            from bsipatch.delta.bsdiff40 import apply_bsdiff40
-
-            if expected_sha256 is not None or expected_old_sha256 is not None:
-                raise HeaderMismatch(
-                    "a BSDIFF40 patch declares no image digests; expected a bsipatch patch "
-                    "whose header declares the signed images' SHA-256"
-                )
-
-            info = apply_bsdiff40(
-                old, f, out, prefix=magic, progress=progress, max_patch_size=max_patch_size
-            )
-            if provenance is not None:  # no operations to learn from: hash the output
-                from bsipatch.seal.tree import image_leaves
-
-                provenance.leaves = image_leaves(
-                    out,
-                    provenance.salt,
-                    salt_after=provenance.salt_after,
-                )
-                provenance.hashed_blocks = len(provenance.leaves)
-            return info
+            digests = expected_sha256 is not None or expected_old_sha256 is not None
+            return _apply_bsdiff40(old, f, magic, out, how, max_patch_size, digests)
         reader = PatchReader(f, prefix=magic, max_patch_size=max_patch_size)
         patchfmt.check_claims(
             reader.header,
-            patch_size=_patch_length(patch, f, max_patch_size),
+            patch_size=patch_length(patch, f, max_patch_size),
             expected_size=expected_size,
             expected_sha256=expected_sha256,
             expected_old_size=expected_old_size,
             expected_old_sha256=expected_old_sha256,
         )
-        o = OldImage(old)
-        stack.callback(o.close)
-        later = provenance if o.use_transform(reader) else None
-        if later is not None:  # copies come from the predicted old: hash the output instead
-            provenance = None
-        if is_pathlike(out):
-            # the old image is hashed while segments are applied into the temporary
-            # file; nothing is renamed into place unless its digest matches
-            if verify_old:
-                base_ok = o.start_check(reader.header)
-            else:
-                o.check_size(reader.header)
-                base_ok = no_check
-            nthreads = threads or min(default_threads(), MAX_DEFAULT_THREADS)
-            extra = _apply_to_path(
-                o,
-                reader,
-                out,
-                threads=nthreads,
-                resume=resume,
-                progress=progress,
-                base_ok=base_ok,
-                verify_new=verify_new,
-                provenance=provenance,
-            )
+        return patchfmt.info_from_reader(reader, _apply_opened(stack, old, reader, out, how))
+
+
+class _How(NamedTuple):
+    """apply()'s options for the work after the header (see its arguments)."""
+
+    threads: int | None
+    progress: ProgressFn | None
+    resume: bool
+    verify_old: bool
+    verify_new: bool
+    provenance: Provenance | None
+
+    @classmethod
+    def checked(cls, out: PathLike | BinaryIO, *args: Any) -> _How:
+        """The options, refused when they do not go together."""
+        how = cls(*args)
+        if how.provenance is not None and (how.resume or not is_pathlike(out)):
+            raise ValueError("provenance needs a path output and no resume")
+        return how
+
+
+def _apply_opened(
+    stack: ExitStack,
+    old: PathLike | Buffer,
+    reader: PatchReader,
+    out: PathLike | BinaryIO,
+    how: _How,
+) -> dict[str, Any]:
+    """apply() once the header's claims are checked: the transform, the old image's
+    check and the segments, into a path or a stream."""
+    # the transform block (version 2) or the whole patch (version 3) and its digest
+    # first: a damaged patch is reported as that, not as a wrong old image
+    reader.load_transform()
+    o = OldImage(old)
+    stack.callback(o.close)
+    provenance = how.provenance
+    later = provenance if o.use_transform(reader) else None
+    if later is not None:  # copies come from the predicted old: hash the output instead
+        provenance = None
+    if is_pathlike(out):
+        # the old image is hashed while segments are applied into the temporary
+        # file; nothing is renamed into place unless its digest matches
+        if how.verify_old:
+            base_ok = o.start_check(reader.header)
         else:
-            if verify_old:
-                o.check(reader.header)
-            else:
-                o.check_size(reader.header)
-            extra = _apply_to_stream(o, reader, out, progress)
-        if later is not None:
-            from bsipatch.seal.tree import image_leaves
-
-            later.leaves = image_leaves(out, later.salt, salt_after=later.salt_after)
-            later.hashed_blocks = len(later.leaves)
-        return patchfmt.info_from_reader(reader, extra)
-
-
-def iter_apply(
-    old: PathLike | Buffer, patch: PatchSource, *, chunk_size: int = OUT_CHUNK
-) -> Iterator[bytes]:
-    """Yield the new image in chunks, as fast as the consumer pulls them.
-
-    Memory stays bounded (about one output chunk). Bytes inside a segment are yielded
-    as they are produced; the last chunk of each segment is held back until that
-    segment's SHA-256 verified, and the image's last chunk until the trailer and the
-    whole image's SHA-256 check out, so a consumer never receives a complete
-    unverified image: on any mismatch the iteration raises instead.
-
-    Args:
-        old: the old image: path or bytes-like.
-        patch: path, bytes-like or readable binary stream (bsipatch format).
-        chunk_size: largest chunk yielded.
-
-    Yields:
-        Chunks of the new image, in order.
-
-    Raises:
-        As :func:`apply`.
-    """
-
-    if chunk_size <= 0:
-        raise ValueError("chunk_size must be positive")
-    with ExitStack() as stack:
-        f, magic = _open_patch(stack, patch)
-        if magic == patchfmt.BSDIFF40_MAGIC:
-            from bsipatch.delta.bsdiff40 import iter_bsdiff40, read_patch_bytes
-
-            data = read_patch_bytes(f, prefix=magic)
-            old_buf = stack.enter_context(open_buffer(old))
-            for piece in iter_bsdiff40(old_buf, data):
-                for i in range(0, len(piece), chunk_size):
-                    yield piece[i : i + chunk_size]
-            return
-        reader = PatchReader(f, prefix=magic)
-        o = OldImage(old)
-        stack.callback(o.close)
-        o.use_transform(reader)
-        o.check(reader.header)
-        overall = Sha256()
-        # One chunk is always held back: a segment's last chunk is released only after
-        # the segment verified (the next chunk exists only then), and the image's last
-        # chunk only after the trailer and the whole image's SHA-256 check out.
-        held: bytes | None = None
-        for seg, comp in reader:
-            for chunk in segment_chunks(o, reader.header, seg, comp):
-                overall.update(chunk)
-                if held is not None:
-                    yield from _pieces(held, chunk_size)
-                held = bytes(chunk)
-            o.drop_pages()
-        if not same_digest(overall.digest(), reader.header.new_sha256):
-            raise OutputMismatch("output SHA-256 does not match the patch header")
-        if held is not None:
-            yield from _pieces(held, chunk_size)
+            o.check_size(reader.header)
+            base_ok = no_check
+        nthreads = how.threads or min(default_threads(), MAX_DEFAULT_THREADS)
+        extra = _apply_to_path(
+            o,
+            reader,
+            out,
+            threads=nthreads,
+            resume=how.resume,
+            progress=how.progress,
+            base_ok=base_ok,
+            verify_new=how.verify_new,
+            provenance=provenance,
+        )
+    else:
+        (o.check if how.verify_old else o.check_size)(reader.header)
+        extra = _apply_to_stream(o, reader, out, how.progress)
+    if later is not None:
+        _hash_leaves(later, out)
+    return extra
 
 
-def _pieces(data: bytes, size: int) -> Iterator[bytes]:
-    if len(data) <= size:
-        yield data
-        return
-    for i in range(0, len(data), size):
-        yield data[i : i + size]
+def _apply_bsdiff40(
+    old: PathLike | Buffer,
+    f: BinaryIO,
+    magic: bytes,
+    out: PathLike | BinaryIO,
+    how: _How,
+    max_patch_size: int | None,
+    digests_expected: bool,
+) -> PatchInfo:
+    """apply() of a BSDIFF40 patch (no digests, no operations to learn provenance from);
+    refused when the caller expects the header to declare image digests."""
+    from bsipatch.delta.bsdiff40 import apply_bsdiff40
+
+    if digests_expected:
+        raise HeaderMismatch(
+            "a BSDIFF40 patch declares no image digests; expected a bsipatch patch "
+            "whose header declares the signed images' SHA-256"
+        )
+
+    info = apply_bsdiff40(
+        old, f, out, prefix=magic, progress=how.progress, max_patch_size=max_patch_size
+    )
+    if how.provenance is not None:  # no operations to learn from: hash the output
+        _hash_leaves(how.provenance, out)
+    return info
 
 
-class ApplyReader(io.RawIOBase):
-    """A read-only file object producing the new image from ``old`` and ``patch``.
+def _hash_leaves(provenance: Provenance, out: PathLike | BinaryIO) -> None:
+    """Fill ``provenance`` by hashing every block of the written output."""
+    from bsipatch.seal.tree import image_leaves
 
-    Example:
-        >>> with ApplyReader("old.img", "update.bsipatch") as r:  # doctest: +SKIP
-        ...     first = r.read(4096)
-    """
-
-    def __init__(
-        self, old: PathLike | Buffer, patch: PatchSource, *, chunk_size: int = OUT_CHUNK
-    ) -> None:
-        super().__init__()
-        self._it = iter_apply(old, patch, chunk_size=chunk_size)
-        self._buf = b""
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        mv = memoryview(b).cast("B")
-        while self._pos >= len(self._buf):
-            try:
-                self._buf = next(self._it)
-            except StopIteration:
-                return 0
-            self._pos = 0
-        n = min(len(mv), len(self._buf) - self._pos)
-        mv[:n] = self._buf[self._pos : self._pos + n]
-        self._pos += n
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            self._it.close()  # type: ignore[attr-defined]
-        super().close()
+    provenance.leaves = image_leaves(out, provenance.salt, salt_after=provenance.salt_after)
+    provenance.hashed_blocks = len(provenance.leaves)

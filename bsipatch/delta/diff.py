@@ -10,335 +10,50 @@ This module does the orchestration and the file I/O; it does not apply patches.
 from __future__ import annotations
 
 import concurrent.futures as cf
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
-from bsipatch._buffers import ZEROS as _ZERO
 from bsipatch._buffers import (
     Buffer,
-    drop_pages,
-    holes,
     open_buffer,
     sha256_buffer,
-    zero_digest,
 )
 from bsipatch._io import is_pathlike
-from bsipatch._native import check, ffi, lib
 from bsipatch._threads import default_threads
 from bsipatch.delta.search import (
     COST_INDEX,
     COST_SCAN,
     COST_WRITE,
-    HOLE_MIN,
-    PAGE_DROP_ABOVE,
     Meter,
-    Ops,
-    _anon,
-    _ptr,
     compute_ops,
 )
-from bsipatch.hashing import Sha256
+from bsipatch.delta.writer import DEFAULT_LEVEL as DEFAULT_LEVEL
+from bsipatch.delta.writer import DEFAULT_SEGMENT_SIZE as DEFAULT_SEGMENT_SIZE
+from bsipatch.delta.writer import MAX_SEGMENT_SIZE as MAX_SEGMENT_SIZE
+from bsipatch.delta.writer import iter_segments as iter_segments
+from bsipatch.delta.writer import native_sha256, write_bsipatch
+from bsipatch.delta.writer import zstd_params as zstd_params
 
 # zstandard, the patch framing and the temp-file helpers are imported where they are
 # used, after the suffix-array phase: that phase is the diff's memory peak, and these
 # modules add several MB of resident memory.
 if TYPE_CHECKING:
-    import zstandard
+    from concurrent.futures import Future
 
     from bsipatch._io import PathLike
     from bsipatch.delta.patchformat import PatchInfo
+    from bsipatch.delta.search import Ops
 
 ProgressFn = Callable[[int, int], None]
 
 
-#: zstd level. Measured on libcrypto 3.0.20 -> 3.0.22 (two frames of 388 + 353 KB,
-#: compressed in parallel): level 19 190,892 B in 71 ms (the longer frame), 18
-#: 191,612 B in 51 ms, 17 196,534 B in 32 ms; bsdiff's patch is 204,087 B.
-DEFAULT_LEVEL = 18
-#: Default and largest output bytes per segment (patchfmt checks the same limit). Each
-#: segment costs 112 header bytes and its own zstd frame: on the 92 MB near-identical
-#: bench pair 128 MiB (one segment) makes 716 bytes of patch, 64 MiB 880.
-DEFAULT_SEGMENT_SIZE = 128 << 20
-MAX_SEGMENT_SIZE = 256 << 20
 #: Inputs larger than this (old + new) are hashed while the pre-pass runs.
 EARLY_HASH_ABOVE = 64 << 20
-#: A segment payload whose buffered sections and diff section are both at least this
-#: long is written as two zstd frames, compressed in parallel (docs/patch-format.md).
-FRAME_SPLIT_MIN = 64 << 10
-
-
-def native_sha256(buf: Buffer) -> bytes:
-    """SHA-256 of a buffer with the native core (GIL released, no OpenSSL)."""
-    out = ffi.new("uint8_t[32]")
-    lib.bsi_sha256(_ptr(buf), len(buf), out)
-    return bytes(ffi.buffer(out))
-
-
-def iter_segments(
-    ops: Ops, old: Buffer, new: Buffer, segment_size: int
-) -> Iterator[tuple[int, int, bytes, tuple[int, ...], int]]:
-    """Encode ops into segment payloads.
-
-    Yields:
-        (out_offset, out_len, payload, kind_bytes, n_ops) per segment.
-    """
-    enc = ffi.new("bsi_seg_enc *")
-    from bsipatch.delta import patchformat as patchfmt
-
-    ctrl = bytearray(patchfmt.CTRL_CAP)
-    runs = bytearray(patchfmt.RUNS_CAP)
-    nruns = bytearray(patchfmt.RUNS_CAP)
-    lit = _anon(patchfmt.LIT_CAP)
-    dif = _anon(patchfmt.DIFF_CAP)
-    pold, pnew = _ptr(old), _ptr(new)
-    while enc.new_pos < len(new):
-        start = enc.new_pos
-        check(
-            lib.bsi_seg_encode(
-                enc,
-                ops.array,
-                ops.count,
-                pold,
-                len(old),
-                pnew,
-                len(new),
-                segment_size,
-                ffi.from_buffer(ctrl),
-                len(ctrl),
-                ffi.from_buffer(runs),
-                len(runs),
-                ffi.from_buffer(nruns),
-                len(nruns),
-                ffi.from_buffer(lit),
-                patchfmt.LIT_CAP,
-                ffi.from_buffer(dif),
-                patchfmt.DIFF_CAP,
-            ),
-            "segment encoding",
-        )
-        if enc.out_len == 0:  # pragma: no cover - would be a bug in the encoder
-            raise RuntimeError("segment encoder made no progress")
-        head = b"".join(
-            x.to_bytes(8, "little")
-            for x in (
-                enc.out_len,
-                enc.n_ops,
-                enc.ctrl_len,
-                enc.runs_len,
-                enc.nruns_len,
-                enc.lit_len,
-                enc.diff_len,
-            )
-        )
-        payload = b"".join(
-            (
-                head,
-                ctrl[: enc.ctrl_len],
-                runs[: enc.runs_len],
-                nruns[: enc.nruns_len],
-                lit[: enc.lit_len],
-                dif[: enc.diff_len],
-            )
-        )
-        yield (
-            start,
-            int(enc.out_len),
-            payload,
-            tuple(int(x) for x in enc.kind_bytes),
-            int(enc.n_ops),
-        )
-
-
-def _sha256_range(buf: Buffer, off: int, n: int) -> bytes:
-    """SHA-256 of buf[off:off+n]; zero holes of a mapped file are hashed without reading."""
-    h = Sha256()
-    mv = memoryview(buf)
-    pos, end = off, off + n
-    for hs, he in holes(buf, HOLE_MIN):
-        if he <= pos or hs >= end:
-            continue
-        if hs > pos:
-            h.update(mv[pos:hs])
-        z = min(he, end) - max(hs, pos)
-        while z > 0:
-            k = min(z, len(_ZERO))
-            h.update(_ZERO[:k])
-            z -= k
-        pos = min(he, end)
-    if pos < end:
-        h.update(mv[pos:end])
-    return h.digest()
-
-
-def zstd_params(level: int, size: int) -> zstandard.ZstdCompressionParameters:
-    """zstd parameters for one segment payload: the level's, with smaller match tables.
-
-    Measured on the libcrypto 3.0.20 -> 3.0.22 payload (741 KB) at level 19: chain
-    log 19 / hash log 18 instead of 21 / 21 costs 29 bytes (0.015%) and shrinks the
-    compression context from 17 MiB to 4 MiB, which keeps the diff's peak memory
-    below the suffix-array phase's.
-    """
-    import zstandard
-
-    p = zstandard.ZstdCompressionParameters.from_level(level, source_size=max(size, 1))
-    return zstandard.ZstdCompressionParameters(
-        window_log=p.window_log,
-        chain_log=min(p.chain_log, max(p.window_log - 1, 6), 20),
-        hash_log=min(p.hash_log, max(p.window_log - 2, 6), 19),
-        search_log=p.search_log,
-        min_match=p.min_match,
-        target_length=p.target_length,
-        strategy=p.strategy,
-        write_content_size=1,
-    )
-
-
-def write_bsipatch(
-    old: Buffer,
-    new: Buffer,
-    ops: Ops,
-    out: BinaryIO,
-    *,
-    level: int = DEFAULT_LEVEL,
-    threads: int = 1,
-    segment_size: int = DEFAULT_SEGMENT_SIZE,
-    old_sha256: bytes,
-    new_sha256: bytes,
-    progress: ProgressFn | None = None,
-    transform: bytes | None = None,
-) -> PatchInfo:
-    """Write ops as a bsipatch stream to ``out``; return its :class:`PatchInfo`.
-
-    ``progress(n, len(new))`` is called after each segment with that segment's output
-    bytes ``n`` (an increment, so diff() can add it to its own bar). With ``transform``
-    (an executable transform's body, exe.py) the patch is version 2: ``old`` is then the
-    predicted old image the ops were computed against."""
-    import zstandard
-
-    from bsipatch.delta import patchformat as patchfmt
-    from bsipatch.delta.patchformat import Header, PatchInfo, SegmentHeader
-
-    written = 0
-    made: list[Header] = []
-    chain: list[bytes] = []
-
-    def start() -> Header:
-        # written when the first segment is: packing it (hashlib's import, two
-        # digests) then overlaps the first segment's compression
-        nonlocal written
-        if not made:
-            header = Header(
-                patchfmt.VERSION_TRANSFORM if transform is not None else patchfmt.VERSION,
-                segment_size,
-                len(old),
-                old_sha256,
-                len(new),
-                new_sha256,
-                patchfmt.CTRL_CAP + 2 * patchfmt.RUNS_CAP + patchfmt.LIT_CAP,
-                patchfmt.PAYLOAD_HEADER_SIZE
-                + patchfmt.CTRL_CAP
-                + 2 * patchfmt.RUNS_CAP
-                + patchfmt.LIT_CAP
-                + patchfmt.DIFF_CAP,
-            )
-            hbytes = header.pack()
-            made.append(Header.unpack(hbytes))
-            out.write(hbytes)
-            written += len(hbytes)
-            if transform is not None:
-                from bsipatch.delta.exe import pack_block
-
-                block, digest = pack_block(made[0].digest, transform)
-                chain.append(digest)
-                out.write(block)
-                written += len(block)
-        return made[0]
-
-    segs: list[SegmentHeader] = []
-    digests: list[bytes] = []
-
-    def frame(data: bytes | memoryview) -> bytes:
-        cctx = zstandard.ZstdCompressor(compression_params=zstd_params(level, len(data)))
-        return cctx.compress(data)
-
-    def digest(off: int, n: int, kinds: tuple[int, ...]) -> bytes:
-        if off == 0 and n == len(new):
-            return new_sha256  # one segment: its output is the new image
-        return zero_digest(n) if kinds[lib.BSI_OP_ZERO] == n else _sha256_range(new, off, n)
-
-    def submit(item: tuple[int, int, bytes, tuple[int, ...], int]) -> list[Any]:
-        # two frames (buffered sections | diff section) compress on two threads
-        off, n, payload, kinds, _ = item
-        cut = len(payload) - int.from_bytes(payload[48:56], "little")
-        if min(cut, len(payload) - cut) >= FRAME_SPLIT_MIN:
-            mv = memoryview(payload)
-            parts = [pool.submit(frame, mv[:cut]), pool.submit(frame, mv[cut:])]
-        else:
-            parts = [pool.submit(frame, payload)]
-        return [*parts, pool.submit(digest, off, n, kinds)]
-
-    with cf.ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        pending: list[tuple[Any, Any]] = []
-
-        def drain(limit: int) -> None:
-            nonlocal written
-            while len(pending) > limit:
-                header = start()
-                item, futs = pending.pop(0)
-                comp = b"".join(f.result() for f in futs[:-1])
-                out_sha = futs[-1].result()
-                off, n, payload, kinds, n_ops = item
-                seg = SegmentHeader(
-                    len(segs), off, n, len(payload), len(comp), n_ops, kinds, out_sha
-                )
-                body = seg.body()
-                d = SegmentHeader.compute_digest(header.digest, body, comp)
-                out.write(body + d)
-                out.write(comp)
-                written += len(body) + 32 + len(comp)
-                segs.append(
-                    SegmentHeader(
-                        seg.index, off, n, len(payload), len(comp), n_ops, kinds, out_sha, d
-                    )
-                )
-                digests.append(d)
-                if len(old) + len(new) > PAGE_DROP_ABOVE:
-                    drop_pages(new)
-                    drop_pages(old)
-                if progress:
-                    progress(n, len(new))  # this segment's output bytes (not a running total)
-
-        for item in iter_segments(ops, old, new, segment_size):
-            pending.append((item, submit(item)))
-            drain(max(1, threads))
-        drain(0)
-    header = start()
-    trailer = patchfmt.pack_trailer(header, digests, tuple(chain))
-    out.write(trailer)
-    written += len(trailer)
-    kinds = [sum(s.kind_bytes[i] for s in segs) for i in range(4)]
-    stats = {
-        "segment_size": segment_size,
-        "n_segments": len(segs),
-        "n_ops": sum(s.n_ops for s in segs),
-        **{f"{k}_bytes": v for k, v in zip(patchfmt.KIND_NAMES, kinds, strict=True)},
-        "compressed_bytes": sum(s.comp_len for s in segs),
-        **ops.stats,
-    }
-    if transform is not None:
-        stats["transform_bytes"] = len(transform)
-    return PatchInfo(
-        "bsipatch",
-        header.version,
-        len(old),
-        old_sha256,
-        len(new),
-        new_sha256,
-        written,
-        segs,
-        stats,
-    )
+#: New files up to this size get both patches, with and without the executable
+#: transform, and keep the smaller (measured on the libssl3 3.0.20 -> 3.0.22 update:
+#: the transform costs more than it saves on afalg.so and padlock.so, 22-27 KB).
+TRY_PLAIN_BELOW = 2 << 20
 
 
 def diff(
@@ -352,6 +67,7 @@ def diff(
     segment_size: int | None = None,
     progress: ProgressFn | None = None,
     exe: bool = True,
+    compact: bool = True,
 ) -> PatchInfo:
     """Make a patch that turns ``old`` into ``new``.
 
@@ -367,7 +83,11 @@ def diff(
             a segment also ends when its literal or difference section reaches 8 MiB.
         progress: ``(done, total)`` callback.
         exe: for two ELF files (x86-64 or AArch64), make a reference-aware patch
-            (version 2, docs/patch-format.md "Executable transform"); False: never.
+            (docs/patch-format.md "Executable transform"); False: never. For files up
+            to TRY_PLAIN_BELOW bytes the patch without the transform is made too, and
+            the smaller one kept.
+        compact: a patch whose output is one segment is written in the compact
+            framing (version 3, "Compact framing"); False: always versions 1/2.
 
     Returns:
         The :class:`PatchInfo` of the written patch.
@@ -379,13 +99,7 @@ def diff(
         >>> import bsipatch
         >>> info = bsipatch.diff("old.img", "new.img", "update.bsipatch")  # doctest: +SKIP
     """
-    if format not in ("bsipatch", "bsdiff40"):
-        raise ValueError(f"format must be 'bsipatch' or 'bsdiff40', not {format!r}")
-    if not 1 <= level <= 22:
-        raise ValueError(f"level must be in 1..22, not {level}")
-    seg = segment_size or DEFAULT_SEGMENT_SIZE
-    if not 4096 <= seg <= MAX_SEGMENT_SIZE:
-        raise ValueError(f"segment_size must be in 4096..{MAX_SEGMENT_SIZE}, not {seg}")
+    seg = _checked_options(format, level, segment_size)
     nthreads = threads or default_threads()
     with ExitStack() as stack:
         old_buf = stack.enter_context(open_buffer(old))
@@ -397,60 +111,155 @@ def diff(
             n_new,
             len(old_buf) * COST_INDEX + n_new * COST_SCAN + n_new * COST_WRITE,
         )
-
-        def on_write(done: int, total: int) -> None:
-            meter.add(done * COST_WRITE)
-
-        # Hash on a side thread while the (single-threaded) pre-pass runs. Large
-        # images: hashlib with plain reads that skip holes. Small files: the native
-        # SHA-256 over the maps the pre-pass reads anyway (no OpenSSL pages at the
-        # suffix-sort peak).
-        early = None
-        if format == "bsipatch":
-            hasher = stack.enter_context(cf.ThreadPoolExecutor(max_workers=1))
-            if len(old_buf) + n_new > EARLY_HASH_ABOVE:
-                early = hasher.submit(lambda: (sha256_buffer(old_buf), sha256_buffer(new_buf)))
-            else:
-                early = hasher.submit(lambda: (native_sha256(old_buf), native_sha256(new_buf)))
-        prep = None
-        if exe and format == "bsipatch":
-            from bsipatch.delta.exe import prepare
-
-            def align(o: Buffer, n: Buffer) -> Ops:
-                return compute_ops(o, n, threads=nthreads)
-
-            prep = prepare(old_buf, new_buf, align)
-            if prep is None:  # an image: its ELF files, if any moved code
-                from bsipatch.delta.exeimage import prepare_image
-
-                prep = prepare_image(
-                    old_buf, new_buf, align, path=old if is_pathlike(old) else None
-                )
-        base = prep.predicted if prep is not None else old_buf
-        ops = compute_ops(base, new_buf, threads=nthreads, meter=meter)
-        if early is not None:
-            old_sha, new_sha = early.result()
+        early = _start_hashing(stack, old_buf, new_buf) if format == "bsipatch" else None
+        found = _search(old_buf, new_buf, exe and format == "bsipatch", nthreads, meter, old)
         from bsipatch._io import atomic_write
 
         out: BinaryIO = stack.enter_context(atomic_write(patch)) if is_pathlike(patch) else patch
         if format == "bsdiff40":
             from bsipatch.delta.bsdiff40 import write_bsdiff40
 
-            info = write_bsdiff40(old_buf, new_buf, ops, out)
-            meter.finish()
-            return info
-        info = write_bsipatch(
-            base,
-            new_buf,
-            ops,
-            out,
-            level=level,
-            threads=nthreads,
-            segment_size=seg,
-            old_sha256=old_sha,
-            new_sha256=new_sha,
-            progress=on_write,
-            transform=prep.block if prep is not None else None,
-        )
+            info = write_bsdiff40(old_buf, new_buf, found.ops, out)
+        else:
+            assert early is not None
+            opts = _Options(level, nthreads, seg, *early.result(), compact)
+
+            def on_write(done: int, total: int) -> None:
+                meter.add(done * COST_WRITE)
+
+            info = _write_found(found, new_buf, out, opts, on_write)
         meter.finish()
         return info
+
+
+class _Found(NamedTuple):
+    """What the search found: the ops against ``base`` (the old image, or the predicted
+    old image of a transform ``block``), and the plain ops against the old image
+    ``old`` when a transform's first alignment made them."""
+
+    old: Buffer
+    base: Buffer
+    ops: Ops
+    block: bytes | None
+    plain: Ops | None
+
+
+def _search(
+    old: Buffer, new: Buffer, exe: bool, threads: int, meter: Meter, src: PathLike | Buffer
+) -> _Found:
+    """The ops (and transform) of the patch; ``src``: the old image as given (a path
+    lets an image transform map the old file privately)."""
+    # with a transform the first alignment of the whole files (plain ops against the
+    # real old image) is kept: a small file's patch may be smaller without the transform
+    first: list[Ops] = []
+
+    def align(o: Buffer, n: Buffer) -> Ops:
+        ops = compute_ops(o, n, threads=threads)
+        if o is old and n is new:
+            first.append(ops)
+        return ops
+
+    prep = None
+    if exe:
+        from bsipatch.delta.exe import prepare
+
+        prep = prepare(old, new, align)
+        if prep is None:  # an image: its ELF files, if any moved code
+            from bsipatch.delta.exeimage import prepare_image
+
+            prep = prepare_image(old, new, align, path=src if is_pathlike(src) else None)
+    base = prep.predicted if prep is not None else old
+    ops = compute_ops(base, new, threads=threads, meter=meter)
+    block = prep.block if prep is not None else None
+    return _Found(old, base, ops, block, first[0] if prep is not None and first else None)
+
+
+def _write_found(
+    found: _Found, new: Buffer, out: BinaryIO, opts: _Options, progress: ProgressFn
+) -> PatchInfo:
+    """Write the patch; for a small file with a transform, the smaller of the patches
+    with and without it."""
+    if found.block is None or found.plain is None or len(new) > TRY_PLAIN_BELOW:
+        return _write(found.base, new, found.ops, out, opts, found.block, progress)
+    return _smaller_of(
+        (found.base, found.ops, found.block), (found.old, found.plain, None), new, out, opts,
+        progress,
+    )  # fmt: skip
+
+
+class _Options(NamedTuple):
+    level: int
+    threads: int
+    segment_size: int
+    old_sha256: bytes
+    new_sha256: bytes
+    compact: bool
+
+
+def _checked_options(format: str, level: int, segment_size: int | None) -> int:
+    """Check diff()'s options; return the segment size to use."""
+    if format not in ("bsipatch", "bsdiff40"):
+        raise ValueError(f"format must be 'bsipatch' or 'bsdiff40', not {format!r}")
+    if not 1 <= level <= 22:
+        raise ValueError(f"level must be in 1..22, not {level}")
+    seg = segment_size or DEFAULT_SEGMENT_SIZE
+    if not 4096 <= seg <= MAX_SEGMENT_SIZE:
+        raise ValueError(f"segment_size must be in 4096..{MAX_SEGMENT_SIZE}, not {seg}")
+    return seg
+
+
+def _start_hashing(stack: ExitStack, old: Buffer, new: Buffer) -> Future[tuple[bytes, bytes]]:
+    """Hash old and new on a side thread while the (single-threaded) pre-pass runs.
+    Large images: hashlib with plain reads that skip holes. Small files: the native
+    SHA-256 over the maps the pre-pass reads anyway (no OpenSSL pages at the
+    suffix-sort peak)."""
+    hasher = stack.enter_context(cf.ThreadPoolExecutor(max_workers=1))
+    if len(old) + len(new) > EARLY_HASH_ABOVE:
+        return hasher.submit(lambda: (sha256_buffer(old), sha256_buffer(new)))
+    return hasher.submit(lambda: (native_sha256(old), native_sha256(new)))
+
+
+def _write(
+    old: Buffer,
+    new: Buffer,
+    ops: Ops,
+    out: BinaryIO,
+    opts: _Options,
+    transform: bytes | None,
+    progress: ProgressFn | None,
+) -> PatchInfo:
+    return write_bsipatch(
+        old,
+        new,
+        ops,
+        out,
+        level=opts.level,
+        threads=opts.threads,
+        segment_size=opts.segment_size,
+        old_sha256=opts.old_sha256,
+        new_sha256=opts.new_sha256,
+        progress=progress,
+        transform=transform,
+        compact=opts.compact,
+    )
+
+
+def _smaller_of(
+    a: tuple[Buffer, Ops, bytes | None],
+    b: tuple[Buffer, Ops, bytes | None],
+    new: Buffer,
+    out: BinaryIO,
+    opts: _Options,
+    progress: ProgressFn,
+) -> PatchInfo:
+    """Write both patches ``(old or predicted old, ops, transform)`` in memory and keep
+    the smaller (the transform block costs more than it saves on some small files)."""
+    import io
+
+    made = []
+    for i, (old, ops, transform) in enumerate((a, b)):
+        buf = io.BytesIO()
+        made.append((buf, _write(old, new, ops, buf, opts, transform, progress if i else None)))
+    buf, info = min(made, key=lambda m: len(m[0].getbuffer()))
+    out.write(buf.getbuffer())
+    return info

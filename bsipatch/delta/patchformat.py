@@ -1,8 +1,9 @@
 """The bsipatch patch format: byte layout of header, segment headers and trailer.
 
-This module packs and parses the framing described in docs/patch-format.md, checks
-every field (sizes, limits, digests) and reads a patch strictly sequentially from
-any binary stream. It does not decompress or apply segments (see apply.py) and
+This module packs and parses the framing of versions 1 and 2 described in
+docs/patch-format.md, checks every field (sizes, limits, digests) and reads a patch
+of any version strictly sequentially from any binary stream (version 3's compact
+framing is parsed by compact.py). It does not decompress or apply segments (see apply.py) and
 does not search for differences (see diff.py).
 """
 
@@ -14,6 +15,18 @@ from typing import Any, BinaryIO, NamedTuple
 
 from bsipatch._io import read_exact
 from bsipatch._native import ffi, lib
+from bsipatch.delta import compact
+from bsipatch.delta.limits import MAGIC as MAGIC
+from bsipatch.delta.limits import MAX_BUFFERED as MAX_BUFFERED
+from bsipatch.delta.limits import MAX_IMAGE_SIZE as MAX_IMAGE_SIZE
+from bsipatch.delta.limits import MAX_PAYLOAD as MAX_PAYLOAD
+from bsipatch.delta.limits import MAX_SEGMENT_SIZE as MAX_SEGMENT_SIZE
+from bsipatch.delta.records import KIND_NAMES as KIND_NAMES
+from bsipatch.delta.records import SEG_FMT as SEG_FMT
+from bsipatch.delta.records import SEG_MAGIC as SEG_MAGIC
+from bsipatch.delta.records import SEG_MAGIC_DENSE as SEG_MAGIC_DENSE
+from bsipatch.delta.records import PatchInfo as PatchInfo
+from bsipatch.delta.records import SegmentHeader as SegmentHeader
 from bsipatch.errors import (
     CorruptPatch,
     HeaderMismatch,
@@ -45,27 +58,29 @@ def same_digest(a: bytes, b: bytes) -> bool:
 _same = same_digest
 
 
-MAGIC = b"BSIPATCH"
 BSDIFF40_MAGIC = b"BSDIFF40"
 VERSION = 1
 #: Version of patches that carry a transform block after the header (docs/patch-format.md,
 #: "Executable transform"); version 1 patches are written and read as before.
 VERSION_TRANSFORM = 2
-VERSIONS = (VERSION, VERSION_TRANSFORM)
+#: One-segment patches in the compact framing (compact.py; docs/patch-format.md,
+#: "Compact framing").
+VERSION_COMPACT = compact.VERSION_COMPACT
+#: Versions with the 144-byte header (and segment headers and a trailer).
+FRAMED_VERSIONS = (VERSION, VERSION_TRANSFORM)
+#: Header flag of versions 1 and 2: segments may be marked SEG_MAGIC_DENSE (a dense
+#: difference stream); without it every segment is BSEG (sparse).
+FLAG_SEGMENT_MODES = 1
+VERSIONS = (VERSION, VERSION_TRANSFORM, VERSION_COMPACT)
 
 HEADER_FMT = "<8sHHIQ32sQ32sIIQ"  # up to (not including) the header digest
 HEADER_SIZE = struct.calcsize(HEADER_FMT) + 32  # 144
-SEG_MAGIC = b"BSEG"
-SEG_FMT = "<4sIQIIII4I32s"  # up to (not including) the segment digest
 SEG_SIZE = struct.calcsize(SEG_FMT) + 32  # 112
 TRAILER_MAGIC = b"BEND"
 TRAILER_FMT = "<4sIQ"
 TRAILER_SIZE = struct.calcsize(TRAILER_FMT) + 32  # 48
 PAYLOAD_HEADER_SIZE = 56  # seven little-endian u64 at the start of each decompressed payload
 
-#: Largest output of one segment this applier accepts (resume/parallelism granularity;
-#: output is streamed, so it does not cost memory).
-MAX_SEGMENT_SIZE = 256 << 20
 #: Default output bytes per segment: segments are cut earlier when their payload fills.
 DEFAULT_SEGMENT_SIZE = 128 << 20
 #: Section capacities of the writer: control, zero runs, non-zero runs, literals, diff.
@@ -73,16 +88,8 @@ CTRL_CAP = 1 << 20
 RUNS_CAP = 1 << 20
 LIT_CAP = 8 << 20
 DIFF_CAP = 8 << 20
-#: Largest buffered sections (control + runs + literals) and decompressed payload of
-#: one segment this applier accepts: these are what apply memory depends on.
-MAX_BUFFERED = 16 << 20
-MAX_PAYLOAD = 32 << 20
 
-KIND_NAMES = ("copy", "add", "insert", "zero")
 
-#: Largest image a header may claim (old or new); more is refused before anything is
-#: sized or allocated (a u64 field can claim 2^64 - 1 bytes).
-MAX_IMAGE_SIZE = 1 << 48
 #: Without an expected output size from the caller, a header may claim at most
 #: ``CLAIM_SLACK + CLAIM_PER_OLD * old_size + CLAIM_PER_PATCH_BYTE * patch_size`` bytes
 #: of output: enough for any patch made by ``bsipatch diff`` between images of similar
@@ -90,13 +97,6 @@ MAX_IMAGE_SIZE = 1 << 48
 CLAIM_SLACK = 64 << 20
 CLAIM_PER_OLD = 2
 CLAIM_PER_PATCH_BYTE = 1024
-
-
-def _show(value: object) -> str:
-    """``repr`` with bytes (digests) as hex strings."""
-    if isinstance(value, (bytes, bytearray)):
-        return repr(bytes(value).hex())
-    return repr(value)
 
 
 class Header(NamedTuple):
@@ -111,6 +111,7 @@ class Header(NamedTuple):
     max_buffered: int
     max_payload: int = MAX_PAYLOAD
     digest: bytes = b""
+    flags: int = 0
 
     def pack(self) -> bytes:
         """The header bytes, digest included."""
@@ -118,7 +119,7 @@ class Header(NamedTuple):
             HEADER_FMT,
             MAGIC,
             self.version,
-            0,
+            self.flags,
             self.segment_size,
             self.old_size,
             self.old_sha256,
@@ -157,10 +158,10 @@ class Header(NamedTuple):
             max_pay,
             _r2,
         ) = struct.unpack(HEADER_FMT, body)
-        if version not in VERSIONS:
+        if version not in FRAMED_VERSIONS:
             raise UnsupportedPatch(
                 f"patch format version {version}, this bsipatch reads "
-                f"{' and '.join(map(str, VERSIONS))}"
+                f"{', '.join(map(str, VERSIONS))}"
             )
         if not _same(_sha256(body), digest):
             raise CorruptPatch("patch header digest mismatch")
@@ -170,7 +171,7 @@ class Header(NamedTuple):
                     f"patch header claims a {n}-byte {what} image; this applier accepts at "
                     f"most {MAX_IMAGE_SIZE} bytes"
                 )
-        if flags != 0 or _r2 != 0:
+        if flags & ~FLAG_SEGMENT_MODES or _r2 != 0:
             raise UnsupportedPatch(f"unknown patch header flags {flags:#x}")
         if not 0 < seg_size <= MAX_SEGMENT_SIZE:
             raise UnsupportedPatch(
@@ -187,7 +188,7 @@ class Header(NamedTuple):
                 f"limit {min(MAX_BUFFERED, max_pay)}"
             )
         return cls(
-            version, seg_size, old_size, old_sha, new_size, new_sha, max_buf, max_pay, digest
+            version, seg_size, old_size, old_sha, new_size, new_sha, max_buf, max_pay, digest, flags
         )
 
 
@@ -247,93 +248,6 @@ def _check_claimed_digest(found: bytes, expected: bytes | str, what: str) -> Non
         )
 
 
-class SegmentHeader:
-    """The fixed 112-byte header in front of each segment's zstd data (read-only)."""
-
-    __slots__ = (
-        "comp_len",
-        "digest",
-        "index",
-        "kind_bytes",
-        "n_ops",
-        "out_len",
-        "out_offset",
-        "out_sha256",
-        "payload_len",
-    )
-
-    def __init__(
-        self,
-        index: int,
-        out_offset: int,
-        out_len: int,
-        payload_len: int,
-        comp_len: int,
-        n_ops: int,
-        kind_bytes: tuple[int, int, int, int],
-        out_sha256: bytes,
-        digest: bytes = b"",
-    ) -> None:
-        self.index = index
-        self.out_offset = out_offset
-        self.out_len = out_len
-        self.payload_len = payload_len
-        self.comp_len = comp_len
-        self.n_ops = n_ops
-        self.kind_bytes = kind_bytes
-        self.out_sha256 = out_sha256
-        self.digest = digest
-
-    def _fields(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, k) for k in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, SegmentHeader) and self._fields() == other._fields()
-
-    def __hash__(self) -> int:
-        return hash(self._fields())
-
-    def __repr__(self) -> str:
-        return (
-            "SegmentHeader("
-            + ", ".join(f"{k}={_show(getattr(self, k))}" for k in self.__slots__)
-            + ")"
-        )
-
-    def body(self) -> bytes:
-        """The header bytes without the trailing digest."""
-        return struct.pack(
-            SEG_FMT,
-            SEG_MAGIC,
-            self.index,
-            self.out_offset,
-            self.out_len,
-            self.payload_len,
-            self.comp_len,
-            self.n_ops,
-            *self.kind_bytes,
-            self.out_sha256,
-        )
-
-    @staticmethod
-    def compute_digest(header_digest: bytes, body: bytes, comp: bytes | memoryview) -> bytes:
-        """SHA-256 over the patch header digest, this header's body and the compressed bytes."""
-        return _sha256(header_digest, body, comp)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {
-            "index": self.index,
-            "out_offset": self.out_offset,
-            "out_len": self.out_len,
-            "payload_len": self.payload_len,
-            "comp_len": self.comp_len,
-            "n_ops": self.n_ops,
-            "bytes": dict(zip(KIND_NAMES, self.kind_bytes, strict=True)),
-            "out_sha256": self.out_sha256.hex(),
-        }
-
-
 def payload_limit(header: Header) -> int:
     """Largest decompressed payload a segment of this patch may declare."""
     return header.max_payload
@@ -356,7 +270,8 @@ def parse_segment_header(data: bytes, header: Header, index: int, out_offset: in
     (magic, idx, off, out_len, payload_len, comp_len, n_ops, b0, b1, b2, b3, out_sha) = (
         struct.unpack(SEG_FMT, body)
     )
-    if magic != SEG_MAGIC:
+    dense = magic == SEG_MAGIC_DENSE and bool(header.flags & FLAG_SEGMENT_MODES)
+    if magic != SEG_MAGIC and not dense:
         raise CorruptPatch(f"segment {index}: bad marker {magic!r}, expected {SEG_MAGIC!r}")
     if idx != index or off != out_offset:
         raise CorruptPatch(
@@ -388,6 +303,7 @@ def parse_segment_header(data: bytes, header: Header, index: int, out_offset: in
         (b0, b1, b2, b3),
         out_sha,
         data[SEG_SIZE - 32 : SEG_SIZE],
+        dense=dense,
     )
 
 
@@ -437,10 +353,25 @@ class PatchReader:
 
     def __init__(self, f: BinaryIO, *, prefix: bytes = b"", max_patch_size: int | None = None):
         self._r = _CountingReader(f, max_patch_size, len(prefix))
-        data = prefix + self._r.read(HEADER_SIZE - len(prefix))
-        self.header = Header.unpack(data)
-        #: version 2: the transform block's body (checked against its digest, not parsed),
-        #: read by :meth:`load_transform` (after the caller checked the header's claims)
+        data = prefix + self._r.read(max(0, 10 - len(prefix)))
+        self._compact: tuple[compact.Fields, Any] | None = None
+        if data[:8] == MAGIC and data[8:10] == struct.pack("<H", VERSION_COMPACT):
+            fields, h = compact.read_fields(self._r.read, data[:10])
+            self._compact = (fields, h)
+            self.header = Header(
+                VERSION_COMPACT,
+                fields.new_size,
+                fields.old_size,
+                fields.old_sha256,
+                fields.new_size,
+                fields.new_sha256,
+                fields.buffered,
+                fields.payload_len,
+            )
+        else:
+            self.header = Header.unpack(data + self._r.read(HEADER_SIZE - len(data)))
+        #: versions 2 and 3: the transform block's body (checked against its digest, not
+        #: parsed), read by :meth:`load_transform` (after the caller checked the claims)
         self.transform: bytes | None = None
         self._chain: tuple[bytes, ...] = ()
         self.seg_digests: list[bytes] = []
@@ -453,8 +384,30 @@ class PatchReader:
         return self._r.count
 
     def load_transform(self) -> bytes | None:
-        """Read a version 2 patch's transform block (once); its body, or None for version 1."""
-        if self.header.version == VERSION_TRANSFORM and not self._chain:
+        """Read a version 2 patch's transform block (once); its body, or None for version 1.
+
+        Version 3: reads the whole patch and checks its digest and end (once)."""
+        if self._compact is not None and not self._chain:
+            fields, h = self._compact
+            self.transform, comp, digest = compact.read_body(
+                self._r.read, fields, h, self._r.at_eof
+            )
+            self._chain = (digest,)
+            seg = SegmentHeader(
+                0,
+                0,
+                fields.new_size,
+                fields.payload_len,
+                fields.comp_len,
+                fields.n_ops,
+                fields.kind_bytes,
+                fields.new_sha256,
+                digest,
+                fields.framing(),
+                bool(fields.flags & compact.FLAG_DENSE),
+            )
+            self._one = (seg, comp)
+        elif self.header.version == VERSION_TRANSFORM and not self._chain:
             from bsipatch.delta.exe import read_block
 
             self.transform, digest = read_block(self._r.read, self.header.digest)
@@ -463,6 +416,13 @@ class PatchReader:
 
     def __iter__(self) -> Iterator[tuple[SegmentHeader, bytes]]:
         self.load_transform()
+        if self._compact is not None:  # version 3: one segment, everything checked
+            seg, comp = self._one
+            self.seg_digests.append(seg.digest)
+            self.segments.append(seg)
+            yield seg, comp
+            self.done = True
+            return
         h = self.header
         out_offset = 0
         while True:
@@ -517,55 +477,6 @@ class PatchReader:
         self.done = True
 
 
-class PatchInfo:
-    """What a patch is: format, the images it connects, its segments and op statistics."""
-
-    def __init__(
-        self,
-        format: str,
-        version: int,
-        old_size: int,
-        old_sha256: bytes,
-        new_size: int,
-        new_sha256: bytes,
-        patch_size: int | None,
-        segments: list[SegmentHeader] | None = None,
-        stats: dict[str, int | dict[str, int | str]] | None = None,
-    ) -> None:
-        self.format = format
-        self.version = version
-        self.old_size = old_size
-        self.old_sha256 = old_sha256
-        self.new_size = new_size
-        self.new_sha256 = new_sha256
-        self.patch_size = patch_size
-        self.segments: list[SegmentHeader] = [] if segments is None else segments
-        self.stats: dict[str, int | dict[str, int | str]] = {} if stats is None else stats
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={_show(v)}" for k, v in vars(self).items())
-        return f"PatchInfo({fields})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, PatchInfo) and vars(self) == vars(other)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form (digests as hex)."""
-        return {
-            "format": self.format,
-            "version": self.version,
-            "old_size": self.old_size,
-            "old_sha256": self.old_sha256.hex(),
-            "new_size": self.new_size,
-            "new_sha256": self.new_sha256.hex(),
-            "patch_size": self.patch_size,
-            "segments": [s.to_dict() if hasattr(s, "to_dict") else s for s in self.segments],
-            "stats": dict(self.stats),
-        }
-
-
 def info_from_reader(reader: PatchReader, extra: dict[str, Any] | None = None) -> PatchInfo:
     """Summarise a fully read :class:`PatchReader`."""
     h = reader.header
@@ -582,6 +493,7 @@ def info_from_reader(reader: PatchReader, extra: dict[str, Any] | None = None) -
         **{f"{k}_bytes": v for k, v in zip(KIND_NAMES, kinds, strict=True)},
         "compressed_bytes": sum(s.comp_len for s in reader.segments),
     }
+    stats["dense_segments"] = sum(s.dense for s in reader.segments)
     if reader.transform is not None:
         stats["transform_bytes"] = len(reader.transform)
     if extra:

@@ -60,6 +60,11 @@ def is_zero_segment(seg: SegmentHeader) -> bool:
 
 def _decompressed(seg: SegmentHeader, comp: bytes) -> Iterator[bytes]:
     """The segment's payload in pieces: the 56-byte payload header first, whole."""
+    if seg.framing is not None:  # version 3: the header comes from the patch header
+        from bsipatch.delta.compact import payload_pieces
+
+        yield from payload_pieces(seg.framing, comp, seg.payload_len)
+        return
     import zstandard
 
     total = 0
@@ -182,6 +187,8 @@ def _applied(
     scratch = bytearray(cap)
     pscratch = ffi.from_buffer(scratch) if cap else ffi.NULL
     lib.bsi_patch_init(st, seg.out_len, old.size, cap)
+    if seg.dense:
+        lib.bsi_patch_set_mode(st, lib.BSI_PATCH_DENSE)
     if prov is not None:
         lib.bsi_patch_set_phase(st, seg.out_offset % BLOCK)
     for data in itertools.chain((head,), payload, (b"",)):
