@@ -145,6 +145,20 @@ class Sha256:
         return self.digest().hex()
 
 
+def update_two(a: Sha256, data_a: Any, b: Sha256, data_b: Any) -> None:
+    """``a.update(data_a); b.update(data_b)`` for two inputs of equal length, run as two
+    interleaved SHA-NI streams on this thread (about 1.7x the throughput of two updates;
+    the same digests either way).
+
+    Raises:
+        ValueError: the lengths differ.
+    """
+    pa, pb = _buffer(data_a, "data_a"), _buffer(data_b, "data_b")
+    if len(pa) != len(pb):
+        raise ValueError(f"update_two needs equal lengths, got {len(pa)} and {len(pb)}")
+    lib.bsi_sha256_update_x2(a._ctx, pa, b._ctx, pb, len(pa))
+
+
 def hash_blocks(
     data: BytesLike,
     *,
@@ -286,6 +300,7 @@ __all__ = [
     "sha256",
     "simd_active",
     "simd_available",
+    "update_two",
     "use_simd",
     "verity_build",
     "verity_levels",

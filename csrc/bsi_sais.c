@@ -224,6 +224,15 @@ static int SFX(sais_core)(const void *s, IDX *sa, IDX n, IDX k, int cs, sais_are
     for (i = 0; i < n1; i++) {
         IDX d;
         int differ = 0;
+        /* the text, type bits and name slot of the substring SAIS_PF entries ahead
+         * load while this one is compared (each is a cache miss otherwise) */
+        if (i + SAIS_PF < n1) {
+            IDX q = sa[i + SAIS_PF];
+            if (cs == 1) __builtin_prefetch((const uint8_t *)s + q);
+            else __builtin_prefetch((const IDX *)s + q);
+            __builtin_prefetch(&t[q >> 3]);
+            __builtin_prefetch(&sa[n1 + q / 2], 1);
+        }
         pos = sa[i];
         for (d = 0;; d++) {
             if (prev == -1 || pos + d == n || prev + d == n ||

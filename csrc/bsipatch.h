@@ -14,6 +14,7 @@ extern "C" {
 #include "bsi_decls_hash.h"
 #include "bsi_decls_delta.h"
 #include "bsi_decls_exe.h"
+#include "bsi_decls_search.h"
 
 #ifdef __cplusplus
 }

@@ -32,9 +32,13 @@ def _free_port() -> int:
 
 
 class Cluster:
-    """A running cluster; :meth:`new_database` gives each test its own empty database."""
+    """A running cluster; :meth:`new_database` gives each test its own empty database.
 
-    def __init__(self) -> None:
+    Args:
+        settings: extra server settings (``-c name=value``), e.g. for the load generator.
+    """
+
+    def __init__(self, settings: dict[str, str] | None = None) -> None:
         initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
         if not initdb or not pg_ctl:
             msg = "PostgreSQL not found (Debian package postgresql)"
@@ -59,6 +63,7 @@ class Cluster:
             os.chown(root, pw.pw_uid, pw.pw_gid)
         self._run([initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8"])
         opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {root} -c fsync=on"
+        opts += "".join(f" -c {k}={v}" for k, v in (settings or {}).items())
         self._run(
             [pg_ctl, "-D", str(self.data), "-l", str(root / "log"), "-o", opts, "-w", "start"]
         )

@@ -345,6 +345,88 @@ def test_search_parts_checks_its_arguments() -> None:
     assert run([(len(idx), 1)]) == lib.BSI_E_INVAL
 
 
+def test_incompressible_payloads_take_the_fast_zstd_level() -> None:
+    from bsipatch.delta.writer import FAST_LEVEL, SAMPLE_ABOVE, level_for
+
+    rnd = random.Random(3)
+    noise = rnd.randbytes(2 * SAMPLE_ABOVE)
+    text = b"".join(b"line %d of a text that compresses\n" % i for i in range(60_000))
+    assert level_for(noise, 18) == FAST_LEVEL
+    assert level_for(text, 18) == 18
+    assert level_for(noise[: SAMPLE_ABOVE - 1], 18) == 18  # too short to bother
+    # half noise, half text: still worth the slow level for the text
+    assert level_for(noise[:SAMPLE_ABOVE] + text[:SAMPLE_ABOVE], 18) == 18
+
+
+def test_random_literals_round_trip_and_stay_stored_size() -> None:
+    rnd = random.Random(4)
+    old = rnd.randbytes(3 << 20)
+    new = bytearray(old)
+    for k in range(0, len(new), 1 << 20):  # a fresh random 256 KiB run in every MiB
+        new[k : k + (256 << 10)] = rnd.randbytes(256 << 10)
+    patch = io.BytesIO()
+    diff(old, bytes(new), patch)
+    assert len(patch.getvalue()) < 3 * (256 << 10) + 4096  # literals stored, little else
+    out = io.BytesIO()
+    apply(old, patch.getvalue(), out)
+    assert out.getvalue() == bytes(new)
+
+
+def test_the_8gram_filter_skips_lookups_without_changing_what_is_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import bsipatch.delta.search as search
+
+    rnd = random.Random(8)
+    words = [rnd.randbytes(rnd.randint(3, 40)) for _ in range(400)]
+    old = b"".join(rnd.choice(words) for _ in range(40_000))
+    new = bytearray(old)
+    for _ in range(30):  # random data (no 8 bytes of it in old) and edits inside old data
+        p = rnd.randrange(len(new))
+        new[p : p + rnd.randint(1, 3000)] = rnd.randbytes(rnd.randint(1, 3000))
+    sizes = {}
+    for use in (False, True):
+        monkeypatch.setattr(search, "USE_FILTER", use)
+        patch = io.BytesIO()
+        diff(old, bytes(new), patch, threads=1)
+        out = io.BytesIO()
+        apply(old, patch.getvalue(), out)
+        assert out.getvalue() == bytes(new)
+        sizes[use] = len(patch.getvalue())
+    assert abs(sizes[True] - sizes[False]) <= sizes[False] // 100
+
+
+def test_the_8gram_filter_has_no_false_negatives_and_checks_its_arguments() -> None:
+    import mmap
+
+    text = random.Random(9).randbytes(50_000)
+    log2 = lib.bsi_gram_filter_log2(len(text))
+    assert log2 >= 7 and (1 << log2) >= 8 * len(text)
+    assert lib.bsi_gram_filter_log2(100) == 0  # too small to bother
+    buf = mmap.mmap(-1, (1 << log2) // 8)
+    filt = ffi.cast("uint64_t *", ffi.from_buffer(buf))
+    assert lib.bsi_gram_filter_build(text, len(text), filt, log2) == 0
+    assert lib.bsi_gram_filter_build(text, len(text), filt, 40) == lib.BSI_E_INVAL
+    assert lib.bsi_gram_filter_build(text, len(text), ffi.NULL, log2) == lib.BSI_E_INVAL
+    # every window of the text is present: the text's pieces in reverse order (the
+    # alignment breaks at each, so the filter is asked) are all found, none inserted
+    pieces = [text[i : i + 1000] for i in range(0, len(text), 1000)]
+    new = b"".join(reversed(pieces))
+    sa = ffi.new("int32_t[]", len(text))
+    ws_size = lib.bsi_sais_workspace_size(len(text), 0)
+    ws = mmap.mmap(-1, ws_size)
+    assert lib.bsi_sais32(text, sa, len(text), ffi.from_buffer(ws), ws_size) == 0
+    part = ffi.new("bsi_sa_part *", {"off": 0, "len": len(text), "sa32": sa})
+    ops = ffi.new("bsi_op[]", 1024)
+    stopped = ffi.new("uint64_t *")
+    n = lib.bsi_diff_search_filtered(
+        text, len(text), part, 1, new, len(new), 0, len(new), ops, 1024, stopped, filt, log2
+    )
+    assert n > 0 and stopped[0] == len(new)
+    assert all(ops[i].kind == lib.BSI_OP_ADD for i in range(n) if ops[i].len)
+    assert sum(ops[i].len for i in range(n)) == len(new)
+
+
 @pytest.mark.parametrize("sparse_side", ["new", "old", "both"])
 def test_patch_depends_on_the_bytes_not_on_file_holes(sparse_side: str, tmp_path: Path) -> None:
     """A sparse file and a dense copy of the same bytes give the same patch, byte for

@@ -16,7 +16,7 @@ import exe_data
 import pytest
 
 from bsipatch._native import ffi, lib
-from bsipatch.delta import elf, exe
+from bsipatch.delta import elf, exe, exeplan
 from bsipatch.delta.diff import compute_ops, diff
 from bsipatch.delta.exemap import build_map
 from bsipatch.errors import CorruptPatch, TruncatedPatch
@@ -45,7 +45,7 @@ def test_elf_parse_sees_code_tables_and_segments(x86_pair: tuple[bytes, bytes]) 
     text = e.section(".text")
     assert text is not None and text.flags & elf.SHF_EXECINSTR and text.size > 1000
     assert any(ld.off <= text.off < ld.off + ld.filesz for ld in e.loads)
-    kinds = {r.kind for r in exe.regions_of(e)}
+    kinds = {r.kind for r in exeplan.regions_of(e)}
     assert {lib.BSI_EXE_LOAD, lib.BSI_EXE_X86_64, lib.BSI_EXE_RELA, lib.BSI_EXE_SYM} <= kinds
     assert {lib.BSI_EXE_EHHDR, lib.BSI_EXE_EHFRAME} <= kinds
 
@@ -74,7 +74,7 @@ def test_transform_predicts_moved_references(
     """After a function is inserted in the middle, the predicted old file agrees with the
     new one at many more mapped bytes than the old file does (references moved)."""
     old, new = x86_pair if arch == "x86" else a64_pair
-    prep = exe.prepare(old, new, compute_ops)
+    prep = exeplan.prepare(old, new, compute_ops)
     assert prep is not None
     assert prep.stats["rewritten"] > 300
     found = "x86_branch" if arch == "x86" else "a64_branch"
@@ -255,8 +255,56 @@ def test_build_map_keeps_order_and_falls_back_to_sections(x86_pair: tuple[bytes,
 
 def test_real_expat_transform(expat_pairs: dict[str, tuple[Path, Path]]) -> None:
     for arch, (old_p, new_p) in expat_pairs.items():
-        prep = exe.prepare(old_p.read_bytes(), new_p.read_bytes(), compute_ops)
+        prep = exeplan.prepare(old_p.read_bytes(), new_p.read_bytes(), compute_ops)
         assert prep is not None, arch
         key = "x86_branch" if arch == "amd64" else "a64_branch"
         assert prep.stats[key] > 1000, (arch, prep.stats)
         assert prep.stats["rewritten"] > 1000, (arch, prep.stats)
+
+
+def test_anchor_alignment_finds_the_displacement_of_shifted_data() -> None:
+    rng = random.Random(5)
+    old = rng.randbytes(200_000)
+    new = old[:50_000] + rng.randbytes(100) + old[50_000:]
+    ranges = exeplan.anchor_ranges(old, new)
+    assert ranges is not None
+    covered = {0: 0, -100: 0}
+    pos = 0
+    for new_off, n, old_off in ranges:
+        assert new_off >= pos and n >= lib.BSI_ALIGN_MIN  # in new order, disjoint
+        assert old_off >= 0 and old_off + n <= len(old) and new_off + n <= len(new)
+        assert old[old_off : old_off + 16] == new[new_off : new_off + 16]  # starts exact
+        covered[old_off - new_off] += n
+        pos = new_off + n
+    assert covered[0] >= 49_000 and covered[-100] >= 149_000
+    assert covered[0] <= 50_000 and covered[-100] <= 150_000
+
+
+def test_anchor_alignment_ignores_windows_repeated_in_old_and_checks_its_arguments() -> None:
+    old = bytes(range(256)) * 64  # every window occurs 64 times: no anchor is unique
+    assert exeplan.anchor_ranges(old, old) == []
+    assert exeplan.anchor_ranges(b"", b"abc" * 100) == []
+    assert exeplan.anchor_ranges(b"abc" * 100, b"") == []
+    table = ffi.new("uint64_t[]", 16)
+    out = ffi.new("uint64_t[]", 3)
+    data = bytes(4096)
+    rc = lib.bsi_align_ranges(data, len(data), data, len(data), table, 16, out, 1)
+    assert rc == lib.BSI_E_INVAL  # table and output too small
+
+
+def test_anchor_alignment_predicts_references_as_well_as_a_full_search(
+    x86_pair: tuple[bytes, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bsipatch
+
+    old, new = x86_pair
+    monkeypatch.setattr(exeplan, "ANCHOR_ABOVE", 0)  # diff() takes anchors whatever the size
+    fast = exeplan.prepare(old, new, anchors=True)
+    full = exeplan.prepare(old, new, compute_ops, anchors=False)
+    assert fast is not None and full is not None
+    assert fast.stats["rewritten"] >= full.stats["rewritten"] * 0.9 > 0
+    v2, v1 = io.BytesIO(), io.BytesIO()
+    diff(old, new, v2)  # anchors
+    diff(old, new, v1, exe=False)
+    assert len(v2.getvalue()) < len(v1.getvalue())
+    assert bsipatch.apply(old, v2.getvalue()) == new

@@ -255,3 +255,31 @@ def test_public_exports():
 
     assert bsipatch.sha256(b"abc") == hashlib.sha256(b"abc").digest()
     assert bsipatch.hash_blocks(bytes(4096)).shape == (1, 32)
+
+
+def test_two_streams_at_once_equal_two_updates() -> None:
+    rnd = random.Random(21)
+    before = hashing.simd_active()
+    for simd in (True, False):
+        hashing.use_simd(simd)
+        try:
+            a, b = hashing.Sha256(), hashing.Sha256()
+            ra, rb = hashlib.sha256(), hashlib.sha256()
+            # equal phases (the two-way path) and, after one odd update, unequal ones
+            for n in (0, 1, 63, 64, 65, 4096, 100_003, 1 << 20):
+                da, db = rnd.randbytes(n), rnd.randbytes(n)
+                hashing.update_two(a, da, b, db)
+                ra.update(da)
+                rb.update(db)
+                assert (a.digest(), b.digest()) == (ra.digest(), rb.digest())
+            a.update(b"x")
+            ra.update(b"x")
+            d = rnd.randbytes(1000)
+            hashing.update_two(a, d, b, d)
+            ra.update(d)
+            rb.update(d)
+            assert (a.digest(), b.digest()) == (ra.digest(), rb.digest())
+        finally:
+            hashing.use_simd(before)
+    with pytest.raises(ValueError, match="equal lengths"):
+        hashing.update_two(hashing.Sha256(), b"ab", hashing.Sha256(), b"a")

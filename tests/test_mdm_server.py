@@ -94,6 +94,35 @@ def test_auth_refusals_are_json_4xx(server):
     assert json.loads(items) == {} and seen is None
 
 
+def test_a_replaced_secret_stops_working_at_once(server):
+    # `bsipatch mdm enroll NAME` again (straight into the database, as the CLI does)
+    # gives a new secret; the server must refuse the old one from the next report on,
+    # whatever it had seen before, and store nothing from it.
+    old = enrol(server, "mac1")
+    assert put(server, old, report(base_items(), seq=1)).json() == {"ok": True, "applied": True}
+    assert server.get("/mdm/tokens", headers=old).status_code == 200
+    new_secret = server.store.enroll("mac1").secret
+    dev_id = old["Authorization"].split()[1].split(".")[0]
+    new = {"Authorization": f"Bearer {dev_id}.{new_secret}"}
+    for path in ("/mdm/tokens", "/mdm/declaration-items"):
+        r = server.get(path, headers=old)
+        assert r.status_code == 401 and r.json()["error"] == "bad_secret"
+    r = put(server, old, report(base_items(build="EVIL1"), seq=2))
+    assert r.status_code == 401 and r.json()["error"] == "bad_secret"
+    items, _, _, seq = device_row(server, "mac1")
+    assert (
+        seq == 1 and json.loads(items)["device.operating-system.build-version"]["value"] == "23B85"
+    )
+    assert put(server, new, report(base_items(build="23B86"), seq=3)).json()["applied"] is True
+    assert device_row(server, "mac1")[3] == 3
+    # malformed credentials never reach the database; other methods are refused
+    for auth in (b"Bearer \xb2.x", b"Bearer " + b"1" * 30 + b".x", b"Basic 1.x", b"Bearer 1."):
+        r = put(server, {"Authorization": auth}, report(base_items()))
+        assert r.status_code == 401 and r.json()["error"] == "unauthenticated", auth
+    r = server.get("/mdm/status", headers=new)
+    assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
+
+
 @pytest.mark.parametrize(
     "body,code,status",
     [

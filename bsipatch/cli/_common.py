@@ -11,7 +11,6 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 
@@ -55,13 +54,14 @@ def refuse_same_file(output: str, inputs: dict[str, str]) -> None:
     """
     if output == "-":
         return
-    out = Path(output)
+    # os.path, not pathlib: its import is start-up time of every apply
+    out = os.path.realpath(output)
     for name, value in inputs.items():
         if value == "-":
             continue
-        same = Path(value).resolve() == out.resolve()
+        same = os.path.realpath(value) == out
         with contextlib.suppress(OSError):
-            same = same or out.samefile(value)
+            same = same or os.path.samefile(output, value)  # noqa: PTH121
         if same:
             raise UsageError(
                 f"bsipatch: error: the output {output} is the input {name}; "

@@ -12,13 +12,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import json
+import os
 import signal
 import sys
 import threading
-import traceback
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import NoReturn
 
 from bsipatch._version import __version__
@@ -84,13 +82,19 @@ def _fast_modules(words: Sequence[str]) -> tuple[str, ...] | None:
 
 def _public_name(filename: str, args: argparse.Namespace) -> str:
     """The user's path for ``filename``: an output's temporary file is named as the output."""
-    p = Path(filename)
+    parent, name = os.path.split(os.path.normpath(filename))
     for value in vars(args).values():
         if isinstance(value, str) and value and value != "-":
-            out = Path(value)
-            if p.parent == out.parent and p.name.startswith(f".{out.name}."):
+            out_parent, out_name = os.path.split(os.path.normpath(value))
+            if parent == out_parent and name.startswith(f".{out_name}."):
                 return value
     return filename
+
+
+def _print_traceback() -> None:
+    import traceback  # here: only --debug failures need it
+
+    traceback.print_exc()
 
 
 def _fail(args: argparse.Namespace | None, argv: Sequence[str], message: str, code: int) -> int:
@@ -100,6 +104,8 @@ def _fail(args: argparse.Namespace | None, argv: Sequence[str], message: str, co
     if wants_json:
         kind = sys.exc_info()[0]
         obj = {"ok": False, "error": message, "code": code, "type": getattr(kind, "__name__", "")}
+        import json  # here: only failures need it (start-up time of every command)
+
         print(json.dumps(obj, sort_keys=True), flush=True)
     return code
 
@@ -126,11 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
     except BsipatchError as exc:
         if getattr(args, "debug", False):
-            traceback.print_exc()
+            _print_traceback()
         return _fail(args, argv, f"bsipatch: error: {exc}", exc.exit_code)
     except OSError as exc:
         if getattr(args, "debug", False):
-            traceback.print_exc()
+            _print_traceback()
         where = f"{_public_name(str(exc.filename), args)}: " if exc.filename and args else ""
         what = exc.strerror or str(exc)
         return _fail(
@@ -139,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         with _sigint_ignored():  # a second Ctrl-C must not interrupt the report
             if getattr(args, "debug", False):
-                traceback.print_exc()
+                _print_traceback()
             return _fail(args, argv, "bsipatch: interrupted", 130)
 
 

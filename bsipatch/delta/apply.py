@@ -10,12 +10,12 @@ the digests and the file policy (temp file, rename, resume); one segment's work 
 in segment.py (and csrc/bsi_patch.c), applying with seal provenance in
 provenance.py. It does not make patches.
 
-Into a path, three threads share the work: this one decompresses and applies the
-segments in order and writes the output, a second hashes the new image's bytes from
-memory in the same order (nothing is read back), a third hashes the old image. The
-result is renamed into place only when both digests match the patch header; the
-per-segment ``out_sha256`` is then not computed (the whole image's digest covers
-every byte) but serves resume.
+Into a path, two threads share the work: this one decompresses and applies the
+segments in order and writes the output, the other hashes the old image and the new
+image's bytes from memory in the same order (nothing is read back), two SHA-256
+streams at once (imagehash.py). The result is renamed into place only when both
+digests match the patch header; the per-segment ``out_sha256`` is then not computed
+(the whole image's digest covers every byte) but serves resume.
 
 Resume: with ``resume=True`` the output is built in ``.<name>.bsipatch-partial``
 beside ``out``. If an apply is cut short by a truncated patch stream, an I/O error
@@ -28,10 +28,7 @@ writing. See docs/patch-format.md, "Resuming".
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
-import queue
-import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
@@ -40,6 +37,7 @@ from bsipatch._io import fsync_dir, is_pathlike, open_private
 from bsipatch._native import ffi, lib
 from bsipatch._threads import default_threads
 from bsipatch.delta import patchformat as patchfmt
+from bsipatch.delta.imagehash import CHUNK, RING, PairHasher
 from bsipatch.delta.oldimage import OldImage, no_check, pwrite_all, write_all
 from bsipatch.delta.patchformat import PatchReader, same_digest
 from bsipatch.delta.segment import OUT_CHUNK, segment_chunks
@@ -66,8 +64,10 @@ PARTIAL_SUFFIX = ".bsipatch-partial"
 #: Default parallel segments with provenance: each worker holds a zstd window and a
 #: segment.
 MAX_DEFAULT_THREADS = 3
-#: Output buffers between the applier and the hashing thread (OUT_CHUNK bytes each).
-RING = 4
+#: Writing into a path, the output written so far is handed to the kernel's writeback
+#: every this many bytes, so that the disk writes while the apply goes on and the fsync
+#: before the rename finds little left to do.
+WRITEBACK_EVERY = 16 << 20
 
 
 def __getattr__(name: str) -> Any:
@@ -79,71 +79,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class _OrderedOutput:
-    """Output chunks hashed in order on a second thread, through a ring of buffers.
-
-    The applier takes a free buffer (:meth:`buffer`), fills and writes it, and hands it
-    over (:meth:`put`); the thread feeds it to the new image's SHA-256 and frees it.
-    Memory: ``RING`` buffers of ``OUT_CHUNK`` bytes.
-    """
-
-    def __init__(self, hash_new: bool) -> None:
-
-        self.h: Any = Sha256() if hash_new else None
-        self.free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
-        for _ in range(RING):
-            self.free.put(mmap.mmap(-1, OUT_CHUNK))
-        self.todo: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="bsipatch-new-sha256", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self.todo.get()
-            if item is None:
-                return
-            if isinstance(item, threading.Event):
-                item.set()
-                continue
-            buf, n = item
-            try:
-                if self.error is None and self.h is not None:
-                    self.h.update(memoryview(buf)[:n])
-            except BaseException as exc:  # handed to the applier
-                self.error = exc
-            finally:
-                self.free.put(buf)
-
-    def buffer(self) -> mmap.mmap:
-        """A free output buffer (waits for the hashing thread to release one)."""
-        buf = self.free.get()
-        if self.error is not None:
-            raise self.error
-        return buf
-
-    def put(self, chunk: memoryview) -> None:
-        """Hand over a filled chunk (a view over the start of a :meth:`buffer`)."""
-        self.todo.put((chunk.obj, len(chunk)))
-
-    def sync(self) -> None:
-        """Wait until every chunk handed over is hashed."""
-        done = threading.Event()
-        self.todo.put(done)
-        done.wait()
-        if self.error is not None:
-            raise self.error
-
-    def close(self) -> None:
-        """Stop the thread (after the chunks handed over); raise its error, if any."""
-        if self.thread.is_alive():
-            self.todo.put(None)
-            self.thread.join()
-        if self.error is not None:
-            raise self.error
-
-
-def _resumed(fd: int, seg: SegmentHeader, existing: int, out: _OrderedOutput) -> bool:
+def _resumed(fd: int, seg: SegmentHeader, existing: int, out: PairHasher) -> bool:
     """True when the partial file already holds the segment's verified output; then its
     bytes are in the new image's digest too."""
 
@@ -167,6 +103,15 @@ def _resumed(fd: int, seg: SegmentHeader, existing: int, out: _OrderedOutput) ->
     return True
 
 
+def _start_writeback(fd: int, start: int, end: int) -> None:
+    """Start writing output bytes [start, end) to disk now, without waiting (Linux starts
+    the writeback of dirty pages on POSIX_FADV_DONTNEED and drops the clean ones: the
+    output is hashed from memory, never read back). Best effort: durability still comes
+    from the fsync before the rename."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
+
+
 def _apply_to_fd(
     old: OldImage,
     reader: PatchReader,
@@ -183,8 +128,13 @@ def _apply_to_fd(
     verifies the output, e.g. against a seal)."""
 
     header = reader.header
-    out = _OrderedOutput(verify_new)
+    # the thread hashing the old image (if it is checked) hashes the output too
+    own = old.hasher is None
+    out = PairHasher(None, ring=RING, chunk=CHUNK) if old.hasher is None else old.hasher
+    if verify_new:
+        out.hash_new()
     resumed = 0
+    flushed = 0  # output bytes [0, flushed) handed to writeback
     try:
         for seg, comp in reader:
             if _resumed(fd, seg, existing, out):
@@ -199,11 +149,20 @@ def _apply_to_fd(
                         pwrite_all(fd, chunk, pos)
                     pos += len(chunk)
                     out.put(chunk)
+                    if pos - flushed >= WRITEBACK_EVERY:
+                        _start_writeback(fd, flushed, pos)
+                        flushed = pos
             old.drop_pages()
             if progress:
                 progress(seg.out_offset + seg.out_len, header.new_size)
+        if flushed < header.new_size:  # the rest goes to disk while the hashes finish
+            _start_writeback(fd, flushed, header.new_size)
     finally:
-        out.close()
+        try:
+            out.finish_new()
+        finally:
+            if own:
+                out.shutdown()
     if out.h is not None:
         digest = out.h.digest()
         if not same_digest(digest, header.new_sha256):

@@ -166,7 +166,7 @@ def _search(
 
     prep = None
     if exe:
-        from bsipatch.delta.exe import prepare
+        from bsipatch.delta.exeplan import prepare
 
         prep = prepare(old, new, align)
         if prep is None:  # an image: its ELF files, if any moved code

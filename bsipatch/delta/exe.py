@@ -1,13 +1,13 @@
-"""Executable-aware diffing: the reference transform's plan, its wire form, its use.
+"""The executable transform's wire form and its use on the apply side.
 
-For an old and a new ELF file (x86-64 or AArch64) this module decides where
-references live in the old file (regions: code, relocation, symbol and unwind
-tables, from the section headers), derives from a first alignment of old and new
-where each range of old virtual addresses went (the map), packs both into the
-patch's transform block and unpacks them again with every count and value checked,
-and runs the native transform (csrc/bsi_exe.c) that rewrites the old file's
-references as predicted. It does not search for differences or frame patches
-(diff.py, patchformat.py) and does not decode instructions itself.
+A version 2 patch carries a transform (docs/patch-format.md, "Executable transform"):
+regions of the old ELF file where references live and a map of where old addresses
+went. This module packs and unpacks that table with every count and value checked,
+reads and writes the patch's transform block, and runs the native transform
+(csrc/bsi_exe.c) that rewrites the old file's references as predicted. Deciding
+the regions and the map from two ELF files is the diff's job (exeplan.py); this
+module is what an applier loads, so it imports nothing heavy (no ELF parsing, no
+OpenSSL, no dataclasses). It does not search for differences or frame patches.
 """
 
 from __future__ import annotations
@@ -17,14 +17,12 @@ import mmap
 import os
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from bsipatch._buffers import Buffer
 from bsipatch._native import check, ffi, lib
-from bsipatch.delta import elf as elfmod
-from bsipatch.delta.exemap import build_map
 from bsipatch.errors import CorruptPatch, TruncatedPatch
+from bsipatch.hashing import Sha256
 
 #: Wire form version of the transform block.
 TRANSFORM_VERSION = 1
@@ -40,11 +38,8 @@ MAX_TRANSFORM_BYTES = 32 << 20
 MAX_REGIONS = int(lib.BSI_EXE_MAX_REGIONS)
 MAX_MAP = int(lib.BSI_EXE_MAX_MAP)
 
-_CODE_KIND = {elfmod.EM_X86_64: int(lib.BSI_EXE_X86_64), elfmod.EM_AARCH64: int(lib.BSI_EXE_A64)}
 
-
-@dataclass(frozen=True)
-class Region:
+class Region(NamedTuple):
     """Where in the old file references of one kind are looked for."""
 
     off: int
@@ -54,8 +49,7 @@ class Region:
     arg: int = 0
 
 
-@dataclass(frozen=True)
-class Transform:
+class Transform(NamedTuple):
     """The regions of the old file and the old-to-new address map."""
 
     regions: tuple[Region, ...]
@@ -142,6 +136,13 @@ class Transform:
         return {k: int(stats[i]) for i, k in enumerate(names)}
 
 
+def _same_digest(a: bytes, b: bytes) -> bool:
+    """Constant-time digest comparison (native, as patchformat.same_digest)."""
+    return len(a) == len(b) == 32 and bool(
+        lib.bsi_ct_equal(ffi.from_buffer(a), ffi.from_buffer(b), 32)
+    )
+
+
 def _zigzag(v: int) -> int:
     return (v << 1) ^ (v >> 63) if v >= 0 else ((-v) << 1) - 1
 
@@ -225,8 +226,7 @@ def _check_scanned(groups: Iterable[Transform], old_size: int) -> None:
         )
 
 
-@dataclass(frozen=True)
-class ImageTransform:
+class ImageTransform(NamedTuple):
     """Transforms of several ELF files inside one image (body version 2), one group each.
 
     Each group is a :class:`Transform` whose regions are image offsets of one ELF file
@@ -290,40 +290,6 @@ def unpack_any(data: bytes, old_size: int) -> Transform | ImageTransform:
     return Transform.unpack(data, old_size)
 
 
-def regions_of(e: elfmod.Elf) -> list[Region]:
-    """Regions of an old ELF file: loadable segments, code, relocation/symbol/unwind tables."""
-    out = [
-        Region(
-            ld.off, ld.filesz, ld.va, int(lib.BSI_EXE_LOAD), min(ld.memsz - ld.filesz, 0xFFFFFFFF)
-        )
-        for ld in e.loads
-    ]
-    for s in e.sections:
-        if s.type == elfmod.SHT_NOBITS or not s.flags & elfmod.SHF_ALLOC or s.size == 0:
-            continue
-        if s.flags & elfmod.SHF_EXECINSTR:
-            out.append(Region(s.off, s.size, s.addr, _CODE_KIND[e.machine]))
-        elif s.type == elfmod.SHT_RELA and s.entsize == 24:
-            out.append(Region(s.off, s.size, s.addr, int(lib.BSI_EXE_RELA), e.machine))
-        elif s.type in (elfmod.SHT_DYNSYM, elfmod.SHT_SYMTAB) and s.entsize == 24:
-            out.append(Region(s.off, s.size, s.addr, int(lib.BSI_EXE_SYM)))
-        elif s.name == ".eh_frame_hdr":
-            out.append(Region(s.off, s.size, s.addr, int(lib.BSI_EXE_EHHDR)))
-        elif s.name == ".eh_frame":
-            out.append(Region(s.off, s.size, s.addr, int(lib.BSI_EXE_EHFRAME)))
-        elif e.type == elfmod.ET_EXEC and s.type in (elfmod.SHT_INIT_ARRAY, elfmod.SHT_FINI_ARRAY):
-            out.append(Region(s.off, s.size, s.addr, int(lib.BSI_EXE_PTR64)))
-    return out[:MAX_REGIONS]
-
-
-def plan(old: Buffer, new: Buffer, aligned: Iterable[tuple[int, int, int]]) -> Transform | None:
-    """The transform for old -> new, or None when they are not two ELF files of one architecture."""
-    eo, en = elfmod.parse(old), elfmod.parse(new)
-    if eo is None or en is None or eo.machine != en.machine:
-        return None
-    return Transform(tuple(regions_of(eo)), tuple(build_map(eo, en, aligned)[:MAX_MAP]))
-
-
 class _PrivateMap(mmap.mmap):
     """A private copy-on-write map of the old file: the pages the transform rewrote
     exist only here, so nothing may drop them (``_buffers.drop_pages`` checks)."""
@@ -357,44 +323,6 @@ def predicted_old(
     return copy, t.apply_to(copy)
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """What the diff needs for an executable pair: the transform, its block, the predicted old."""
-
-    transform: Transform | ImageTransform
-    block: bytes
-    predicted: Buffer
-    stats: dict[str, int]
-
-
-def aligned_ranges(ops: Iterable[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
-    """``(new_off, len, old_off)`` of the COPY and ADD operations of an op list."""
-    out = []
-    pos = 0
-    for kind, n, old_off in ops:
-        if kind in (lib.BSI_OP_COPY, lib.BSI_OP_ADD):
-            out.append((pos, n, old_off))
-        pos += n
-    return out
-
-
-def prepare(
-    old: Buffer, new: Buffer, align: Callable[[Buffer, Buffer], Iterable[tuple[int, int, int]]]
-) -> Prepared | None:
-    """For two ELF files of one architecture: align them with ``align(old, new)`` (the
-    diff's operations ``(kind, len, old_off)``), plan and run the transform.
-
-    Returns None for anything else (the caller diffs as usual).
-    """
-    eo, en = elfmod.parse(old), elfmod.parse(new)
-    if eo is None or en is None or eo.machine != en.machine:
-        return None
-    aligned = aligned_ranges(align(old, new))
-    t = Transform(tuple(regions_of(eo)), tuple(build_map(eo, en, aligned)[:MAX_MAP]))
-    predicted, stats = predicted_old(old, t)
-    return Prepared(t, t.pack(), predicted, stats)
-
-
 # ---- the transform block of a version-2 patch (docs/patch-format.md) -------------------
 
 BLOCK_MAGIC = b"BXFM"
@@ -403,9 +331,10 @@ BLOCK_HEAD = struct.Struct("<4sIII")
 
 
 def _block_digest(header_digest: bytes, head: bytes, comp: bytes) -> bytes:
-    import hashlib
-
-    return hashlib.sha256(header_digest + head + comp).digest()
+    h = Sha256(header_digest)
+    h.update(head)
+    h.update(comp)
+    return h.digest()
 
 
 def pack_block(header_digest: bytes, body: bytes, level: int = 19) -> tuple[bytes, bytes]:
@@ -425,8 +354,6 @@ def read_block(read: Callable[[int], bytes], header_digest: bytes) -> tuple[byte
         TruncatedPatch: the stream ends inside the block.
         CorruptPatch: bad marker, kind, lengths, digest or compressed data.
     """
-    import hmac
-
     import zstandard
 
     head = read(BLOCK_HEAD.size)
@@ -449,7 +376,7 @@ def read_block(read: Callable[[int], bytes], header_digest: bytes) -> tuple[byte
     digest = read(32)
     if len(comp) < comp_len or len(digest) < 32:
         raise TruncatedPatch("patch ended inside its transform block")
-    if not hmac.compare_digest(_block_digest(header_digest, head, comp), digest):
+    if not _same_digest(_block_digest(header_digest, head, comp), digest):
         raise CorruptPatch("transform block digest mismatch")
     try:
         dctx = zstandard.ZstdDecompressor()

@@ -24,20 +24,18 @@ from bsipatch.delta.exe import (
     MAX_GROUPS,
     MAX_MAP,
     ImageTransform,
-    Prepared,
     Region,
     Transform,
-    aligned_ranges,
     predicted_old,
-    regions_of,
 )
 from bsipatch.delta.exemap import build_map
+from bsipatch.delta.exeplan import Prepared, aligned_ranges, regions_of
 
 #: ELF files are looked for at multiples of this many bytes (the smallest common block).
 ALIGN = 512
 #: Largest ELF file considered inside an image.
 MAX_ELF = 256 << 20
-#: Images smaller than this are not searched (a lone ELF file takes exe.prepare's path).
+#: Images smaller than this are not searched (a lone ELF file takes exeplan.prepare's path).
 MIN_IMAGE = 64 << 10
 DT_NEEDED = 1
 DT_SONAME = 14
@@ -140,7 +138,7 @@ def plan_image(
     """The transform of every changed ELF file of ``new`` found in ``old``, or None.
 
     ``align(old_file, new_file)`` is the diff's first alignment of one pair (its
-    operations ``(kind, len, old_off)``), as for :func:`exe.prepare`.
+    operations ``(kind, len, old_off)``), as for :func:`exeplan.prepare`.
     """
     if min(len(old), len(new)) < MIN_IMAGE:
         return None

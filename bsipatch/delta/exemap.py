@@ -12,7 +12,7 @@ This module computes the map only; exe.py packs and applies it.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from bsipatch.delta import elf as elfmod
 
@@ -24,27 +24,27 @@ JOIN_GAP = 1 << 16
 Entry = tuple[int, int, int]  # (old_va, len, delta)
 
 
-def _to_va(loads: Sequence[elfmod.Load], off: int, n: int) -> Iterable[tuple[int, int, int]]:
-    """Pieces (file offset, length, va) of file range [off, off+n) that loadable segments map."""
-    for ld in loads:
-        s, e = max(off, ld.off), min(off + n, ld.off + ld.filesz)
-        if s < e:
-            yield s, e - s, ld.va + (s - ld.off)
-
-
 def _pieces(
     old: elfmod.Elf, new: elfmod.Elf, aligned: Iterable[tuple[int, int, int]]
 ) -> list[Entry]:
+    # file ranges -> virtual addresses through the loadable segments, over plain tuples:
+    # this runs for every aligned range (thousands), twice per diff of a large library
+    oloads = [(ld.off, ld.off + ld.filesz, ld.va - ld.off) for ld in old.loads]
+    nloads = [(ld.off, ld.off + ld.filesz, ld.va - ld.off) for ld in new.loads]
     out = []
     for new_off, n, old_off in aligned:
         if n < MIN_MATCH:
             continue
-        for o, k, ova in _to_va(old.loads, old_off, n):
-            start = new_off + (o - old_off)
-            for no, k2, nva in _to_va(new.loads, start, k):
-                if k2 >= MIN_MATCH:
-                    va = ova + (no - start)
-                    out.append((va, k2, nva - va))
+        for os_, oe, obias in oloads:
+            s, e = max(old_off, os_), min(old_off + n, oe)
+            if e - s < MIN_MATCH:
+                continue
+            start = new_off + (s - old_off)
+            for ns, ne, nbias in nloads:
+                a, b = max(start, ns), min(start + e - s, ne)
+                if b - a >= MIN_MATCH:
+                    va = s + obias + (a - start)
+                    out.append((va, b - a, a + nbias - va))
     return out
 
 

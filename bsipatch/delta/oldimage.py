@@ -1,7 +1,7 @@
 """The old image of an apply: its buffer, its checks, its pages; and output writes.
 
 :class:`OldImage` maps (or wraps) the old image for the C applier, checks its size
-and SHA-256 against a patch header (hashing on a thread, native SHA-256), and lets
+and SHA-256 against a patch header (hashing on a thread, imagehash.py), and lets
 go of its mapped pages now and then so resident memory stays bounded.
 :func:`pwrite_all` and :func:`write_all` write output without ever passing a short
 write silently. Nothing here reads patches or applies segments.
@@ -13,62 +13,26 @@ import contextlib
 import errno
 import mmap
 import os
-import threading
 from collections.abc import Callable
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from bsipatch._buffers import MappedFile, holes, open_buffer, sha256_buffer
+from bsipatch._buffers import open_buffer
 from bsipatch._io import is_pathlike
 from bsipatch._native import ffi
 from bsipatch.delta.patchformat import same_digest
 from bsipatch.errors import WrongBaseImage
-from bsipatch.hashing import Sha256
 
 if TYPE_CHECKING:
     from bsipatch._buffers import Buffer
     from bsipatch._io import PathLike
+    from bsipatch.delta.imagehash import PairHasher
     from bsipatch.delta.patchformat import Header, PatchReader
 
 #: Drop the old image's mapped pages every DROP_EVERY output bytes when it is larger
 #: than DROP_PAGES_ABOVE, so resident memory stays bounded whatever the image size.
 DROP_PAGES_ABOVE = 32 << 20
 DROP_EVERY = 16 << 20
-#: The old image is hashed from its map in steps of this many bytes (pages dropped
-#: after each step when the image is larger than DROP_PAGES_ABOVE).
-HASH_STEP = 8 << 20
-_ZEROS = bytes(HASH_STEP)
-
-
-def _sha256_mapped(buf: Buffer, stop: threading.Event) -> bytes:
-    """SHA-256 of the old image, native, straight from its map (no copy through
-    read()); holes are hashed from a zero buffer without touching their pages.
-    Gives up (returns b"") when ``stop`` is set: the map is about to close."""
-    if not isinstance(buf, MappedFile):
-        return sha256_buffer(buf, Sha256)
-    h = Sha256()
-    view = memoryview(buf)
-    size = len(buf)
-    drop = size > DROP_PAGES_ABOVE
-    pos = 0
-    try:
-        for hs, he in [*holes(buf), (size, size)]:
-            while pos < hs:
-                if stop.is_set():
-                    return b""
-                n = min(HASH_STEP, hs - pos)
-                h.update(view[pos : pos + n])
-                if drop:
-                    with contextlib.suppress(OSError, ValueError):
-                        buf.madvise(mmap.MADV_DONTNEED, pos - pos % mmap.PAGESIZE, n)
-                pos += n
-            while pos < he:
-                n = min(HASH_STEP, he - pos)
-                h.update(_ZEROS[:n])
-                pos += n
-    finally:
-        view.release()
-    return h.digest()
 
 
 class OldImage:
@@ -82,8 +46,8 @@ class OldImage:
         self.ptr = ffi.from_buffer(self.buf) if self.size else ffi.NULL
         self.predicted: Buffer | None = None  # version 2: the old image, references predicted
         self._since_drop = 0
-        self._stop = threading.Event()
-        self._hashing: threading.Thread | None = None
+        #: the thread hashing the old image (start_check), or None
+        self.hasher: PairHasher | None = None
 
     def use_transform(self, reader: PatchReader) -> bool:
         """For a version 2 patch: apply segments against the old image with its references
@@ -112,27 +76,18 @@ class OldImage:
             )
 
     def start_check(self, header: Header) -> Callable[[], None]:
-        """Check the size now and start hashing on a thread; return the function that
+        """Check the size now and start hashing on a thread (:attr:`hasher`, which an apply
+        into a path also gives its output to: imagehash.py); return the function that
         waits for the digest and raises WrongBaseImage when it differs."""
 
+        from bsipatch.delta.imagehash import CHUNK, RING, OldStream, PairHasher
+
         self.check_size(header)
-        result: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                result["digest"] = _sha256_mapped(self.buf, self._stop)
-            except BaseException as exc:  # handed to the waiter
-                result["error"] = exc
-
-        t = threading.Thread(target=run, name="bsipatch-old-sha256", daemon=True)
-        t.start()
-        self._hashing = t
+        hasher = PairHasher(OldStream(self.buf, DROP_PAGES_ABOVE), ring=RING, chunk=CHUNK)
+        self.hasher = hasher
 
         def wait() -> None:
-            t.join()
-            if "error" in result:
-                raise result["error"]
-            digest = result["digest"]
+            digest = hasher.old_digest()
             if not same_digest(digest, header.old_sha256):
                 raise WrongBaseImage(
                     f"old image SHA-256 is {digest.hex()}, "
@@ -155,9 +110,8 @@ class OldImage:
                 self.buf.madvise(mmap.MADV_DONTNEED)
 
     def close(self) -> None:
-        self._stop.set()  # an interrupted apply: the hash is not waited for
-        if self._hashing is not None:
-            self._hashing.join()
+        if self.hasher is not None:  # an interrupted apply: the hash is not waited for
+            self.hasher.shutdown()
         self.ptr = None
         self._stack.close()
 

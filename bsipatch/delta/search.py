@@ -1,8 +1,9 @@
 """Finding the operations from old to new: block pre-pass, suffix arrays, search.
 
 The pipeline: block pre-pass (C) -> suffix arrays of the old regions still needed,
-one part per thread (C, SA-IS) -> bsdiff-style search of the unmatched regions of
-new, several at once on threads (C, GIL released) -> the ops, normalised. Progress
+one part per thread (C, SA-IS), and an 8-gram filter of them -> bsdiff-style search
+of the unmatched regions of new, several at once on threads (C, GIL released; the
+filter skips lookups of bytes that occur nowhere in old) -> the ops, normalised. Progress
 is reported as one bar over all of it (:class:`Meter`). This module does not encode,
 compress or write patches (diff.py does).
 """
@@ -45,6 +46,8 @@ ZERO_PAGE = 4096
 #: Pages checked per native call when looking for zero runs.
 ZERO_STEP = 1 << 14
 OP_SIZE = ffi.sizeof("bsi_op")
+#: Build the 8-gram filter of the index (csrc/bsi_diff.c) and let the search use it.
+USE_FILTER = True
 #: Relative cost per byte of each phase (roughly ns per byte on one core), so that the
 #: progress bar moves in step with the time spent: indexing old blocks, scanning new,
 #: suffix-sorting the index, searching the gaps, encoding and writing the patch.
@@ -307,6 +310,22 @@ class _Index:
         self.bkts: list[Any] = []
         self.map_old = ffi.new("uint64_t[]", [s for s, _ in self.ranges] or [0])
         self.map_len = ffi.new("uint64_t[]", [e - s for s, e in self.ranges] or [0])
+        # the 8-gram filter (built with the suffix arrays): most lookups of new data that
+        # is nowhere in old are skipped
+        self.filter_log2 = int(lib.bsi_gram_filter_log2(self.size)) if USE_FILTER else 0
+        self.filter_buf = _anon((1 << self.filter_log2) // 8) if self.filter_log2 else None
+        self.filter = (
+            ffi.cast("uint64_t *", ffi.from_buffer(self.filter_buf))
+            if self.filter_buf is not None
+            else ffi.NULL
+        )
+
+    def build_filter(self) -> None:
+        if self.filter_buf is not None:
+            check(
+                lib.bsi_gram_filter_build(self.pidx, self.size, self.filter, self.filter_log2),
+                "8-gram filter",
+            )
 
     def sort_part(self, k: int) -> None:
         off, n = self.bounds[k], self.bounds[k + 1] - self.bounds[k]
@@ -337,14 +356,18 @@ class _Index:
 
         if self.nparts == 1:
             one(0)
+            self.build_filter()
             return
         with cf.ThreadPoolExecutor(max_workers=self.nparts) as pool:
-            for f in [pool.submit(one, k) for k in range(self.nparts)]:
+            futs = [pool.submit(one, k) for k in range(self.nparts)]
+            futs.append(pool.submit(self.build_filter))
+            for f in futs:
                 f.result()
 
     def close(self) -> None:
         """Let go of the suffix arrays and the index copy (the search is over)."""
         self.parts = self.psa = self.pidx = self.bkts = None  # type: ignore[assignment]
+        self.filter = self.filter_buf = None
         self.sa_buf = self.idx = None  # type: ignore[assignment]
 
 
@@ -370,9 +393,9 @@ def _search_region(index: _Index, new: Buffer, s: int, e: int, local: Any) -> li
     pnew = _ptr(new)
     while s < e:
         n = check(
-            lib.bsi_diff_search_parts(
+            lib.bsi_diff_search_filtered(
                 index.pidx, index.size, index.parts, index.nparts, pnew, len(new), s, e,
-                buf, SEARCH_OPS_CAP, stopped,
+                buf, SEARCH_OPS_CAP, stopped, index.filter, index.filter_log2,
             ),
             "delta search",
         )  # fmt: skip

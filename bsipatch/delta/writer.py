@@ -217,6 +217,32 @@ def zstd_params(
     )
 
 
+#: Payloads at least this long are sampled for compressibility (level_for).
+SAMPLE_ABOVE = 1 << 20
+SAMPLE_PIECES, SAMPLE_LEN = 8, 16 << 10
+#: A payload whose samples shrink by less than this fraction at zstd level 1 is taken as
+#: incompressible (random literals: a scattered change in an encrypted or compressed
+#: image) and compressed at FAST_LEVEL. Measured on 2 MiB of random bytes: level 18
+#: 2.7 MB/s, level 1 1.9 GB/s, both 2,097,209-2,097,210 bytes out.
+INCOMPRESSIBLE_SAVING = 0.02
+FAST_LEVEL = 1
+
+
+def level_for(data: bytes | memoryview, level: int) -> int:
+    """The zstd level for one frame: ``level``, or FAST_LEVEL when sampling says the data
+    will not compress (then a high level only costs time)."""
+    import zstandard
+
+    n = len(data)
+    if n < SAMPLE_ABOVE or level <= FAST_LEVEL:
+        return level
+    mv = memoryview(data)
+    step = (n - SAMPLE_LEN) // (SAMPLE_PIECES - 1)
+    sample = b"".join(mv[i * step : i * step + SAMPLE_LEN] for i in range(SAMPLE_PIECES))
+    packed = len(zstandard.ZstdCompressor(level=1).compress(sample))
+    return FAST_LEVEL if packed > len(sample) * (1 - INCOMPRESSIBLE_SAVING) else level
+
+
 def _frames(
     pool: cf.Executor, payload: bytes | memoryview, cut: int, level: int, magicless: bool
 ) -> list[Any]:
@@ -226,7 +252,7 @@ def _frames(
     def frame(data: bytes | memoryview) -> bytes:
         import zstandard
 
-        params = zstd_params(level, len(data), magicless=magicless)
+        params = zstd_params(level_for(data, level), len(data), magicless=magicless)
         return zstandard.ZstdCompressor(compression_params=params).compress(data)
 
     if min(cut, len(payload) - cut) >= FRAME_SPLIT_MIN:

@@ -4,18 +4,23 @@ Devices authenticate with ``Authorization: Bearer <device_id>.<secret>`` and rea
 their own declarations and status; admin endpoints take ``Authorization: Bearer
 <admin token>`` or the session cookie set by ``/login``. Every refusal is a 4xx with a
 JSON body ``{"error": CODE, "message": TEXT}`` and stores nothing. A status report's
-response is sent only after the group committer has made it durable. Storage is
+response is sent only after the group committer has made it durable.
+
+``PUT /mdm/status`` is the hot path (every device, after every event): it is served by
+a plain ASGI function in front of Starlette (no routing, no request object), and its
+secret is checked by the writer in the same transaction that stores the report, under
+the device row's lock, so a replaced secret stops working at once and a report costs
+no query of its own. The other device endpoints look the secret up on every request.
+Storage is
 :mod:`bsipatch.mdm.store`, queries :mod:`bsipatch.mdm.fleet`, HTML
 :mod:`bsipatch.mdm.page`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from bsipatch.errors import MdmError
 from bsipatch.mdm import fleet, page
@@ -40,7 +46,11 @@ from bsipatch.mdm.items import (
 from bsipatch.mdm.store import Store
 
 _COOKIE = "bsipatch_admin"
-_AUTH_TTL = 30.0
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_STATUS_OK = {
+    "applied": b'{"ok":true,"applied":true}',
+    "duplicate": b'{"ok":true,"applied":false}',  # a resend: acknowledged, not applied again
+}
 PAGE_ROWS = 25  # rows per list on the fleet page (the JSON API gives 100)
 
 
@@ -56,10 +66,52 @@ def _error(exc: HttpError) -> JSONResponse:
     return JSONResponse({"error": exc.code, "message": exc.message}, status_code=exc.status)
 
 
-async def _body(request: Request, limit: int = MAX_BODY) -> bytes:
-    declared = request.headers.get("content-length")
+def _error_body(exc: HttpError) -> bytes:
+    doc = {"error": exc.code, "message": exc.message}
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def bearer_device(auth: str) -> tuple[int, str]:
+    """``Bearer <id>.<secret>`` -> (device id, SHA-256 hex of the secret).
+
+    Raises:
+        HttpError: 401 when the header is missing or not of that form.
+    """
+    scheme, _, cred = auth.partition(" ")
+    dev_text, _, secret = cred.partition(".")
+    if (
+        scheme.lower() != "bearer"
+        or not (dev_text.isascii() and dev_text.isdigit() and len(dev_text) <= 18)
+        or not secret
+    ):
+        raise HttpError(401, "unauthenticated", "expected Authorization: Bearer <id>.<secret>")
+    return int(dev_text), hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _check_length(declared: str | None, limit: int) -> None:
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise HttpError(413, "too_large", f"body of {declared} bytes; limit {limit}")
+
+
+async def _asgi_body(receive: Receive, declared: str | None, limit: int = MAX_BODY) -> bytes | None:
+    """The request body from ASGI messages (None: the client went away)."""
+    _check_length(declared, limit)
+    chunks, size = [], 0
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            return None
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise HttpError(413, "too_large", f"body over the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not msg.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _body(request: Request, limit: int = MAX_BODY) -> bytes:
+    _check_length(request.headers.get("content-length"), limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -76,6 +128,14 @@ def _json(body: bytes) -> Any:
         raise HttpError(400, "malformed", f"body is not valid JSON: {exc}") from exc
 
 
+def _refuse(dev: int, outcome: str) -> None:
+    """Raise the 401 for a refused device (no-op for any other outcome)."""
+    if outcome == "unknown_device":
+        raise HttpError(401, "unknown_device", f"no enrolled device {dev}")
+    if outcome == "bad_secret":
+        raise HttpError(401, "bad_secret", f"wrong secret for device {dev}")
+
+
 class MdmApp:
     """The server: one store, one group committer, the Starlette app in :attr:`app`."""
 
@@ -83,13 +143,11 @@ class MdmApp:
         self.store = store
         self.stale_days = stale_days
         self.committer = GroupCommitter(store)
-        self._auth: dict[int, tuple[str, float]] = {}
         routes = [
             Route("/healthz", self.healthz),
             Route("/mdm/tokens", self.tokens),
             Route("/mdm/declaration-items", self.declaration_items),
             Route("/mdm/declarations/{kind}/{identifier:path}", self.declaration),
-            Route("/mdm/status", self.status, methods=["PUT", "POST"]),
             Route("/admin/enrollments", self.enroll, methods=["POST"]),
             Route("/admin/declarations/{identifier:path}", self.put_declaration, methods=["PUT"]),
             Route("/admin/sets/{name}", self.put_set, methods=["PUT"]),
@@ -100,8 +158,15 @@ class MdmApp:
             Route("/", self.fleet_page),
             Route("/devices/{name:path}", self.device_page),
         ]
-        self.app = Starlette(routes=routes, lifespan=self._lifespan)
-        self.app.add_exception_handler(HttpError, self._handle)  # type: ignore[arg-type]
+        self.starlette = Starlette(routes=routes, lifespan=self._lifespan)
+        self.starlette.add_exception_handler(HttpError, self._handle)  # type: ignore[arg-type]
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI application: the status hot path, else Starlette's routes."""
+        if scope["type"] == "http" and scope["path"] == "/mdm/status":
+            await self.status(scope, receive, send)
+        else:
+            await self.starlette(scope, receive, send)
 
     def close(self) -> None:
         """Commit what is queued and stop the writer thread."""
@@ -118,22 +183,11 @@ class MdmApp:
     # --- authentication -----------------------------------------------------------------
 
     async def _device(self, request: Request) -> int:
-        auth = request.headers.get("authorization", "")
-        scheme, _, cred = auth.partition(" ")
-        dev_text, _, secret = cred.partition(".")
-        if scheme.lower() != "bearer" or not dev_text.isdigit() or not secret:
-            raise HttpError(401, "unauthenticated", "expected Authorization: Bearer <id>.<secret>")
-        dev = int(dev_text)
-        digest = hashlib.sha256(secret.encode()).hexdigest()
-        cached = self._auth.get(dev)
-        if cached is None or cached[1] < time.monotonic():
-            stored = await run_in_threadpool(self.store.secret_hash, dev)
-            if stored is None:
-                raise HttpError(401, "unknown_device", f"no enrolled device {dev}")
-            cached = (stored, time.monotonic() + _AUTH_TTL)
-            self._auth[dev] = cached
-        if not hmac.compare_digest(cached[0], digest):
-            raise HttpError(401, "bad_secret", f"wrong secret for device {dev}")
+        dev, digest = bearer_device(request.headers.get("authorization", ""))
+        stored = await run_in_threadpool(self.store.secret_hash, dev)
+        _refuse(dev, "unknown_device" if stored is None else "ok")
+        if not hmac.compare_digest(str(stored), digest):
+            _refuse(dev, "bad_secret")
         return dev
 
     async def _admin(self, request: Request) -> None:
@@ -182,15 +236,32 @@ class MdmApp:
             raise HttpError(404, "not_found", f"no declaration {ident!r} for this device")
         return JSONResponse(doc)
 
-    async def status(self, request: Request) -> Response:
-        dev = await self._device(request)
-        body = await _body(request)
+    async def status(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``PUT /mdm/status`` as plain ASGI: answered once the report is durable."""
+        status = 200
         try:
-            report = parse_report(body)
-        except ItemError as exc:
-            raise HttpError(400, "bad_report", str(exc)) from exc
-        applied = await asyncio.wrap_future(self.committer.submit(dev, report))
-        return JSONResponse({"ok": True, "applied": applied})
+            if scope["method"] not in ("PUT", "POST"):
+                raise HttpError(405, "method_not_allowed", "use PUT (or POST)")
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            dev, digest = bearer_device(headers.get("authorization", ""))
+            body = await _asgi_body(receive, headers.get("content-length"))
+            if body is None:
+                return
+            try:
+                report = parse_report(body)
+            except ItemError as exc:
+                raise HttpError(400, "bad_report", str(exc)) from exc
+            result = await self.committer.submit(dev, digest, report)
+            _refuse(dev, result)
+            payload = _STATUS_OK[result]
+        except HttpError as exc:
+            status, payload = exc.status, _error_body(exc)
+        except Exception as exc:  # storing failed: logged by the committer
+            status = 500
+            payload = _error_body(HttpError(500, "internal", str(exc)))
+        headers_out = [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers_out})
+        await send({"type": "http.response.body", "body": payload})
 
     # --- admin API ------------------------------------------------------------------------------
 
@@ -206,7 +277,6 @@ class MdmApp:
             enrolment = await run_in_threadpool(self.store.enroll, doc["name"], sets)
         except MdmError as exc:
             raise HttpError(400, "bad_name", str(exc)) from exc
-        self._auth.pop(enrolment.device_id, None)
         return JSONResponse(enrolment.to_dict(str(request.base_url).rstrip("/")), status_code=201)
 
     async def put_declaration(self, request: Request) -> Response:

@@ -5,6 +5,7 @@ Only process wiring; the endpoints are :mod:`bsipatch.mdm.app`.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -58,7 +59,17 @@ def serve(
     logging.basicConfig(level=logging.WARNING)
     print(f"bsipatch mdm serving {store.db.dialect} on http://{host}:{port}/", file=sys.stderr)
     sys.stderr.flush()
-    opts: dict[str, Any] = {"host": host, "port": port, "log_level": "warning", "access_log": False}
+    opts: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": "warning",
+        "access_log": False,
+        "interface": "asgi3",  # MdmApp.app is a bound coroutine method, which "auto" misreads
+        "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",  # not on Windows
+        "http": "httptools",
+        "proxy_headers": False,  # client addresses are never used: no per-request rewrite
+        "server_header": False,
+    }
     if workers > 1:
         store.db.close()
         os.environ[_ENV_DB], os.environ[_ENV_STALE] = url, str(stale_days)

@@ -2,10 +2,8 @@
 
 Operations on a :class:`~bsipatch.mdm.db.Database`, each in one transaction. Status
 reports are applied in batches (:meth:`Store.apply_reports`, called by the group
-committer in :mod:`bsipatch.mdm.groupcommit`): the latest value of every item per
-device (``devices.items``, a JSON map with the time each item was last reported),
-columns derived from it for the fleet queries, the per-declaration status, and one
-``release_history`` row each time a device's release changes. Validation of the
+committer in :mod:`bsipatch.mdm.groupcommit`; the writing is
+:mod:`bsipatch.mdm.reports`). Validation of the
 documents is :mod:`bsipatch.mdm.items`'s job; fleet queries are in
 :mod:`bsipatch.mdm.fleet`; HTTP is elsewhere.
 """
@@ -17,13 +15,14 @@ import hmac
 import json
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bsipatch._time import parse_epoch
 from bsipatch.errors import MdmError
 from bsipatch.mdm.db import Database
-from bsipatch.mdm.items import Report, declarations_token, release_label, server_token
+from bsipatch.mdm.items import Report, declarations_token, server_token
+from bsipatch.mdm.reports import ApplyResult, apply_reports
 
 _NAME_LIMIT = 128
 
@@ -216,170 +215,11 @@ class Store:
     # --- status ------------------------------------------------------------------------------
 
     def apply_reports(
-        self, batch: list[tuple[int, Report]], now: float | None = None
-    ) -> list[bool]:
-        """Apply validated reports in one transaction; return, per report, whether it was
-        applied (False: a duplicate by ``ReportSequence``)."""
-        now = time.time() if now is None else now
-        ids = sorted({dev for dev, _ in batch})
-        with self.db.connect() as conn:
-            marks = ",".join("?" * len(ids))
-            sql = f"SELECT id, report_seq, items, release_id FROM devices WHERE id IN ({marks})"  # noqa: S608
-            if self.db.dialect == "postgresql":
-                sql += " FOR UPDATE"
-            rows = self.db.execute(conn, sql, ids).fetchall()
-            state = {int(r[0]): [int(r[1]), json.loads(r[2]), r[3]] for r in rows}
-            applied: list[bool] = []
-            history: list[tuple[Any, ...]] = []
-            decl_rows: list[tuple[Any, ...]] = []
-            decl_reset: set[int] = set()
-            for dev, rep in batch:
-                st = state.get(dev)
-                if st is None or (rep.sequence is not None and rep.sequence <= st[0]):
-                    applied.append(False)
-                    continue
-                applied.append(True)
-                if rep.sequence is not None:
-                    st[0] = rep.sequence
-                items: dict[str, Any] = {} if rep.full else st[1]
-                for name, value in rep.items.items():
-                    items[name] = {"value": value, "updated": now}
-                st[1] = items
-                when = rep.timestamp if rep.timestamp is not None else now
-                release = _release_of(items)
-                if release != st[2]:
-                    v = _values(items)
-                    history.append(
-                        (
-                            dev,
-                            when,
-                            st[2],
-                            release,
-                            v.get("device.operating-system.build-version"),
-                            v.get("device.operating-system.supplemental.build-version"),
-                        )
-                    )
-                    st[2] = release
-                if "management.declarations" in rep.items or rep.full:
-                    decl_reset.add(dev)
-                    decl_rows = [r for r in decl_rows if r[0] != dev]
-                    decl_rows += _declaration_rows(
-                        dev, rep.items.get("management.declarations"), now
-                    )
-            self._write_devices(conn, state, {d for d, _ in batch}, now)
-            self.db.executemany(
-                conn,
-                "INSERT INTO release_history (device_id, at, from_release, to_release, build, "
-                "supplemental_build) VALUES (?, ?, ?, ?, ?, ?)",
-                history,
-            )
-            self.db.executemany(
-                conn,
-                "INSERT INTO release_daily (day, release_id, delta) VALUES (?, ?, ?) "
-                "ON CONFLICT (day, release_id) DO UPDATE SET "
-                "delta = release_daily.delta + excluded.delta",
-                _daily(history),
-            )
-            self.db.executemany(
-                conn,
-                "DELETE FROM declaration_status WHERE device_id = ?",
-                [(d,) for d in decl_reset],
-            )
-            self.db.executemany(
-                conn,
-                "INSERT INTO declaration_status (device_id, identifier, active, valid, "
-                "server_token, reasons, updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                decl_rows,
-            )
-        return applied
-
-    def _write_devices(
-        self, conn: Any, state: dict[int, list[Any]], ids: set[int], now: float
-    ) -> None:
-        rows = []
-        for dev in sorted(ids & set(state)):
-            seq, items, release = state[dev]
-            v = _values(items)
-            failure = v.get("softwareupdate.failure-reason") or {}
-            pending = v.get("softwareupdate.pending-version") or {}
-            install_state = v.get("softwareupdate.install-state")
-            failed = install_state == "failed"
-            rows.append(
-                (
-                    now,
-                    seq,
-                    json.dumps(items, sort_keys=True),
-                    v.get("device.operating-system.version"),
-                    v.get("device.operating-system.build-version"),
-                    v.get("device.operating-system.supplemental.build-version"),
-                    v.get("device.operating-system.supplemental.extra-version"),
-                    release,
-                    install_state,
-                    failure.get("reason") if failed else None,
-                    _ts(failure.get("timestamp")) if failed else None,
-                    pending.get("release-id"),
-                    _ts(pending.get("since")),
-                    dev,
-                )
-            )
-        self.db.executemany(
-            conn,
-            "UPDATE devices SET last_seen = ?, report_seq = ?, items = ?, os_version = ?, "
-            "build = ?, supplemental_build = ?, extra_version = ?, release_id = ?, "
-            "install_state = ?, last_error = ?, failed_at = ?, deferred_release = ?, "
-            "deferred_since = ? WHERE id = ?",
-            rows,
-        )
-
-
-def _daily(history: list[tuple[Any, ...]]) -> list[tuple[int, str, int]]:
-    """Per-day release count changes of history rows, summed, in key order (so concurrent
-    writers lock rows in the same order)."""
-    sums: dict[tuple[int, str], int] = {}
-    for _dev, at, old, new, _b, _s in history:
-        day = int(at // 86400)
-        for rel, d in ((old, -1), (new, 1)):
-            if rel is not None:
-                sums[(day, rel)] = sums.get((day, rel), 0) + d
-    return [(day, rel, d) for (day, rel), d in sorted(sums.items()) if d]
-
-
-def _values(items: dict[str, Any]) -> dict[str, Any]:
-    return {k: v["value"] for k, v in items.items()}
-
-
-def _release_of(items: dict[str, Any]) -> str | None:
-    v = _values(items)
-    return release_label(
-        v.get("device.operating-system.version"),
-        v.get("device.operating-system.supplemental.extra-version"),
-    )
-
-
-def _ts(text: Any) -> float | None:
-    return parse_epoch(text) if isinstance(text, str) else None
-
-
-def _declaration_rows(dev: int, value: Any, now: float) -> list[tuple[Any, ...]]:
-    rows: list[tuple[Any, ...]] = []
-    seen: set[str] = set()
-    for kind in ("configurations", "activations", "assets", "management"):
-        for r in (value or {}).get(kind, []):
-            if r["identifier"] in seen:
-                continue
-            seen.add(r["identifier"])
-            rows.append(
-                (
-                    dev,
-                    r["identifier"],
-                    int(r["active"]),
-                    r["valid"],
-                    r["server-token"],
-                    json.dumps(r.get("reasons", [])),
-                    now,
-                )
-            )
-    return rows
+        self, batch: Sequence[tuple[int, str, Report]], now: float | None = None
+    ) -> list[ApplyResult]:
+        """Apply ``(device id, SHA-256 hex of the presented secret, report)`` triples in one
+        transaction; see :func:`bsipatch.mdm.reports.apply_reports`."""
+        return apply_reports(self.db, batch, now)
 
 
 def check_enrolment(doc: Any) -> Enrolment:

@@ -1,0 +1,197 @@
+/* A fast first alignment of two files: exact anchors joined into aligned ranges.
+ *
+ * The executable transform (exeplan.py, exemap.py) needs to know roughly where each
+ * range of the new file came from in the old one, not a minimal diff. Here about one
+ * position in BSI_ALIGN_SAMPLE of old is taken as an anchor candidate, chosen by the
+ * content of its BSI_ALIGN_K-byte window (so the same windows are chosen in new),
+ * and put in a hash table; windows that occur twice in old are dropped (they would
+ * anchor anywhere). Sliding over new, a chosen window found in old is confirmed with
+ * memcmp and extended both ways as an exact match, and matches that keep the same
+ * displacement (old offset - new offset) with at most BSI_ALIGN_JOIN bytes between
+ * them are joined into one range: the bytes between them are what changed in place
+ * (in code: references whose targets moved). Linear time, one table lookup per
+ * chosen window.
+ *
+ * Memory: the caller's table of bsi_align_table_slots() uint64 entries (zeroed). The
+ * table takes at most half its slots, so probes stay short whatever the data. No I/O,
+ * no allocation.
+ */
+#include "bsipatch.h"
+#include "bsi_internal.h"
+
+#define AK BSI_ALIGN_K
+#define SAMPLE_MASK ((uint64_t)BSI_ALIGN_SAMPLE - 1)
+#define DUP 0xFFFFFFFFULL
+/* The low bits of a window's hash choose it, bits from SLOT_SHIFT on its table slot and
+ * the top 32 bits are its tag. */
+#define SLOT_SHIFT 8
+
+static inline uint64_t ld64a(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+static inline uint64_t win_hash(const uint8_t *p) {
+#if BSI_ALIGN_K != 16
+#error "win_hash reads 16 bytes"
+#endif
+    uint64_t h = (ld64a(p) * 0x9E3779B97F4A7C15ULL) ^ (ld64a(p + 8) * 0xC2B2AE3D27D4EB4FULL);
+    h ^= h >> 29;
+    h *= 0xBF58476D1CE4E5B9ULL;
+    h ^= h >> 32;
+    return h;
+}
+
+BSI_API uint64_t bsi_align_table_slots(uint64_t old_size) {
+    uint64_t want = 2 * (old_size / BSI_ALIGN_SAMPLE) + 64, slots = 1024;
+    while (slots < want) slots <<= 1;
+    return slots;
+}
+
+/* Length of the common prefix of a and b, at most m. */
+static inline uint64_t fwd_len(const uint8_t *a, const uint8_t *b, uint64_t m) {
+    uint64_t i = 0;
+    while (i + 8 <= m) {
+        uint64_t x = ld64a(a + i) ^ ld64a(b + i);
+        if (x) return i + ((uint64_t)__builtin_ctzll(x) >> 3);
+        i += 8;
+    }
+    while (i < m && a[i] == b[i]) i++;
+    return i;
+}
+
+/* The chosen windows of a buffer, in order, each hashed once: a few dozen are kept
+ * ahead of the consumer and their table slots prefetched (table lookups are cache
+ * misses: without the prefetch they were three quarters of the time). */
+#define AHEAD 32
+typedef struct {
+    const uint8_t *buf;
+    uint64_t size, next;
+    uint64_t pos[AHEAD], hash[AHEAD];
+    unsigned head, tail;
+} sampler;
+
+static inline void sampler_fill(sampler *sm, const uint64_t *table, uint64_t mask) {
+    while (sm->tail - sm->head < AHEAD && sm->next + AK <= sm->size) {
+        uint64_t h = win_hash(sm->buf + sm->next);
+        if (!(h & SAMPLE_MASK)) {
+            __builtin_prefetch(&table[(h >> SLOT_SHIFT) & mask]);
+            sm->pos[sm->tail % AHEAD] = sm->next;
+            sm->hash[sm->tail % AHEAD] = h;
+            sm->tail++;
+        }
+        sm->next++;
+    }
+}
+
+/* The next chosen window at or after `from`: 1 with its position and hash, or 0. */
+static inline int sampler_next(sampler *sm, const uint64_t *table, uint64_t mask, uint64_t from,
+                               uint64_t *pos, uint64_t *hash) {
+    if (from > sm->next) { /* jumped past everything queued */
+        sm->head = sm->tail;
+        sm->next = from;
+    }
+    for (;;) {
+        sampler_fill(sm, table, mask);
+        if (sm->head == sm->tail) return 0;
+        *pos = sm->pos[sm->head % AHEAD];
+        *hash = sm->hash[sm->head % AHEAD];
+        sm->head++;
+        if (*pos >= from) return 1;
+    }
+}
+
+static void index_old(const uint8_t *old, uint64_t old_size, uint64_t *table, uint64_t mask) {
+    uint64_t p, h, used = 0, limit = (mask + 1) / 2;
+    sampler sm = {old, old_size, 0, {0}, {0}, 0, 0};
+    while (sampler_next(&sm, table, mask, 0, &p, &h)) {
+        uint64_t tag = h >> 32, slot = (h >> SLOT_SHIFT) & mask;
+        for (;;) {
+            uint64_t e = table[slot];
+            if (e == 0) {
+                if (used < limit) {
+                    table[slot] = (tag << 32) | (p + 1);
+                    used++;
+                }
+                break;
+            }
+            if ((e >> 32) == tag) {
+                uint64_t q = e & 0xFFFFFFFFULL;
+                if (q == DUP || memcmp(old + q - 1, old + p, AK) == 0) {
+                    table[slot] = (tag << 32) | DUP;
+                    break;
+                }
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+}
+
+/* Old offset of the unique old window equal to new's window at w, or -1. */
+static int64_t find_old(const uint8_t *old, const uint64_t *table, uint64_t mask, uint64_t h,
+                        const uint8_t *w) {
+    uint64_t tag = h >> 32, slot = (h >> SLOT_SHIFT) & mask;
+    for (;;) {
+        uint64_t e = table[slot];
+        if (e == 0) return -1;
+        if ((e >> 32) == tag) {
+            uint64_t q = e & 0xFFFFFFFFULL;
+            if (q == DUP) return -1;
+            if (memcmp(old + q - 1, w, AK) == 0) return (int64_t)(q - 1);
+        }
+        slot = (slot + 1) & mask;
+    }
+}
+
+static inline void put_range(uint64_t *out, uint64_t *n, uint64_t s, uint64_t e, int64_t d) {
+    if (e - s < BSI_ALIGN_MIN) return;
+    out[3 * *n] = s;
+    out[3 * *n + 1] = e - s;
+    out[3 * *n + 2] = (uint64_t)((int64_t)s + d);
+    (*n)++;
+}
+
+BSI_API int64_t bsi_align_ranges(const uint8_t *old, uint64_t old_size, const uint8_t *nw,
+                                 uint64_t new_size, uint64_t *table, uint64_t table_slots,
+                                 uint64_t *out, uint64_t out_cap) {
+    uint64_t mask, p = 0, h, n = 0, cur_s = 0, cur_e = 0;
+    int64_t cur_d = 0;
+    int have = 0;
+    sampler sm = {nw, new_size, 0, {0}, {0}, 0, 0};
+    if ((old_size && !old) || (new_size && !nw) || !table || !out || old_size >= DUP - 1 ||
+        table_slots < bsi_align_table_slots(old_size) || (table_slots & (table_slots - 1)) ||
+        out_cap < new_size / BSI_ALIGN_MIN + 1)
+        return BSI_E_INVAL;
+    mask = table_slots - 1;
+    index_old(old, old_size, table, mask);
+    while (sampler_next(&sm, table, mask, p, &p, &h)) {
+        uint64_t e, b, lim, m;
+        int64_t q = find_old(old, table, mask, h, nw + p), d;
+        if (q < 0) {
+            p++;
+            continue;
+        }
+        d = q - (int64_t)p;
+        /* the exact match, both ways (not back past the current range's end) */
+        m = old_size - (uint64_t)q - AK;
+        if (m > new_size - p - AK) m = new_size - p - AK;
+        e = AK + fwd_len(old + q + AK, nw + p + AK, m);
+        lim = have ? p - cur_e : p;
+        if (lim > (uint64_t)q) lim = (uint64_t)q;
+        for (b = 0; b < lim && old[q - 1 - (int64_t)b] == nw[p - 1 - b]; b++) {
+        }
+        if (have && d == cur_d && p - b - cur_e <= BSI_ALIGN_JOIN) {
+            cur_e = p + e;
+        } else {
+            if (have) put_range(out, &n, cur_s, cur_e, cur_d);
+            have = 1;
+            cur_s = p - b;
+            cur_e = p + e;
+            cur_d = d;
+        }
+        p += e;
+    }
+    if (have) put_range(out, &n, cur_s, cur_e, cur_d);
+    return (int64_t)n;
+}
