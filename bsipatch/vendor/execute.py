@@ -112,6 +112,36 @@ def dashboard_link(client: Any) -> str | None:
     return str(client.dashboard_link) if "dashboard" in services else None
 
 
+#: After a task failed for good, wait at most this long for the build's other tasks
+#: still running on workers to stop (a running task cannot be interrupted).
+DRAIN_SECONDS = 600.0
+
+
+def _executing(dask_worker: Any) -> list[str]:
+    """Keys a worker is still executing, cancelled ones included (runs on the worker)."""
+    return [str(ts.key) for ts in dask_worker.state.executing]
+
+
+def _cancel_and_drain(client: Any, futures: list[Any], prefix: str) -> None:
+    """Cancel every task of this build and wait until no worker still runs one.
+
+    Cancelling only makes the scheduler forget a task: a worker already running it goes
+    on to the end, and it would write its patch into the staging directory after the
+    build removed it (a half-cleaned repository). So the build waits, bounded by
+    ``DRAIN_SECONDS``, until the workers report none of its keys executing.
+    """
+    client.cancel(futures)
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            running = client.run(_executing)
+        except (OSError, TimeoutError):  # a worker went away: nothing left to wait for there
+            return
+        if not any(k.startswith(prefix) for keys in running.values() for k in keys):
+            return
+        time.sleep(0.2)
+
+
 def _run_dask(
     specs: Sequence[TaskSpec],
     cluster: str,
@@ -143,7 +173,7 @@ def _run_dask(
         for done, fut in enumerate(as_completed(futures), 1):  # type: ignore[no-untyped-call]
             if fut.status != "finished":
                 exc = fut.exception()  # before cancelling, which forgets it
-                client.cancel(futures)
+                _cancel_and_drain(client, futures, f"bsipatch-{token}-")
                 if isinstance(exc, BuildTaskError):
                     raise BuildTaskError(str(exc))
                 spec = by_key[fut.key]
