@@ -41,6 +41,11 @@ def entry() -> NoReturn:
     After Ctrl-C (exit 130) the process ends at once instead of waiting for worker
     threads to finish work nobody wants any more (outputs were removed while unwinding).
     """
+    if sys.argv[1:] == ["--version"]:  # answered before the commands load
+        from bsipatch._version import __version__
+
+        print(f"bsipatch {__version__}")
+        sys.exit(0)
     try:
         from bsipatch.cli.main import main
 

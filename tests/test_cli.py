@@ -14,6 +14,21 @@ def test_python_m_version():
     assert out.stdout.strip() == f"bsipatch {bsipatch.__version__}"
 
 
+def test_version_answers_before_the_commands_are_imported():
+    """`--version` is start-up only: the CLI's commands (argparse, typing, the delta
+    engine) are not imported for it."""
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "bsipatch", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == f"bsipatch {bsipatch.__version__}"
+    imported = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()]
+    assert "bsipatch.__main__" in imported or "bsipatch" in imported
+    assert not [m for m in imported if m.startswith("bsipatch.cli") or m == "argparse"]
+
+
 def test_no_command_prints_help_and_fails(capsys):
     assert main([]) == 2
     assert "usage" in capsys.readouterr().err
