@@ -28,8 +28,7 @@ from bsipatch.delta.exe import (
     Transform,
     predicted_old,
 )
-from bsipatch.delta.exemap import build_map
-from bsipatch.delta.exeplan import Prepared, aligned_ranges, regions_of
+from bsipatch.delta.exeplan import Prepared, plan_pair
 
 #: ELF files are looked for at multiples of this many bytes (the smallest common block).
 ALIGN = 512
@@ -138,7 +137,8 @@ def plan_image(
     """The transform of every changed ELF file of ``new`` found in ``old``, or None.
 
     ``align(old_file, new_file)`` is the diff's first alignment of one pair (its
-    operations ``(kind, len, old_off)``), as for :func:`exeplan.prepare`.
+    operations ``(kind, len, old_off)``), as for :func:`exeplan.plan_pair`
+    (which takes anchors instead for files of ANCHOR_ABOVE bytes or more).
     """
     if min(len(old), len(new)) < MIN_IMAGE:
         return None
@@ -149,13 +149,12 @@ def plan_image(
         a, b = mo[o.off : o.off + o.size], mn[f.off : f.off + f.size]
         if o.elf.machine != f.elf.machine or a == b:
             continue
-        entries = build_map(o.elf, f.elf, aligned_ranges(align(a, b)))[: MAX_MAP - n_map]
+        t = plan_pair(a, b, o.elf, f.elf, align)  # the same planning as a lone ELF pair
+        entries = t.map[: MAX_MAP - n_map]
         if not any(delta for _va, _n, delta in entries):
             continue  # nothing moved: the transform would rewrite nothing, only cost bytes
         n_map += len(entries)
-        regions = tuple(
-            Region(r.off + o.off, r.len, r.va, r.kind, r.arg) for r in regions_of(o.elf)
-        )
+        regions = tuple(Region(r.off + o.off, r.len, r.va, r.kind, r.arg) for r in t.regions)
         groups.append(Transform(regions, tuple(entries)))
         if n_map >= MAX_MAP:
             break

@@ -132,25 +132,22 @@ def _anchored(
     return anchor_ranges(predicted_old(old, first)[0], new)
 
 
-def prepare(
+def plan_pair(
     old: Buffer,
     new: Buffer,
+    eo: elfmod.Elf,
+    en: elfmod.Elf,
     align: Callable[[Buffer, Buffer], Iterable[tuple[int, int, int]]] | None = None,
     *,
     anchors: bool | None = None,
-) -> Prepared | None:
-    """For two ELF files of one architecture: align them, plan and run the transform.
+) -> Transform:
+    """The transform of one ELF pair (parsed as ``eo``/``en``), in ``old``'s file offsets.
 
     The first alignment comes from anchors (:func:`anchor_ranges`, linear time) when
     ``anchors`` is true, or when it is None and old is at least ANCHOR_ABOVE bytes;
     otherwise from a full search, ``align(old, new)`` (a diff's operations ``(kind,
     len, old_off)``; default ``compute_ops``).
-
-    Returns None for anything else (the caller diffs as usual).
     """
-    eo, en = elfmod.parse(old), elfmod.parse(new)
-    if eo is None or en is None or eo.machine != en.machine:
-        return None
     regions = tuple(regions_of(eo))
     use_anchors = len(old) >= ANCHOR_ABOVE if anchors is None else anchors
     aligned = _anchored(old, new, eo, en, regions) if use_anchors else None
@@ -160,6 +157,22 @@ def prepare(
 
             align = compute_ops
         aligned = aligned_ranges(align(old, new))
-    t = Transform(regions, tuple(build_map(eo, en, aligned)[:MAX_MAP]))
+    return Transform(regions, tuple(build_map(eo, en, aligned)[:MAX_MAP]))
+
+
+def prepare(
+    old: Buffer,
+    new: Buffer,
+    align: Callable[[Buffer, Buffer], Iterable[tuple[int, int, int]]] | None = None,
+    *,
+    anchors: bool | None = None,
+) -> Prepared | None:
+    """For two ELF files of one architecture: align them (:func:`plan_pair`), plan and
+    run the transform. Returns None for anything else (the caller diffs as usual).
+    """
+    eo, en = elfmod.parse(old), elfmod.parse(new)
+    if eo is None or en is None or eo.machine != en.machine:
+        return None
+    t = plan_pair(old, new, eo, en, align, anchors=anchors)
     predicted, stats = predicted_old(old, t)
     return Prepared(t, t.pack(), predicted, stats)
