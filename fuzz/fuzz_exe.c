@@ -76,27 +76,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 }
 
 #ifdef BSI_FUZZ_STANDALONE
+#include "standalone.h"
+
 int main(int argc, char **argv) {
-    static uint8_t buf[1 << 18], cur[1 << 18];
-    size_t len = 0;
-    unsigned long iters = argc > 2 ? strtoul(argv[2], NULL, 10) : 200000;
-    srand(12345);
-    if (argc > 1) {
-        FILE *f = fopen(argv[1], "rb");
-        if (f) {
-            len = fread(buf, 1, sizeof buf, f);
-            fclose(f);
-        }
-    }
-    for (unsigned long it = 0; it < iters; it++) {
-        size_t n = len ? len : (size_t)(rand() % 4096);
-        memcpy(cur, buf, n);
-        if (!len)
-            for (size_t i = 0; i < n; i++) cur[i] = (uint8_t)rand();
-        for (int k = rand() % 8; k >= 0 && n; k--) cur[rand() % n] = (uint8_t)rand();
-        if (n > 2 && rand() % 8 == 0) n = (size_t)rand() % n;
-        LLVMFuzzerTestOneInput(cur, n);
-    }
+    unsigned long iters = fuzz_standalone(argc, argv, 1 << 18, 4096, 8);
     printf("ran %lu inputs, %lu passed the checks and were transformed twice\n", iters,
            transformed);
     return 0;
