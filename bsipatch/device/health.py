@@ -28,7 +28,7 @@ from typing import Any
 from bsipatch._io import os_error_to_staging
 from bsipatch.device.preboot import Preboot, seal_from_record
 from bsipatch.device.readback import forget_readbacks, readback_check, tentative
-from bsipatch.device.txn import now_entry, switch, verified_previous
+from bsipatch.device.txn import settle, switch, verified_previous
 from bsipatch.errors import RollbackFailed, SealError
 
 DEFAULT_MAX_BOOTS = 3
@@ -99,18 +99,13 @@ def fall_back(pb: Preboot, reason: str) -> dict[str, Any]:
     )
     record = {"release": from_id, "slug": chain[-1], "to": to_id, "reason": reason}
 
-    def mutate(s: dict[str, Any]) -> dict[str, Any]:
-        s["chain"] = chain[:-1]
-        s["tentative"] = None
+    def note(s: dict[str, Any]) -> None:
         record["time"] = pb.clock()
         s["fallen_back"] = [*s.get("fallen_back", []), record][-FALLBACK_LIMIT:]
-        s["history"] = [
-            *s.get("history", []),
-            now_entry(pb, "fallback", release=to_id, previous=from_id, reason=reason),
-        ]
-        return s
 
-    switch(pb, "fallback", mutate)
+    settle(
+        pb, "fallback", chain=chain[:-1], also=note, release=to_id, previous=from_id, reason=reason
+    )
     # as rollback's gc does: what nothing refers to any more goes now, so an explicit
     # install of the same release later builds it afresh
     pb.sweep()
@@ -219,11 +214,6 @@ def confirm(pb: Preboot) -> dict[str, Any]:
                 return {"confirmed": None, "fallback": fall_back(pb, reason)}
         release_id = pb.release_id_of(t["release"])
 
-        def mutate(s: dict[str, Any]) -> dict[str, Any]:
-            s["tentative"] = None
-            s["history"] = [*s.get("history", []), now_entry(pb, "confirm", release=release_id)]
-            return s
-
-        switch(pb, "confirm", mutate)
+        settle(pb, "confirm", release=release_id)
         forget_readbacks(pb.path, pb.read_state())
         return {"confirmed": release_id, "fallback": None}

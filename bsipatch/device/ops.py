@@ -17,7 +17,7 @@ from bsipatch._crashpoints import crashpoint
 from bsipatch._io import PathLike, os_error_to_staging
 from bsipatch.device import health
 from bsipatch.device.preboot import Preboot, build_base, remove_stray_temps
-from bsipatch.device.txn import abort, now_entry, switch, verified_previous
+from bsipatch.device.txn import abort, now_entry, settle, switch, verified_previous
 from bsipatch.errors import BsipatchError, RollbackFailed, SealError
 
 __all__ = ["boot", "gc", "os_update", "rollback", "uninstall"]
@@ -50,16 +50,7 @@ def rollback(preboot: Preboot) -> dict[str, Any]:
             ),
         )
 
-        def mutate(s: dict[str, Any]) -> dict[str, Any]:
-            s["chain"] = chain[:-1]
-            s["tentative"] = None
-            s["history"] = [
-                *s.get("history", []),
-                now_entry(pb, "rollback", release=to_id, previous=from_id),
-            ]
-            return s
-
-        switch(pb, "rollback", mutate)
+        settle(pb, "rollback", chain=chain[:-1], release=to_id, previous=from_id)
         gc(pb)
         return {"from": from_id, "to": to_id}
 
@@ -93,17 +84,7 @@ def uninstall(preboot: Preboot) -> dict[str, Any]:
                 f"{previous or 'the base images'}"
             ) from exc
         if chain:
-
-            def mutate(s: dict[str, Any]) -> dict[str, Any]:
-                s["chain"] = []
-                s["tentative"] = None
-                s["history"] = [
-                    *s.get("history", []),
-                    now_entry(pb, "uninstall", previous=previous, removed=removed),
-                ]
-                return s
-
-            switch(pb, "uninstall", mutate)
+            settle(pb, "uninstall", chain=[], previous=previous, removed=removed)
         gc(pb)
         return {"removed": removed, "previous": previous}
 

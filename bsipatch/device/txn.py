@@ -57,6 +57,30 @@ def switch(
     return new_state
 
 
+def settle(
+    pb: Preboot,
+    op: str,
+    *,
+    chain: list[str] | None = None,
+    also: Callable[[dict[str, Any]], None] | None = None,
+    **entry: Any,
+) -> dict[str, Any]:
+    """:func:`switch` with the edits every step back or confirmation makes: the chain
+    (when given), no tentative release, ``also(state)`` for anything else, and one
+    history entry ``op`` with ``entry``'s fields. Lock held."""
+
+    def mutate(s: dict[str, Any]) -> dict[str, Any]:
+        if chain is not None:
+            s["chain"] = chain
+        s["tentative"] = None
+        if also is not None:
+            also(s)
+        s["history"] = [*s.get("history", []), now_entry(pb, op, **entry)]
+        return s
+
+    return switch(pb, op, mutate)
+
+
 def verified_previous(
     pb: Preboot,
     state: dict[str, Any],
