@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, BinaryIO, Union, cast
 if TYPE_CHECKING:
     from typing_extensions import TypeIs
 
+from bsipatch import _partial as partial
 from bsipatch.errors import DiskFullError, ReadOnlyError, StagingError, UnsafeFile
 
 PathLike = Union[str, os.PathLike[str]]  # noqa: UP007
@@ -161,6 +162,7 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[BinaryIO]:
     target = Path(path)
     directory = target.parent
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    partial.add(tmp)
     try:
         os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, mode) as f:
@@ -172,6 +174,8 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        partial.discard(tmp)
 
 
 def read_exact(f: BinaryIO, n: int) -> bytes:

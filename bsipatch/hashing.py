@@ -21,12 +21,14 @@ from bsipatch._threads import default_threads
 # numpy is imported by the functions that return arrays: SHA-256 alone (the apply
 # path) does not load it.
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     import numpy as np
 
     from bsipatch._buffers import Buffer
 
     #: What the hashing functions read: bytes-likes, memory maps and numpy arrays.
-    BytesLike = Buffer | np.ndarray
+    BytesLike: TypeAlias = Buffer | np.ndarray
 
 DIGEST_SIZE = 32
 MAX_LEVELS = 63

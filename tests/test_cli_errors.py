@@ -321,11 +321,6 @@ def test_ctrl_c_handler_is_bsipatchs_first_act(json_flag: bool) -> None:
     assert len(lines) == 1 + json_flag  # never "still running"
 
 
-@pytest.mark.xfail(
-    reason="known bug, open in issue 10: a Ctrl-C during diff sometimes hangs instead of "
-    "exiting (seen in CI runs without cached bytecode, about 1 run in 2; not diagnosed)",
-    strict=False,
-)
 def test_ctrl_c_at_any_time_after_interpreter_start_up(tmp_path: Path) -> None:
     # The real console script on a large diff, interrupted at a sweep of delays that
     # starts after the interpreter's own start-up (1.5x its slowest of 5 runs, a margin

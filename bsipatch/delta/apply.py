@@ -33,6 +33,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
+from bsipatch import _partial as partial
 from bsipatch._io import fsync_dir, is_pathlike, open_private
 from bsipatch._native import ffi, lib
 from bsipatch._threads import default_threads
@@ -248,6 +249,7 @@ def _apply_to_path(
         if not keep:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)  # noqa: PTH108
+        partial.discard(tmp)
 
 
 def _apply_to_stream(
