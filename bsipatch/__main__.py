@@ -8,19 +8,11 @@ command unwinds and removes what it was writing (:func:`bsipatch.cli.main.main` 
 it the same way). Only the interpreter's own start-up, before this module runs, is not
 covered; ``bsipatch/__init__.py`` imports nothing heavy, to keep that gap short.
 
-Two guards make that interrupt safe with worker threads about. Python may raise
-:class:`KeyboardInterrupt` between taking a lock and the ``try`` that would release it,
-and inside the import machinery that leaks the import lock, so a worker thread's next
-import waits forever and the unwinding waits forever for the worker (seen as a diff that
-hung after Ctrl-C, in about one run in thirty without cached bytecode). So:
+While a command runs, :mod:`bsipatch.cli.interrupt` handles Ctrl-C: it never raises the
+interrupt inside the import machinery, ignores further Ctrl-Cs while unwinding, and ends
+an unwinding that cannot finish (see there).
 
-- a Ctrl-C that arrives while the main thread is inside the import machinery is held
-  back and delivered again a few milliseconds later, once the import is done;
-- a watchdog thread gives the unwinding :data:`GRACE` seconds; should the process still
-  be there, it removes the temporary outputs listed in :mod:`bsipatch._partial`, prints
-  the same line and ends the process with 130. It imports nothing and takes no lock.
-
-Further Ctrl-Cs while unwinding are ignored. Importing this module installs the first
+Importing this module installs the first
 handler: it is the CLI, not part of the library.
 """
 
@@ -34,8 +26,6 @@ import sys
 _JSON = b'{"code": 130, "error": "bsipatch: interrupted", "ok": false, "type": "KeyboardInterrupt"}'
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: typing costs ~5 ms of start-up
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from types import FrameType, ModuleType
     from typing import NoReturn
 
 
@@ -50,67 +40,6 @@ def _interrupted_while_starting(signum: int, frame: object) -> None:
 _signal.signal(_signal.SIGINT, _interrupted_while_starting)
 
 
-GRACE = 5.0  # seconds the unwinding gets after a Ctrl-C before the watchdog ends the process
-_RETRY = 0.005  # seconds before a held-back Ctrl-C is delivered again
-_wake_r, _wake_w = -1, -1  # the watchdog's pipe: b"r" deliver again, b"i" interrupted
-_interrupted: list[bool] = []  # appended to once (atomic), by the handler
-
-
-def _in_import_machinery(frame: FrameType | None) -> bool:
-    """True when ``frame`` or a caller runs importlib's bootstrap code."""
-    while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib"):
-            return True
-        frame = frame.f_back
-    return False
-
-
-def _on_interrupt(signum: int, frame: FrameType | None) -> None:
-    """The SIGINT handler while a command runs (see the module docstring)."""
-    if _interrupted:
-        return  # the unwinding is under way; the watchdog bounds it
-    if _in_import_machinery(frame):
-        os.write(_wake_w, b"r")
-        return
-    _interrupted.append(True)
-    os.write(_wake_w, b"i")
-    raise KeyboardInterrupt
-
-
-def _watchdog(partial: ModuleType, sleep: Callable[[float], None], main: int) -> None:
-    """Deliver held-back Ctrl-Cs again; after an interrupt, end the process by GRACE.
-
-    Its own thread blocks SIGINT, and it sends the signal to the main thread itself, so a
-    Ctrl-C always wakes the main thread from a blocking call."""
-    _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT})
-    while True:
-        what = os.read(_wake_r, 1)
-        if what == b"r":
-            sleep(_RETRY)
-            _signal.pthread_kill(main, _signal.SIGINT)
-        elif what == b"i":
-            sleep(GRACE)
-            partial.remove_all()
-            if "--json" in sys.argv[1:]:
-                os.write(1, _JSON + b"\n")
-            os.write(2, b"bsipatch: interrupted\n")
-            os._exit(130)
-        else:  # pragma: no cover - the pipe is ours; nothing else writes to it
-            return
-
-
-def _start_watchdog() -> None:
-    """Open the pipe and start the watchdog (``_thread``: no ``threading`` at start-up)."""
-    global _wake_r, _wake_w
-    import _thread
-    import time
-
-    from bsipatch import _partial
-
-    _wake_r, _wake_w = os.pipe()
-    _thread.start_new_thread(_watchdog, (_partial, time.sleep, _thread.get_ident()))
-
-
 def entry() -> NoReturn:
     """Run :func:`bsipatch.cli.main.main` and exit with its code.
 
@@ -122,12 +51,11 @@ def entry() -> NoReturn:
 
         print(f"bsipatch {__version__}")
         sys.exit(0)
-    _start_watchdog()
     try:
+        from bsipatch.cli.interrupt import install
         from bsipatch.cli.main import main
 
-        # from here on Ctrl-C raises KeyboardInterrupt, so commands clean up as they unwind
-        _signal.signal(_signal.SIGINT, _on_interrupt)
+        install()  # from here on Ctrl-C raises KeyboardInterrupt: commands clean up as they unwind
         code = main()
     except KeyboardInterrupt:  # between the line above and main's own handler
         if "--json" in sys.argv[1:]:

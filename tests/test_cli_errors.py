@@ -277,9 +277,15 @@ def _in_interpreter_start_up(returncode: int, err: str) -> bool:
     For its first ~20 ms Python has no SIGINT handler, so the signal ends the process as
     it would any C program (killed by SIGINT, no output; a shell shows status 130). Then
     ``site`` runs (an editable install's finder imports pathlib & co. there), and a Ctrl-C
-    inside it makes Python itself print "Fatal Python error: init_import_site".
+    inside it makes Python itself print "Fatal Python error: init_import_site". Then the
+    console script imports the package and compiles ``bsipatch.__main__`` (milliseconds
+    without cached bytecode), where Python's own handler still prints a traceback.
     """
-    return (returncode == -signal.SIGINT and err == "") or "init_import_site" in err
+    if (returncode == -signal.SIGINT and err == "") or "init_import_site" in err:
+        return True
+    # Python's own KeyboardInterrupt, raised at the console script's import of
+    # bsipatch.__main__ (importlib hides its own frames): before that module's first line
+    return err.endswith("from bsipatch.__main__ import entry\nKeyboardInterrupt\n")
 
 
 # Runs in a fresh interpreter: records every module imported while SIGINT still has

@@ -1,7 +1,8 @@
-"""The CLI's Ctrl-C guards (bsipatch.__main__): a Ctrl-C is never raised inside the import
-machinery, and an unwinding that cannot finish is ended by the watchdog, which removes the
-temporary outputs listed in bsipatch._partial. Each case runs in a fresh interpreter that
-installs the CLI's handlers exactly as ``entry()`` does, then does what a command would."""
+"""The CLI's Ctrl-C guards (bsipatch.cli.interrupt): a Ctrl-C is never raised inside the
+import machinery, and an unwinding that cannot finish is ended by the watchdog, which
+removes the temporary outputs listed in bsipatch._partial. Each case runs in a fresh
+interpreter that calls ``install()`` as ``bsipatch.__main__.entry()`` does, then does what
+a command would."""
 
 from __future__ import annotations
 
@@ -14,15 +15,14 @@ from pathlib import Path
 
 from bsipatch import _partial
 
-# Installs the handler and the watchdog as entry() does, then imports a module whose
+# Installs the handler and the watchdog as entry() does (install()), then imports a module whose
 # body sends the process a Ctrl-C and keeps working: the interrupt must not be raised
 # inside the import (Python would leak the import lock there), only after it.
 _DEFERRED = """
 import _imp, os, signal, sys, time
 sys.path.insert(0, sys.argv[1])
-import bsipatch.__main__ as m
-m._start_watchdog()
-signal.signal(signal.SIGINT, m._on_interrupt)
+import bsipatch.cli.interrupt as m
+m.install()
 try:
     import interrupts_itself
 except KeyboardInterrupt:
@@ -49,11 +49,10 @@ DONE = True
 _HANGS = """
 import os, signal, sys, threading, time
 from pathlib import Path
-import bsipatch.__main__ as m
+import bsipatch.cli.interrupt as m
 from bsipatch import _partial
 m.GRACE = float(sys.argv[2])
-m._start_watchdog()
-signal.signal(signal.SIGINT, m._on_interrupt)
+m.install()
 out = Path(sys.argv[1])
 (out / ".patch.tmp").write_bytes(b"half")
 (out / "build" / "sub").mkdir(parents=True)
@@ -138,3 +137,59 @@ def test_outputs_are_listed_only_while_being_written(tmp_path: Path) -> None:
         pass
     assert not [p for p in _partial.listed() if p.startswith(str(tmp_path))]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# A main thread that does nothing but import (a worker thread imports too): a Ctrl-C is
+# raised only between imports, never leaks the import lock, and the process ends within
+# the grace period even if the main thread is inside an import at every moment.
+_IMPORTS_ONLY = """
+import _imp, importlib, os, sys, threading
+sys.path.insert(0, sys.argv[1])
+sys.dont_write_bytecode = True
+import bsipatch.cli.interrupt as m
+m.GRACE = 2.0
+m.install()
+
+def churn(first):
+    i = first
+    while True:
+        importlib.import_module(f"m{i}")
+        sys.modules.pop(f"m{i}", None)
+        i = first + (i + 1) % 20
+
+threading.Thread(target=churn, args=(20,), daemon=True).start()
+print("ready", flush=True)
+try:
+    churn(0)
+except KeyboardInterrupt:
+    try:
+        _imp.release_lock()
+        print("import lock leaked", flush=True)
+    except RuntimeError:
+        print("caught between imports", flush=True)
+    os._exit(0)
+"""
+
+
+def test_ctrl_c_while_only_importing_never_leaks_the_import_lock_or_hangs(
+    tmp_path: Path,
+) -> None:
+    for i in range(40):
+        numbers = ", ".join(str(j) for j in range(2000))
+        (tmp_path / f"m{i}.py").write_text(f"X = [{numbers}]\n")
+    for delay in (0.05, 0.13, 0.21, 0.34):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _IMPORTS_ONLY, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert (proc.returncode, out, err) in {
+            (0, "caught between imports\n", ""),
+            (130, "", "bsipatch: interrupted\n"),  # the watchdog, after 2 s
+        }, (delay, proc.returncode, out, err[-500:])
