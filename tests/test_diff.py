@@ -462,3 +462,16 @@ def test_patch_depends_on_the_bytes_not_on_file_holes(sparse_side: str, tmp_path
         apply(old, out.getvalue(), got)
         assert got.getvalue() == new
     assert patches[0] == patches[1]
+
+
+def test_scratch_buffers_keep_their_bytes_when_pages_are_dropped() -> None:
+    # the diff's scratch maps are private anonymous memory: dropping their pages would
+    # zero them, so drop_pages must leave them alone
+    from bsipatch._buffers import drop_pages
+    from bsipatch.delta.search import HUGE_ABOVE, _anon
+
+    for size in (4096, HUGE_ABOVE):
+        buf = _anon(size)
+        buf[:] = b"\x5a" * size
+        drop_pages(buf)
+        assert buf[:] == b"\x5a" * size

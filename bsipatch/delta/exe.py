@@ -318,7 +318,7 @@ def predicted_old(
                     prot=mmap.PROT_READ | mmap.PROT_WRITE,
                 )
     if copy is None:
-        copy = mmap.mmap(-1, len(old))
+        copy = _PrivateMap(-1, len(old), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         copy[:] = memoryview(old)[: len(old)]
     return copy, t.apply_to(copy)
 

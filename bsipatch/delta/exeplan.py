@@ -96,13 +96,13 @@ def aligned_ranges(ops: Iterable[tuple[int, int, int]]) -> list[tuple[int, int, 
 def anchor_ranges(old: Buffer, new: Buffer) -> list[tuple[int, int, int]] | None:
     """A fast first alignment ``(new_off, len, old_off)`` from exact anchors
     (csrc/bsi_align.c), or None when old is too large for it (4 GiB)."""
-    import mmap
+    from bsipatch.delta.search import _anon
 
     on, nn = len(old), len(new)
     if on >= (1 << 32) - 2:
         return None
     slots = lib.bsi_align_table_slots(on)
-    table = mmap.mmap(-1, slots * 8)  # lazily zeroed
+    table = _anon(slots * 8)  # lazily zeroed
     cap = nn // lib.BSI_ALIGN_MIN + 1
     out = ffi.new("uint64_t[]", 3 * cap)
     n = check(
