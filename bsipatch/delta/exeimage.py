@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from bsipatch._buffers import Buffer
 from bsipatch.delta import elf as elfmod
@@ -42,8 +42,7 @@ SHT_DYNAMIC = 6
 ELF_MAGIC = b"\x7fELF"
 
 
-@dataclass(frozen=True)
-class Found:
+class Found(NamedTuple):
     """An ELF file inside an image: where it starts, how long it is, what it is."""
 
     off: int

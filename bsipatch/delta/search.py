@@ -15,7 +15,7 @@ import contextlib
 import mmap
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from bsipatch._buffers import Buffer, drop_pages, holes
@@ -49,6 +49,17 @@ ZERO_STEP = 1 << 14
 OP_SIZE = ffi.sizeof("bsi_op")
 #: Build the 8-gram filter of the index (csrc/bsi_diff.c) and let the search use it.
 USE_FILTER = True
+#: Aligned ranges given as hints (compute_ops ``hints``: the executable transform's
+#: anchors) become ADD ops without a search where at least HINT_MIN bytes long once
+#: HINT_MARGIN bytes are left to the search at each end (the search then continues
+#: them, and normalising joins the two, instead of cutting an op at the hint's edge);
+#: the old blocks they cover are not indexed. Measured on the libcrypto.so.3 3.0.20 ->
+#: 3.0.22 update (patch bytes / suffix-sorted bytes): x86-64 74,109 / 3,226,904
+#: without hints, 74,081 / 1,461,528 with; arm64 73,012 / 3,311,784 and 73,034 /
+#: 1,497,256. Without the margin, or with shorter hints, the patch grows (32 bytes, no
+#: margin: 82,382 bytes; 1,024 bytes, 2,048 margin: 74,029 on x86-64 but 74,696 on arm64).
+HINT_MIN = 8192
+HINT_MARGIN = 1024
 #: Relative cost per byte of each phase (roughly ns per byte on one core), so that the
 #: progress bar moves in step with the time spent: indexing old blocks, scanning new,
 #: suffix-sorting the index, searching the gaps, encoding and writing the patch.
@@ -286,6 +297,47 @@ class _Prepass:
         self.table.close()
         return int(npre)
 
+    def carve(self, npre: int, hints: Sequence[tuple[int, int, int]]) -> int:
+        """Cut the aligned ranges ``hints`` (``(new_off, len, old_off)``, in new order,
+        not overlapping) out of the gaps as ADD ops (see HINT_MIN), claiming the old
+        blocks they cover (so they are not indexed); return the new op count
+        (``self.pre`` replaced)."""
+        ops: list[tuple[int, int, int]] = []
+        gap, add = int(lib.BSI_OP_GAP), int(lib.BSI_OP_ADD)
+        pos, hi, on = 0, 0, len(self.old)
+        for i in range(npre):
+            op = self.pre[i]
+            kind, n = int(op.kind), int(op.len)
+            if kind != gap:
+                ops.append((kind, n, int(op.old_off)))
+                pos += n
+                continue
+            cur, end = pos, pos + n
+            while hi < len(hints) and hints[hi][0] + hints[hi][1] <= cur:
+                hi += 1
+            j = hi
+            while j < len(hints) and hints[j][0] < end:
+                hs, hl, ho = hints[j]
+                a, b = max(hs + HINT_MARGIN, cur), min(hs + hl - HINT_MARGIN, end)
+                o = ho + a - hs
+                if b - a >= HINT_MIN and o >= 0 and o + b - a <= on:
+                    if a > cur:
+                        ops.append((gap, a - cur, 0))
+                    ops.append((add, b - a, o))
+                    b0, b1 = -(-o // BS), (o + b - a) // BS
+                    if b1 > b0:
+                        self.claimed[b0:b1] = b"\x01" * (b1 - b0)
+                    cur = b
+                j += 1
+            if cur < end:
+                ops.append((gap, end - cur, 0))
+            pos = end
+        arr = ffi.new("bsi_op[]", max(len(ops), 1))
+        for i, (kind, n, o) in enumerate(ops):
+            arr[i].kind, arr[i].len, arr[i].old_off = kind, n, o
+        self.pre = arr
+        return len(ops)
+
     def gaps(self, npre: int) -> list[tuple[int, int]]:
         """The new ranges the pre-pass left unmatched."""
         gaps: list[tuple[int, int]] = []
@@ -490,6 +542,7 @@ def compute_ops(
     threads: int | None = None,
     progress: ProgressFn | None = None,
     meter: Meter | None = None,
+    hints: Sequence[tuple[int, int, int]] | None = None,
 ) -> Ops:
     """Compute the operations that turn ``old`` into ``new``.
 
@@ -502,6 +555,9 @@ def compute_ops(
             :class:`Meter`), ending at ``(len(new), len(new))``.
         meter: report into this :class:`Meter` instead (diff() shares one with the
             writing phase); ``progress`` is then ignored and 100% is not reported.
+        hints: ranges ``(new_off, len, old_off)`` known to align new with old (in new
+            order, not overlapping; e.g. the anchors of an executable pair): the long
+            ones are taken as ADD ops without a search (HINT_MIN).
 
     Returns:
         The normalised :class:`Ops`.
@@ -515,6 +571,8 @@ def compute_ops(
     pp = _Prepass(old, new, meter)
     pp.index_old()
     npre = pp.scan_new()
+    if hints:
+        npre = pp.carve(npre, hints)
     # new is not read again until the search, which reads only its gaps: release its
     # pages so the suffix sort (the memory peak) does not carry them
     drop_pages(new)
