@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import _thread
 import os
+import select
 import signal
 import sys
 import time
@@ -38,6 +39,7 @@ _JSON = b'{"code": 130, "error": "bsipatch: interrupted", "ok": false, "type": "
 
 GRACE = 5.0  # seconds the unwinding gets after a Ctrl-C before the watchdog ends the process
 _RETRY = 0.005  # seconds before a held-back Ctrl-C is delivered again
+_RESEND = 0.05  # seconds without an answer from the handler before the signal is sent again
 _wake_r, _wake_w = -1, -1  # the watchdog's pipe: b"r" deliver again, b"i" interrupted
 _interrupted: list[bool] = []  # appended to once (atomic), by the handler
 
@@ -68,16 +70,22 @@ def _watchdog(partial: ModuleType, main: int) -> None:
 
     The deadline runs from the first Ctrl-C, held back or not, so a main thread that keeps
     importing cannot put the end off. This thread blocks SIGINT and sends the signal to
-    the main thread itself, so a Ctrl-C always wakes the main thread from a blocking call.
+    the main thread itself, so a Ctrl-C always wakes the main thread from a blocking call;
+    a signal sent while the main thread was on its way into one (after its last check for
+    signals, before the call) is not seen until the call returns, so until the handler
+    answers, the signal is sent again every :data:`_RESEND` seconds.
     """
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     deadline = 0.0
+    waiting = False  # a signal was sent and the handler has not answered yet
     while True:
-        what = os.read(_wake_r, 1)
+        ready, _, _ = select.select([_wake_r], [], [], _RESEND if waiting else None)
+        what = os.read(_wake_r, 1) if ready else b""
         deadline = deadline or time.monotonic() + GRACE
-        if what == b"r" and time.monotonic() + _RETRY < deadline:
-            time.sleep(_RETRY)
+        if what != b"i" and time.monotonic() + _RETRY < deadline:
+            time.sleep(_RETRY if what else 0.0)
             signal.pthread_kill(main, signal.SIGINT)
+            waiting = True
             continue
         time.sleep(max(0.0, deadline - time.monotonic()))
         partial.remove_all()
