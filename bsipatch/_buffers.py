@@ -11,16 +11,20 @@ import errno
 import functools
 import mmap
 import os
-from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, BinaryIO, Union
 
 from bsipatch._io import is_pathlike
 
+TYPE_CHECKING = False  # not typing's: importing typing is start-up time (bsipatch._lite)
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import Any, BinaryIO, Union
+
     from bsipatch._io import PathLike
 
-Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]  # noqa: UP007
+    Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]  # noqa: UP007
+else:  # the same name at run time (it is imported), without typing
+    Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 
 class MappedFile(mmap.mmap):

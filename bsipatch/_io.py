@@ -12,16 +12,25 @@ import errno
 import io
 import os
 import stat
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, BinaryIO, Union, cast
-
-if TYPE_CHECKING:
-    from typing_extensions import TypeIs
 
 from bsipatch.errors import DiskFullError, ReadOnlyError, StagingError, UnsafeFile
 
-PathLike = Union[str, os.PathLike[str]]  # noqa: UP007
-Source = Union[PathLike, bytes, bytearray, memoryview, BinaryIO]  # noqa: UP007
+TYPE_CHECKING = False  # not typing's: importing typing is start-up time (bsipatch._lite)
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import BinaryIO, Union, cast
+
+    from typing_extensions import TypeIs
+
+    PathLike = Union[str, os.PathLike[str]]  # noqa: UP007
+    Source = Union[PathLike, bytes, bytearray, memoryview, BinaryIO]  # noqa: UP007
+else:  # the same names at run time (they are imported), without typing
+
+    def cast(kind: object, value: object) -> object:
+        return value
+
+    PathLike = str | os.PathLike
+    Source = PathLike | bytes | bytearray | memoryview | io.IOBase
 
 
 def is_pathlike(obj: object) -> TypeIs[str | os.PathLike[str]]:
@@ -37,7 +46,7 @@ def open_source(src: Source) -> Iterator[BinaryIO]:
     """
     if is_pathlike(src):
         with open(src, "rb") as f:
-            yield cast(BinaryIO, f)
+            yield cast("BinaryIO", f)
     elif isinstance(src, (bytes, bytearray, memoryview)):
         yield io.BytesIO(bytes(src))
     elif hasattr(src, "read"):
@@ -164,7 +173,7 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[BinaryIO]:
     try:
         os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, mode) as f:
-            yield cast(BinaryIO, f)
+            yield cast("BinaryIO", f)
             f.flush()
             os.fsync(f.fileno())
         Path(tmp).replace(target)

@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from bsipatch._io import fsync_dir, is_pathlike, open_private
 from bsipatch._native import ffi, lib
@@ -51,14 +49,20 @@ from bsipatch.hashing import Sha256
 # imported where they are used: a process that applies an empty patch, or only diffs, does not
 # pay for them. pathlib is not used either (os.path instead: its import is start-up time).
 
+TYPE_CHECKING = False  # not typing's: importing typing is start-up time (bsipatch._lite)
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, BinaryIO, NamedTuple
+
     from bsipatch._buffers import Buffer
     from bsipatch._io import PathLike
     from bsipatch.delta.patchformat import PatchInfo, SegmentHeader
     from bsipatch.delta.provenance import Provenance as Provenance  # re-exported
 
     PatchSource = PathLike | bytes | bytearray | memoryview | BinaryIO
-ProgressFn = Callable[[int, int], None]
+    ProgressFn = Callable[[int, int], None]
+else:
+    from bsipatch._lite import NamedTuple
 
 PARTIAL_SUFFIX = ".bsipatch-partial"
 #: Default parallel segments with provenance: each worker holds a zstd window and a

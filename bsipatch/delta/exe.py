@@ -16,13 +16,18 @@ import contextlib
 import mmap
 import os
 import struct
-from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
 
 from bsipatch._buffers import Buffer
 from bsipatch._native import check, ffi, lib
 from bsipatch.errors import CorruptPatch, TruncatedPatch
 from bsipatch.hashing import Sha256
+
+TYPE_CHECKING = False  # not typing's: importing typing is start-up time (bsipatch._lite)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import Any, NamedTuple
+else:
+    from bsipatch._lite import NamedTuple
 
 #: Wire form version of the transform block.
 TRANSFORM_VERSION = 1
@@ -354,7 +359,9 @@ def read_block(read: Callable[[int], bytes], header_digest: bytes) -> tuple[byte
         TruncatedPatch: the stream ends inside the block.
         CorruptPatch: bad marker, kind, lengths, digest or compressed data.
     """
-    import zstandard
+    from bsipatch._zstd import zstd
+
+    zstandard = zstd()
 
     head = read(BLOCK_HEAD.size)
     if len(head) < BLOCK_HEAD.size:

@@ -15,12 +15,14 @@ import contextlib
 import mmap
 import queue
 import threading
-from typing import TYPE_CHECKING, Any
 
 from bsipatch._buffers import MappedFile, holes
 from bsipatch.hashing import Sha256, update_two
 
+TYPE_CHECKING = False  # not typing's: importing typing is start-up time (bsipatch._lite)
 if TYPE_CHECKING:
+    from typing import Any
+
     from bsipatch._buffers import Buffer
 
 #: Output buffers between the applier and the hashing thread, CHUNK bytes each.

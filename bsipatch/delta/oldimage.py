@@ -13,9 +13,7 @@ import contextlib
 import errno
 import mmap
 import os
-from collections.abc import Callable
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, BinaryIO
 
 from bsipatch._buffers import open_buffer
 from bsipatch._io import is_pathlike
@@ -23,7 +21,11 @@ from bsipatch._native import ffi
 from bsipatch.delta.patchformat import same_digest
 from bsipatch.errors import WrongBaseImage
 
+TYPE_CHECKING = False  # not typing's: importing typing is start-up time (bsipatch._lite)
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import BinaryIO
+
     from bsipatch._buffers import Buffer
     from bsipatch._io import PathLike
     from bsipatch.delta.imagehash import PairHasher

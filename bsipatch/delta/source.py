@@ -11,14 +11,16 @@ import errno
 import io
 import os
 import stat
-from contextlib import ExitStack
-from typing import TYPE_CHECKING, BinaryIO
 
 from bsipatch._io import open_source, read_exact
 from bsipatch.delta import patchformat as patchfmt
 from bsipatch.errors import TruncatedPatch, UnsupportedPatch
 
+TYPE_CHECKING = False  # not typing's: importing typing is start-up time (bsipatch._lite)
 if TYPE_CHECKING:
+    from contextlib import ExitStack
+    from typing import BinaryIO
+
     from bsipatch._io import PathLike
 
     PatchSource = PathLike | bytes | bytearray | memoryview | BinaryIO
