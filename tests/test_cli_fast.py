@@ -152,3 +152,20 @@ def test_apply_process_loads_no_argparse_typing_or_re(tmp_path: Path) -> None:
     heavy = {"argparse", "typing", "re", "enum", "bsipatch.cli.main", "bsipatch.cli._common"}
     heavy |= {"numpy", "hashlib", "dataclasses", "bsipatch.cli.delta", "pathlib"}
     assert not heavy & loaded
+
+
+def test_the_installed_command_imports_only_the_entry_module() -> None:
+    # bin/bsipatch is installed as the `bsipatch` command (pyproject: script-files): a
+    # plain script, because pip's console-script wrapper imports `re` first
+    import ast
+
+    script = Path(__file__).resolve().parents[1] / "bin" / "bsipatch"
+    tree = ast.parse(script.read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(str(node.module))
+    assert imported == {"sys", "bsipatch.__main__"}
+    assert script.read_text().startswith("#!python\n")

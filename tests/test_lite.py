@@ -3,13 +3,14 @@ bsipatch._zstd loads zstandard's C backend alone, in a fresh process."""
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 import typing
 
 import pytest
 
-from bsipatch._lite import NamedTuple
+from bsipatch._lite import NamedTuple, suppress
 
 
 class Lite(NamedTuple):
@@ -45,6 +46,22 @@ def test_lite_namedtuple_is_typings() -> None:
     assert repr(Lite(1)) == "Lite(a=1, b=b'x')"
     a, b = Lite(5)
     assert (a, b) == (5, b"x")
+    assert Lite(b=b"q", a=2) == Typed(b=b"q", a=2) == (2, b"q")
+    assert Lite._make([7, b"m"]) == Typed._make([7, b"m"])
+    assert Lite(1)._asdict() == Typed(1)._asdict() == {"a": 1, "b": b"x"}
+    assert pickle.loads(pickle.dumps(Lite(4, b"p"))) == Lite(4, b"p")
+    assert type(pickle.loads(pickle.dumps(Lite(4)))) is Lite
+    assert hash(Lite(1)) == hash((1, b"x")) and isinstance(Lite(1), tuple)
+    assert Lite.__match_args__ == ("a", "b") and Lite.a.__doc__ == "Alias for field number 0"
+    for args, kwargs in [((), {}), ((1, b"", 3), {}), ((1,), {"a": 2}), ((1,), {"c": 2})]:
+        with pytest.raises(TypeError):
+            Lite(*args, **kwargs)
+        with pytest.raises(TypeError):
+            Typed(*args, **kwargs)
+    with pytest.raises(ValueError):
+        Lite(1)._replace(c=3)
+    with pytest.raises(AttributeError):
+        Lite(1).a = 2  # type: ignore[misc]
 
 
 def test_lite_namedtuple_refuses_what_typing_refuses() -> None:
@@ -61,6 +78,15 @@ def test_lite_namedtuple_refuses_what_typing_refuses() -> None:
 
             def _replace(self) -> None:  # type: ignore[override]
                 pass
+
+
+def test_suppress_is_contextlibs() -> None:
+    with suppress(KeyError, OSError):
+        raise FileNotFoundError("swallowed: an OSError")
+    with pytest.raises(ValueError), suppress(KeyError):
+        raise ValueError("not listed")
+    with suppress(KeyError):
+        pass
 
 
 _FRESH = """

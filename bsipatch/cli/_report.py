@@ -11,15 +11,15 @@ imports neither argparse nor the library's heavy layers. No library logic here.
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # `signal` without its enum set-up
-import contextlib
 import os
 import sys
 
+from bsipatch._lite import suppress
 from bsipatch.errors import BsipatchError
 
 TYPE_CHECKING = False  # not typing's: importing typing is start-up time (bsipatch._lite)
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Sequence
     from typing import Any
 
 
@@ -40,7 +40,7 @@ def refuse_same_file(output: str, inputs: dict[str, str]) -> None:
         if value == "-":
             continue
         same = os.path.realpath(value) == out
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             same = same or os.path.samefile(output, value)  # noqa: PTH121
         if same:
             raise UsageError(
@@ -135,15 +135,15 @@ def run_command(argv: Sequence[str], parse: Callable[[], Any]) -> int:
             return fail(args, argv, "bsipatch: interrupted", 130)
 
 
-@contextlib.contextmanager
-def sigint_ignored() -> Iterator[None]:
+class sigint_ignored:  # a function's name: ``with sigint_ignored():``
     """Ignore SIGINT for the block (main thread only), then restore the previous handler."""
-    try:
-        previous = _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
-    except ValueError:  # not the main thread: signals are the main thread's business
-        yield
-        return
-    try:
-        yield
-    finally:
-        _signal.signal(_signal.SIGINT, previous)
+
+    def __enter__(self) -> None:
+        try:
+            self._previous = _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+        except ValueError:  # not the main thread: signals are the main thread's business
+            self._previous = None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            _signal.signal(_signal.SIGINT, self._previous)

@@ -12,12 +12,12 @@ OpenSSL, no dataclasses). It does not search for differences or frame patches.
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
 import struct
 
 from bsipatch._buffers import Buffer
+from bsipatch._lite import suppress
 from bsipatch._native import check, ffi, lib
 from bsipatch.errors import CorruptPatch, TruncatedPatch
 from bsipatch.hashing import Sha256
@@ -367,7 +367,7 @@ def predicted_old(
         return b"", {}
     copy: mmap.mmap | None = None
     if path is not None:
-        with contextlib.suppress(OSError, ValueError), open(path, "rb") as f:
+        with suppress(OSError, ValueError), open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size == len(old):
                 copy = _PrivateMap(
                     f.fileno(),

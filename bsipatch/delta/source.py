@@ -40,14 +40,19 @@ def patch_length(patch: PatchSource, f: BinaryIO, max_patch_size: int | None) ->
 
 
 def open_patch(stack: ExitStack, patch: PatchSource) -> tuple[BinaryIO, bytes]:
-
+    """The patch opened on ``stack`` and its first 8 bytes (:func:`read_magic`)."""
     f = stack.enter_context(open_source(patch))
+    return f, read_magic(f)
+
+
+def read_magic(f: BinaryIO) -> bytes:
+    """The first 8 bytes of a patch (its magic); a shorter or unknown start refused."""
     magic = read_exact(f, 8)
     if len(magic) < 8:
         if patchfmt.MAGIC.startswith(magic) or patchfmt.BSDIFF40_MAGIC.startswith(magic):
             raise TruncatedPatch(f"patch is only {len(magic)} bytes long")
         raise UnsupportedPatch(f"not a patch: starts with {magic!r}")
-    return f, magic
+    return magic
 
 
 def temp_file(directory: str, name: str) -> tuple[int, str]:
