@@ -3,7 +3,7 @@
  * The executable transform (exeplan.py, exemap.py) needs to know roughly where each
  * range of the new file came from in the old one, not a minimal diff. Here about one
  * position in BSI_ALIGN_SAMPLE of old is taken as an anchor candidate, chosen by the
- * content of its BSI_ALIGN_K-byte window (so the same windows are chosen in new),
+ * content of its first 8 bytes (so the same windows are chosen in new),
  * and put in a hash table; windows that occur twice in old are dropped (they would
  * anchor anywhere). Sliding over new, a chosen window found in old is confirmed with
  * memcmp and extended both ways as an exact match, and matches that keep the same
@@ -72,17 +72,35 @@ typedef struct {
     unsigned head, tail;
 } sampler;
 
+/* Whether the window at p is an anchor candidate: about one in BSI_ALIGN_SAMPLE, chosen
+ * by a multiplicative hash of its first 8 bytes; the whole window is hashed only for
+ * candidates (hashing it at every position was three quarters of the alignment's
+ * time). The constant added keeps runs of zero bytes from being candidates
+ * everywhere. Measured on libcrypto 3.0.20 -> 3.0.22 (first 4 bytes / 8 / the whole
+ * window): x86-64 patch 78,227 / 74,002 / 74,081 bytes, arm64 72,828 / 72,704 /
+ * 73,034, the ext4 image set 350,154 / 345,725 / 345,941; 31 ms per alignment
+ * instead of 43. */
+static inline int candidate(const uint8_t *p) {
+    return ((ld64a(p) + 0x7F4A7C159E3779B9ULL) * 0x9E3779B97F4A7C15ULL) >>
+               (64 - __builtin_ctz(BSI_ALIGN_SAMPLE)) ==
+           0;
+}
+
 static inline void sampler_fill(sampler *sm, const uint64_t *table, uint64_t mask) {
-    while (sm->tail - sm->head < AHEAD && sm->next + AK <= sm->size) {
-        uint64_t h = win_hash(sm->buf + sm->next);
-        if (!(h & SAMPLE_MASK)) {
+    const uint8_t *b = sm->buf;
+    uint64_t next = sm->next, last = sm->size >= AK ? sm->size - AK : 0;
+    if (sm->size < AK) return;
+    while (sm->tail - sm->head < AHEAD && next <= last) {
+        if (candidate(b + next)) {
+            uint64_t h = win_hash(b + next);
             __builtin_prefetch(&table[(h >> SLOT_SHIFT) & mask]);
-            sm->pos[sm->tail % AHEAD] = sm->next;
+            sm->pos[sm->tail % AHEAD] = next;
             sm->hash[sm->tail % AHEAD] = h;
             sm->tail++;
         }
-        sm->next++;
+        next++;
     }
+    sm->next = next;
 }
 
 /* The next chosen window at or after `from`: 1 with its position and hash, or 0. */

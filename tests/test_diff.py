@@ -462,3 +462,54 @@ def test_patch_depends_on_the_bytes_not_on_file_holes(sparse_side: str, tmp_path
         apply(old, out.getvalue(), got)
         assert got.getvalue() == new
     assert patches[0] == patches[1]
+
+
+def test_scratch_buffers_keep_their_bytes_when_pages_are_dropped() -> None:
+    # the diff's scratch maps are private anonymous memory: dropping their pages would
+    # zero them, so drop_pages must leave them alone
+    from bsipatch._buffers import drop_pages
+    from bsipatch.delta.search import HUGE_ABOVE, _anon
+
+    for size in (4096, HUGE_ABOVE):
+        buf = _anon(size)
+        buf[:] = b"\x5a" * size
+        drop_pages(buf)
+        assert buf[:] == b"\x5a" * size
+
+
+def test_hinted_ranges_become_add_ops_and_leave_the_index() -> None:
+    # the executable transform's anchors, given as hints, are taken without a search:
+    # the patch is still exact, and the old bytes they cover are not suffix-sorted
+    import hashlib
+
+    from bsipatch.delta import search
+    from bsipatch.delta.exeplan import anchor_ranges
+    from bsipatch.delta.writer import write_bsipatch
+
+    rnd = random.Random(21)
+    old = rnd.randbytes(300_000)
+    new = bytearray(old[:100_000] + rnd.randbytes(5_000) + old[100_000:])
+    for _ in range(300):  # changed in place, as moved references are
+        new[rnd.randrange(len(new))] ^= 0x11
+    new = bytes(new)
+    hints = anchor_ranges(old, new)
+    assert hints and max(n for _, n, _ in hints) > search.HINT_MIN + 2 * search.HINT_MARGIN
+    plain = compute_ops(old, new)
+    hinted = compute_ops(old, new, hints=hints)
+    assert hinted.stats["indexed_bytes"] < plain.stats["indexed_bytes"] // 2
+    pos, adds = 0, []
+    for kind, n, o in hinted:
+        if kind == lib.BSI_OP_ADD:
+            adds.append((pos, n, o))
+        pos += n
+    assert pos == len(new)
+    for hs, hl, ho in hints:  # each long hint's interior lies in one ADD op, same offsets
+        if hl >= search.HINT_MIN + 2 * search.HINT_MARGIN:
+            a = hs + search.HINT_MARGIN
+            assert any(p <= a < p + n and o + a - p == ho + a - hs for p, n, o in adds)
+    out = io.BytesIO()
+    shas = hashlib.sha256(old).digest(), hashlib.sha256(new).digest()
+    write_bsipatch(old, new, hinted, out, old_sha256=shas[0], new_sha256=shas[1], level=3)
+    got = io.BytesIO()
+    apply(old, out.getvalue(), got)
+    assert got.getvalue() == new

@@ -188,3 +188,16 @@ def test_ext4_image_with_changed_libraries(
     assert _apply(images[0], with_exe) == images[1].read_bytes()
     assert bsipatch.read_patch_info(io.BytesIO(with_exe)).version in (2, 3)
     assert len(with_exe) < 0.85 * len(plain)
+
+
+def test_magic_is_looked_for_only_at_aligned_offsets() -> None:
+    # the magic at unaligned offsets (also straddling an aligned word), at aligned ones,
+    # and a buffer whose length is no multiple of 4: only the aligned ones are candidates
+    buf = bytearray(random.Random(5).randbytes(8 * exeimage.ALIGN + 3))
+    for off in (0, 3 * exeimage.ALIGN, 7 * exeimage.ALIGN):
+        buf[off : off + 4] = exeimage.ELF_MAGIC
+    for off in (9, exeimage.ALIGN - 2, 2 * exeimage.ALIGN + 4, 5 * exeimage.ALIGN + 510):
+        buf[off : off + 4] = exeimage.ELF_MAGIC
+    got = list(exeimage._magic_offsets(memoryview(buf)))
+    assert got == [0, 3 * exeimage.ALIGN, 7 * exeimage.ALIGN]
+    assert list(exeimage._magic_offsets(memoryview(bytes(3)))) == []

@@ -64,6 +64,20 @@ def _info_lines(d: dict[str, Any]) -> list[str]:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     """bsipatch diff OLD NEW PATCH."""
+    import gc
+
+    # The diff makes few reference cycles, but its imports create enough objects to
+    # trigger a dozen collections (about 20 ms of a 0.2 s diff of small files).
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _diff(args)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _diff(args: argparse.Namespace) -> int:
     from bsipatch.delta.diff import diff
 
     refuse_same_file(args.patch, {"OLD": args.old, "NEW": args.new})

@@ -10,7 +10,7 @@ a malformed file: :func:`parse` returns None for anything it does not understand
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from bsipatch._buffers import Buffer
 
@@ -36,8 +36,7 @@ MAX_HEADERS = 4096
 MAX_TRAILING = 64
 
 
-@dataclass(frozen=True)
-class Load:
+class Load(NamedTuple):
     """A loadable segment: file bytes [off, off+filesz) at virtual address va."""
 
     off: int
@@ -46,8 +45,7 @@ class Load:
     memsz: int
 
 
-@dataclass(frozen=True)
-class Section:
+class Section(NamedTuple):
     """One section header (name resolved)."""
 
     name: str
@@ -59,8 +57,7 @@ class Section:
     entsize: int
 
 
-@dataclass(frozen=True)
-class Elf:
+class Elf(NamedTuple):
     """What the reference transform needs to know about an ELF file."""
 
     machine: int

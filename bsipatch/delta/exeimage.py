@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from typing import NamedTuple
 
 from bsipatch._buffers import Buffer
 from bsipatch.delta import elf as elfmod
@@ -39,10 +39,10 @@ MIN_IMAGE = 64 << 10
 DT_NEEDED = 1
 DT_SONAME = 14
 SHT_DYNAMIC = 6
+ELF_MAGIC = b"\x7fELF"
 
 
-@dataclass(frozen=True)
-class Found:
+class Found(NamedTuple):
     """An ELF file inside an image: where it starts, how long it is, what it is."""
 
     off: int
@@ -91,23 +91,34 @@ def find_elves(buf: Buffer) -> list[Found]:
     """The ELF files starting at ``ALIGN``-aligned offsets of ``buf``, in order, not
     overlapping one another (an ELF file inside another one's extent is skipped)."""
     mv = memoryview(buf).cast("B")
-    find = getattr(buf, "find", None) or bytes(mv).find
     out: list[Found] = []
-    pos, end_prev = 0, 0
-    while len(out) < MAX_GROUPS:
-        pos = find(b"\x7fELF", pos)
-        if pos < 0:
+    end_prev = 0
+    for pos in _magic_offsets(mv):
+        if len(out) >= MAX_GROUPS:
             break
-        if pos % ALIGN == 0 and pos >= end_prev:
-            n = _extent(mv, pos)
-            e = elfmod.parse(mv[pos : pos + n]) if n else None
-            if e is not None:
-                out.append(Found(pos, n, e, _identity(mv[pos : pos + n], e)))
-                end_prev = pos + n
-                pos = end_prev
-                continue
-        pos += 1
+        if pos < end_prev:
+            continue
+        n = _extent(mv, pos)
+        e = elfmod.parse(mv[pos : pos + n]) if n else None
+        if e is not None:
+            out.append(Found(pos, n, e, _identity(mv[pos : pos + n], e)))
+            end_prev = pos + n
     return out
+
+
+def _magic_offsets(mv: memoryview) -> Iterator[int]:
+    """The ``ALIGN``-aligned offsets of ``mv`` that start with the ELF magic, in order.
+    Only the first 4 bytes of each aligned block are gathered (one strided copy) and
+    searched: a search of the whole buffer for the magic cost 1.9 s of a 10 s diff of
+    two 1 GiB random images (the magic's first byte is every 256th byte there)."""
+    words = mv[: len(mv) - len(mv) % 4].cast("I")[:: ALIGN // 4].tobytes()
+    i = words.find(ELF_MAGIC)
+    while i >= 0:
+        if i % 4 == 0:
+            yield i // 4 * ALIGN
+            i = words.find(ELF_MAGIC, i + 4)
+        else:
+            i = words.find(ELF_MAGIC, i + 4 - i % 4)
 
 
 def pair(old: list[Found], new: list[Found]) -> list[tuple[Found, Found]]:

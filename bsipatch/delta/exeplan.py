@@ -11,7 +11,7 @@ exe.py alone. It does not search for differences or frame patches.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from bsipatch._buffers import Buffer
 from bsipatch._native import check, ffi, lib
@@ -72,14 +72,15 @@ def plan(old: Buffer, new: Buffer, aligned: Iterable[tuple[int, int, int]]) -> T
     return Transform(tuple(regions_of(eo)), tuple(build_map(eo, en, aligned)[:MAX_MAP]))
 
 
-@dataclass(frozen=True)
-class Prepared:
+class Prepared(NamedTuple):
     """What the diff needs for an executable pair: the transform, its block, the predicted old."""
 
     transform: Transform | ImageTransform
     block: bytes
     predicted: Buffer
     stats: dict[str, int]
+    #: the anchors' alignment of new with the predicted old, when anchors made it
+    hints: list[tuple[int, int, int]] | None = None
 
 
 def aligned_ranges(ops: Iterable[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
@@ -96,13 +97,13 @@ def aligned_ranges(ops: Iterable[tuple[int, int, int]]) -> list[tuple[int, int, 
 def anchor_ranges(old: Buffer, new: Buffer) -> list[tuple[int, int, int]] | None:
     """A fast first alignment ``(new_off, len, old_off)`` from exact anchors
     (csrc/bsi_align.c), or None when old is too large for it (4 GiB)."""
-    import mmap
+    from bsipatch.delta.search import _anon
 
     on, nn = len(old), len(new)
     if on >= (1 << 32) - 2:
         return None
     slots = lib.bsi_align_table_slots(on)
-    table = mmap.mmap(-1, slots * 8)  # lazily zeroed
+    table = _anon(slots * 8)  # lazily zeroed
     cap = nn // lib.BSI_ALIGN_MIN + 1
     out = ffi.new("uint64_t[]", 3 * cap)
     n = check(
@@ -148,16 +149,31 @@ def plan_pair(
     otherwise from a full search, ``align(old, new)`` (a diff's operations ``(kind,
     len, old_off)``; default ``compute_ops``).
     """
+    return plan_pair_aligned(old, new, eo, en, align, anchors=anchors)[0]
+
+
+def plan_pair_aligned(
+    old: Buffer,
+    new: Buffer,
+    eo: elfmod.Elf,
+    en: elfmod.Elf,
+    align: Callable[[Buffer, Buffer], Iterable[tuple[int, int, int]]] | None = None,
+    *,
+    anchors: bool | None = None,
+) -> tuple[Transform, list[tuple[int, int, int]] | None]:
+    """:func:`plan_pair`, and the anchors' alignment of new with the predicted old
+    ``(new_off, len, old_off)`` when anchors made it (else None)."""
     regions = tuple(regions_of(eo))
     use_anchors = len(old) >= ANCHOR_ABOVE if anchors is None else anchors
     aligned = _anchored(old, new, eo, en, regions) if use_anchors else None
+    hints = aligned
     if aligned is None:
         if align is None:
             from bsipatch.delta.search import compute_ops
 
             align = compute_ops
         aligned = aligned_ranges(align(old, new))
-    return Transform(regions, tuple(build_map(eo, en, aligned)[:MAX_MAP]))
+    return Transform(regions, tuple(build_map(eo, en, aligned)[:MAX_MAP])), hints
 
 
 def prepare(
@@ -173,6 +189,6 @@ def prepare(
     eo, en = elfmod.parse(old), elfmod.parse(new)
     if eo is None or en is None or eo.machine != en.machine:
         return None
-    t = plan_pair(old, new, eo, en, align, anchors=anchors)
+    t, hints = plan_pair_aligned(old, new, eo, en, align, anchors=anchors)
     predicted, stats = predicted_old(old, t)
-    return Prepared(t, t.pack(), predicted, stats)
+    return Prepared(t, t.pack(), predicted, stats, hints)
