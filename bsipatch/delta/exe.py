@@ -378,7 +378,7 @@ def predicted_old(
     if copy is None:
         copy = _PrivateMap(-1, len(old), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         if len(old) >= 2 << 20 and hasattr(mmap, "MADV_HUGEPAGE"):
-            with contextlib.suppress(OSError):  # fewer page faults for the copy
+            with suppress(OSError):  # fewer page faults for the copy
                 copy.madvise(mmap.MADV_HUGEPAGE)
         copy[:] = memoryview(old)[: len(old)]
     return copy, t.apply_to(copy)
