@@ -139,4 +139,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bsipatch.cli.main import main as full_main
 
         return full_main(argv)
-    return run_command(argv, lambda: args)
+    import gc
+
+    # an apply makes few reference cycles, but its imports and its chunks allocate
+    # enough objects to trigger collections (full ones too) while it runs
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return run_command(argv, lambda: args)
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -11,15 +11,10 @@ does not recognise to :func:`main`. No library logic here.
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
 
 from bsipatch._version import __version__
-from bsipatch.cli._common import UsageError, add_global_options, fill_shared_help
-from bsipatch.cli._report import run_command
+from bsipatch.cli._report import UsageError, run_command
 from bsipatch.errors import (
     BsipatchError,
     MdmError,
@@ -43,18 +38,34 @@ COMMAND_MODULES: tuple[tuple[str, int], ...] = (
 #: (and a build host diffing) does not import the trust, release and agent layers.
 FAST_COMMANDS = {"diff": "delta", "apply": "delta", "info": "delta"}
 
+# argparse (with re, gettext...) and the commands load in build_parser: importing this
+# module (``bsipatch.cli`` does) costs the apply command's quick entry nothing
+TYPE_CHECKING = False  # not typing's: importing typing is start-up time (bsipatch._lite)
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+    from typing import NoReturn
 
-class _Parser(argparse.ArgumentParser):
+
+def _parser_class() -> type[argparse.ArgumentParser]:
     """An ArgumentParser whose errors raise :class:`UsageError` instead of exiting."""
+    import argparse
 
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        raise UsageError(f"{self.prog}: error: {message}")
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            self.print_usage(sys.stderr)
+            raise UsageError(f"{self.prog}: error: {message}")
+
+    return _Parser
 
 
 def build_parser(modules: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The argument parser with the subcommands of ``modules`` (default: all)."""
-    parser = _Parser(
+    import importlib
+
+    from bsipatch.cli._common import add_global_options, fill_shared_help
+
+    parser = _parser_class()(
         prog="bsipatch",
         description="Small, signed, reversible security fixes for sealed OS images.",
     )
