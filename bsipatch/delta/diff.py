@@ -82,8 +82,8 @@ def diff(
         patch: output path (written atomically) or writable binary file.
         format: ``"bsipatch"`` (default) or ``"bsdiff40"`` (classic bsdiff).
         level: zstd compression level for bsipatch (1..22, default 18).
-        threads: threads for suffix sorting (one index part each), search and
-            compression (default: all CPUs; 1 gives one index part).
+        threads: threads for suffix sorting, search and compression (default: all
+            CPUs); the patch's bytes do not depend on it.
         segment_size: largest output bytes per segment (default 128 MiB, at most 256 MiB);
             a segment also ends when its literal or difference section reaches 8 MiB.
         progress: ``(done, total)`` callback.
