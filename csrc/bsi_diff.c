@@ -428,11 +428,24 @@ static inline int sa_range_step(const sa_ctx *c, const uint8_t *s, uint64_t slen
     int less;
     if (r->hi - r->lo < 2) return 0;
     mid = r->lo + (r->hi - r->lo) / 2;
-    /* both possible next midpoints: their SA entries load while this step compares */
-    sa_prefetch(c, mid + (r->hi - mid) / 2);
-    sa_prefetch(c, r->lo + (mid - r->lo) / 2);
-    pm = sa_at(c, mid);
     skip = r->llo < r->lhi ? r->llo : r->lhi;
+    {
+        /* Both possible next midpoints: their SA entries were fetched a step ago, so
+         * their suffixes' text (a cache miss each: the lookups' main cost on large
+         * indexes) is fetched now, while this step compares; and the SA entries of the
+         * four midpoints two steps on. Prefetches only: the result is the same. */
+        uint64_t na = mid + (r->hi - mid) / 2, nb = r->lo + (mid - r->lo) / 2;
+        sa_prefetch(c, na + (r->hi - na) / 2);
+        sa_prefetch(c, mid + (na - mid) / 2);
+        sa_prefetch(c, nb + (mid - nb) / 2);
+        sa_prefetch(c, r->lo + (nb - r->lo) / 2);
+        if (r->hi - r->lo > 4) {
+            uint64_t pa = sa_at(c, na), pb = sa_at(c, nb);
+            if (pa + skip < c->n) __builtin_prefetch(c->idx + pa + skip);
+            if (pb + skip < c->n) __builtin_prefetch(c->idx + pb + skip);
+        }
+    }
+    pm = sa_at(c, mid);
     l = match_len(c->idx + pm, c->n - pm, s, slen, skip);
     /* suffix < s when it differs with a smaller byte or is a proper prefix of s */
     if (l == slen) less = 0;

@@ -26,6 +26,8 @@ LAYERS: dict[str, int] = {
     "_threads": 0,
     "_reprs": 0,
     "_partial": 0,
+    "_lite": 0,
+    "_zstd": 0,
     "_io": 1,
     "_time": 1,
     "_buffers": 2,

@@ -21,16 +21,16 @@ command line's policy, not the library's.
 
 from __future__ import annotations
 
+import _signal as signal  # type: ignore[import-not-found]  # `signal` without its enums
 import _thread
 import os
 import select
-import signal
 import sys
 import time
-from typing import TYPE_CHECKING
 
 from bsipatch import _partial
 
+TYPE_CHECKING = False  # not typing's: importing typing is start-up time
 if TYPE_CHECKING:
     from types import FrameType, ModuleType
 

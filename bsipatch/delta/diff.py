@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 from bsipatch._buffers import (
     Buffer,
     open_buffer,
-    sha256_buffer,
 )
 from bsipatch._io import is_pathlike
 from bsipatch._threads import default_threads
@@ -82,8 +81,8 @@ def diff(
         patch: output path (written atomically) or writable binary file.
         format: ``"bsipatch"`` (default) or ``"bsdiff40"`` (classic bsdiff).
         level: zstd compression level for bsipatch (1..22, default 18).
-        threads: threads for suffix sorting (one index part each), search and
-            compression (default: all CPUs; 1 gives one index part).
+        threads: threads for suffix sorting, search and compression (default: all
+            CPUs); the patch's bytes do not depend on it.
         segment_size: largest output bytes per segment (default 128 MiB, at most 256 MiB);
             a segment also ends when its literal or difference section reaches 8 MiB.
         progress: ``(done, total)`` callback.
@@ -216,12 +215,15 @@ def _checked_options(format: str, level: int, segment_size: int | None) -> int:
 
 def _start_hashing(stack: ExitStack, old: Buffer, new: Buffer) -> Future[tuple[bytes, bytes]]:
     """Hash old and new on a side thread while the (single-threaded) pre-pass runs.
-    Large images: hashlib with plain reads that skip holes. Small files: the native
+    Large images: both at once with plain reads that skip holes (pairhash.py). Small
+    files: the native
     SHA-256 over the maps the pre-pass reads anyway (no OpenSSL pages at the
     suffix-sort peak)."""
     hasher = stack.enter_context(cf.ThreadPoolExecutor(max_workers=1))
     if len(old) + len(new) > EARLY_HASH_ABOVE:
-        return hasher.submit(lambda: (sha256_buffer(old), sha256_buffer(new)))
+        from bsipatch.delta.pairhash import sha256_pair
+
+        return hasher.submit(sha256_pair, old, new)
     return hasher.submit(lambda: (native_sha256(old), native_sha256(new)))
 
 

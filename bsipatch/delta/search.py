@@ -36,7 +36,14 @@ SEARCH_OPS_CAP = 1 << 13
 #: (libcrypto's 1.3 MB index, after the hints: two parts, patch 73,990 against
 #: 74,002 bytes in one; libxml2 2.9.14 amd64 21,661 against 21,615).
 SA_PART_MIN = 512 << 10
-#: Gaps are searched in regions of at least this many bytes (about 8 per thread).
+#: The index is sorted in at most this many parts, and the gaps are searched in about
+#: SEARCH_CHUNKS regions of at least SEARCH_CHUNK_MIN bytes, whatever the thread count
+#: (parts and regions are searched separately, so their number shapes the patch: the
+#: same inputs give the same patch with 1 thread or 8; 2 parts and 16 regions are what
+#: 2 threads made before).
+SA_PARTS = 2
+SEARCH_CHUNKS = 16
+#: Gaps are searched in regions of at least this many bytes.
 SEARCH_CHUNK_MIN = 512 << 10
 #: The pre-pass works through the images in chunks of this many bytes, releasing
 #: mapped pages in between when the images are larger than PAGE_DROP_ABOVE.
@@ -312,6 +319,7 @@ class _Index:
 
     def __init__(self, old: Buffer, claimed: Buffer, threads: int) -> None:
         on = len(old)
+        self.threads = threads
         self.ranges = _index_ranges(claimed, on, on <= FULL_INDEX_LIMIT)
         self.size = sum(e - s for s, e in self.ranges)
         if self.ranges == [(0, on)]:
@@ -331,7 +339,7 @@ class _Index:
         self.sa_buf = _anon(self.size * self.isz)
         # The index is sorted in parts, one per thread, in parallel: a lookup then
         # searches every part (matches stop at a part's end; their extension does not).
-        self.nparts = max(1, min(threads, lib.BSI_MAX_SA_PARTS, self.size // SA_PART_MIN))
+        self.nparts = max(1, min(SA_PARTS, lib.BSI_MAX_SA_PARTS, self.size // SA_PART_MIN))
         self.bounds = [self.size * k // self.nparts for k in range(self.nparts + 1)]
         self.parts = ffi.new("bsi_sa_part[]", self.nparts)
         self.pidx = ffi.from_buffer(self.idx) if self.size else ffi.NULL
@@ -383,11 +391,12 @@ class _Index:
             self.sort_part(k)
             meter.add((self.bounds[k + 1] - self.bounds[k]) * COST_SORT)
 
-        if self.nparts == 1:
-            one(0)
+        if self.nparts == 1 or self.threads == 1:
+            for k in range(self.nparts):
+                one(k)
             self.build_filter()
             return
-        with cf.ThreadPoolExecutor(max_workers=self.nparts) as pool:
+        with cf.ThreadPoolExecutor(max_workers=min(self.threads, self.nparts)) as pool:
             futs = [pool.submit(one, k) for k in range(self.nparts)]
             futs.append(pool.submit(self.build_filter))
             for f in futs:
@@ -443,7 +452,7 @@ def _search_gaps(
 ) -> dict[int, list[tuple[int, list[tuple[Any, int]]]]]:
     """Search every gap (big ones cut so all threads have work), several at once."""
     gap_total = sum(e - s for s, e in gaps)
-    chunk = max(SEARCH_CHUNK_MIN, gap_total // (threads * 8) + 1)
+    chunk = max(SEARCH_CHUNK_MIN, gap_total // SEARCH_CHUNKS + 1)
     regions: list[tuple[int, int, int]] = []
     for gi, (s, e) in enumerate(gaps):
         while e - s > chunk * 3 // 2:
@@ -506,8 +515,8 @@ def compute_ops(
     Args:
         old: the old image bytes.
         new: the new image bytes.
-        threads: threads for suffix sorting (one index part each) and search
-            (default: all CPUs).
+        threads: threads for suffix sorting (up to SA_PARTS parts at once) and search
+            (default: all CPUs); the ops do not depend on it.
         progress: ``(done, total)`` callback over the whole computation (see
             :class:`Meter`), ending at ``(len(new), len(new))``.
         meter: report into this :class:`Meter` instead (diff() shares one with the
