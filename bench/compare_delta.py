@@ -150,12 +150,25 @@ def _xdelta3_apply(o: str, p: str, out: str) -> list[str]:
     return ["xdelta3", "-d", "-f", "-s", o, p, out]
 
 
+def _cli() -> list[str]:
+    """The ``bsipatch`` command as a user runs it: $BSIPATCH_CLI (e.g. the script of a
+    non-editable install, whose start-up a user pays), else the script beside this
+    interpreter, else ``python -m bsipatch``."""
+    chosen = os.environ.get("BSIPATCH_CLI")
+    if chosen:
+        return [chosen]
+    script = os.path.join(os.path.dirname(sys.executable), "bsipatch")
+    if os.path.isfile(script):
+        return [script]
+    return [sys.executable, "-m", "bsipatch"]
+
+
 def _cli_diff(o: str, n: str, p: str) -> list[str]:
-    return [sys.executable, "-m", "bsipatch", "diff", "-q", o, n, p]
+    return [*_cli(), "diff", "-q", o, n, p]
 
 
 def _cli_apply(o: str, p: str, out: str) -> list[str]:
-    return [sys.executable, "-m", "bsipatch", "apply", "-q", o, p, out]
+    return [*_cli(), "apply", "-q", o, p, out]
 
 
 #: HDiffPatch is not packaged in Debian: point HDIFFPATCH_DIR at a directory holding
