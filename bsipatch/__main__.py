@@ -4,7 +4,7 @@ The CLI's entry module, and the first bsipatch code a ``bsipatch`` process runs:
 first statements install Ctrl-C handling, before anything heavy is imported. Until the
 commands are imported, a Ctrl-C prints ``bsipatch: interrupted`` and exits 130 at once
 (nothing has been written yet); from then on it raises :class:`KeyboardInterrupt`, so the
-command unwinds and removes what it was writing (:func:`bsipatch.cli.main.main` reports
+command unwinds and removes what it was writing (:func:`bsipatch.cli.fast.main` reports
 it the same way). Only the interpreter's own start-up, before this module runs, is not
 covered; ``bsipatch/__init__.py`` imports nothing heavy, to keep that gap short.
 
@@ -36,7 +36,7 @@ _signal.signal(_signal.SIGINT, _interrupted_while_starting)
 
 
 def entry() -> NoReturn:
-    """Run :func:`bsipatch.cli.main.main` and exit with its code.
+    """Run :func:`bsipatch.cli.fast.main` (the whole CLI) and exit with its code.
 
     After Ctrl-C (exit 130) the process ends at once instead of waiting for worker
     threads to finish work nobody wants any more (outputs were removed while unwinding).
@@ -47,7 +47,7 @@ def entry() -> NoReturn:
         print(f"bsipatch {__version__}")
         sys.exit(0)
     try:
-        from bsipatch.cli.main import main
+        from bsipatch.cli.fast import main  # apply without argparse; else the whole CLI
 
         # from here on Ctrl-C raises KeyboardInterrupt, so commands clean up as they unwind
         _signal.signal(_signal.SIGINT, _signal.default_int_handler)

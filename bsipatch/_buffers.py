@@ -6,21 +6,23 @@ Shared by the delta engine and the device layer. No format or policy here.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import functools
 import mmap
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, BinaryIO, Union
 
 from bsipatch._io import is_pathlike
+from bsipatch._lite import suppress
 
+TYPE_CHECKING = False  # not typing's: importing typing is start-up time (bsipatch._lite)
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, BinaryIO, Union
+
     from bsipatch._io import PathLike
 
-Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]  # noqa: UP007
+    Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]  # noqa: UP007
+else:  # the same name at run time (it is imported), without typing
+    Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 
 class MappedFile(mmap.mmap):
@@ -57,34 +59,46 @@ def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
     return out
 
 
-@contextmanager
-def open_buffer(src: PathLike | Buffer | BinaryIO) -> Iterator[Buffer]:
-    """Yield a read-only buffer over a path (a :class:`MappedFile`), bytes-like, or file."""
-    if is_pathlike(src):
-        with open(src, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size == 0:
-                yield b""
-                return
-            m = MappedFile(f.fileno(), 0, access=mmap.ACCESS_READ)
-            m.path = os.fspath(src)
-            m.extents = data_extents(f.fileno(), size)
-            try:
-                yield m
-            except BaseException:
-                # unwinding (an error, Ctrl-C): frames of the traceback may still hold
-                # pointers into the mapping; it is unmapped when they go, and this
-                # BufferError must not replace the exception in flight
-                with contextlib.suppress(BufferError):
-                    m.close()
-                raise
-            m.close()
-    elif isinstance(src, (bytes, bytearray, memoryview, mmap.mmap)):
-        yield src
-    elif hasattr(src, "read"):
-        yield src.read()
-    else:
+class open_buffer:  # named as the function it was: ``with open_buffer(src) as buf``
+    """A read-only buffer over a path (a :class:`MappedFile`), bytes-like, or file, as a
+    context manager that unmaps a file's map on exit (a plain class: the apply path does
+    not load contextlib)."""
+
+    def __init__(self, src: PathLike | Buffer | BinaryIO) -> None:
+        self._src = src
+        self._map: MappedFile | None = None
+
+    def __enter__(self) -> Buffer:
+        src = self._src
+        if is_pathlike(src):
+            with open(src, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size == 0:
+                    return b""
+                m = MappedFile(f.fileno(), 0, access=mmap.ACCESS_READ)
+                m.path = os.fspath(src)
+                m.extents = data_extents(f.fileno(), size)
+            self._map = m
+            return m
+        if isinstance(src, (bytes, bytearray, memoryview, mmap.mmap)):
+            return src
+        if hasattr(src, "read"):
+            data: bytes = src.read()
+            return data
         raise TypeError(f"expected a path, bytes or a binary file, got {type(src).__name__}")
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        m, self._map = self._map, None
+        if m is None:
+            return
+        if kind is None:
+            m.close()
+            return
+        # unwinding (an error, Ctrl-C): frames of the traceback may still hold pointers
+        # into the mapping; it is unmapped when they go, and this BufferError must not
+        # replace the exception in flight
+        with suppress(BufferError):
+            m.close()
 
 
 def holes(buf: Buffer, min_len: int = 0) -> list[tuple[int, int]]:
@@ -143,7 +157,7 @@ def drop_pages(buf: Buffer, start: int = 0, end: int | None = None) -> None:
     some bytes (``keep_pages``: a private copy-on-write map that was written to)
     is left alone: dropping its pages would bring back the file's bytes."""
     if isinstance(buf, mmap.mmap) and not getattr(buf, "keep_pages", False):
-        with contextlib.suppress(OSError, ValueError):  # best effort
+        with suppress(OSError, ValueError):  # best effort
             if start == 0 and end is None:
                 buf.madvise(mmap.MADV_DONTNEED)
                 return
@@ -156,14 +170,22 @@ def drop_pages(buf: Buffer, start: int = 0, end: int | None = None) -> None:
 ZEROS = memoryview(bytes(1 << 20))
 
 
-@functools.lru_cache(maxsize=8)
+_ZERO_DIGESTS: dict[int, bytes] = {}
+
+
 def zero_digest(n: int) -> bytes:
     """SHA-256 of ``n`` zero bytes (cached: all-zero segments of sparse images repeat it)."""
+    if n in _ZERO_DIGESTS:
+        return _ZERO_DIGESTS[n]
     import hashlib  # lazy: the diff's suffix-array phase runs without OpenSSL loaded
 
     h = hashlib.sha256()
-    while n > 0:
-        k = min(n, len(ZEROS))
+    left = n
+    while left > 0:
+        k = min(left, len(ZEROS))
         h.update(ZEROS[:k])
-        n -= k
-    return h.digest()
+        left -= k
+    if len(_ZERO_DIGESTS) >= 8:  # a few sizes repeat (segment sizes); keep it small
+        _ZERO_DIGESTS.clear()
+    _ZERO_DIGESTS[n] = digest = h.digest()
+    return digest

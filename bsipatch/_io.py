@@ -7,21 +7,30 @@ into place, then the directory fsynced. No trust decisions here.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
 import os
 import stat
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, BinaryIO, Union, cast
-
-if TYPE_CHECKING:
-    from typing_extensions import TypeIs
 
 from bsipatch.errors import DiskFullError, ReadOnlyError, StagingError, UnsafeFile
 
-PathLike = Union[str, os.PathLike[str]]  # noqa: UP007
-Source = Union[PathLike, bytes, bytearray, memoryview, BinaryIO]  # noqa: UP007
+TYPE_CHECKING = False  # not typing's: importing typing is start-up time (bsipatch._lite)
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from contextlib import AbstractContextManager
+    from typing import BinaryIO, Union, cast
+
+    from typing_extensions import TypeIs
+
+    PathLike = Union[str, os.PathLike[str]]  # noqa: UP007
+    Source = Union[PathLike, bytes, bytearray, memoryview, BinaryIO]  # noqa: UP007
+else:  # the same names at run time (they are imported), without typing
+
+    def cast(kind: object, value: object) -> object:
+        return value
+
+    PathLike = str | os.PathLike
+    Source = PathLike | bytes | bytearray | memoryview | io.IOBase
 
 
 def is_pathlike(obj: object) -> TypeIs[str | os.PathLike[str]]:
@@ -29,21 +38,32 @@ def is_pathlike(obj: object) -> TypeIs[str | os.PathLike[str]]:
     return isinstance(obj, (str, os.PathLike))
 
 
-@contextlib.contextmanager
-def open_source(src: Source) -> Iterator[BinaryIO]:
-    """Yield a binary readable file object for a path, a bytes-like object or a file.
+class _Borrowed:
+    """A caller's file object as a context manager that leaves it open."""
 
-    A file object passed in is yielded as is and not closed.
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+
+    def __enter__(self) -> BinaryIO:
+        return self.f
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def open_source(src: Source) -> AbstractContextManager[BinaryIO]:
+    """A context manager giving a binary readable file object for a path, a bytes-like
+    object or a file (plain objects, not contextlib's: the apply path does not load it).
+
+    A file object passed in is given as is and not closed.
     """
     if is_pathlike(src):
-        with open(src, "rb") as f:
-            yield cast(BinaryIO, f)
-    elif isinstance(src, (bytes, bytearray, memoryview)):
-        yield io.BytesIO(bytes(src))
-    elif hasattr(src, "read"):
-        yield src
-    else:
-        raise TypeError(f"expected a path, bytes or a binary file object, got {type(src).__name__}")
+        return cast("BinaryIO", open(src, "rb"))  # the caller's `with` closes it
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return io.BytesIO(bytes(src))
+    if hasattr(src, "read"):
+        return _Borrowed(src)
+    raise TypeError(f"expected a path, bytes or a binary file object, got {type(src).__name__}")
 
 
 def fsync_dir(path: PathLike) -> None:
@@ -97,9 +117,9 @@ def os_error_to_staging(exc: OSError, what: str) -> StagingError:
 def current_umask() -> int:
     """The process umask, read without changing it (os.umask would race other threads)."""
     try:
-        with open("/proc/self/status", encoding="ascii") as f:
+        with open("/proc/self/status", "rb") as f:  # bytes: no codec to import
             for line in f:
-                if line.startswith("Umask:"):
+                if line.startswith(b"Umask:"):
                     return int(line.split()[1], 8)
     except OSError:
         pass
@@ -145,8 +165,7 @@ def write_new_file(path: PathLike, data: bytes, mode: int = 0o444) -> None:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[BinaryIO]:
+def atomic_write(path: PathLike, mode: str = "wb") -> AbstractContextManager[BinaryIO]:
     """Write ``path`` crash-safely: temp file in the same directory, fsync, rename, fsync dir.
 
     If the body raises, the temporary file is removed and ``path`` is untouched.
@@ -155,6 +174,12 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[BinaryIO]:
         >>> with atomic_write("/tmp/x.bin") as f:  # doctest: +SKIP
         ...     f.write(b"data")
     """
+    from contextlib import contextmanager  # here: the apply path does not load contextlib
+
+    return contextmanager(_atomic_write)(path, mode)
+
+
+def _atomic_write(path: PathLike, mode: str) -> Iterator[BinaryIO]:
     import tempfile  # here, with pathlib: the apply path, which writes no other file, skips them
     from pathlib import Path
 
@@ -164,7 +189,7 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[BinaryIO]:
     try:
         os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, mode) as f:
-            yield cast(BinaryIO, f)
+            yield cast("BinaryIO", f)
             f.flush()
             os.fsync(f.fileno())
         Path(tmp).replace(target)

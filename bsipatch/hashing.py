@@ -12,15 +12,16 @@ calling these functions run in parallel. Inputs must not change during a call.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from bsipatch import _native
 from bsipatch._native import ffi, lib
 from bsipatch._threads import default_threads
 
 # numpy is imported by the functions that return arrays: SHA-256 alone (the apply
 # path) does not load it.
+TYPE_CHECKING = False  # not typing's: importing typing is start-up time (bsipatch._lite)
 if TYPE_CHECKING:
+    from typing import Any
+
     import numpy as np
 
     from bsipatch._buffers import Buffer

@@ -181,6 +181,7 @@ typedef struct {
     uint64_t prov_phase;      /* output offset of the segment modulo 4096 (provenance) */
     uint32_t dense;           /* the difference stream is dense (bsi_patch_set_mode) */
     uint32_t reserved;
+    uint64_t pf_pos, pf_prev_end, pf_ops; /* the control section read ahead (prefetch) */
 } bsi_patch_state;
 
 /* Start a segment that must produce out_total bytes from an old image of old_size

@@ -49,3 +49,22 @@ int bsi_exe_check(uint64_t size, const bsi_exe_region *regions, uint64_t n_regio
 int64_t bsi_exe_transform(uint8_t *buf, uint64_t size, const bsi_exe_region *regions,
                           uint64_t n_regions, const bsi_exe_map *map, uint64_t n_map,
                           uint64_t *stats);
+
+/* Decode n_map map entries of a transform body from data[*pos..size) into map
+ * (docs/patch-format.md: per entry the varints gap from the previous entry's end,
+ * len, zigzag delta change). Each varint is at most 10 bytes and below 2**64; each
+ * entry needs len > 0, old_va + len < 2**64 and a delta in int64. Advances *pos.
+ * Returns 0, BSI_E_TRUNCATED (a varint runs past the end, is too long or too large)
+ * or BSI_E_RANGE (an entry out of range); *pos then says where the bad entry starts. */
+int bsi_exe_unpack_map(const uint8_t *data, uint64_t size, uint64_t *pos, bsi_exe_map *map,
+                       uint64_t n_map);
+
+/* Entries of the workspace bsi_exe_transform_indexed takes (uint32_t each, 256 KiB). */
+#define BSI_EXE_INDEX_LEN 65537
+
+/* bsi_exe_transform, its map lookups sped up by an index of the map by address that it
+ * builds in index (the caller's workspace of BSI_EXE_INDEX_LEN entries; NULL: none).
+ * Same result, byte for byte, as bsi_exe_transform. */
+int64_t bsi_exe_transform_indexed(uint8_t *buf, uint64_t size, const bsi_exe_region *regions,
+                                  uint64_t n_regions, const bsi_exe_map *map, uint64_t n_map,
+                                  uint64_t *stats, uint32_t *index);

@@ -29,6 +29,9 @@ typedef struct {
     const bsi_exe_map *map;
     uint64_t nmap;
     uint64_t lo, hi;   /* virtual address span of the image (LOAD regions, bss included) */
+    uint64_t finger;   /* map_src: the map entry of the last reference address looked up */
+    const uint32_t *index; /* or NULL: index[b] = map entries with old_va <= lo + (b << shift) */
+    unsigned shift;
     uint64_t *stats;
 } exe_ctx;
 
@@ -38,21 +41,84 @@ static inline int64_t sext(uint64_t v, unsigned bits) {
     return (int64_t)((v ^ m) - m);
 }
 
-/* New address of old virtual address x, or 0 when the map does not cover it. */
-static int map_va(const exe_ctx *c, uint64_t x, uint64_t *out) {
-    uint64_t a = 0, b = c->nmap;
-    while (a < b) { /* first entry with old_va > x */
+/* 1 + the index of the last map entry with old_va <= x, or 0 when there is none.
+ * Branch-free (the comparisons on addresses taken from code are unpredictable), with
+ * the next two probes prefetched: the map of a large executable (hundreds of thousands
+ * of entries) does not fit in the caches, and this lookup was half of the transform. */
+static uint64_t map_entry(const bsi_exe_map *map, uint64_t n, uint64_t x) {
+    const bsi_exe_map *base = map;
+    if (n == 0 || map[0].old_va > x) return 0;
+    while (n > 1) { /* base[0].old_va <= x; the answer lies in base[0 .. n) */
+        uint64_t half = n / 2;
+        __builtin_prefetch(&base[half / 2]);
+        __builtin_prefetch(&base[half + half / 2]);
+        base = base[half].old_va <= x ? base + half : base;
+        n -= half;
+    }
+    return (uint64_t)(base - map) + 1;
+}
+
+static int map_hit(const bsi_exe_map *m, uint64_t x, uint64_t *out) {
+    if (x - m->old_va >= m->len) return 0;
+    *out = x + (uint64_t)m->delta;
+    return 1;
+}
+
+/* 1 + the index of the last map entry with old_va <= x, or 0 (map_entry). With the
+ * index, the search covers only the entries between two neighbouring bucket starts. */
+static uint64_t map_find(const exe_ctx *c, uint64_t x) {
+    uint64_t bkt, a, b;
+    if (!c->index || x < c->lo || x >= c->hi) return map_entry(c->map, c->nmap, x);
+    bkt = (x - c->lo) >> c->shift, a = c->index[bkt], b = c->index[bkt + 1];
+    while (a < b) { /* entries before a have old_va <= x, those from b on above it */
         uint64_t mid = a + (b - a) / 2;
         if (c->map[mid].old_va <= x)
             a = mid + 1;
         else
             b = mid;
     }
-    if (a == 0) return 0;
-    const bsi_exe_map *m = &c->map[a - 1];
-    if (x - m->old_va >= m->len) return 0;
-    *out = x + (uint64_t)m->delta;
-    return 1;
+    return a;
+}
+
+/* New address of old virtual address x, or 0 when the map does not cover it. */
+static int map_va(const exe_ctx *c, uint64_t x, uint64_t *out) {
+    uint64_t k = map_find(c, x);
+    return k ? map_hit(&c->map[k - 1], x, out) : 0;
+}
+
+/* Fill the index over [lo, hi): bucket b starts at lo + (b << shift); index[b] counts
+ * the map entries with old_va <= that start (the last bucket's end: all up to hi). */
+static void build_index(exe_ctx *c, uint32_t *index) {
+    uint64_t span = c->hi - c->lo, k = 0, nb;
+    unsigned shift = 0;
+    while ((span >> shift) >= BSI_EXE_INDEX_LEN - 2) shift++;
+    nb = (span >> shift) + 1; /* buckets; nb + 1 <= BSI_EXE_INDEX_LEN entries */
+    for (uint64_t b = 0; b <= nb; b++) {
+        uint64_t start = b <= (span >> shift) ? c->lo + (b << shift) : c->hi;
+        while (k < c->nmap && c->map[k].old_va <= start) k++;
+        index[b] = (uint32_t)k;
+    }
+    c->index = index, c->shift = shift;
+}
+
+/* map_va for the address of a reference itself: scans go forward through a region, so
+ * the entry is almost always the last one found or just after it (a finger; the same
+ * answer as map_va, found without a search). */
+static int map_src(exe_ctx *c, uint64_t x, uint64_t *out) {
+    uint64_t k = c->finger;
+    if (k < c->nmap && c->map[k].old_va <= x) {
+        for (int step = 0; step < 4; step++) {
+            if (k + 1 >= c->nmap || c->map[k + 1].old_va > x) {
+                c->finger = k;
+                return map_hit(&c->map[k], x, out);
+            }
+            k++;
+        }
+    }
+    k = map_find(c, x);
+    if (!k) return 0;
+    c->finger = k - 1;
+    return map_hit(&c->map[k - 1], x, out);
 }
 
 static int in_image(const exe_ctx *c, uint64_t va) { return va >= c->lo && va < c->hi; }
@@ -74,7 +140,7 @@ static int va_to_off(const exe_ctx *c, uint64_t va, uint64_t n, uint64_t *off) {
 static int fix_rel32(exe_ctx *c, uint64_t q, uint64_t vq, uint64_t target) {
     uint64_t nq, nt;
     int64_t v;
-    if (!map_va(c, vq, &nq) || !map_va(c, target, &nt)) return 0;
+    if (!map_src(c, vq, &nq) || !map_va(c, target, &nt)) return 0;
     v = (int64_t)(nt - (nq + 4));
     if (v < INT32_MIN || v > INT32_MAX) return 0;
     bsi_store32le(c->buf + q, (uint32_t)(int32_t)v);
@@ -203,7 +269,7 @@ static void a64_adrp(exe_ctx *c, const bsi_exe_region *r, uint64_t k, uint64_t n
     t = page + ((uint64_t)imm << 12) + lo;
     if (!in_image(c, t)) return;
     c->stats[4]++;
-    if (!map_va(c, pc, &npc) || !map_va(c, t, &nt)) return;
+    if (!map_src(c, pc, &npc) || !map_va(c, t, &nt)) return;
     npages = (int64_t)((nt >> 12) - (npc >> 12));
     if (!fits(npages, 21)) return;
     w = put_field(w, 29, 2, npages & 3);
@@ -237,7 +303,7 @@ static void scan_a64(exe_ctx *c, const bsi_exe_region *r) {
             t = pc + (uint64_t)imm;
             if (!in_image(c, t)) continue;
             c->stats[3]++;
-            if (!map_va(c, pc, &npc) || !map_va(c, t, &nt) || !fits((int64_t)(nt - npc), 21))
+            if (!map_src(c, pc, &npc) || !map_va(c, t, &nt) || !fits((int64_t)(nt - npc), 21))
                 continue;
             imm = (int64_t)(nt - npc);
             w = put_field(put_field(w, 29, 2, imm & 3), 5, 19, imm >> 2);
@@ -251,7 +317,7 @@ static void scan_a64(exe_ctx *c, const bsi_exe_region *r) {
         t = pc + (uint64_t)imm;
         if (!in_image(c, t)) continue;
         c->stats[3]++;
-        if (!map_va(c, pc, &npc) || !map_va(c, t, &nt)) continue;
+        if (!map_src(c, pc, &npc) || !map_va(c, t, &nt)) continue;
         imm = (int64_t)(nt - npc);
         if (imm % 4 || !fits(imm / 4, bits)) continue;
         bsi_store32le(p + 4 * k, put_field(w, lo, bits, imm >> shift));
@@ -416,15 +482,65 @@ BSI_API int bsi_exe_check(uint64_t size, const bsi_exe_region *regions, uint64_t
     return BSI_OK;
 }
 
+/* One varint of a transform body (the Python packer's _varint): 0 or BSI_E_TRUNCATED. */
+static int get_varint(const uint8_t *data, uint64_t size, uint64_t *pos, uint64_t *out) {
+    uint64_t v = 0, p = *pos;
+    for (unsigned shift = 0; shift <= 63; shift += 7) {
+        uint8_t b;
+        if (p >= size) return BSI_E_TRUNCATED;
+        b = data[p++];
+        if (shift == 63 && (b & 0xFE)) return BSI_E_TRUNCATED; /* 2**64 or more, or longer */
+        v |= (uint64_t)(b & 0x7F) << shift;
+        if (!(b & 0x80)) {
+            *out = v, *pos = p;
+            return BSI_OK;
+        }
+    }
+    return BSI_E_TRUNCATED; /* an eleventh byte */
+}
+
+BSI_API int bsi_exe_unpack_map(const uint8_t *data, uint64_t size, uint64_t *pos, bsi_exe_map *map,
+                               uint64_t n_map) {
+    uint64_t p, prev_end = 0;
+    int64_t prev_delta = 0;
+    if (!pos || (size && !data) || (n_map && !map)) return BSI_E_INVAL;
+    p = *pos;
+    for (uint64_t i = 0; i < n_map; i++) {
+        uint64_t gap, len, zz, va, end;
+        int64_t change, delta;
+        *pos = p;
+        if (get_varint(data, size, &p, &gap) < 0 || get_varint(data, size, &p, &len) < 0 ||
+            get_varint(data, size, &p, &zz) < 0)
+            return BSI_E_TRUNCATED;
+        change = (int64_t)(zz >> 1) ^ -(int64_t)(zz & 1);
+        if (len == 0 || bsi_add_overflow_u64(prev_end, gap, &va) ||
+            bsi_add_overflow_u64(va, len, &end) ||
+            __builtin_add_overflow(prev_delta, change, &delta))
+            return BSI_E_RANGE;
+        map[i].old_va = va, map[i].len = len, map[i].delta = delta;
+        prev_end = end, prev_delta = delta;
+    }
+    *pos = p;
+    return BSI_OK;
+}
+
 BSI_API int64_t bsi_exe_transform(uint8_t *buf, uint64_t size, const bsi_exe_region *regions,
                                   uint64_t n_regions, const bsi_exe_map *map, uint64_t n_map,
                                   uint64_t *stats) {
+    return bsi_exe_transform_indexed(buf, size, regions, n_regions, map, n_map, stats, NULL);
+}
+
+BSI_API int64_t bsi_exe_transform_indexed(uint8_t *buf, uint64_t size,
+                                          const bsi_exe_region *regions, uint64_t n_regions,
+                                          const bsi_exe_map *map, uint64_t n_map, uint64_t *stats,
+                                          uint32_t *index) {
     uint64_t local[BSI_EXE_KINDS] = {0};
     exe_ctx c;
     int rc;
     if (size && !buf) return BSI_E_INVAL;
     if ((rc = bsi_exe_check(size, regions, n_regions, map, n_map)) < 0) return rc;
     c.buf = buf, c.size = size, c.reg = regions, c.nreg = n_regions, c.map = map, c.nmap = n_map;
+    c.finger = 0, c.index = NULL, c.shift = 0;
     c.stats = stats ? stats : local;
     memset(c.stats, 0, sizeof(local));
     c.lo = UINT64_MAX, c.hi = 0;
@@ -434,6 +550,7 @@ BSI_API int64_t bsi_exe_transform(uint8_t *buf, uint64_t size, const bsi_exe_reg
         if (regions[i].va + regions[i].len + regions[i].arg > c.hi)
             c.hi = regions[i].va + regions[i].len + regions[i].arg;
     }
+    if (index && c.hi > c.lo) build_index(&c, index);
     for (uint64_t i = 0; i < n_regions; i++) {
         const bsi_exe_region *r = &regions[i];
         switch (r->kind) {

@@ -6,9 +6,10 @@
  * len u32, delta i32), then the old image (the rest, up to 256 KiB). Regions and map
  * are passed to bsi_exe_check and bsi_exe_transform exactly as decoded, so out-of-range
  * and overlapping values reach the checks. When the checks pass, the transform runs
- * twice on two copies and must produce identical bytes and counts (the applier relies
- * on the transform being a function of its inputs), must not write outside the image,
- * and must agree with bsi_exe_check.
+ * twice on two copies, the second time with its map index (bsi_exe_transform_indexed),
+ * and must produce identical bytes and counts (the applier relies on the transform
+ * being a function of its inputs), must not write outside the image, and must agree
+ * with bsi_exe_check.
  *
  * libFuzzer:   clang -g -O1 -fsanitize=fuzzer,address,undefined -Icsrc \
  *                -DBSI_VERSION_STRING='"fuzz"' fuzz/fuzz_exe.c csrc/bsi_exe.c csrc/bsi_core.c
@@ -34,6 +35,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static bsi_exe_region regs[32];
     static bsi_exe_map map[64];
     static uint8_t a[MAX_IMAGE + 16], b[MAX_IMAGE + 16];
+    static uint32_t index[BSI_EXE_INDEX_LEN];
     uint64_t sa[BSI_EXE_KINDS], sb[BSI_EXE_KINDS];
     size_t nreg, nmap, pos = 2, n;
     int64_t ra, rb;
@@ -66,7 +68,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     ra = bsi_exe_transform(a, n, regs, nreg, map, nmap, sa);
     if ((chk < 0) != (ra < 0)) abort();
     if (ra < 0) return 0;
-    rb = bsi_exe_transform(b, n, regs, nreg, map, nmap, sb);
+    rb = bsi_exe_transform_indexed(b, n, regs, nreg, map, nmap, sb, index); /* same bytes */
     if (ra != rb || memcmp(a, b, n + 16) != 0 || memcmp(sa, sb, sizeof sa) != 0) abort();
     for (int i = 0; i < 16; i++)
         if (a[n + i] != 0xA5) abort();

@@ -25,6 +25,8 @@ LAYERS: dict[str, int] = {
     "_crashpoints": 0,
     "_threads": 0,
     "_reprs": 0,
+    "_lite": 0,
+    "_zstd": 0,
     "_io": 1,
     "_time": 1,
     "_buffers": 2,

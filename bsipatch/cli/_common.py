@@ -6,16 +6,15 @@ No library logic here: command modules parse arguments, call the library, print.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
-import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
-
-class UsageError(Exception):
-    """A mistake in the command line: one line on stderr, exit code 2 (as argparse's own)."""
+# re-exported: what commands print, shared with the apply command's quick entry
+from bsipatch.cli._report import UsageError as UsageError
+from bsipatch.cli._report import emit as emit
+from bsipatch.cli._report import progress_enabled as progress_enabled
+from bsipatch.cli._report import refuse_same_file as refuse_same_file
 
 
 def add_global_options(parser: argparse.ArgumentParser, default: object = False) -> None:
@@ -45,28 +44,6 @@ def add_global_options(parser: argparse.ArgumentParser, default: object = False)
 
 COMMON = argparse.ArgumentParser(add_help=False)
 add_global_options(COMMON, default=argparse.SUPPRESS)
-
-
-def refuse_same_file(output: str, inputs: dict[str, str]) -> None:
-    """Raise :class:`UsageError` when ``output`` is (or links to) one of the ``inputs``.
-
-    ``inputs`` maps each input's name in the usage line (``OLD``) to its path.
-    """
-    if output == "-":
-        return
-    # os.path, not pathlib: its import is start-up time of every apply
-    out = os.path.realpath(output)
-    for name, value in inputs.items():
-        if value == "-":
-            continue
-        same = os.path.realpath(value) == out
-        with contextlib.suppress(OSError):
-            same = same or os.path.samefile(output, value)  # noqa: PTH121
-        if same:
-            raise UsageError(
-                f"bsipatch: error: the output {output} is the input {name}; "
-                "write the result to another path"
-            )
 
 
 # --- argparse ``type=`` validators: a bad value is a usage error (exit 2), never a traceback ---
@@ -141,27 +118,6 @@ def add_command(
     p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help, parents=[COMMON])
     p.set_defaults(func=func)
     return p
-
-
-def emit(args: argparse.Namespace, data: Any, human: str | list[str] | None = None) -> None:
-    """Print ``data`` as JSON with ``--json``, else the human text (lines) unless ``--quiet``."""
-    if getattr(args, "json", False):
-        import json
-
-        json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
-        sys.stdout.write("\n")
-    elif human is not None and not getattr(args, "quiet", False):
-        if isinstance(human, str):
-            human = [human]
-        for line in human:
-            print(line)
-
-
-def progress_enabled(args: argparse.Namespace) -> bool | None:
-    """``False`` with ``--quiet`` or ``--json``, else ``None`` (draw when stderr is a tty)."""
-    if getattr(args, "quiet", False) or getattr(args, "json", False):
-        return False
-    return None
 
 
 # Help for arguments that several commands share, filled in where a command gives none.

@@ -1,7 +1,8 @@
 """CLI commands of the delta engine: ``diff``, ``apply`` and ``info``.
 
 Argument parsing, progress bars and output only; the work is in bsipatch.delta.diff,
-bsipatch.delta.apply and bsipatch.delta.patchformat.
+bsipatch.delta.apply and bsipatch.delta.patchformat. ``apply``'s command itself is in
+bsipatch.cli.fast (its quick entry runs it without argparse).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from bsipatch.cli._common import (
     progress_enabled,
     refuse_same_file,
 )
+from bsipatch.cli.fast import cmd_apply
 from bsipatch.cli.progress import Progress
 
 MAX_SEGMENT_SIZE = 256 << 20  # bsipatch.delta.diff.MAX_SEGMENT_SIZE (not imported: CLI start-up)
@@ -31,12 +33,6 @@ def _human_size(n: int | None) -> str:
             return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024  # type: ignore[assignment]
     return str(n)  # pragma: no cover
-
-
-BSDIFF40_UNCHECKED = (
-    "BSDIFF40 carries no checksums: the patch's structure and sizes were checked, "
-    "the old and new images were not"
-)
 
 
 def _info_lines(d: dict[str, Any]) -> list[str]:
@@ -116,37 +112,6 @@ def _size_arg(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
     return value
-
-
-def cmd_apply(args: argparse.Namespace) -> int:
-    """bsipatch apply OLD PATCH OUT."""
-    from bsipatch.delta.apply import apply
-
-    refuse_same_file(args.out, {"OLD": args.old, "PATCH": args.patch})
-    patch: Any = sys.stdin.buffer if args.patch == "-" else args.patch
-    with Progress("apply", enabled=progress_enabled(args)) as bar:
-        info = apply(
-            args.old,
-            patch,
-            args.out,
-            threads=args.threads,
-            progress=bar.callback,
-            resume=args.resume,
-            max_patch_size=args.max_patch_size,
-            expected_size=args.expected_size,
-        )
-    d = info.to_dict()
-    if info.format == "bsdiff40":
-        d["verified"] = False
-        human = [f"wrote {args.out}: {info.new_size} bytes; {BSDIFF40_UNCHECKED}"]
-    else:
-        d["verified"] = True
-        human = [
-            f"wrote {args.out}: {info.new_size} bytes; old image and output verified "
-            f"against the patch's SHA-256s (output sha256 {info.new_sha256.hex()})"
-        ]
-    emit(args, d, human)
-    return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:

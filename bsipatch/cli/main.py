@@ -4,23 +4,17 @@ Thin by design: each area's commands live in ``bsipatch/cli/<area>.py`` and
 call the library. Every failure is one line on stderr (and, with ``--json``, one
 ``{"ok": false, ...}`` object on stdout) and an exit code: 2 for usage mistakes,
 the error family's code from :mod:`bsipatch.errors`, the command family's code for
-I/O errors, 130 for Ctrl-C. ``--debug`` adds the traceback. No library logic here.
+I/O errors, 130 for Ctrl-C (bsipatch.cli._report). ``--debug`` adds the traceback.
+``bsipatch apply`` starts through bsipatch.cli.fast, which hands every command line it
+does not recognise to :func:`main`. No library logic here.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import importlib
-import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
-from typing import NoReturn
 
 from bsipatch._version import __version__
-from bsipatch.cli._common import UsageError, add_global_options, fill_shared_help
+from bsipatch.cli._report import UsageError, run_command
 from bsipatch.errors import (
     BsipatchError,
     MdmError,
@@ -44,18 +38,34 @@ COMMAND_MODULES: tuple[tuple[str, int], ...] = (
 #: (and a build host diffing) does not import the trust, release and agent layers.
 FAST_COMMANDS = {"diff": "delta", "apply": "delta", "info": "delta"}
 
+# argparse (with re, gettext...) and the commands load in build_parser: importing this
+# module (``bsipatch.cli`` does) costs the apply command's quick entry nothing
+TYPE_CHECKING = False  # not typing's: importing typing is start-up time (bsipatch._lite)
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+    from typing import NoReturn
 
-class _Parser(argparse.ArgumentParser):
+
+def _parser_class() -> type[argparse.ArgumentParser]:
     """An ArgumentParser whose errors raise :class:`UsageError` instead of exiting."""
+    import argparse
 
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        raise UsageError(f"{self.prog}: error: {message}")
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            self.print_usage(sys.stderr)
+            raise UsageError(f"{self.prog}: error: {message}")
+
+    return _Parser
 
 
 def build_parser(modules: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The argument parser with the subcommands of ``modules`` (default: all)."""
-    parser = _Parser(
+    import importlib
+
+    from bsipatch.cli._common import add_global_options, fill_shared_help
+
+    parser = _parser_class()(
         prog="bsipatch",
         description="Small, signed, reversible security fixes for sealed OS images.",
     )
@@ -80,36 +90,6 @@ def _fast_modules(words: Sequence[str]) -> tuple[str, ...] | None:
     return (fast,) if fast else None
 
 
-def _public_name(filename: str, args: argparse.Namespace) -> str:
-    """The user's path for ``filename``: an output's temporary file is named as the output."""
-    parent, name = os.path.split(os.path.normpath(filename))
-    for value in vars(args).values():
-        if isinstance(value, str) and value and value != "-":
-            out_parent, out_name = os.path.split(os.path.normpath(value))
-            if parent == out_parent and name.startswith(f".{out_name}."):
-                return value
-    return filename
-
-
-def _print_traceback() -> None:
-    import traceback  # here: only --debug failures need it
-
-    traceback.print_exc()
-
-
-def _fail(args: argparse.Namespace | None, argv: Sequence[str], message: str, code: int) -> int:
-    """Print ``message`` as one line (and the JSON failure object with --json); return ``code``."""
-    print(message, file=sys.stderr)
-    wants_json = getattr(args, "json", False) if args is not None else "--json" in argv
-    if wants_json:
-        kind = sys.exc_info()[0]
-        obj = {"ok": False, "error": message, "code": code, "type": getattr(kind, "__name__", "")}
-        import json  # here: only failures need it (start-up time of every command)
-
-        print(json.dumps(obj, sort_keys=True), flush=True)
-    return code
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -117,49 +97,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bsipatch {__version__}")
         return 0
     parser = build_parser(_fast_modules(argv))
-    args: argparse.Namespace | None = None
-    try:
+
+    def parse() -> argparse.Namespace | int:
         args = parser.parse_args(argv)
-        func = getattr(args, "func", None)
-        if func is None:
+        if getattr(args, "func", None) is None:
             parser.print_help(sys.stderr)
             return 2
-        return int(func(args) or 0)
-    except UsageError as exc:
-        # as argparse does: usage mistakes leave through SystemExit(2), also in-process
-        raise SystemExit(_fail(args, argv, str(exc), 2)) from None
-    except BrokenPipeError:
-        return 141
-    except BsipatchError as exc:
-        if getattr(args, "debug", False):
-            _print_traceback()
-        return _fail(args, argv, f"bsipatch: error: {exc}", exc.exit_code)
-    except OSError as exc:
-        if getattr(args, "debug", False):
-            _print_traceback()
-        where = f"{_public_name(str(exc.filename), args)}: " if exc.filename and args else ""
-        what = exc.strerror or str(exc)
-        return _fail(
-            args, argv, f"bsipatch: error: {where}{what}", getattr(args, "io_exit_code", 1)
-        )
-    except KeyboardInterrupt:
-        with _sigint_ignored():  # a second Ctrl-C must not interrupt the report
-            if getattr(args, "debug", False):
-                _print_traceback()
-            return _fail(args, argv, "bsipatch: interrupted", 130)
+        return args
 
-
-@contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Ignore SIGINT for the block (main thread only), then restore the previous handler."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    return run_command(argv, parse)
 
 
 if __name__ == "__main__":  # pragma: no cover

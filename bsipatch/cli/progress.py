@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+
+TYPE_CHECKING = False  # not typing's: importing typing is start-up time
+if TYPE_CHECKING:
+    from typing import TextIO
 
 
 class Progress:

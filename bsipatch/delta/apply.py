@@ -27,23 +27,18 @@ writing. See docs/patch-format.md, "Resuming".
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable
-from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
-from bsipatch._io import fsync_dir, is_pathlike, open_private
+from bsipatch._io import fsync_dir, is_pathlike, open_private, open_source
+from bsipatch._lite import suppress
 from bsipatch._native import ffi, lib
 from bsipatch._threads import default_threads
 from bsipatch.delta import patchformat as patchfmt
-from bsipatch.delta.imagehash import CHUNK, RING, PairHasher
+from bsipatch.delta.imagehash import new_hasher
 from bsipatch.delta.oldimage import OldImage, no_check, pwrite_all, write_all
 from bsipatch.delta.patchformat import PatchReader, same_digest
 from bsipatch.delta.segment import OUT_CHUNK, segment_chunks
-from bsipatch.delta.shapes import ApplyReader as ApplyReader  # re-exported
-from bsipatch.delta.shapes import iter_apply as iter_apply  # re-exported
-from bsipatch.delta.source import open_patch, patch_length, temp_file
+from bsipatch.delta.source import patch_length, read_magic, temp_file
 from bsipatch.errors import HeaderMismatch, OutputMismatch, TruncatedPatch
 from bsipatch.hashing import Sha256
 
@@ -51,14 +46,25 @@ from bsipatch.hashing import Sha256
 # imported where they are used: a process that applies an empty patch, or only diffs, does not
 # pay for them. pathlib is not used either (os.path instead: its import is start-up time).
 
+TYPE_CHECKING = False  # not typing's: importing typing is start-up time (bsipatch._lite)
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, BinaryIO, NamedTuple
+
     from bsipatch._buffers import Buffer
     from bsipatch._io import PathLike
+    from bsipatch.delta.imagehash import InlineHasher, PairHasher
     from bsipatch.delta.patchformat import PatchInfo, SegmentHeader
     from bsipatch.delta.provenance import Provenance as Provenance  # re-exported
+    from bsipatch.delta.shapes import ApplyReader as ApplyReader  # re-exported
+    from bsipatch.delta.shapes import iter_apply as iter_apply  # re-exported
+
+    Hasher = PairHasher | InlineHasher
 
     PatchSource = PathLike | bytes | bytearray | memoryview | BinaryIO
-ProgressFn = Callable[[int, int], None]
+    ProgressFn = Callable[[int, int], None]
+else:
+    from bsipatch._lite import NamedTuple
 
 PARTIAL_SUFFIX = ".bsipatch-partial"
 #: Default parallel segments with provenance: each worker holds a zstd window and a
@@ -71,15 +77,20 @@ WRITEBACK_EVERY = 16 << 20
 
 
 def __getattr__(name: str) -> Any:
-    # Provenance lives in provenance.py (numpy, dataclasses); still importable from here
+    # Provenance lives in provenance.py (numpy, dataclasses), the reader shapes in
+    # shapes.py (loaded on use: the CLI's apply does not need them); importable from here
     if name == "Provenance":
         from bsipatch.delta.provenance import Provenance
 
         return Provenance
+    if name in ("ApplyReader", "iter_apply"):
+        from bsipatch.delta import shapes
+
+        return getattr(shapes, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _resumed(fd: int, seg: SegmentHeader, existing: int, out: PairHasher) -> bool:
+def _resumed(fd: int, seg: SegmentHeader, existing: int, out: Hasher) -> bool:
     """True when the partial file already holds the segment's verified output; then its
     bytes are in the new image's digest too."""
 
@@ -108,7 +119,7 @@ def _start_writeback(fd: int, start: int, end: int) -> None:
     the writeback of dirty pages on POSIX_FADV_DONTNEED and drops the clean ones: the
     output is hashed from memory, never read back). Best effort: durability still comes
     from the fsync before the rename."""
-    with contextlib.suppress(OSError, AttributeError):
+    with suppress(OSError, AttributeError):
         os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
 
 
@@ -130,7 +141,7 @@ def _apply_to_fd(
     header = reader.header
     # the thread hashing the old image (if it is checked) hashes the output too
     own = old.hasher is None
-    out = PairHasher(None, ring=RING, chunk=CHUNK) if old.hasher is None else old.hasher
+    out = new_hasher(None, header.new_size) if old.hasher is None else old.hasher
     if verify_new:
         out.hash_new()
     resumed = 0
@@ -246,7 +257,7 @@ def _apply_to_path(
         if fd >= 0:
             os.close(fd)
         if not keep:
-            with contextlib.suppress(FileNotFoundError):
+            with suppress(FileNotFoundError):
                 os.unlink(tmp)  # noqa: PTH108
 
 
@@ -338,8 +349,8 @@ def apply(
         anything is allocated).
     """
     how = _How.checked(out, threads, progress, resume, verify_old, verify_new, provenance)
-    with ExitStack() as stack:
-        f, magic = open_patch(stack, patch)
+    with open_source(patch) as f:
+        magic = read_magic(f)
         if magic == patchfmt.BSDIFF40_MAGIC:
             digests = expected_sha256 is not None or expected_old_sha256 is not None
             return _apply_bsdiff40(old, f, magic, out, how, max_patch_size, digests)
@@ -352,7 +363,7 @@ def apply(
             expected_old_size=expected_old_size,
             expected_old_sha256=expected_old_sha256,
         )
-        return patchfmt.info_from_reader(reader, _apply_opened(stack, old, reader, out, how))
+        return patchfmt.info_from_reader(reader, _apply_opened(old, reader, out, how))
 
 
 class _How(NamedTuple):
@@ -375,7 +386,6 @@ class _How(NamedTuple):
 
 
 def _apply_opened(
-    stack: ExitStack,
     old: PathLike | Buffer,
     reader: PatchReader,
     out: PathLike | BinaryIO,
@@ -387,7 +397,16 @@ def _apply_opened(
     # first: a damaged patch is reported as that, not as a wrong old image
     reader.load_transform()
     o = OldImage(old)
-    stack.callback(o.close)
+    try:
+        return _apply_old_opened(o, reader, out, how)
+    finally:
+        o.close()
+
+
+def _apply_old_opened(
+    o: OldImage, reader: PatchReader, out: PathLike | BinaryIO, how: _How
+) -> dict[str, Any]:
+    """_apply_opened with the old image open: into a path (hashed as it goes) or a stream."""
     provenance = how.provenance
     later = provenance if o.use_transform(reader) else None
     if later is not None:  # copies come from the predicted old: hash the output instead

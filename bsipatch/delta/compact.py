@@ -14,13 +14,18 @@ version 1 and 2 patches (patchformat.py).
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
-from typing import NamedTuple
 
 from bsipatch._native import ffi, lib
 from bsipatch.delta import limits as pf
 from bsipatch.errors import CorruptPatch, ImplausiblePatch, TruncatedPatch, UnsupportedPatch
 from bsipatch.hashing import Sha256
+
+TYPE_CHECKING = False  # not typing's: importing typing is start-up time (bsipatch._lite)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import NamedTuple
+else:
+    from bsipatch._lite import NamedTuple
 
 VERSION_COMPACT = 3
 #: Header flags (a varint after the version).
@@ -247,13 +252,15 @@ def check_frames(comp: bytes | memoryview, what: str) -> None:
 
 def decompress_whole(comp: bytes, size: int, what: str) -> bytes:
     """Decompress magicless frames that must make exactly ``size`` bytes (bounded)."""
-    import zstandard
+    from bsipatch._zstd import zstd
+
+    zstandard = zstd()
 
     check_frames(comp, what)
     dctx = zstandard.ZstdDecompressor(format=zstandard.FORMAT_ZSTD1_MAGICLESS)
     try:
         with dctx.stream_reader(comp, read_across_frames=True) as r:
-            data = r.read(size + 1)
+            data: bytes = r.read(size + 1)
             while len(data) <= size:
                 more = r.read(size + 1 - len(data))
                 if not more:
@@ -279,7 +286,9 @@ def payload_pieces(framing: Framing, comp: bytes, payload_len: int) -> Iterator[
         for i in range(0, len(view), IN_CHUNK):
             yield bytes(view[i : i + IN_CHUNK])
         return
-    import zstandard
+    from bsipatch._zstd import zstd
+
+    zstandard = zstd()
 
     check_frames(comp, "payload")
     total = 0

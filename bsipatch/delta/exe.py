@@ -12,17 +12,22 @@ OpenSSL, no dataclasses). It does not search for differences or frame patches.
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
 import struct
-from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
 
 from bsipatch._buffers import Buffer
+from bsipatch._lite import suppress
 from bsipatch._native import check, ffi, lib
 from bsipatch.errors import CorruptPatch, TruncatedPatch
 from bsipatch.hashing import Sha256
+
+TYPE_CHECKING = False  # not typing's: importing typing is start-up time (bsipatch._lite)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from typing import Any, NamedTuple
+else:
+    from bsipatch._lite import NamedTuple
 
 #: Wire form version of the transform block.
 TRANSFORM_VERSION = 1
@@ -49,11 +54,47 @@ class Region(NamedTuple):
     arg: int = 0
 
 
+class NativeMap:
+    """A transform's map as the native ``bsi_exe_map`` array an applier decoded, read as
+    the tuple of ``(old_va, len, delta)`` entries that :class:`Transform` holds (equal
+    to that tuple); :meth:`Transform.apply_to` hands the array to C as it is."""
+
+    __slots__ = ("array", "n")
+    __hash__ = None  # type: ignore[assignment]  # compared by value, like the tuple
+
+    def __init__(self, n: int) -> None:
+        self.array = ffi.new("bsi_exe_map[]", max(n, 1))
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return tuple(self[j] for j in range(*i.indices(self.n)))
+        if not -self.n <= i < self.n:
+            raise IndexError("map index out of range")
+        e = self.array[i % self.n]
+        return (int(e.old_va), int(e.len), int(e.delta))
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        return (self[i] for i in range(self.n))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (NativeMap, tuple, list)):
+            return len(other) == self.n and all(a == b for a, b in zip(self, other, strict=False))
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
 class Transform(NamedTuple):
     """The regions of the old file and the old-to-new address map."""
 
     regions: tuple[Region, ...]
-    map: tuple[tuple[int, int, int], ...]  # (old_va, len, delta), sorted, disjoint
+    #: (old_va, len, delta), sorted, disjoint: a tuple, or the applier's NativeMap
+    map: tuple[tuple[int, int, int], ...] | NativeMap
 
     def pack(self) -> bytes:
         """The transform block's uncompressed body (docs/patch-format.md)."""
@@ -107,19 +148,30 @@ class Transform(NamedTuple):
                 r.kind,
                 r.arg,
             )
+        if isinstance(self.map, NativeMap):
+            return regs, len(self.regions), self.map.array, len(self.map)
         m = ffi.new("bsi_exe_map[]", max(len(self.map), 1))
         for i, (va, n, delta) in enumerate(self.map):
             m[i].old_va, m[i].len, m[i].delta = va, n, delta
         return regs, len(self.regions), m, len(self.map)
 
-    def apply_to(self, buf: Any) -> dict[str, int]:
-        """Rewrite the references in ``buf`` (a writable copy of the old image) in place."""
+    def apply_to(self, buf: Any, index: Any = None) -> dict[str, int]:
+        """Rewrite the references in ``buf`` (a writable copy of the old image) in place.
+
+        ``index``: the native transform's workspace (:func:`new_index`), made if None."""
         regs, nreg, m, nmap = self._native()
         stats = ffi.new("uint64_t[]", int(lib.BSI_EXE_KINDS))
         n = len(buf)
         check(
-            lib.bsi_exe_transform(
-                ffi.from_buffer(buf) if n else ffi.NULL, n, regs, nreg, m, nmap, stats
+            lib.bsi_exe_transform_indexed(
+                ffi.from_buffer(buf) if n else ffi.NULL,
+                n,
+                regs,
+                nreg,
+                m,
+                nmap,
+                stats,
+                new_index() if index is None else index,
             ),
             "exe transform",
         )
@@ -134,6 +186,11 @@ class Transform(NamedTuple):
             "pointer",
         )
         return {k: int(stats[i]) for i, k in enumerate(names)}
+
+
+def new_index() -> Any:
+    """Workspace of the native transform: its index of the map by address (256 KiB)."""
+    return ffi.new("uint32_t[]", int(lib.BSI_EXE_INDEX_LEN))
 
 
 def _same_digest(a: bytes, b: bytes) -> bool:
@@ -198,19 +255,19 @@ def _unpack_group(data: bytes, pos: int, nreg: int, nmap: int) -> tuple[Transfor
         if kind > 0xFFFF or arg > 0xFFFFFFFF:
             raise CorruptPatch(f"transform region kind {kind} / argument {arg} out of range")
         regions.append(Region(off, n, va, kind, arg))
-    entries = []
-    prev_end = prev_delta = 0
-    for _ in range(nmap):
-        gap, pos = _get_varint(data, pos)
-        n, pos = _get_varint(data, pos)
-        zz, pos = _get_varint(data, pos)
-        va = prev_end + gap
-        delta = prev_delta + ((zz >> 1) ^ -(zz & 1))
-        if n == 0 or va + n >= 1 << 64 or not -(1 << 63) <= delta < 1 << 63:
-            raise CorruptPatch(f"transform map entry ({va}, {n}, {delta}) out of range")
-        entries.append((va, n, delta))
-        prev_end, prev_delta = va + n, delta
-    return Transform(tuple(regions), tuple(entries)), pos
+    # the map (up to a million entries) is decoded natively, straight into the array the
+    # transform reads (NativeMap): in Python this was most of a large apply's set-up
+    entries = NativeMap(nmap)
+    where = ffi.new("uint64_t *", pos)
+    rc = lib.bsi_exe_unpack_map(ffi.from_buffer(data), len(data), where, entries.array, nmap)
+    if rc == lib.BSI_E_TRUNCATED:
+        raise CorruptPatch(
+            f"transform block: a varint of the map entry at byte {where[0]} runs past its "
+            "end or above 2**64"
+        )
+    if rc < 0:
+        raise CorruptPatch(f"transform map entry at byte {where[0]} out of range")
+    return Transform(tuple(regions), entries), int(where[0])
 
 
 def _check_scanned(groups: Iterable[Transform], old_size: int) -> None:
@@ -274,8 +331,9 @@ class ImageTransform(NamedTuple):
     def apply_to(self, buf: Any) -> dict[str, int]:
         """Rewrite the references of every group in ``buf`` (a writable copy of the old image)."""
         total: dict[str, int] = {}
+        index = new_index()
         for g in self.groups:
-            for k, v in g.apply_to(buf).items():
+            for k, v in g.apply_to(buf, index).items():
                 total[k] = total.get(k, 0) + v
         total["groups"] = len(self.groups)
         return total
@@ -309,7 +367,7 @@ def predicted_old(
         return b"", {}
     copy: mmap.mmap | None = None
     if path is not None:
-        with contextlib.suppress(OSError, ValueError), open(path, "rb") as f:
+        with suppress(OSError, ValueError), open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size == len(old):
                 copy = _PrivateMap(
                     f.fileno(),
@@ -320,7 +378,7 @@ def predicted_old(
     if copy is None:
         copy = _PrivateMap(-1, len(old), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         if len(old) >= 2 << 20 and hasattr(mmap, "MADV_HUGEPAGE"):
-            with contextlib.suppress(OSError):  # fewer page faults for the copy
+            with suppress(OSError):  # fewer page faults for the copy
                 copy.madvise(mmap.MADV_HUGEPAGE)
         copy[:] = memoryview(old)[: len(old)]
     return copy, t.apply_to(copy)
@@ -357,7 +415,9 @@ def read_block(read: Callable[[int], bytes], header_digest: bytes) -> tuple[byte
         TruncatedPatch: the stream ends inside the block.
         CorruptPatch: bad marker, kind, lengths, digest or compressed data.
     """
-    import zstandard
+    from bsipatch._zstd import zstd
+
+    zstandard = zstd()
 
     head = read(BLOCK_HEAD.size)
     if len(head) < BLOCK_HEAD.size:

@@ -5,22 +5,25 @@ interleaved on one core go about 1.7x as fast (:func:`bsipatch.hashing.update_tw
 An apply into a path hashes both images anyway, so one thread does both: each output
 chunk the applier hands over is hashed together with as many bytes of the old image,
 and while no chunk waits, the old image goes on alone. That leaves the other core to
-the applier. Memory: a ring of output buffers. This module only hashes; the checks
-against the patch header are the callers' (oldimage.py, apply.py).
+the applier. Memory: a ring of output buffers. Images of at most INLINE_BELOW bytes
+(old and new together) are hashed by :class:`InlineHasher` on the applier's own thread
+as chunks come: starting a thread costs more than it saves there. This module only
+hashes; the checks against the patch header are the callers' (oldimage.py, apply.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import mmap
-import queue
-import threading
-from typing import TYPE_CHECKING, Any
 
 from bsipatch._buffers import MappedFile, holes
+from bsipatch._lite import suppress
 from bsipatch.hashing import Sha256, update_two
 
+TYPE_CHECKING = False  # not typing's: importing typing is start-up time (bsipatch._lite)
 if TYPE_CHECKING:
+    import queue
+    from typing import Any
+
     from bsipatch._buffers import Buffer
 
 #: Output buffers between the applier and the hashing thread, CHUNK bytes each.
@@ -64,7 +67,7 @@ class OldStream:
         self.pos = pos + len(out)
         if self.drop and self.pos - self.dropped >= DROP_STEP:
             step = self.pos - self.pos % mmap.PAGESIZE
-            with contextlib.suppress(OSError, ValueError):
+            with suppress(OSError, ValueError):
                 self.buf.madvise(mmap.MADV_DONTNEED, self.dropped, step - self.dropped)  # type: ignore[union-attr]
             self.dropped = step
         return out
@@ -85,6 +88,9 @@ class PairHasher:
     """
 
     def __init__(self, old: OldStream | None, *, ring: int, chunk: int) -> None:
+        import queue  # here: small images are hashed inline (InlineHasher), without threads
+        import threading
+
         self.old = old
         self.old_h: Any = Sha256() if old is not None else None
         self.h: Any = None  # the new image's hash, when :meth:`hash_new` was called
@@ -122,6 +128,8 @@ class PairHasher:
 
     def sync(self) -> None:
         """Wait until every chunk handed over is hashed."""
+        import threading
+
         done = threading.Event()
         self.todo.put(done)
         done.wait()
@@ -153,6 +161,9 @@ class PairHasher:
     # ---- the thread ----------------------------------------------------------------
 
     def _run(self) -> None:
+        import queue
+        import threading
+
         try:
             while True:
                 if not self.old_done.is_set() and not self._wait_for_new():
@@ -226,3 +237,84 @@ class PairHasher:
             data.release()
         finally:
             self.free.put(buf)
+
+
+#: Old and new images of at most this many bytes together are hashed inline.
+INLINE_BELOW = 16 << 20
+
+
+class InlineHasher:
+    """:class:`PairHasher`'s interface without a thread: each chunk handed over is hashed
+    at once, with as many bytes of the old image; the rest of the old image is hashed
+    when its digest is asked for. For small images (see :func:`new_hasher`)."""
+
+    def __init__(self, old: OldStream | None, *, chunk: int) -> None:
+        self.old = old
+        self.old_h: Any = Sha256() if old is not None else None
+        self.h: Any = None
+        self.new_pos = 0
+        self._chunk = chunk
+        self._buf: mmap.mmap | None = None
+        self._old_result: bytes | None = None if old is not None else b""
+
+    def hash_new(self) -> None:
+        """Hash the chunks handed over from now on (before the first :meth:`put`)."""
+        self.h = Sha256()
+
+    def buffer(self) -> mmap.mmap:
+        """The output buffer (one: a chunk is hashed before the next is made)."""
+        if self._buf is None:
+            self._buf = mmap.mmap(-1, self._chunk)
+        return self._buf
+
+    def put(self, chunk: memoryview) -> None:
+        """Hash a filled chunk now (with as many bytes of the old image, two at once)."""
+        n = len(chunk)
+        if self.h is not None:
+            done = 0
+            while done < n and self.old is not None and self._old_result is None:
+                piece = self.old.take(n - done)
+                if not len(piece):
+                    self._finish_old()
+                    break
+                update_two(self.old_h, piece, self.h, chunk[done : done + len(piece)])
+                done += len(piece)
+            if done < n:
+                self.h.update(chunk[done:])
+        self.new_pos += n
+
+    def sync(self) -> None:
+        """Every chunk handed over is hashed already."""
+
+    def finish_new(self) -> None:
+        """No more chunks (nothing waits)."""
+
+    def old_digest(self) -> bytes:
+        """The old image's SHA-256 (hashing what is left of it now)."""
+        if self._old_result is None:
+            assert self.old is not None
+            while True:
+                piece = self.old.take(OLD_STEP)
+                if not len(piece):
+                    break
+                self.old_h.update(piece)
+            self._finish_old()
+        assert self._old_result is not None
+        return self._old_result
+
+    def _finish_old(self) -> None:
+        assert self.old is not None
+        self._old_result = self.old_h.digest()
+        self.old.close()
+
+    def shutdown(self) -> None:
+        """Let go of the old image's map."""
+        if self.old is not None:
+            self.old.close()
+
+
+def new_hasher(old: OldStream | None, total: int) -> PairHasher | InlineHasher:
+    """The hasher for images of ``total`` bytes (old and new): inline when small."""
+    if total <= INLINE_BELOW:
+        return InlineHasher(old, chunk=CHUNK)
+    return PairHasher(old, ring=RING, chunk=CHUNK)

@@ -9,24 +9,25 @@ write silently. Nothing here reads patches or applies segments.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import mmap
 import os
-from collections.abc import Callable
-from contextlib import ExitStack
-from typing import TYPE_CHECKING, BinaryIO
 
 from bsipatch._buffers import open_buffer
 from bsipatch._io import is_pathlike
+from bsipatch._lite import suppress
 from bsipatch._native import ffi
 from bsipatch.delta.patchformat import same_digest
 from bsipatch.errors import WrongBaseImage
 
+TYPE_CHECKING = False  # not typing's: importing typing is start-up time (bsipatch._lite)
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import BinaryIO
+
     from bsipatch._buffers import Buffer
     from bsipatch._io import PathLike
-    from bsipatch.delta.imagehash import PairHasher
+    from bsipatch.delta.imagehash import InlineHasher, PairHasher
     from bsipatch.delta.patchformat import Header, PatchReader
 
 #: Drop the old image's mapped pages every DROP_EVERY output bytes when it is larger
@@ -39,15 +40,15 @@ class OldImage:
     """The old image: a buffer for the applier and a way to hash it cheaply."""
 
     def __init__(self, src: PathLike | Buffer) -> None:
-        self._stack = ExitStack()
         self.path = src if is_pathlike(src) else None
-        self.buf: Buffer = self._stack.enter_context(open_buffer(src))
+        self._opened = open_buffer(src)
+        self.buf: Buffer = self._opened.__enter__()
         self.size = len(self.buf)
         self.ptr = ffi.from_buffer(self.buf) if self.size else ffi.NULL
         self.predicted: Buffer | None = None  # version 2: the old image, references predicted
         self._since_drop = 0
         #: the thread hashing the old image (start_check), or None
-        self.hasher: PairHasher | None = None
+        self.hasher: PairHasher | InlineHasher | None = None
 
     def use_transform(self, reader: PatchReader) -> bool:
         """For a version 2 patch: apply segments against the old image with its references
@@ -80,10 +81,11 @@ class OldImage:
         into a path also gives its output to: imagehash.py); return the function that
         waits for the digest and raises WrongBaseImage when it differs."""
 
-        from bsipatch.delta.imagehash import CHUNK, RING, OldStream, PairHasher
+        from bsipatch.delta.imagehash import OldStream, new_hasher
 
         self.check_size(header)
-        hasher = PairHasher(OldStream(self.buf, DROP_PAGES_ABOVE), ring=RING, chunk=CHUNK)
+        stream = OldStream(self.buf, DROP_PAGES_ABOVE)
+        hasher = new_hasher(stream, header.old_size + header.new_size)
         self.hasher = hasher
 
         def wait() -> None:
@@ -106,14 +108,14 @@ class OldImage:
     def drop_pages(self) -> None:
         """Let go of the mapped pages of a large old image (they are re-read on demand)."""
         if isinstance(self.buf, mmap.mmap) and self.size > DROP_PAGES_ABOVE:
-            with contextlib.suppress(OSError, ValueError):
+            with suppress(OSError, ValueError):
                 self.buf.madvise(mmap.MADV_DONTNEED)
 
     def close(self) -> None:
         if self.hasher is not None:  # an interrupted apply: the hash is not waited for
             self.hasher.shutdown()
         self.ptr = None
-        self._stack.close()
+        self._opened.__exit__(None, None, None)
 
 
 def no_check() -> None:

@@ -10,8 +10,6 @@ does not search for differences (see diff.py).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
-from typing import Any, BinaryIO, NamedTuple
 
 from bsipatch._io import read_exact
 from bsipatch._native import ffi, lib
@@ -36,6 +34,13 @@ from bsipatch.errors import (
     UnsupportedPatch,
 )
 from bsipatch.hashing import Sha256
+
+TYPE_CHECKING = False  # not typing's: importing typing is start-up time (bsipatch._lite)
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any, BinaryIO, NamedTuple
+else:
+    from bsipatch._lite import NamedTuple
 
 # Digests use the native SHA-256 (SHA-NI where the CPU has it) and a native
 # constant-time comparison: applying a patch does not load OpenSSL (hashlib, hmac).

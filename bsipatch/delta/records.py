@@ -8,10 +8,13 @@ patch (patchformat.py, compact.py and bsdiff40.py do).
 from __future__ import annotations
 
 import struct
-from typing import Any
 
 from bsipatch.delta import compact
 from bsipatch.hashing import Sha256
+
+TYPE_CHECKING = False  # not typing's: importing typing is start-up time (bsipatch._lite)
+if TYPE_CHECKING:
+    from typing import Any
 
 SEG_MAGIC = b"BSEG"
 #: Marker of a segment whose difference stream is dense (only in patches whose header

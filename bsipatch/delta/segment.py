@@ -12,8 +12,6 @@ from __future__ import annotations
 import itertools
 import mmap
 import struct
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
 
 from bsipatch._buffers import zero_digest
 from bsipatch._native import error_name, ffi, lib
@@ -21,7 +19,11 @@ from bsipatch.delta.patchformat import PAYLOAD_HEADER_SIZE, same_digest
 from bsipatch.errors import CorruptPatch, PatchTooLarge, TruncatedPatch
 from bsipatch.hashing import Sha256
 
+TYPE_CHECKING = False  # not typing's: importing typing is start-up time (bsipatch._lite)
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import Any
+
     from bsipatch.delta.oldimage import OldImage
     from bsipatch.delta.patchformat import Header, SegmentHeader
 
@@ -65,7 +67,9 @@ def _decompressed(seg: SegmentHeader, comp: bytes) -> Iterator[bytes]:
 
         yield from payload_pieces(seg.framing, comp, seg.payload_len)
         return
-    import zstandard
+    from bsipatch._zstd import zstd
+
+    zstandard = zstd()
 
     total = 0
     try:

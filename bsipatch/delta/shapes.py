@@ -9,9 +9,7 @@ files (apply.py does).
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any
 
 from bsipatch._buffers import open_buffer
 from bsipatch.delta import patchformat as patchfmt
@@ -22,7 +20,11 @@ from bsipatch.delta.source import open_patch
 from bsipatch.errors import OutputMismatch
 from bsipatch.hashing import Sha256
 
+TYPE_CHECKING = False  # not typing's: importing typing is start-up time (bsipatch._lite)
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
+
     from bsipatch._buffers import Buffer
     from bsipatch._io import PathLike
     from bsipatch.delta.source import PatchSource

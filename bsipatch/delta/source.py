@@ -11,14 +11,16 @@ import errno
 import io
 import os
 import stat
-from contextlib import ExitStack
-from typing import TYPE_CHECKING, BinaryIO
 
 from bsipatch._io import open_source, read_exact
 from bsipatch.delta import patchformat as patchfmt
 from bsipatch.errors import TruncatedPatch, UnsupportedPatch
 
+TYPE_CHECKING = False  # not typing's: importing typing is start-up time (bsipatch._lite)
 if TYPE_CHECKING:
+    from contextlib import ExitStack
+    from typing import BinaryIO
+
     from bsipatch._io import PathLike
 
     PatchSource = PathLike | bytes | bytearray | memoryview | BinaryIO
@@ -38,14 +40,19 @@ def patch_length(patch: PatchSource, f: BinaryIO, max_patch_size: int | None) ->
 
 
 def open_patch(stack: ExitStack, patch: PatchSource) -> tuple[BinaryIO, bytes]:
-
+    """The patch opened on ``stack`` and its first 8 bytes (:func:`read_magic`)."""
     f = stack.enter_context(open_source(patch))
+    return f, read_magic(f)
+
+
+def read_magic(f: BinaryIO) -> bytes:
+    """The first 8 bytes of a patch (its magic); a shorter or unknown start refused."""
     magic = read_exact(f, 8)
     if len(magic) < 8:
         if patchfmt.MAGIC.startswith(magic) or patchfmt.BSDIFF40_MAGIC.startswith(magic):
             raise TruncatedPatch(f"patch is only {len(magic)} bytes long")
         raise UnsupportedPatch(f"not a patch: starts with {magic!r}")
-    return f, magic
+    return magic
 
 
 def temp_file(directory: str, name: str) -> tuple[int, str]:
