@@ -8,7 +8,12 @@ command unwinds and removes what it was writing (:func:`bsipatch.cli.fast.main` 
 it the same way). Only the interpreter's own start-up, before this module runs, is not
 covered; ``bsipatch/__init__.py`` imports nothing heavy, to keep that gap short.
 
-Importing this module installs that handler: it is the CLI, not part of the library.
+While a command runs, :mod:`bsipatch.cli.interrupt` handles Ctrl-C: it never raises the
+interrupt inside the import machinery, ignores further Ctrl-Cs while unwinding, and ends
+an unwinding that cannot finish (see there).
+
+Importing this module installs the first
+handler: it is the CLI, not part of the library.
 """
 
 from __future__ import annotations
@@ -48,9 +53,9 @@ def entry() -> NoReturn:
         sys.exit(0)
     try:
         from bsipatch.cli.fast import main  # apply without argparse; else the whole CLI
+        from bsipatch.cli.interrupt import install
 
-        # from here on Ctrl-C raises KeyboardInterrupt, so commands clean up as they unwind
-        _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+        install()  # from here on Ctrl-C raises KeyboardInterrupt: commands clean up as they unwind
         code = main()
     except KeyboardInterrupt:  # between the line above and main's own handler
         if "--json" in sys.argv[1:]:

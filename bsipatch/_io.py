@@ -12,6 +12,7 @@ import io
 import os
 import stat
 
+from bsipatch import _partial as partial
 from bsipatch.errors import DiskFullError, ReadOnlyError, StagingError, UnsafeFile
 
 TYPE_CHECKING = False  # not typing's: importing typing is start-up time (bsipatch._lite)
@@ -186,6 +187,7 @@ def _atomic_write(path: PathLike, mode: str) -> Iterator[BinaryIO]:
     target = Path(path)
     directory = target.parent
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    partial.add(tmp)
     try:
         os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, mode) as f:
@@ -197,6 +199,8 @@ def _atomic_write(path: PathLike, mode: str) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        partial.discard(tmp)
 
 
 def read_exact(f: BinaryIO, n: int) -> bytes:

@@ -20,14 +20,14 @@ from bsipatch._threads import default_threads
 # path) does not load it.
 TYPE_CHECKING = False  # not typing's: importing typing is start-up time (bsipatch._lite)
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, TypeAlias
 
     import numpy as np
 
     from bsipatch._buffers import Buffer
 
     #: What the hashing functions read: bytes-likes, memory maps and numpy arrays.
-    BytesLike = Buffer | np.ndarray
+    BytesLike: TypeAlias = Buffer | np.ndarray
 
 DIGEST_SIZE = 32
 MAX_LEVELS = 63

@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "_crashpoints": 0,
     "_threads": 0,
     "_reprs": 0,
+    "_partial": 0,
     "_lite": 0,
     "_zstd": 0,
     "_io": 1,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 
+from bsipatch import _partial as partial
 from bsipatch._io import fsync_dir, is_pathlike, open_private, open_source
 from bsipatch._lite import suppress
 from bsipatch._native import ffi, lib
@@ -259,6 +260,7 @@ def _apply_to_path(
         if not keep:
             with suppress(FileNotFoundError):
                 os.unlink(tmp)  # noqa: PTH108
+        partial.discard(tmp)
 
 
 def _apply_to_stream(

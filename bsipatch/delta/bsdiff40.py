@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
+from bsipatch import _partial as partial
 from bsipatch._io import PathLike, fsync_dir, is_pathlike, new_file_mode
 from bsipatch.delta.patchformat import BSDIFF40_MAGIC, PatchInfo
 from bsipatch.errors import CorruptPatch, PatchTooLarge, TruncatedPatch, UnsupportedPatch
@@ -261,6 +262,7 @@ def apply_bsdiff40(
             fd, name = tempfile.mkstemp(
                 prefix=f".{target.name}.", suffix=".bsipatch-tmp", dir=directory
             )
+            partial.add(name)
             try:
                 os.fchmod(fd, new_file_mode())
                 with os.fdopen(fd, "wb") as w:
@@ -273,6 +275,8 @@ def apply_bsdiff40(
                 with contextlib.suppress(FileNotFoundError):
                     Path(name).unlink()
                 raise
+            finally:
+                partial.discard(name)
         else:
             new_size = apply_to(old_buf, data, out.write, progress)
     return PatchInfo("bsdiff40", 0, old_size, b"", new_size, b"", len(data), [], {})

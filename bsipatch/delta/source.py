@@ -56,7 +56,9 @@ def read_magic(f: BinaryIO) -> bytes:
 
 
 def temp_file(directory: str, name: str) -> tuple[int, str]:
-    """A new, empty temporary file beside the output (mode 0666 less the umask)."""
+    """A new, empty temporary file beside the output (mode 0666 less the umask), listed
+    in :mod:`bsipatch._partial` until the caller discards it."""
+    from bsipatch import _partial as partial
     from bsipatch._io import new_file_mode
 
     for _ in range(100):
@@ -65,6 +67,7 @@ def temp_file(directory: str, name: str) -> tuple[int, str]:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except FileExistsError:  # pragma: no cover - 48 random bits
             continue
+        partial.add(tmp)  # the caller discards it once renamed or removed
         os.fchmod(fd, new_file_mode())
         return fd, tmp
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(directory))

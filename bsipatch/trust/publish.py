@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuf.api.metadata import Targets
 
+from bsipatch import _partial as partial
 from bsipatch._io import PathLike
 from bsipatch._time import format_time
 from bsipatch.errors import FormatError, HeaderMismatch, MetadataError, WithdrawnRelease
@@ -367,28 +368,31 @@ def build_release(
         raise MetadataError(f"release {release_id} is already published")
     prev = _release_base(catalog, builds)
     with tempfile.TemporaryDirectory(prefix="bsipatch-build-") as tmp:
-        specs, patches = _make_patches(components, prev, Path(tmp), threads, say, progress)
-        images = (
-            {b: {c.name: c.base_image for c in components} for b in builds} if with_images else None
-        )
-        return add_release(
-            r,
-            release_id=release_id,
-            os_version=os_version,
-            builds=builds,
-            supplemental_build=supplemental_build,
-            components=specs,
-            patches=patches,
-            keys=keys,
-            now=now,
-            published=published,
-            back_to_base=back_to_base,
-            carry_forward=carry_forward,
-            images=images,
-            expiry=expiry,
-            clock=clock,
-            log=log,
-        )
+        partial.add(tmp, tree=True)  # removed by the CLI should it abandon an interrupted build
+        try:
+            specs, patches = _make_patches(components, prev, Path(tmp), threads, say, progress)
+            base = {c.name: c.base_image for c in components}
+            images = {b: dict(base) for b in builds} if with_images else None
+            return add_release(
+                r,
+                release_id=release_id,
+                os_version=os_version,
+                builds=builds,
+                supplemental_build=supplemental_build,
+                components=specs,
+                patches=patches,
+                keys=keys,
+                now=now,
+                published=published,
+                back_to_base=back_to_base,
+                carry_forward=carry_forward,
+                images=images,
+                expiry=expiry,
+                clock=clock,
+                log=log,
+            )
+        finally:
+            partial.discard(tmp)
 
 
 def withdraw(
