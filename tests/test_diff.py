@@ -471,7 +471,7 @@ def test_scratch_buffers_keep_their_bytes_when_pages_are_dropped() -> None:
     from bsipatch.delta.search import HUGE_ABOVE, _anon
 
     for size in (4096, HUGE_ABOVE):
-        buf = _anon(size)
+        buf = _anon(size, huge=True)
         buf[:] = b"\x5a" * size
         drop_pages(buf)
         assert buf[:] == b"\x5a" * size

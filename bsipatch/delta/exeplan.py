@@ -103,7 +103,7 @@ def anchor_ranges(old: Buffer, new: Buffer) -> list[tuple[int, int, int]] | None
     if on >= (1 << 32) - 2:
         return None
     slots = lib.bsi_align_table_slots(on)
-    table = _anon(slots * 8)  # lazily zeroed
+    table = _anon(slots * 8, huge=True)  # lazily zeroed
     cap = nn // lib.BSI_ALIGN_MIN + 1
     out = ffi.new("uint64_t[]", 3 * cap)
     n = check(
