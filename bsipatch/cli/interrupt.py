@@ -5,8 +5,8 @@ Ctrl-C raise :class:`KeyboardInterrupt` in the main thread, so a command unwinds
 removes what it was writing, with two guards. Python may raise the interrupt between
 taking a lock and the ``try`` that releases it; inside the import machinery that leaks
 the import lock, so a worker thread's next import waits forever and the unwinding waits
-forever for that worker (a diff that hung after Ctrl-C, about one run in thirty without
-cached bytecode, showed this). So:
+forever for that worker (diffs that hung after Ctrl-C showed this: 4 of 40 runs of the
+Ctrl-C sweep test, 8 interrupts each, without cached bytecode). So:
 
 - a Ctrl-C that arrives while the main thread is inside the import machinery is held
   back and delivered again a few milliseconds later, once the import is done;
