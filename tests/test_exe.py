@@ -14,6 +14,7 @@ from pathlib import Path
 
 import exe_data
 import pytest
+from exehelp import native_arrays
 
 from bsipatch._native import ffi, lib
 from bsipatch.delta import elf, exe, exeplan
@@ -171,12 +172,7 @@ def test_native_checks_regions_and_map() -> None:
     def run(
         regions: list[tuple[int, int, int, int, int]], entries: list[tuple[int, int, int]]
     ) -> int:
-        r = ffi.new("bsi_exe_region[]", max(len(regions), 1))
-        for i, (off, n, va, kind, arg) in enumerate(regions):
-            r[i].off, r[i].len, r[i].va, r[i].kind, r[i].arg = off, n, va, kind, arg
-        m = ffi.new("bsi_exe_map[]", max(len(entries), 1))
-        for i, (va, n, d) in enumerate(entries):
-            m[i].old_va, m[i].len, m[i].delta = va, n, d
+        r, m = native_arrays(regions, entries)
         rc = lib.bsi_exe_check(len(buf), r, len(regions), m, len(entries))
         rt = lib.bsi_exe_transform(pbuf, len(buf), r, len(regions), m, len(entries), ffi.NULL)
         assert (rc < 0) == (rt < 0)

@@ -9,6 +9,7 @@ import random
 import struct
 
 import pytest
+from exehelp import native_arrays
 
 from bsipatch._native import ffi, lib
 from bsipatch.delta import exe
@@ -65,16 +66,6 @@ def test_native_map_decoder_refuses_what_the_python_one_refused(body: bytes, mat
         exe.Transform.unpack(body, 100)
 
 
-def _arrays(regions: list[tuple[int, int, int, int, int]], entries: tuple) -> tuple:
-    r = ffi.new("bsi_exe_region[]", max(len(regions), 1))
-    for i, (off, n, va, kind, arg) in enumerate(regions):
-        r[i].off, r[i].len, r[i].va, r[i].kind, r[i].arg = off, n, va, kind, arg
-    m = ffi.new("bsi_exe_map[]", max(len(entries), 1))
-    for i, (va, n, d) in enumerate(entries):
-        m[i].old_va, m[i].len, m[i].delta = va, n, d
-    return r, m
-
-
 @pytest.mark.parametrize("seed", range(6))
 def test_indexed_transform_makes_the_same_bytes(seed: int) -> None:
     rng = random.Random(seed)
@@ -96,7 +87,7 @@ def test_indexed_transform_makes_the_same_bytes(seed: int) -> None:
         (va - 4096 + a, b - a, rng.randrange(-(1 << 12), 1 << 12))
         for a, b in itertools.pairwise(cuts)
     )
-    r, m = _arrays(regions, entries)
+    r, m = native_arrays(regions, entries)
     plain, indexed = bytearray(code), bytearray(code)
     sa = ffi.new("uint64_t[]", int(lib.BSI_EXE_KINDS))
     sb = ffi.new("uint64_t[]", int(lib.BSI_EXE_KINDS))
