@@ -68,3 +68,81 @@ int bsi_exe_unpack_map(const uint8_t *data, uint64_t size, uint64_t *pos, bsi_ex
 int64_t bsi_exe_transform_indexed(uint8_t *buf, uint64_t size, const bsi_exe_region *regions,
                                   uint64_t n_regions, const bsi_exe_map *map, uint64_t n_map,
                                   uint64_t *stats, uint32_t *index);
+
+/* ---- the predicted old image on demand (an applier's bounded memory) -------------
+ * Instead of a private copy of the whole old image with every reference rewritten,
+ * an applier may read the predicted old image through a bsi_exe_source: bytes of the
+ * bulky "windowed" kinds (X86_64, A64 code, RELA tables) are transformed when read,
+ * exactly the range asked for (at most BSI_EXE_CHUNK bytes at a time), into scratch;
+ * every other byte is read from base, the old image with the remaining kinds applied
+ * eagerly (bsi_exe_transform_eager). The bytes read are exactly those of
+ * bsi_exe_transform on the whole image when the caller's conditions hold: windowed
+ * regions pairwise disjoint and disjoint from every other non-LOAD region
+ * (bsipatch/delta/exewindow.py checks), and no relocated pointer written in place
+ * falling in a windowed region (bsi_exe_transform_eager reports those). All memory is
+ * the caller's and must stay valid and unchanged (but for what C updates) while used. */
+
+/* One group (one ELF file) of the transform: its regions and map. */
+typedef struct {
+    const bsi_exe_region *regions;
+    uint64_t n_regions;
+    const bsi_exe_map *map;
+    uint64_t n_map;
+} bsi_exe_group;
+
+/* One windowed region (kind X86_64, A64 or RELA) and the group it belongs to. */
+typedef struct {
+    bsi_exe_region r;
+    uint64_t group;    /* index into the source's groups */
+    uint64_t ck_first; /* X86_64: its scan checkpoints are ckpt[ck_first ..] (init sets) */
+    uint64_t ck_known; /* checkpoints known so far (C updates) */
+} bsi_exe_wregion;
+
+/* x86-64 scan checkpoints: one byte per 2^BSI_EXE_CK_SHIFT bytes of a region (plus 2). */
+#define BSI_EXE_CK_SHIFT 6
+/* Most bytes one read transforms; scratch holds 2 * BSI_EXE_CHUNK + 128 bytes. */
+#define BSI_EXE_CHUNK 65536
+
+typedef struct {
+    const uint8_t *base;         /* the old image, eager kinds applied; size bytes */
+    const uint8_t *orig;         /* the old image itself (windowed regions are read here:
+                                    base holds the same bytes there, orig's pages may be
+                                    dropped and re-read) */
+    uint64_t size;
+    const bsi_exe_group *groups;
+    uint64_t n_groups;
+    bsi_exe_wregion *wregions;   /* sorted by off, disjoint, inside the image */
+    uint64_t n_wregions;
+    uint8_t *ckpt;               /* n_ckpt entries */
+    uint64_t n_ckpt;
+    uint32_t *index;             /* BSI_EXE_INDEX_LEN entries: the map index */
+    uint8_t *scratch;            /* 2 * BSI_EXE_CHUNK + 128 bytes */
+    /* set by bsi_exe_source_init, updated by reads: */
+    uint64_t index_group, reads, walked;
+    uint64_t have_off, have_len; /* scratch holds the predicted bytes [have_off, +have_len) */
+} bsi_exe_source;
+
+/* Check a source the caller filled (the fields above the comment) and reset its
+ * checkpoints and counts. 0, or BSI_E_INVAL (a bad field: windowed regions not sorted,
+ * overlapping or outside the image, a bad kind or group, too few checkpoints). */
+int bsi_exe_source_init(bsi_exe_source *src);
+
+/* Copy the predicted old bytes [off, off+n) into dst. 0, or BSI_E_RANGE / BSI_E_INVAL. */
+int bsi_exe_source_read(bsi_exe_source *src, uint64_t off, uint64_t n, uint8_t *dst);
+
+/* The first half of the windowed transform, in place on buf (a private copy of the old
+ * image): every region of a kind that is not windowed (SYM, EHHDR, EHFRAME, PTR64), and
+ * of RELA regions only the relocated pointers in place, in region order, as
+ * bsi_exe_transform_indexed does them. *conflicts (if not NULL) receives the number of
+ * pointers in place that overlap one of the n_avoid regions in avoid (sorted by off,
+ * disjoint): when it is not 0 the windowed source would not give the transform's bytes.
+ * Returns the number of references rewritten, or a negative BSI_E_*. */
+int64_t bsi_exe_transform_eager(uint8_t *buf, uint64_t size, const bsi_exe_region *regions,
+                                uint64_t n_regions, const bsi_exe_map *map, uint64_t n_map,
+                                uint32_t *index, const bsi_exe_region *avoid, uint64_t n_avoid,
+                                uint64_t *conflicts);
+
+/* bsi_patch_feed (csrc/bsi_patch.c) reading the old image through src (its size is
+ * src->size): COPY and ADD take their old bytes from the predicted old image. */
+int bsi_patch_feed_src(bsi_patch_state *st, bsi_exe_source *src, uint8_t *scratch,
+                       uint64_t scratch_cap, bsi_inbuf *in, bsi_outbuf *out);

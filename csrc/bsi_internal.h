@@ -46,4 +46,11 @@ static inline int bsi_range_ok(uint64_t off, uint64_t len, uint64_t size) {
     return !bsi_add_overflow_u64(off, len, &end) && end <= size;
 }
 
+#ifdef BSI_EXE_CK_SHIFT /* bsipatch.h included first */
+/* bsi_exe.c: where the predicted old bytes at off lie (bsi_exe_source, transformed on
+ * demand); *n (> 0, off + *n <= size) is cut to what is contiguous there. want >= *n:
+ * how many bytes from off the caller will read next (they are made in one go). */
+const uint8_t *bsi_exe_source_at(bsi_exe_source *s, uint64_t off, uint64_t *n, uint64_t want);
+#endif
+
 #endif

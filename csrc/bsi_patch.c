@@ -81,6 +81,14 @@ static int next_op(bsi_patch_state *st, const uint8_t *scratch) {
     return 0;
 }
 
+/* The old bytes of the current op, cut to *n (> 0) bytes: from old, or from src (the
+ * predicted old image made on demand, which may cut *n further). Called once the
+ * number of bytes the step makes is known, so nothing is made twice. */
+static const uint8_t *old_at(const bsi_patch_state *st, const uint8_t *old, bsi_exe_source *src,
+                             uint64_t *n) {
+    return src ? bsi_exe_source_at(src, st->cur_old, n, st->cur_left) : old + st->cur_old;
+}
+
 /* Ops whose old bytes are prefetched ahead of the one being applied. */
 #define PF_AHEAD 16
 
@@ -113,10 +121,28 @@ BSI_API int bsi_patch_feed(bsi_patch_state *st, const uint8_t *old, uint64_t old
     return bsi_patch_feed_prov(st, old, old_size, scratch, scratch_cap, in, out, NULL, 0, 0);
 }
 
+static int feed(bsi_patch_state *st, const uint8_t *old, uint64_t old_size, bsi_exe_source *src,
+                uint8_t *scratch, uint64_t scratch_cap, bsi_inbuf *in, bsi_outbuf *out,
+                uint64_t *prov, uint64_t prov_cap, uint32_t flags);
+
 BSI_API int bsi_patch_feed_prov(bsi_patch_state *st, const uint8_t *old, uint64_t old_size,
                                 uint8_t *scratch, uint64_t scratch_cap, bsi_inbuf *in,
                                 bsi_outbuf *out, uint64_t *prov, uint64_t prov_cap,
                                 uint32_t flags) {
+    return feed(st, old, old_size, NULL, scratch, scratch_cap, in, out, prov, prov_cap, flags);
+}
+
+BSI_API int bsi_patch_feed_src(bsi_patch_state *st, bsi_exe_source *src, uint8_t *scratch,
+                               uint64_t scratch_cap, bsi_inbuf *in, bsi_outbuf *out) {
+    if (!src) return BSI_E_INVAL;
+    return feed(st, src->base, src->size, src, scratch, scratch_cap, in, out, NULL, 0, 0);
+}
+
+/* The applier; src (or NULL) gives the old bytes of COPY and ADD ops (old is then its
+ * base: prefetch hints only). */
+static int feed(bsi_patch_state *st, const uint8_t *old, uint64_t old_size, bsi_exe_source *src,
+                uint8_t *scratch, uint64_t scratch_cap, bsi_inbuf *in, bsi_outbuf *out,
+                uint64_t *prov, uint64_t prov_cap, uint32_t flags) {
     int rc;
     const uint64_t bs = BSI_BLOCK_SIZE;
     if (!st || !in || !out || (in->size > 0 && !in->ptr) || in->pos > in->size ||
@@ -211,7 +237,7 @@ BSI_API int bsi_patch_feed_prov(bsi_patch_state *st, const uint8_t *old, uint64_
                 }
                 switch (st->cur_kind) {
                 case BSI_OP_COPY:
-                    memcpy(dst, old + st->cur_old, n);
+                    memcpy(dst, old_at(st, old, src, &n), n);
                     break;
                 case BSI_OP_ZERO:
                     memset(dst, 0, n);
@@ -224,10 +250,11 @@ BSI_API int bsi_patch_feed_prov(bsi_patch_state *st, const uint8_t *old, uint64_
                     if (st->dense) {
                         /* every byte takes the next difference byte */
                         size_t avail = in->size - in->pos;
-                        const uint8_t *d = in->ptr + in->pos, *o = old + st->cur_old;
+                        const uint8_t *d = in->ptr + in->pos, *o;
                         if (n > st->diff_len - st->diff_done) return fail(st, BSI_E_CORRUPT);
                         if (avail == 0) return 0;
                         if (n > avail) n = avail;
+                        o = old_at(st, old, src, &n);
                         for (uint64_t i = 0; i < n; i++) dst[i] = (uint8_t)(o[i] + d[i]);
                         in->pos += n;
                         st->diff_done += n;
@@ -247,13 +274,14 @@ BSI_API int bsi_patch_feed_prov(bsi_patch_state *st, const uint8_t *old, uint64_
                     }
                     if (n > st->run_left) n = st->run_left;
                     if (!st->run_nonzero) {
-                        memcpy(dst, old + st->cur_old, n);
+                        memcpy(dst, old_at(st, old, src, &n), n);
                     } else {
                         size_t avail = in->size - in->pos;
-                        const uint8_t *d = in->ptr + in->pos, *o = old + st->cur_old;
+                        const uint8_t *d = in->ptr + in->pos, *o;
                         if (n > st->diff_len - st->diff_done) return fail(st, BSI_E_CORRUPT);
                         if (avail == 0) return 0;
                         if (n > avail) n = avail;
+                        o = old_at(st, old, src, &n);
                         for (uint64_t i = 0; i < n; i++) dst[i] = (uint8_t)(o[i] + d[i]);
                         in->pos += n;
                         st->diff_done += n;

@@ -410,7 +410,9 @@ def _apply_old_opened(
 ) -> dict[str, Any]:
     """_apply_opened with the old image open: into a path (hashed as it goes) or a stream."""
     provenance = how.provenance
-    later = provenance if o.use_transform(reader) else None
+    # a large old image's predicted form goes in a temporary file beside the output
+    scratch = (os.path.split(os.fsdecode(out))[0] or ".") if is_pathlike(out) else None
+    later = provenance if o.use_transform(reader, scratch) else None
     if later is not None:  # copies come from the predicted old: hash the output instead
         provenance = None
     if is_pathlike(out):

@@ -23,10 +23,11 @@ from bsipatch.errors import WrongBaseImage
 TYPE_CHECKING = False  # not typing's: importing typing is start-up time (bsipatch._lite)
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import BinaryIO
+    from typing import Any, BinaryIO
 
     from bsipatch._buffers import Buffer
     from bsipatch._io import PathLike
+    from bsipatch.delta.exewindow import WindowedOld
     from bsipatch.delta.imagehash import InlineHasher, PairHasher
     from bsipatch.delta.patchformat import Header, PatchReader
 
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
 #: than DROP_PAGES_ABOVE, so resident memory stays bounded whatever the image size.
 DROP_PAGES_ABOVE = 32 << 20
 DROP_EVERY = 16 << 20
+#: An old file at least this large with a transform is read through windows
+#: (exewindow.py): memory bounded by the window cache, not by the file's code size.
+WINDOWED_ABOVE = 32 << 20
 
 
 class OldImage:
@@ -46,14 +50,22 @@ class OldImage:
         self.size = len(self.buf)
         self.ptr = ffi.from_buffer(self.buf) if self.size else ffi.NULL
         self.predicted: Buffer | None = None  # version 2: the old image, references predicted
+        #: or, for a large old file, the predicted image in windows (exewindow.py)
+        self.windowed: WindowedOld | None = None
+        self.source: Any = None  # its native bsi_exe_source, which the applier reads
         self._since_drop = 0
         #: the thread hashing the old image (start_check), or None
         self.hasher: PairHasher | InlineHasher | None = None
 
-    def use_transform(self, reader: PatchReader) -> bool:
+    def use_transform(self, reader: PatchReader, scratch_dir: str | None = None) -> bool:
         """For a version 2 patch: apply segments against the old image with its references
         predicted by the patch's transform (exe.py); the old image itself is still what is
-        hashed. Returns whether there was a transform."""
+        hashed. Returns whether there was a transform.
+
+        A large old file's predicted image is kept out of anonymous memory: in an
+        unlinked temporary file in ``scratch_dir`` (the output's directory) when given
+        and there is room, else read through windows transformed on demand (slower);
+        exewindow.py. A small one is a private copy-on-write map of the file."""
         self.check_size(reader.header)
         body = reader.load_transform()
         if body is None:
@@ -61,6 +73,18 @@ class OldImage:
         from bsipatch.delta import exe
 
         t = exe.unpack_any(body, self.size)
+        if self.path is not None and self.size >= WINDOWED_ABOVE:
+            from bsipatch.delta import exewindow
+
+            if scratch_dir is not None:
+                self.predicted = exewindow.file_predicted_old(self.buf, t, self.path, scratch_dir)
+                if self.predicted is not None:
+                    self.ptr = ffi.from_buffer(self.predicted)
+                    return True
+            self.windowed = exewindow.windowed_old(self.buf, t, self.path)
+            if self.windowed is not None:
+                self.source = self.windowed.source
+                return True
         self.predicted, _ = exe.predicted_old(self.buf, t, self.path)
         self.ptr = ffi.from_buffer(self.predicted) if self.size else ffi.NULL
         return True
@@ -114,7 +138,12 @@ class OldImage:
     def close(self) -> None:
         if self.hasher is not None:  # an interrupted apply: the hash is not waited for
             self.hasher.shutdown()
-        self.ptr = None
+        self.ptr = self.source = None
+        if self.windowed is not None:
+            self.windowed.close()
+        if isinstance(self.predicted, mmap.mmap):
+            with suppress(BufferError, ValueError):
+                self.predicted.close()
         self._opened.__exit__(None, None, None)
 
 

@@ -179,6 +179,8 @@ def _applied(
 ) -> Iterator[memoryview]:
     """Drive the C applier over the segment's payload, yielding full output buffers;
     check that the payload was complete and exact and matches its statistics."""
+    if prov is not None and old.source is not None:
+        raise ValueError("provenance is not reported from a predicted old image")
     pprov = ffi.cast("uint64_t *", prov.ctypes.data) if prov is not None else ffi.NULL
     nprov = 0 if prov is None else len(prov)
     st = ffi.new("bsi_patch_state *")
@@ -205,9 +207,12 @@ def _applied(
                     ob.ptr, ob.size, ob.pos = ffi.from_buffer(out), len(out), 0
                 else:
                     ob.ptr, ob.size, ob.pos = ffi.NULL, 0, 0
-            rc = lib.bsi_patch_feed_prov(
-                st, old.ptr, old.size, pscratch, cap, ib, ob, pprov, nprov, flags
-            )
+            if old.source is not None:  # the predicted old image in windows
+                rc = lib.bsi_patch_feed_src(st, old.source, pscratch, cap, ib, ob)
+            else:
+                rc = lib.bsi_patch_feed_prov(
+                    st, old.ptr, old.size, pscratch, cap, ib, ob, pprov, nprov, flags
+                )
             if rc < 0:
                 raise native_error(rc, seg)
             if out is not None and (ob.pos == ob.size or st.out_done == st.out_total):
