@@ -13,10 +13,11 @@
  * same as in the full run.
  *
  * libFuzzer:   clang -g -O1 -fsanitize=fuzzer,address,undefined -Icsrc \
- *                -DBSI_VERSION_STRING='"fuzz"' fuzz/fuzz_patch.c csrc/bsi_patch.c csrc/bsi_core.c
+ *                -DBSI_VERSION_STRING='"fuzz"' fuzz/fuzz_patch.c csrc/bsi_patch.c csrc/bsi_core.c \
+ *                csrc/bsi_exe.c
  * without clang: gcc -g -O1 -fsanitize=address,undefined -DBSI_FUZZ_STANDALONE -Icsrc \
- *                -DBSI_VERSION_STRING='"fuzz"' fuzz/fuzz_patch.c csrc/bsi_patch.c csrc/bsi_core.c
- *                (runs random mutations of the seed files given as arguments)
+ *                -DBSI_VERSION_STRING='"fuzz"' fuzz/fuzz_patch.c csrc/bsi_patch.c csrc/bsi_core.c \
+ *                csrc/bsi_exe.c (runs random mutations of the seed files given as arguments)
  */
 #include <stdint.h>
 #include <stdio.h>

@@ -53,6 +53,7 @@ class OldImage:
         #: or, for a large old file, the predicted image in windows (exewindow.py)
         self.windowed: WindowedOld | None = None
         self.source: Any = None  # its native bsi_exe_source, which the applier reads
+        self.source_lock: Any = None  # held while C uses the source (it has one scratch)
         self._since_drop = 0
         #: the thread hashing the old image (start_check), or None
         self.hasher: PairHasher | InlineHasher | None = None
@@ -83,7 +84,10 @@ class OldImage:
                     return True
             self.windowed = exewindow.windowed_old(self.buf, t, self.path)
             if self.windowed is not None:
+                import threading
+
                 self.source = self.windowed.source
+                self.source_lock = threading.Lock()
                 return True
         self.predicted, _ = exe.predicted_old(self.buf, t, self.path)
         self.ptr = ffi.from_buffer(self.predicted) if self.size else ffi.NULL

@@ -207,8 +207,9 @@ def _applied(
                     ob.ptr, ob.size, ob.pos = ffi.from_buffer(out), len(out), 0
                 else:
                     ob.ptr, ob.size, ob.pos = ffi.NULL, 0, 0
-            if old.source is not None:  # the predicted old image in windows
-                rc = lib.bsi_patch_feed_src(st, old.source, pscratch, cap, ib, ob)
+            if old.source is not None:  # the predicted old image made on demand
+                with old.source_lock:  # one scratch buffer: one segment at a time
+                    rc = lib.bsi_patch_feed_src(st, old.source, pscratch, cap, ib, ob)
             else:
                 rc = lib.bsi_patch_feed_prov(
                     st, old.ptr, old.size, pscratch, cap, ib, ob, pprov, nprov, flags
