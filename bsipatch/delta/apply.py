@@ -247,11 +247,8 @@ def _apply_to_path(
     keep = False
     early: list[_EarlySync] = []
     try:
-        existing = os.fstat(fd).st_size if resume else 0
-        if existing > header.new_size:
-            os.ftruncate(fd, header.new_size)
-            existing = header.new_size
-        os.ftruncate(fd, header.new_size)
+        existing = min(os.fstat(fd).st_size if resume else 0, header.new_size)
+        os.ftruncate(fd, header.new_size)  # a longer partial file is cut to size
         try:
             if provenance is not None:
                 from bsipatch.delta.provenance import apply_with_provenance
