@@ -285,6 +285,76 @@ def test_disk_full_during_apply_raises_and_leaves_nothing(
     assert _leftovers(tmp_path) == []
 
 
+@pytest.fixture
+def large_files(tmp_path: Path) -> tuple[Path, Path, Path, bytes]:
+    """Old and new of 9 MiB each: over imagehash.INLINE_BELOW together, so the output is
+    hashed on a thread and its fsync starts early (apply._EarlySync)."""
+    old = os.urandom(9 << 20)
+    new = old[: 3 << 20] + b"edit" * 1000 + old[(3 << 20) + 4000 :]
+    op, np_, pp = tmp_path / "old.img", tmp_path / "new.img", tmp_path / "u.bsipatch"
+    op.write_bytes(old)
+    np_.write_bytes(new)
+    diff(op, np_, pp, level=3)
+    return op, np_, pp, new
+
+
+def _fsync_spy(monkeypatch: pytest.MonkeyPatch, fail_on_thread: str | None = None) -> list[str]:
+    """Record the name of the thread of every os.fsync; fail with EIO on ``fail_on_thread``."""
+    import errno
+    import threading
+
+    real, calls = os.fsync, []
+
+    def spy(fd: int) -> None:
+        name = threading.current_thread().name
+        calls.append(name)
+        if name == fail_on_thread:
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return calls
+
+
+def test_early_fsync_runs_beside_the_hashing_and_the_rename_waits(
+    large_files, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    op, _np, pp, new = large_files
+    calls = _fsync_spy(monkeypatch)
+    apply(op, pp, tmp_path / "out.img")
+    assert (tmp_path / "out.img").read_bytes() == new
+    # the early fsync on its thread, then the last one (file) and the directory's
+    assert calls[0] == "bsipatch-fsync"
+    assert calls[1:] == ["MainThread", "MainThread"]
+    assert _leftovers(tmp_path) == ["out.img"]
+
+
+def test_a_failed_early_fsync_is_an_error_and_nothing_is_renamed(
+    large_files, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second fsync may report success for pages the kernel already dropped after an
+    I/O error: the first failure must fail the apply, with no output left."""
+    import errno
+
+    op, _np, pp, _new = large_files
+    calls = _fsync_spy(monkeypatch, fail_on_thread="bsipatch-fsync")
+    with pytest.raises(OSError) as info:
+        apply(op, pp, tmp_path / "out.img")
+    assert info.value.errno == errno.EIO
+    assert calls == ["bsipatch-fsync"]
+    assert _leftovers(tmp_path) == []
+
+
+def test_small_outputs_have_no_early_fsync_thread(
+    files, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    op, _np, pp, new = files
+    calls = _fsync_spy(monkeypatch)
+    apply(op, pp, tmp_path / "out.img")
+    assert (tmp_path / "out.img").read_bytes() == new
+    assert calls == ["MainThread", "MainThread"]
+
+
 # --- provenance: the new image's seal leaves from the old image's ----------------------
 
 
