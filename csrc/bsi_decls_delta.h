@@ -107,6 +107,32 @@ int64_t bsi_ops_remap(const bsi_op *ops, uint64_t n, const uint64_t *map_old,
 int64_t bsi_ops_normalize(bsi_op *ops, uint64_t n, const uint8_t *old, uint64_t old_size,
                           const uint8_t *new_, uint64_t new_size);
 
+/* Ops packed into bytes (diff-internal: the search's results are kept packed until
+ * they are assembled, at about a fifth of their size): per op a varint of
+ * (len << 3 | kind), then for COPY and ADD a varint of the zigzagged distance of its
+ * old offset from the previous COPY/ADD op's old end. bsi_ops_pack writes at most
+ * BSI_OP_PACKED_MAX bytes per op and returns the bytes written (BSI_E_INVAL: a kind
+ * above BSI_OP_GAP or a len of 2^61 or more; BSI_E_NOMEM: out_cap too small).
+ * bsi_ops_unpack reads exactly n ops and returns the bytes read (BSI_E_TRUNCATED: the
+ * bytes end early; BSI_E_CORRUPT: a varint too long or a kind out of range). */
+#define BSI_OP_PACKED_MAX 20
+
+/* Turn stitched matches into INSERT ops: ADD ops that jump at least `far` bytes in old
+ * (from the old end of the last op with old bytes that stays) and match fewer than
+ * `min_match` of their bytes. Where new has no counterpart in old, the search stitches
+ * such short matches of common strings from all over old; with megabytes of them they
+ * cost more in the control, runs and difference streams than the literal bytes they
+ * replace (zstd finds those strings among the other literals). Nothing changes unless
+ * they add up to at least `min_bytes`: a few of them (a small update) are likelier
+ * moved code, and a small patch has few literals for zstd to match them in. ops cover
+ * new from its start; every op is checked first. In place; returns the number of ops
+ * changed (normalise afterwards to merge the INSERT runs). */
+int64_t bsi_ops_prune(bsi_op *ops, uint64_t n, const uint8_t *old, uint64_t old_size,
+                      const uint8_t *new_, uint64_t new_size, uint64_t min_match, uint64_t far,
+                      uint64_t min_bytes);
+int64_t bsi_ops_pack(const bsi_op *ops, uint64_t n, uint8_t *out, uint64_t out_cap);
+int64_t bsi_ops_unpack(const uint8_t *in, uint64_t in_len, bsi_op *ops, uint64_t n);
+
 /* ---- segment encoding (bsi_diff.c) ------------------------------------------------ */
 
 typedef struct {

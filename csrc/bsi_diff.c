@@ -780,6 +780,133 @@ BSI_API int64_t bsi_ops_normalize(bsi_op *ops, uint64_t n, const uint8_t *old, u
     return (int64_t)w;
 }
 
+static inline uint64_t zigzag(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); }
+
+/* ---- packed ops (the search's results while other regions are searched) ---------- */
+
+static inline void pack_varint(uint8_t *out, uint64_t *len, uint64_t v) {
+    while (v >= 0x80) {
+        out[(*len)++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    out[(*len)++] = (uint8_t)v;
+}
+
+static inline int unpack_varint(const uint8_t *in, uint64_t in_len, uint64_t *pos, uint64_t *v) {
+    uint64_t r = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+        uint8_t b;
+        if (*pos >= in_len) return BSI_E_TRUNCATED;
+        b = in[(*pos)++];
+        r |= (uint64_t)(b & 0x7F) << shift;
+        if (!(b & 0x80)) {
+            *v = r;
+            return 0;
+        }
+    }
+    return BSI_E_CORRUPT;
+}
+
+static inline int op_has_old(uint32_t kind) { return kind == BSI_OP_COPY || kind == BSI_OP_ADD; }
+
+BSI_API int64_t bsi_ops_pack(const bsi_op *ops, uint64_t n, uint8_t *out, uint64_t out_cap) {
+    uint64_t w = 0, prev_end = 0, i;
+    if ((n && !ops) || !out) return BSI_E_INVAL;
+    for (i = 0; i < n; i++) {
+        const bsi_op *op = &ops[i];
+        if (op->kind > BSI_OP_GAP || op->len >> 61) return BSI_E_INVAL;
+        if (out_cap - w < BSI_OP_PACKED_MAX) return BSI_E_NOMEM;
+        pack_varint(out, &w, op->len << 3 | op->kind);
+        if (op_has_old(op->kind)) {
+            pack_varint(out, &w, zigzag((int64_t)(op->old_off - prev_end)));
+            prev_end = op->old_off + op->len;
+        }
+    }
+    return (int64_t)w;
+}
+
+BSI_API int64_t bsi_ops_unpack(const uint8_t *in, uint64_t in_len, bsi_op *ops, uint64_t n) {
+    uint64_t pos = 0, prev_end = 0, i, v, z;
+    int rc;
+    if ((in_len && !in) || (n && !ops)) return BSI_E_INVAL;
+    for (i = 0; i < n; i++) {
+        if ((rc = unpack_varint(in, in_len, &pos, &v)) < 0) return rc;
+        if ((v & 7) > BSI_OP_GAP) return BSI_E_CORRUPT;
+        ops[i].kind = (uint32_t)(v & 7);
+        ops[i].len = v >> 3;
+        ops[i].old_off = 0;
+        ops[i].reserved = 0;
+        if (op_has_old(ops[i].kind)) {
+            if ((rc = unpack_varint(in, in_len, &pos, &z)) < 0) return rc;
+            ops[i].old_off = prev_end + (z >> 1 ^ (0 - (z & 1)));
+            prev_end = ops[i].old_off + ops[i].len;
+        }
+    }
+    return (int64_t)pos;
+}
+
+/* Whether fewer than `min_match` of the n bytes at a and b are equal. */
+static int few_equal(const uint8_t *a, const uint8_t *b, uint64_t n, uint64_t min_match) {
+    uint64_t eq = 0, i;
+    if (n < min_match) return 1;
+    for (i = 0; i < n; i++) {
+        eq += a[i] == b[i];
+        if (eq >= min_match) return 0;
+        if (eq + (n - i - 1) < min_match) return 1;
+    }
+    return 1;
+}
+
+/* Whether an ADD op at new offset pos is a stitched match: it jumps at least `far` from
+ * prev_end (the old end of the last op with old bytes that stays) and matches fewer
+ * than `min_match` of its bytes. */
+static int stitched(const bsi_op *op, uint64_t pos, uint64_t prev_end, const uint8_t *old,
+                    const uint8_t *nw, uint64_t min_match, uint64_t far) {
+    uint64_t jump = op->old_off > prev_end ? op->old_off - prev_end : prev_end - op->old_off;
+    return op->kind == BSI_OP_ADD && jump >= far &&
+           few_equal(old + op->old_off, nw + pos, op->len, min_match);
+}
+
+/* One pass over checked ops: the bytes of the stitched matches, turned into INSERT ops
+ * when `convert`. */
+static uint64_t prune_pass(bsi_op *ops, uint64_t n, const uint8_t *old, const uint8_t *nw,
+                           uint64_t min_match, uint64_t far, int convert, uint64_t *changed) {
+    uint64_t i, pos = 0, prev_end = 0, bytes = 0;
+    for (i = 0; i < n; i++) {
+        bsi_op *op = &ops[i];
+        if (op_has_old(op->kind)) {
+            if (stitched(op, pos, prev_end, old, nw, min_match, far)) {
+                bytes += op->len;
+                if (convert) {
+                    op->kind = BSI_OP_INSERT;
+                    op->old_off = 0;
+                    (*changed)++;
+                }
+            } else {
+                prev_end = op->old_off + op->len;
+            }
+        }
+        pos += op->len;
+    }
+    return bytes;
+}
+
+BSI_API int64_t bsi_ops_prune(bsi_op *ops, uint64_t n, const uint8_t *old, uint64_t old_size,
+                              const uint8_t *nw, uint64_t new_size, uint64_t min_match,
+                              uint64_t far, uint64_t min_bytes) {
+    uint64_t i, pos = 0, changed = 0;
+    if ((n && !ops) || (old_size && !old) || (new_size && !nw)) return BSI_E_INVAL;
+    for (i = 0; i < n; i++) { /* check everything first: the passes trust the ops */
+        if (ops[i].kind > BSI_OP_ZERO || !bsi_range_ok(pos, ops[i].len, new_size)) return BSI_E_INVAL;
+        if (op_has_old(ops[i].kind) && !bsi_range_ok(ops[i].old_off, ops[i].len, old_size))
+            return BSI_E_RANGE;
+        pos += ops[i].len;
+    }
+    if (prune_pass(ops, n, old, nw, min_match, far, 0, &changed) < min_bytes) return 0;
+    prune_pass(ops, n, old, nw, min_match, far, 1, &changed);
+    return (int64_t)changed;
+}
+
 /* ---- segment encoding -------------------------------------------------------------- */
 
 static inline int put_varint(uint8_t *buf, uint64_t cap, uint64_t *len, uint64_t v) {
@@ -792,7 +919,6 @@ static inline int put_varint(uint8_t *buf, uint64_t cap, uint64_t *len, uint64_t
     return 0;
 }
 
-static inline uint64_t zigzag(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); }
 
 BSI_API int bsi_seg_encode(bsi_seg_enc *enc, const bsi_op *ops, uint64_t n_ops, const uint8_t *old,
                            uint64_t old_size, const uint8_t *nw, uint64_t new_size,

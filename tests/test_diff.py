@@ -7,6 +7,7 @@ import itertools
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -535,4 +536,136 @@ def test_patch_bytes_do_not_depend_on_the_thread_count() -> None:
     assert patches[0] == patches[1] == patches[2]
     got = io.BytesIO()
     apply(old, patches[0], got)
+    assert got.getvalue() == new
+
+
+def test_an_index_built_in_place_gives_the_same_ops_and_is_restored() -> None:
+    # compute_ops(restore=...): the old copy itself holds the index during the search
+    # (its unclaimed blocks moved to the front, in ascending order), then the caller's
+    # restore() makes it again; the ops must be those of an index in a copy
+    import mmap
+
+    rnd = random.Random(5)
+    old = rnd.randbytes(1_500_000)
+    # new: blocks copied from old (claimed: they leave holes in the index, so the ranges
+    # move down), pieces of old with bytes changed (found only by the search) and new bytes
+    parts = []
+    for i in range(40):
+        s = rnd.randrange(0, len(old) - 40_000) // 4096 * 4096
+        piece = bytearray(old[s : s + 20_000 + i * 300])
+        if i % 2:
+            for _ in range(30):
+                piece[rnd.randrange(len(piece))] ^= 0x5A
+        parts.append(bytes(piece) + rnd.randbytes(700))
+    new = b"".join(parts)
+    want = list(compute_ops(old, new))
+    copy = mmap.mmap(-1, len(old), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    copy[:] = old
+    calls = []
+
+    def restore() -> None:
+        assert bytes(copy) != old  # the index was built in it
+        calls.append(1)
+        copy[:] = old
+
+    got = compute_ops(copy, new, restore=restore)
+    assert calls == [1]
+    assert bytes(copy) == old
+    assert list(got) == want
+    assert got.stats["indexed_bytes"] < len(old)
+
+
+def test_packed_ops_unpack_to_the_same_ops_and_reject_short_or_bad_bytes() -> None:
+    # the search keeps its results packed (bsi_ops_pack) until they are assembled
+    rnd = random.Random(8)
+    kinds = [lib.BSI_OP_COPY, lib.BSI_OP_ADD, lib.BSI_OP_INSERT, lib.BSI_OP_ZERO]
+    ops = [(rnd.choice(kinds), rnd.choice([1, 7, 300, 1 << 33, (1 << 61) - 1]),
+            rnd.choice([0, 5, 1 << 40, (1 << 64) - 1])) for _ in range(500)]  # fmt: skip
+    arr = ffi.new("bsi_op[]", len(ops))
+    for i, (k, n, o) in enumerate(ops):
+        arr[i].kind, arr[i].len, arr[i].old_off = k, n, o
+    out = bytearray(len(ops) * lib.BSI_OP_PACKED_MAX)
+    m = lib.bsi_ops_pack(arr, len(ops), ffi.from_buffer(out), len(out))
+    assert 0 < m < len(ops) * 24
+    back = ffi.new("bsi_op[]", len(ops))
+    assert lib.bsi_ops_unpack(bytes(out[:m]), m, back, len(ops)) == m
+    for i, (k, n, o) in enumerate(ops):
+        assert (back[i].kind, back[i].len) == (k, n)
+        assert back[i].old_off == (o if k in (lib.BSI_OP_COPY, lib.BSI_OP_ADD) else 0)
+    assert lib.bsi_ops_unpack(bytes(out[: m - 1]), m - 1, back, len(ops)) == lib.BSI_E_TRUNCATED
+    assert lib.bsi_ops_unpack(b"\x07", 1, back, 1) == lib.BSI_E_CORRUPT  # kind 7
+    assert lib.bsi_ops_unpack(b"\xff" * 11, 11, back, 1) == lib.BSI_E_CORRUPT  # varint too long
+    small = bytearray(lib.BSI_OP_PACKED_MAX - 1)
+    assert lib.bsi_ops_pack(arr, 1, ffi.from_buffer(small), len(small)) == lib.BSI_E_NOMEM
+    arr[0].len = 1 << 61
+    assert lib.bsi_ops_pack(arr, 1, ffi.from_buffer(out), len(out)) == lib.BSI_E_INVAL
+
+
+def _stitched_pair(rnd: random.Random) -> tuple[bytes, bytes, list[tuple[int, int, int]]]:
+    """old, new and ops ``(kind, len, old_off)``: short matches from far apart in old
+    (12-20 bytes, every byte equal) with literal bytes between them, one long match."""
+    old = rnd.randbytes(1 << 20)
+    new, ops = bytearray(), []
+    for i in range(200):
+        n, o = rnd.randrange(12, 21), rnd.randrange(0, len(old) - 4096)
+        ops.append((lib.BSI_OP_ADD, n, o))
+        new += old[o : o + n]
+        lit = rnd.randbytes(5)
+        ops.append((lib.BSI_OP_INSERT, len(lit), 0))
+        new += lit
+        if i == 100:  # a long match: stays, and the next short one is measured from it
+            ops.append((lib.BSI_OP_ADD, 4000, 7))
+            new += old[7:4007]
+    return old, bytes(new), ops
+
+
+def _pruned(old: bytes, new: bytes, ops: list[tuple[int, int, int]], *args: int) -> tuple[int, Any]:
+    arr = ffi.new("bsi_op[]", len(ops))
+    for i, (k, n, o) in enumerate(ops):
+        arr[i].kind, arr[i].len, arr[i].old_off = k, n, o
+    return lib.bsi_ops_prune(arr, len(ops), old, len(old), new, len(new), *args), arr
+
+
+def test_stitched_short_matches_become_literals_only_when_they_add_up() -> None:
+    old, new, ops = _stitched_pair(random.Random(4))
+    short = sum(n for k, n, _ in ops if k == lib.BSI_OP_ADD and n < 48)
+    changed, arr = _pruned(old, new, ops, 48, 1024, short)
+    assert changed == 200  # every short far match; the long one stays
+    kinds = [arr[i].kind for i in range(len(ops))]
+    assert kinds.count(lib.BSI_OP_ADD) == 1 and arr[202].len == 4000
+    # the same matches adding up to less than min_bytes: nothing changes
+    assert _pruned(old, new, ops, 48, 1024, short + 1)[0] == 0
+    # matched bytes at or above min_match, or jumps under far: kept
+    assert _pruned(old, new, ops, 12, 1024, 0)[0] == 0
+    assert _pruned(old, new, ops, 48, 1 << 21, 0)[0] == 0
+    # every op is checked: an old range past the end is refused
+    bad = [*ops[:-1], (lib.BSI_OP_ADD, 5, len(old))]
+    assert _pruned(old, new, bad, 48, 1024, 0)[0] == lib.BSI_E_RANGE
+
+
+def test_pruned_ops_still_make_an_exact_patch(monkeypatch: pytest.MonkeyPatch) -> None:
+    # new made of short pieces of old from all over it (as new code stitched from
+    # common strings): the pruned ops carry them as literals and the patch is exact
+    import hashlib
+
+    from bsipatch.delta import opspost
+    from bsipatch.delta.writer import write_bsipatch
+
+    rnd = random.Random(9)
+    words = [rnd.randbytes(rnd.randrange(20, 40)) for _ in range(3000)]
+    old = b"".join(rnd.choice(words) + rnd.randbytes(3) for _ in range(40_000))
+    new = b"".join(
+        rnd.choice(words)[: rnd.randrange(14, 20)] + rnd.randbytes(2) for _ in range(20_000)
+    )
+    monkeypatch.setattr(opspost, "PRUNE_MIN_BYTES", 1)
+    pruned = compute_ops(old, new)
+    assert pruned.stats["pruned_ops"] > 1000
+    monkeypatch.setattr(opspost, "PRUNE_MIN_BYTES", 1 << 40)
+    plain = compute_ops(old, new)
+    assert plain.stats["pruned_ops"] == 0 and plain.count > pruned.count
+    out = io.BytesIO()
+    shas = hashlib.sha256(old).digest(), hashlib.sha256(new).digest()
+    write_bsipatch(old, new, pruned, out, old_sha256=shas[0], new_sha256=shas[1], level=3)
+    got = io.BytesIO()
+    apply(old, out.getvalue(), got)
     assert got.getvalue() == new

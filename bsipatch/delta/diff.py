@@ -174,7 +174,8 @@ def _search(
             prep = prepare_image(old, new, align, path=src if is_pathlike(src) else None)
     base = prep.predicted if prep is not None else old
     hints = prep.hints if prep is not None else None
-    ops = compute_ops(base, new, threads=threads, meter=meter, hints=hints)
+    restore = prep.restore if prep is not None else None
+    ops = compute_ops(base, new, threads=threads, meter=meter, hints=hints, restore=restore)
     block = prep.block if prep is not None else None
     return _Found(old, base, ops, block, first[0] if prep is not None and first else None)
 

@@ -22,6 +22,8 @@ from bsipatch._buffers import Buffer, drop_pages, holes
 from bsipatch._native import check, ffi, lib
 from bsipatch._threads import default_threads
 from bsipatch.delta.meter import Meter as Meter
+from bsipatch.delta.opspost import normalized, packed, unpack_into
+from bsipatch.delta.sasort import sort_part
 
 ProgressFn = Callable[[int, int], None]
 
@@ -319,13 +321,25 @@ class _Prepass:
 class _Index:
     """Suffix arrays of the old ranges to search, sorted in parallel parts."""
 
-    def __init__(self, old: Buffer, claimed: Buffer, threads: int) -> None:
+    def __init__(self, old: Buffer, claimed: Buffer, threads: int, in_place: bool = False) -> None:
         on = len(old)
         self.threads = threads
         self.ranges = _index_ranges(claimed, on, on <= FULL_INDEX_LIMIT)
         self.size = sum(e - s for s, e in self.ranges)
         if self.ranges == [(0, on)]:
             self.idx: Buffer = old
+        elif in_place:  # the caller restores old after the search (compute_ops restore)
+            self.idx = old
+            base = ffi.cast("uint8_t *", ffi.from_buffer(old))
+            p = 0
+            for s, e in self.ranges:  # ranges ascend, so each moves down (or stays)
+                if s != p:
+                    ffi.memmove(base + p, base + s, e - s)
+                p += e - s
+            del base
+            tail = -(-self.size // mmap.PAGESIZE) * mmap.PAGESIZE
+            if isinstance(old, mmap.mmap) and tail < on:  # made again by restore()
+                old.madvise(mmap.MADV_DONTNEED, tail, on - tail)
         else:
             self.idx = _anon(self.size, huge=True)
             mv = memoryview(old)
@@ -335,7 +349,7 @@ class _Index:
                 p += e - s
             del mv
             drop_pages(old)
-        self.remap = self.idx is not old
+        self.remap = self.ranges != [(0, on)]
         self.wide = self.size >= (1 << 31) - 2
         self.isz = 8 if self.wide else 4
         self.sa_buf = _anon(self.size * self.isz, huge=True)
@@ -347,6 +361,7 @@ class _Index:
         self.pidx = ffi.from_buffer(self.idx) if self.size else ffi.NULL
         self.psa = ffi.from_buffer(self.sa_buf)
         self.bkts: list[Any] = []
+        self.sorters: list[str] = []
         self.map_old = ffi.new("uint64_t[]", [s for s, _ in self.ranges] or [0])
         self.map_len = ffi.new("uint64_t[]", [e - s for s, e in self.ranges] or [0])
         # the 8-gram filter (built with the suffix arrays): most lookups of new data that
@@ -381,13 +396,8 @@ class _Index:
             part.sa64 = ffi.cast("int64_t *", sa)
         else:
             part.sa32 = ffi.cast("int32_t *", sa)
-        if n:
-            ws_size = lib.bsi_sais_workspace_size(n, 1 if self.wide else 0)
-            ws = _anon(ws_size)
-            sort = lib.bsi_sais64 if self.wide else lib.bsi_sais32
-            out = part.sa64 if self.wide else part.sa32
-            check(sort(text, out, n, ffi.from_buffer(ws), ws_size), "suffix sort")
-            ws.close()
+        sa32 = ffi.NULL if self.wide else part.sa32
+        self.sorters.append(sort_part(text, n, sa32, part.sa64 if self.wide else ffi.NULL))
         check(lib.bsi_sa_buckets(text, n, bkt), "suffix buckets")
 
     def sort(self, meter: Meter) -> None:
@@ -425,9 +435,11 @@ def _remapped(index: _Index, buf: Any, n: int) -> tuple[Any, int]:
         cap *= 4
 
 
-def _search_region(index: _Index, new: Buffer, s: int, e: int, local: Any) -> list[tuple[Any, int]]:
-    """Search new[s:e) in the index; the ops found, in order, as (cffi array, count)."""
-    out: list[tuple[Any, int]] = []
+def _search_region(
+    index: _Index, new: Buffer, s: int, e: int, local: Any
+) -> list[tuple[bytes, int]]:
+    """Search new[s:e) in the index; the ops found, in order, as (packed ops, count)."""
+    out: list[tuple[bytes, int]] = []
     stopped = ffi.new("uint64_t *")
     buf = getattr(local, "buf", None)
     if buf is None:
@@ -442,18 +454,16 @@ def _search_region(index: _Index, new: Buffer, s: int, e: int, local: Any) -> li
             "delta search",
         )  # fmt: skip
         if index.remap and n:
-            out.append(_remapped(index, buf, n))
+            out.append(packed(*_remapped(index, buf, n), local))
         elif n:
-            keep = ffi.new("bsi_op[]", n)
-            ffi.memmove(keep, buf, n * OP_SIZE)
-            out.append((keep, n))
+            out.append(packed(buf, n, local))
         s = stopped[0]
     return out
 
 
 def _search_gaps(
     index: _Index, new: Buffer, gaps: list[tuple[int, int]], threads: int, meter: Meter
-) -> dict[int, list[tuple[int, list[tuple[Any, int]]]]]:
+) -> dict[int, list[tuple[int, list[tuple[bytes, int]]]]]:
     """Search every gap (big ones cut so all threads have work), several at once."""
     gap_total = sum(e - s for s, e in gaps)
     chunk = max(SEARCH_CHUNK_MIN, gap_total // SEARCH_CHUNKS + 1)
@@ -465,14 +475,14 @@ def _search_gaps(
         regions.append((gi, s, e))
     local = threading.local()
 
-    def search(region: tuple[int, int, int]) -> list[tuple[Any, int]]:
+    def search(region: tuple[int, int, int]) -> list[tuple[bytes, int]]:
         _, s, e = region
         found = _search_region(index, new, s, e, local)
         # the search phase is the diff's memory peak: release this region of new
         drop_pages(new, s, e)
         return found
 
-    results: dict[int, list[tuple[int, list[tuple[Any, int]]]]] = {}
+    results: dict[int, list[tuple[int, list[tuple[bytes, int]]]]] = {}
     with cf.ThreadPoolExecutor(max_workers=threads) as pool:
         # largest regions first, so that no long one starts last
         order = sorted(regions, key=lambda r: r[1] - r[2])
@@ -485,7 +495,7 @@ def _search_gaps(
 
 
 def _assemble(
-    pre: Any, npre: int, results: dict[int, list[tuple[int, list[tuple[Any, int]]]]]
+    pre: Any, npre: int, results: dict[int, list[tuple[int, list[tuple[bytes, int]]]]]
 ) -> tuple[Any, int]:
     """Pre-pass ops with each gap replaced by its search results, in order."""
     total = npre + sum(n for lst in results.values() for _, parts in lst for _, n in parts)
@@ -495,8 +505,8 @@ def _assemble(
     for i in range(npre):
         if pre[i].kind == lib.BSI_OP_GAP:
             for _, parts in sorted(results.get(gi, []), key=lambda t: t[0]):
-                for buf, n in parts:
-                    ffi.memmove(final + w, buf, n * OP_SIZE)
+                for data, n in parts:
+                    unpack_into(final + w, data, n)
                     w += n
             gi += 1
         else:
@@ -513,6 +523,7 @@ def compute_ops(
     progress: ProgressFn | None = None,
     meter: Meter | None = None,
     hints: Sequence[tuple[int, int, int]] | None = None,
+    restore: Callable[[], None] | None = None,
 ) -> Ops:
     """Compute the operations that turn ``old`` into ``new``.
 
@@ -528,6 +539,11 @@ def compute_ops(
         hints: ranges ``(new_off, len, old_off)`` known to align new with old (in new
             order, not overlapping; e.g. the anchors of an executable pair): the long
             ones are taken as ADD ops without a search (HINT_MIN).
+        restore: given when ``old`` is the caller's own writable copy that this call
+            restores: the index is then built in ``old`` itself (its unindexed blocks
+            overwritten) instead of in a copy, and ``restore()`` is called once the
+            search is over. On the Chromium pair that copy was 270 MB at the diff's
+            memory peak.
 
     Returns:
         The normalised :class:`Ops`.
@@ -549,9 +565,9 @@ def compute_ops(
     gaps = pp.gaps(npre)
     gap_total = sum(e - s for s, e in gaps)
     stats["prepass_matched_bytes"] = nn - gap_total
-    results: dict[int, list[tuple[int, list[tuple[Any, int]]]]] = {}
+    results: dict[int, list[tuple[int, list[tuple[bytes, int]]]]] = {}
     if gaps:
-        index = _Index(old, pp.claimed, threads)
+        index = _Index(old, pp.claimed, threads, in_place=restore is not None)
         stats["indexed_bytes"] = index.size
         meter.replan(
             index.size * COST_SORT + gap_total * COST_SEARCH + (0 if own else nn * COST_WRITE)
@@ -559,9 +575,11 @@ def compute_ops(
         index.sort(meter)
         results = _search_gaps(index, new, gaps, threads, meter)
         index.close()
+        if restore is not None and index.remap:
+            restore()
     final, w = _assemble(pp.pre, npre, results)
     pp.pre_buf.close()
-    count = check(lib.bsi_ops_normalize(final, w, pp.pold, on, pp.pnew, nn), "normalise ops")
+    count = normalized(final, w, old, new, stats)
     stats["n_ops"] = count
     if own:
         meter.finish()
