@@ -251,6 +251,7 @@ def test_apply_through_every_mode(
 
     monkeypatch.setattr(oldimage.OldImage, "use_transform", spy)
     monkeypatch.setattr(oldimage, "WINDOWED_ABOVE", 0)
+    monkeypatch.setattr(oldimage, "PRIVATE_BELOW", 0)
     bsipatch.apply(tmp_path / "old", tmp_path / "p", tmp_path / "out1")
     assert (tmp_path / "out1").read_bytes() == new
     sink = io.BytesIO()
@@ -263,8 +264,11 @@ def test_apply_through_every_mode(
     monkeypatch.setattr(os, "posix_fallocate", full)
     bsipatch.apply(tmp_path / "old", tmp_path / "p", tmp_path / "out2")
     assert (tmp_path / "out2").read_bytes() == new
+    monkeypatch.setattr(oldimage, "PRIVATE_BELOW", 1 << 62)  # few pages rewritten: a copy
+    bsipatch.apply(tmp_path / "old", tmp_path / "p", tmp_path / "out4")
+    assert (tmp_path / "out4").read_bytes() == new
     monkeypatch.setattr(oldimage, "WINDOWED_ABOVE", 1 << 62)
     bsipatch.apply(tmp_path / "old", tmp_path / "p", tmp_path / "out3")
     assert (tmp_path / "out3").read_bytes() == new
-    assert used == ["file", "windowed", "windowed", "copy"]
-    assert sorted(os.listdir(tmp_path)) == ["old", "out1", "out2", "out3", "p"]
+    assert used == ["file", "windowed", "windowed", "copy", "copy"]
+    assert sorted(os.listdir(tmp_path)) == ["old", "out1", "out2", "out3", "out4", "p"]

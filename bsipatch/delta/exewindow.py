@@ -70,6 +70,17 @@ class WindowedOld:
             self.base.close()
 
 
+def private_bytes(t: Transform | ImageTransform) -> int:
+    """About how many bytes of the old image the whole-image transform rewrites in a
+    private copy: its regions (every kind but LOAD), plus the 8-byte pointers its RELA
+    entries (24 bytes each) put in place elsewhere."""
+    groups = t.groups if isinstance(t, ImageTransform) else (t,)
+    regions = [r for g in groups for r in g.regions if r.kind != lib.BSI_EXE_LOAD]
+    return sum(r.len for r in regions) + sum(
+        r.len // 3 for r in regions if r.kind == lib.BSI_EXE_RELA
+    )
+
+
 def _sorted_windowed(groups: tuple[Transform, ...]) -> list[tuple[int, Any]] | None:
     """(group, region) of every windowed region, sorted by offset; None when a windowed
     region overlaps another non-LOAD region (then the windows would not be exact)."""

@@ -38,6 +38,9 @@ DROP_EVERY = 16 << 20
 #: An old file at least this large with a transform is read through windows
 #: (exewindow.py): memory bounded by the window cache, not by the file's code size.
 WINDOWED_ABOVE = 32 << 20
+#: ... unless the transform's regions would make fewer private pages than this (an
+#: image with a few small libraries in it): then the private copy, which is cheaper.
+PRIVATE_BELOW = 24 << 20
 
 
 class OldImage:
@@ -66,7 +69,8 @@ class OldImage:
         A large old file's predicted image is kept out of anonymous memory: in an
         unlinked temporary file in ``scratch_dir`` (the output's directory) when given
         and there is room, else read through windows transformed on demand (slower);
-        exewindow.py. A small one is a private copy-on-write map of the file."""
+        exewindow.py. A small one, or one whose transform rewrites few pages
+        (:func:`exewindow.private_bytes`), is a private copy-on-write map of the file."""
         self.check_size(reader.header)
         body = reader.load_transform()
         if body is None:
@@ -76,6 +80,11 @@ class OldImage:
         t = exe.unpack_any(body, self.size)
         if self.path is not None and self.size >= WINDOWED_ABOVE:
             from bsipatch.delta import exewindow
+
+            if exewindow.private_bytes(t) < PRIVATE_BELOW:  # few pages rewritten: a copy
+                self.predicted, _ = exe.predicted_old(self.buf, t, self.path)
+                self.ptr = ffi.from_buffer(self.predicted)
+                return True
 
             if scratch_dir is not None:
                 self.predicted = exewindow.file_predicted_old(self.buf, t, self.path, scratch_dir)
