@@ -213,3 +213,64 @@ BSI_API int64_t bsi_align_ranges(const uint8_t *old, uint64_t old_size, const ui
     if (have) put_range(out, &n, cur_s, cur_e, cur_d);
     return (int64_t)n;
 }
+
+/* ---- the heaviest monotone chain of map pieces (exemap.py) ------------------------ */
+
+/* Index of the first of keys[0..nk) that is >= x. */
+static uint64_t lower_bound(const int64_t *keys, uint64_t nk, int64_t x) {
+    uint64_t lo = 0, hi = nk;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        if (keys[mid] < x)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* (w, j) > (bw, bj) as Python compares the tuples. */
+static inline int better(uint64_t w, int64_t j, uint64_t bw, int64_t bj) {
+    return w > bw || (w == bw && j > bj);
+}
+
+BSI_API int64_t bsi_map_chain(const uint64_t *va, const uint64_t *len, const int64_t *key,
+                              uint64_t n, const int64_t *keys, uint64_t nk, uint64_t *tree_w,
+                              int64_t *tree_j, uint64_t *weight, int64_t *prev, int64_t *chain) {
+    uint64_t i, pend = 0, best_i = 0, m = 0;
+    if (n == 0) return 0;
+    if (!va || !len || !key || !keys || !tree_w || !tree_j || !weight || !prev || !chain ||
+        nk == 0 || nk > n)
+        return BSI_E_INVAL;
+    for (i = 0; i <= nk; i++) {
+        tree_w[i] = 0;
+        tree_j[i] = -1;
+    }
+    for (i = 0; i < n; i++) {
+        uint64_t pos, bw = 0, k;
+        int64_t bj = -1;
+        if (i && va[i] < va[i - 1]) return BSI_E_INVAL;
+        if (va[pend] < va[i]) { /* pieces with a smaller old address become predecessors */
+            for (k = pend; k < i; k++) {
+                uint64_t at = lower_bound(keys, nk, key[k]);
+                if (at >= nk || keys[at] != key[k]) return BSI_E_INVAL;
+                for (pos = at + 1; pos <= nk; pos += pos & (0 - pos))
+                    if (better(weight[k], (int64_t)k, tree_w[pos], tree_j[pos])) {
+                        tree_w[pos] = weight[k];
+                        tree_j[pos] = (int64_t)k;
+                    }
+            }
+            pend = i;
+        }
+        for (pos = lower_bound(keys, nk, key[i]); pos > 0; pos -= pos & (0 - pos))
+            if (better(tree_w[pos], tree_j[pos], bw, bj)) {
+                bw = tree_w[pos];
+                bj = tree_j[pos];
+            }
+        weight[i] = bw + len[i];
+        prev[i] = bj;
+        if (weight[i] > weight[best_i]) best_i = i;
+    }
+    for (int64_t j = (int64_t)best_i; j >= 0; j = prev[j]) chain[m++] = j;
+    return (int64_t)m;
+}

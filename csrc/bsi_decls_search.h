@@ -18,6 +18,17 @@ int64_t bsi_align_ranges(const uint8_t *old, uint64_t old_size, const uint8_t *n
                          uint64_t new_size, uint64_t *table, uint64_t table_slots,
                          uint64_t *out, uint64_t out_cap);
 
+/* The heaviest chain of an executable map's pieces (exemap.py _monotone): pieces i in
+ * (old address, len, delta) order, key[i] their new address, keys[] the distinct keys
+ * sorted (nk of them). A piece's chain weight is its len plus the heaviest chain
+ * weight of a piece with a smaller old address and a smaller key (ties: the later
+ * piece). Workspace (the caller's, any contents): tree_w, tree_j of nk + 1 entries,
+ * weight, prev of n. Writes the chain, last piece first, to chain (n entries) and
+ * returns its length, or BSI_E_INVAL (a key not in keys, pieces out of order). */
+int64_t bsi_map_chain(const uint64_t *va, const uint64_t *len, const int64_t *key, uint64_t n,
+                      const int64_t *keys, uint64_t nk, uint64_t *tree_w, int64_t *tree_j,
+                      uint64_t *weight, int64_t *prev, int64_t *chain);
+
 /* The 8-gram filter: one bit per hash of every 8-byte window of the index, so the
  * search can tell, with one memory access, that no match of 8 bytes or more starts at
  * a place (then it skips the suffix-array lookup). Bits: 1 << log2, where

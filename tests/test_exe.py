@@ -304,3 +304,75 @@ def test_anchor_alignment_predicts_references_as_well_as_a_full_search(
     diff(old, new, v1, exe=False)
     assert len(v2.getvalue()) < len(v1.getvalue())
     assert bsipatch.apply(old, v2.getvalue()) == new
+
+
+def _chain_reference(pieces: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """The heaviest chain by a quadratic search, with exemap's tie rules (the later
+    predecessor on equal weight, the first piece of the heaviest weight last)."""
+    pieces = sorted(pieces)
+    weight, prev = [], []
+    for i, (va, n, d) in enumerate(pieces):
+        best = (0, -1)
+        for j in range(i):
+            if pieces[j][0] < va and pieces[j][0] + pieces[j][2] < va + d:
+                best = max(best, (weight[j], j))
+        weight.append(best[0] + n)
+        prev.append(best[1])
+    i = max(range(len(pieces)), key=weight.__getitem__)
+    chain = []
+    while i >= 0:
+        chain.append(pieces[i])
+        i = prev[i]
+    return chain[::-1]
+
+
+def test_the_native_map_chain_is_the_heaviest_chain() -> None:
+    # exemap._monotone (csrc bsi_map_chain) against a quadratic reference, on pieces
+    # with repeated old and new addresses and equal weights (the tie rules matter)
+    import random
+
+    from bsipatch.delta import exemap
+
+    rnd = random.Random(12)
+    for _ in range(60):
+        pieces = []
+        for _ in range(rnd.randrange(1, 120)):
+            va = rnd.randrange(0, 40) * 64
+            pieces.append((va, rnd.choice([32, 64, 64, 100]), rnd.randrange(-10, 10) * 64))
+        ref = _chain_reference(pieces)
+        trimmed = []  # _monotone trims overlaps off the later piece; none here (64 apart)
+        for va, n, d in ref:
+            if trimmed:
+                cut = max(trimmed[-1][0] + trimmed[-1][1] - va,
+                          trimmed[-1][0] + trimmed[-1][2] + trimmed[-1][1] - (va + d))  # fmt: skip
+                if cut >= n:
+                    continue
+                if cut > 0:
+                    va, n = va + cut, n - cut
+            trimmed.append((va, n, d))
+        assert exemap._monotone(pieces) == trimmed
+
+
+def test_the_load_finder_keeps_every_load_a_range_can_overlap() -> None:
+    # exemap._pieces looks only at the loads _finder gives: for sorted, disjoint loads
+    # (bisected) every overlapping load must be among them, in order; otherwise all
+    import random
+
+    from bsipatch.delta import exemap
+
+    rnd = random.Random(6)
+    for _ in range(200):
+        loads, pos = [], rnd.randrange(0, 100)
+        for _ in range(rnd.randrange(1, 6)):
+            n = rnd.randrange(0, 300)
+            loads.append((pos, pos + n, rnd.randrange(-5, 5)))
+            pos += n + rnd.randrange(0, 50)
+        find = exemap._finder(loads)
+        for _ in range(20):
+            s = rnd.randrange(0, pos + 50)
+            e = s + rnd.randrange(1, 400)
+            overlapping = [ld for ld in loads if min(e, ld[1]) > max(s, ld[0])]
+            got = find(s, e)
+            assert [ld for ld in got if min(e, ld[1]) > max(s, ld[0])] == overlapping
+    shuffled = [(500, 600, 0), (0, 100, 0)]
+    assert exemap._finder(shuffled)(0, 50) == shuffled  # not sorted: every load
