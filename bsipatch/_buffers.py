@@ -91,12 +91,12 @@ class open_buffer:  # named as the function it was: ``with open_buffer(src) as b
         m, self._map = self._map, None
         if m is None:
             return
-        if kind is None:
-            m.close()
-            return
-        # unwinding (an error, Ctrl-C): frames of the traceback may still hold pointers
-        # into the mapping; it is unmapped when they go, and this BufferError must not
-        # replace the exception in flight
+        # A view or cffi buffer of the map that is still alive makes close() refuse
+        # (BufferError) rather than unmap memory in use: when unwinding (an error, Ctrl-C),
+        # frames of the traceback; after a success, an object not yet freed (one in a
+        # reference cycle until the collector runs, or a finished pool task that another
+        # thread has not dropped yet). The work is done either way: the map is then
+        # unmapped when its last view goes, and the caller gets its result or exception.
         with suppress(BufferError):
             m.close()
 

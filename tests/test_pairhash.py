@@ -46,3 +46,21 @@ def test_digests_equal_hashlib_for_files_and_buffers(
         assert isinstance(b, MappedFile)
         assert pairhash.sha256_pair(a, b) == want
     assert pairhash.sha256_pair(po.read_bytes(), pn.read_bytes()) == want
+
+
+def test_open_buffer_exit_with_a_view_still_alive_keeps_the_result(tmp_path: Path) -> None:
+    """A view that outlives the ``with`` (e.g. held by an object in a reference cycle
+    until the collector runs) must not turn a finished job into a BufferError; the map
+    is unmapped once the view goes."""
+    import gc
+    import weakref
+
+    p = tmp_path / "img"
+    p.write_bytes(b"x" * 10_000)
+    with open_buffer(p) as m:
+        view = memoryview(m)[:100]
+        ref = weakref.ref(m)
+    assert bytes(view[:3]) == b"xxx"  # still mapped: no use after unmap
+    del view, m
+    gc.collect()
+    assert ref() is None  # and gone with its last view
