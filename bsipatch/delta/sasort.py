@@ -12,7 +12,6 @@ buckets and searches. No I/O.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import mmap
 from typing import Any
 
@@ -29,6 +28,8 @@ _loaded: list[Any] = []
 def _divsufsort() -> Any:
     """libdivsufsort's ``divsufsort`` (32-bit indices) from pydivsufsort, or None."""
     if not _loaded:
+        import ctypes  # here, not at the top: 3-6 ms of every diff's start-up
+
         fn = None
         with contextlib.suppress(ImportError, OSError, AttributeError):
             from pydivsufsort.dll import libdivsufsort  # type: ignore[import-untyped,import-not-found,unused-ignore]
