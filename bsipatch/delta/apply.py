@@ -35,7 +35,7 @@ from bsipatch._lite import suppress
 from bsipatch._native import ffi, lib
 from bsipatch._threads import default_threads
 from bsipatch.delta import patchformat as patchfmt
-from bsipatch.delta.imagehash import PairHasher, new_hasher
+from bsipatch.delta.imagehash import new_hasher
 from bsipatch.delta.oldimage import OldImage, no_check, pwrite_all, write_all
 from bsipatch.delta.patchformat import PatchReader, same_digest
 from bsipatch.delta.segment import OUT_CHUNK, segment_chunks
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
     from bsipatch._buffers import Buffer
     from bsipatch._io import PathLike
-    from bsipatch.delta.imagehash import InlineHasher
+    from bsipatch.delta.imagehash import InlineHasher, PairHasher
     from bsipatch.delta.patchformat import PatchInfo, SegmentHeader
     from bsipatch.delta.provenance import Provenance as Provenance  # re-exported
     from bsipatch.delta.shapes import ApplyReader as ApplyReader  # re-exported
@@ -126,35 +126,6 @@ def _start_writeback(fd: int, start: int, end: int) -> None:
         os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
 
 
-class _EarlySync:
-    """An fsync of the output on a thread of its own, started once its last byte is
-    written while the hashing thread still works: the disk and the digests finish
-    together instead of one after the other. Nothing is decided by it: the output is
-    renamed into place only after both digests match and a last fsync on the caller's
-    thread returns (quick, with nothing left to write). Its error is raised by
-    :meth:`join` (a failed fsync must never be followed by a rename: a second fsync
-    could report success for pages the kernel already gave up on)."""
-
-    def __init__(self, fd: int) -> None:
-        import threading
-
-        self.error: OSError | None = None
-        self.thread = threading.Thread(target=self._run, args=(fd,), name="bsipatch-fsync")
-        self.thread.start()
-
-    def _run(self, fd: int) -> None:
-        try:
-            os.fsync(fd)
-        except OSError as exc:
-            self.error = exc
-
-    def join(self) -> None:
-        """Wait for the fsync; raise its error."""
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-
-
 def _apply_to_fd(
     old: OldImage,
     reader: PatchReader,
@@ -163,15 +134,12 @@ def _apply_to_fd(
     existing: int,
     progress: ProgressFn | None,
     verify_new: bool = True,
-    early: list[_EarlySync] | None = None,
 ) -> dict[str, Any]:
     """Apply all segments in order into file ``fd``, hashing the output on a second
     thread; return statistics. ``existing``: bytes of an earlier partial output.
 
     With ``verify_new=False`` the image's SHA-256 is not computed (the caller
-    verifies the output, e.g. against a seal). Given ``early`` and a hashing thread,
-    the output's fsync starts once everything is written (:class:`_EarlySync`, appended
-    to ``early``: the caller joins it before closing ``fd``)."""
+    verifies the output, e.g. against a seal)."""
 
     header = reader.header
     every = max(WRITEBACK_MIN, min(WRITEBACK_EVERY, header.new_size // 4))
@@ -204,8 +172,6 @@ def _apply_to_fd(
                 progress(seg.out_offset + seg.out_len, header.new_size)
         if flushed < header.new_size:  # the rest goes to disk while the hashes finish
             _start_writeback(fd, flushed, header.new_size)
-        if early is not None and isinstance(out, PairHasher):
-            early.append(_EarlySync(fd))
     finally:
         try:
             out.finish_new()
@@ -245,7 +211,6 @@ def _apply_to_path(
     else:
         fd, tmp = temp_file(directory, name)
     keep = False
-    early: list[_EarlySync] = []
     try:
         existing = min(os.fstat(fd).st_size if resume else 0, header.new_size)
         os.ftruncate(fd, header.new_size)  # a longer partial file is cut to size
@@ -271,7 +236,6 @@ def _apply_to_path(
                     existing=existing,
                     progress=progress,
                     verify_new=verify_new,
-                    early=early,
                 )
         except KeyboardInterrupt:
             keep = resume
@@ -284,8 +248,6 @@ def _apply_to_path(
         from bsipatch._crashpoints import crashpoint
 
         crashpoint("apply.written")
-        while early:
-            early.pop().join()
         os.fsync(fd)
         os.close(fd)
         fd = -1
@@ -293,8 +255,6 @@ def _apply_to_path(
         fsync_dir(directory)
         return stats
     finally:
-        for sync in early:  # never close fd under a running fsync (the number is reused)
-            sync.thread.join()
         if fd >= 0:
             os.close(fd)
         if not keep:
