@@ -207,3 +207,19 @@ def expat_pairs(cache: Path) -> dict[str, tuple[Path, Path]]:
     return {
         a: (expat(cache, a, OLD_VERSION), expat(cache, a, NEW_VERSION)) for a in ("amd64", "arm64")
     }
+
+
+def standard_pairs(
+    request: pytest.FixtureRequest, tmp: pytest.TempPathFactory
+) -> dict[str, tuple[bytes, bytes]]:
+    """The pairs the executable tests share: compiler-built insert/change pairs of both
+    architectures and Debian's libexpat update, amd64 and arm64, as bytes."""
+    out = {
+        "x86-insert": insert_pair(tmp.mktemp("xi"), "x86_64"),
+        "x86-change": change_pair(tmp.mktemp("xc"), "x86_64"),
+        "a64-insert": insert_pair(tmp.mktemp("ai"), "aarch64"),
+        "a64-change": change_pair(tmp.mktemp("ac"), "aarch64"),
+    }
+    for arch, (o, n) in expat_pairs(cache_dir(request, tmp)).items():
+        out[f"expat-{arch}"] = (o.read_bytes(), n.read_bytes())
+    return out

@@ -31,17 +31,7 @@ from bsipatch.seal.tree import image_leaves
 def pairs(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, tuple[bytes, bytes]]:
-    def tmp(name: str) -> Path:
-        return tmp_path_factory.mktemp(name)
-
-    out = {
-        "x86-insert": exe_data.insert_pair(tmp("xi"), "x86_64"),
-        "x86-change": exe_data.change_pair(tmp("xc"), "x86_64"),
-        "a64-insert": exe_data.insert_pair(tmp("ai"), "aarch64"),
-        "a64-change": exe_data.change_pair(tmp("ac"), "aarch64"),
-    }
-    for arch, (o, n) in exe_data.expat_pairs(exe_data.cache_dir(request, tmp_path_factory)).items():
-        out[f"expat-{arch}"] = (o.read_bytes(), n.read_bytes())
+    out = exe_data.standard_pairs(request, tmp_path_factory)
     return out
 
 
