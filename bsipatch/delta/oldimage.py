@@ -81,24 +81,22 @@ class OldImage:
         if self.path is not None and self.size >= WINDOWED_ABOVE:
             from bsipatch.delta import exewindow
 
-            if exewindow.private_bytes(t) < PRIVATE_BELOW:  # few pages rewritten: a copy
-                self.predicted, _ = exe.predicted_old(self.buf, t, self.path)
-                self.ptr = ffi.from_buffer(self.predicted)
-                return True
+            # few pages rewritten: the private copy below is cheaper
+            if exewindow.private_bytes(t) >= PRIVATE_BELOW:
+                if scratch_dir is not None:
+                    self.predicted = exewindow.file_predicted_old(
+                        self.buf, t, self.path, scratch_dir
+                    )
+                if self.predicted is None:
+                    self.windowed = exewindow.windowed_old(self.buf, t, self.path)
+                if self.windowed is not None:
+                    import threading
 
-            if scratch_dir is not None:
-                self.predicted = exewindow.file_predicted_old(self.buf, t, self.path, scratch_dir)
-                if self.predicted is not None:
-                    self.ptr = ffi.from_buffer(self.predicted)
+                    self.source = self.windowed.source
+                    self.source_lock = threading.Lock()
                     return True
-            self.windowed = exewindow.windowed_old(self.buf, t, self.path)
-            if self.windowed is not None:
-                import threading
-
-                self.source = self.windowed.source
-                self.source_lock = threading.Lock()
-                return True
-        self.predicted, _ = exe.predicted_old(self.buf, t, self.path)
+        if self.predicted is None:
+            self.predicted, _ = exe.predicted_old(self.buf, t, self.path)
         self.ptr = ffi.from_buffer(self.predicted) if self.size else ffi.NULL
         return True
 
