@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import os
@@ -27,6 +28,18 @@ def roundtrip(old: bytes, new: bytes, **kw) -> bytes:
     apply(old, patch, got)
     assert got.getvalue() == new
     return patch
+
+
+def _assert_applies_exactly(old: bytes, new: bytes, ops: Any) -> None:
+    """A patch written from ``ops`` applies to ``old`` and gives ``new`` byte for byte."""
+    from bsipatch.delta.writer import write_bsipatch
+
+    out = io.BytesIO()
+    shas = hashlib.sha256(old).digest(), hashlib.sha256(new).digest()
+    write_bsipatch(old, new, ops, out, old_sha256=shas[0], new_sha256=shas[1], level=3)
+    got = io.BytesIO()
+    apply(old, out.getvalue(), got)
+    assert got.getvalue() == new
 
 
 @pytest.mark.parametrize(
@@ -481,11 +494,9 @@ def test_scratch_buffers_keep_their_bytes_when_pages_are_dropped() -> None:
 def test_hinted_ranges_become_add_ops_and_leave_the_index() -> None:
     # the executable transform's anchors, given as hints, are taken without a search:
     # the patch is still exact, and the old bytes they cover are not suffix-sorted
-    import hashlib
 
     from bsipatch.delta import search
     from bsipatch.delta.exeplan import anchor_ranges
-    from bsipatch.delta.writer import write_bsipatch
 
     rnd = random.Random(21)
     old = rnd.randbytes(300_000)
@@ -508,12 +519,7 @@ def test_hinted_ranges_become_add_ops_and_leave_the_index() -> None:
         if hl >= search.HINT_MIN + 2 * search.HINT_MARGIN:
             a = hs + search.HINT_MARGIN
             assert any(p <= a < p + n and o + a - p == ho + a - hs for p, n, o in adds)
-    out = io.BytesIO()
-    shas = hashlib.sha256(old).digest(), hashlib.sha256(new).digest()
-    write_bsipatch(old, new, hinted, out, old_sha256=shas[0], new_sha256=shas[1], level=3)
-    got = io.BytesIO()
-    apply(old, out.getvalue(), got)
-    assert got.getvalue() == new
+    _assert_applies_exactly(old, new, hinted)
 
 
 def test_patch_bytes_do_not_depend_on_the_thread_count() -> None:
@@ -646,10 +652,8 @@ def test_stitched_short_matches_become_literals_only_when_they_add_up() -> None:
 def test_pruned_ops_still_make_an_exact_patch(monkeypatch: pytest.MonkeyPatch) -> None:
     # new made of short pieces of old from all over it (as new code stitched from
     # common strings): the pruned ops carry them as literals and the patch is exact
-    import hashlib
 
     from bsipatch.delta import opspost
-    from bsipatch.delta.writer import write_bsipatch
 
     rnd = random.Random(9)
     words = [rnd.randbytes(rnd.randrange(20, 40)) for _ in range(3000)]
@@ -663,9 +667,4 @@ def test_pruned_ops_still_make_an_exact_patch(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(opspost, "PRUNE_MIN_BYTES", 1 << 40)
     plain = compute_ops(old, new)
     assert plain.stats["pruned_ops"] == 0 and plain.count > pruned.count
-    out = io.BytesIO()
-    shas = hashlib.sha256(old).digest(), hashlib.sha256(new).digest()
-    write_bsipatch(old, new, pruned, out, old_sha256=shas[0], new_sha256=shas[1], level=3)
-    got = io.BytesIO()
-    apply(old, out.getvalue(), got)
-    assert got.getvalue() == new
+    _assert_applies_exactly(old, new, pruned)
